@@ -1,0 +1,304 @@
+"""The `sdrun` command line: thin verbs over the library, and the one place errors are printed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from sdrun import manage
+from sdrun.errors import EXIT_RUNTIME_ERROR, NotFound, SdrunError
+from sdrun.paths import Paths
+from sdrun.pod import Pod, PodStore
+from sdrun.spec import SETTINGS, build_spec, check_settings, load_spec_file
+
+T = TypeVar("T")
+DEFAULT_STAGE1 = "fly"
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class Context:
+    paths: Paths
+    debug: bool
+
+    @property
+    def store(self) -> PodStore:
+        return PodStore(self.paths)
+
+
+def die(message: str, hint: str | None = None, exit_code: int = EXIT_RUNTIME_ERROR) -> NoReturn:
+    click.echo(f"sdrun: {message}" + (f" (hint: {hint})" if hint else ""), err=True)
+    sys.exit(exit_code)
+
+
+class SdrunGroup(click.Group):
+    """Turns SdrunError into one line on stderr; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SdrunError as error:
+            if _debugging(ctx):
+                raise
+            die(error.message, error.hint, error.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as error:
+            if _debugging(ctx):
+                raise
+            die(f"internal error: {type(error).__name__}: {error}", "run with --debug for the traceback")
+
+
+def _debugging(ctx: click.Context) -> bool:
+    return isinstance(ctx.obj, Context) and ctx.obj.debug
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+async def with_systemd(action: Callable[[Any], Awaitable[T]]) -> T:
+    from sdrun.systemd.bus import Systemd
+
+    systemd = await Systemd.connect()
+    try:
+        return await action(systemd)
+    finally:
+        systemd.close()
+
+
+@click.group(cls=SdrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(path_type=Path), envvar="SDRUN_ROOT", help="State directory [/var/lib/sdrun].")
+@click.option("--debug", is_flag=True, help="Show tracebacks and what each step does.")
+@click.pass_context
+def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
+    """sdrun: containers as systemd units, with no daemon of their own."""
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="sdrun: %(message)s")
+    ctx.obj = Context(Paths.from_env(root), debug)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+# --- run ---
+
+RUN_FLAGS: Mapping[str, str] = {  # click parameter -> spec setting
+    "name": "name",
+    "stage1": "stage1",
+    "rootfs": "rootfs",
+    "env": "env",
+    "env_file": "env_file",
+    "workdir": "workdir",
+    "user": "user",
+    "memory": "memory",
+    "cpus": "cpus",
+    "pids_limit": "pids_limit",
+    "restart": "restart",
+    "volume": "volume",
+    "label": "label",
+    "scope": "scope",
+}
+assert set(RUN_FLAGS.values()) <= set(SETTINGS)
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.option("--rootfs", type=click.Path(path_type=Path), help="Run this directory as the root filesystem.")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="Read the spec from a TOML file.")
+@click.option("--name", help="Pod name (unit sdrun-NAME.service) [random].")
+@click.option("--stage1", help=f"Isolation backend [{DEFAULT_STAGE1}].")
+@click.option("-d", "--detach", is_flag=True, help="Start and return; print the pod UUID.")
+@click.option("--rm", "remove", is_flag=True, help="Remove the pod when the app ends.")
+@click.option("--scope", is_flag=True, default=None, help="Run as our child in a transient scope, on this terminal.")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable.")
+@click.option("--env-file", multiple=True, metavar="FILE", help="Read KEY=VALUE lines from FILE.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", help="USER[:GROUP], names or numbers from the container's /etc/passwd.")
+@click.option("--memory", help="Memory limit (MemoryMax=), e.g. 256M.")
+@click.option("--cpus", help="CPU limit in CPUs (CPUQuota=), e.g. 0.5.")
+@click.option("--pids-limit", help="Maximum number of tasks (TasksMax=).")
+@click.option("--restart", help="Restart policy: no, on-failure or always.")
+@click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind a host path into the container.")
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="Attach a label to the pod.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+@click.pass_context
+def run(click_ctx: click.Context, ctx: Context, spec_file: Path | None, detach: bool, remove: bool,
+        args: tuple[str, ...], **flags: Any) -> None:
+    """Run a container: sdrun run [OPTIONS] (--rootfs DIR | IMAGE) [-- CMD ARGS...]"""
+    from sdrun import run as running
+
+    settings: dict[str, object] = load_spec_file(spec_file) if spec_file else {}
+    given = {
+        RUN_FLAGS[name]: value
+        for name, value in flags.items()
+        if click_ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+    settings |= check_settings(given, "command line")
+    if not settings.get("rootfs") and args:
+        settings["image"], args = args[0], args[1:]
+    if args:
+        settings["exec"] = tuple(args)
+    spec = build_spec(settings, default_name=f"pod-{secrets.token_hex(4)}", default_stage1=DEFAULT_STAGE1)
+    options = running.RunOptions(detach=detach, remove=remove)
+    sys.exit(run_async(running.run(ctx.paths, spec, options, sys.stdout.buffer)))
+
+
+# --- inspecting ---
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def list_pods(ctx: Context, as_json: bool) -> None:
+    """List pods and their state."""
+
+    async def collect(systemd: Any) -> list[manage.PodView]:
+        return await manage.views(systemd, ctx.store.all())
+
+    pod_views = run_async(with_systemd(collect))
+    if as_json:
+        click.echo(json.dumps([pod_view.to_json() for pod_view in pod_views], indent=2))
+        return
+    rows = [("UUID", "NAME", "STATE", "STAGE1", "SOURCE", "COMMAND")]
+    for pod_view in pod_views:
+        spec = pod_view.pod.spec
+        state = pod_view.state
+        if (record := pod_view.pod.exit_record()) is not None and state in ("exited", "failed"):
+            state = f"{state} ({record.exit_status})"
+        source = spec.image or spec.rootfs or ""
+        rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, " ".join(spec.app.argv)))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+@main.command()
+@click.argument("pod_ref", metavar="POD")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
+    """Show a pod's state, unit and exit status."""
+    pod = ctx.store.get(pod_ref)
+    details = run_async(with_systemd(lambda systemd: manage.status_details(systemd, pod)))
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return
+    for key, value in details.items():
+        if value not in (None, {}, []):
+            click.echo(f"{key}: {value}")
+
+
+# --- changing ---
+
+
+@main.command()
+@click.argument("pod_ref", metavar="POD")
+@pass_context
+def stop(ctx: Context, pod_ref: str) -> None:
+    """Stop a pod: systemd sends the stop signal, then SIGKILL after the timeout."""
+    pod = ctx.store.get(pod_ref)
+    run_async(with_systemd(lambda systemd: manage.stop(systemd, pod)))
+    click.echo(pod.name)
+
+
+@main.command()
+@click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, help="Signal name or number.")
+@click.argument("pod_ref", metavar="POD")
+@pass_context
+def kill(ctx: Context, signal_name: str, pod_ref: str) -> None:
+    """Send a signal to every process of a pod."""
+    pod = ctx.store.get(pod_ref)
+    run_async(with_systemd(lambda systemd: manage.kill(systemd, pod, signal_name)))
+    click.echo(pod.name)
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True, help="Kill the pod first if it is running.")
+@click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
+@pass_context
+def rm(ctx: Context, force: bool, pod_refs: tuple[str, ...]) -> None:
+    """Remove pods and everything they left on the host."""
+    pods = [ctx.store.get(ref) for ref in pod_refs]
+
+    async def remove_all(systemd: Any) -> None:
+        for pod in pods:
+            await manage.remove(systemd, ctx.store, pod, force=force)
+            click.echo(pod.name)
+
+    run_async(with_systemd(remove_all))
+
+
+@main.command()
+@pass_context
+def gc(ctx: Context) -> None:
+    """Remove every pod that has ended, and what interrupted runs left behind."""
+    for removed in run_async(with_systemd(lambda systemd: manage.gc(systemd, ctx.store))):
+        click.echo(f"removed {removed}")
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.argument("pod_ref", metavar="POD")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
+    """Run a command inside a running pod [/bin/sh]."""
+    pod = ctx.store.get(pod_ref)
+    argv = list(command) or ["/bin/sh"]
+    sys.exit(run_async(with_systemd(lambda systemd: manage.enter(systemd, pod, argv))))
+
+
+# --- logs ---
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), help="Show only the last N lines.")
+@click.argument("pod_ref", metavar="POD")
+@pass_context
+def logs(ctx: Context, follow: bool, lines: int | None, pod_ref: str) -> None:
+    """Print a pod's output from the journal (also for removed pods, by UUID)."""
+    from sdrun.systemd import journal
+
+    pod_uuid = _pod_uuid(ctx, pod_ref)
+    log = journal.PodJournal(pod_uuid)
+    if lines is None:
+        log.seek_head()
+    else:
+        log.seek_last(lines)
+    out = sys.stdout.buffer
+    while True:
+        for entry in log.entries():
+            out.write(entry.message + b"\n")
+        out.flush()
+        if not follow:
+            return
+        log.wait(1_000_000)
+
+
+def _pod_uuid(ctx: Context, ref: str) -> str:
+    try:
+        pod: Pod = ctx.store.get(ref)
+        return pod.uuid
+    except NotFound:
+        if UUID_PATTERN.fullmatch(ref):
+            return ref  # a removed pod: its lines stay in the journal while journald keeps them
+        raise
+
+
+def entry_point() -> None:
+    main(prog_name="sdrun")
+

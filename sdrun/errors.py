@@ -1,0 +1,31 @@
+"""The one exception type library code raises for a user-facing failure.
+
+Library code never exits the process: it raises SdrunError, and the CLI edge
+turns it into one line on stderr and an exit status.
+"""
+
+from __future__ import annotations
+
+# podman's and docker's convention: 125 means the runtime itself failed, so an
+# app's own exit status (0-124) is never confused with ours.
+EXIT_RUNTIME_ERROR = 125
+
+
+class SdrunError(Exception):
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = EXIT_RUNTIME_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+class NotFound(SdrunError):
+    """A pod, image or file the user named does not exist."""
+
+
+class SpecError(SdrunError):
+    """A container spec (flags or spec file) is invalid."""
+
+
+class BusUnavailable(SdrunError):
+    """No systemd could be reached over D-Bus."""

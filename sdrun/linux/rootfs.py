@@ -1,0 +1,106 @@
+"""Reading a container's root filesystem from the host without ever leaving it.
+
+Every lookup goes through openat2(RESOLVE_IN_ROOT): an absolute symlink in the
+image such as /etc -> /host/etc resolves inside the rootfs, never on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdrun.errors import SpecError
+from sdrun.linux import syscalls
+
+
+@contextlib.contextmanager
+def open_in_root(root: Path, path: str, flags: int = os.O_RDONLY) -> Iterator[int]:
+    """An fd for path looked up inside root, as if root were `/`."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = syscalls.openat2(root_fd, path, flags, syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(root_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_in_root(root: Path, path: str) -> str | None:
+    try:
+        with open_in_root(root, path) as fd, os.fdopen(os.dup(fd)) as stream:
+            return stream.read()
+    except OSError:
+        return None
+
+
+def is_executable_in_root(root: Path, path: str) -> bool:
+    try:
+        with open_in_root(root, path, os.O_PATH) as fd:
+            mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and bool(mode & 0o111)
+
+
+def is_directory_in_root(root: Path, path: str) -> bool:
+    try:
+        with open_in_root(root, path, os.O_PATH | os.O_DIRECTORY):
+            return True
+    except OSError:
+        return False
+
+
+def find_executable(root: Path, command: str, search_path: str) -> str:
+    """The absolute path inside root that running `command` would execute, like execvp."""
+    if "/" in command:
+        candidates = [command if command.startswith("/") else f"/{command}"]
+    else:
+        candidates = [f"{directory.rstrip('/')}/{command}" for directory in search_path.split(":") if directory]
+    for candidate in candidates:
+        if is_executable_in_root(root, candidate):
+            return candidate
+    raise SpecError(f"'{command}' not found in the container's rootfs", hint=f"searched {':'.join(candidates)}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    home: str = "/"
+
+
+def _database(root: Path, name: str) -> list[list[str]]:
+    text = read_in_root(root, f"/etc/{name}") or ""
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(root: Path, user: str | None) -> Credentials:
+    """USER[:GROUP] (names or numbers) to numeric credentials, using the rootfs's /etc/passwd and /etc/group."""
+    if not user:
+        user = "0"
+    name, _, group = user.partition(":")
+    passwd = _database(root, "passwd")
+    entry = next((row for row in passwd if len(row) >= 7 and name in (row[0], row[2])), None)
+    if entry is None and not name.isdigit():
+        raise SpecError(f"user '{name}' not found in the container's /etc/passwd")
+    uid = int(entry[2]) if entry else int(name)
+    gid = int(entry[3]) if entry else 0  # docker's choice for a uid with no passwd entry
+    home = entry[5] if entry else "/"
+    groups_db = _database(root, "group")
+    if group:
+        match = next((row for row in groups_db if len(row) >= 3 and group in (row[0], row[2])), None)
+        if match is None and not group.isdigit():
+            raise SpecError(f"group '{group}' not found in the container's /etc/group")
+        gid = int(match[2]) if match else int(group)
+    member_of = entry[0] if entry else None
+    extra = tuple(
+        int(row[2]) for row in groups_db if len(row) >= 4 and member_of and member_of in row[3].split(",")
+    )
+    return Credentials(uid, gid, tuple(sorted(set(extra) - {gid})), home)

@@ -1,0 +1,186 @@
+"""The lifecycle verbs after `run`: list, status, stop, kill, rm, gc, enter.
+
+There is no daemon to ask: a pod's state is its directory joined with what
+systemd reports about its unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from sdrun.errors import NotFound, SdrunError
+from sdrun.pod import Pod, PodStore
+from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
+from stage1 import Stage1
+
+UNIT_PATTERNS = ("sdrun-*.service", "sdrun-*.scope")
+ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
+
+
+@dataclass(frozen=True)
+class PodView:
+    """A pod as `list` and `status` show it."""
+
+    pod: Pod
+    unit: UnitStatus | None
+
+    @property
+    def state(self) -> str:
+        if self.unit is not None and self.unit.active_state in ACTIVE_STATES:
+            return {"active": "running", "activating": "starting", "deactivating": "stopping"}.get(
+                self.unit.active_state, self.unit.active_state
+            )
+        record = self.pod.exit_record()
+        if record is None:
+            return "failed" if self.unit is not None and self.unit.active_state == "failed" else "created"
+        return "exited" if record.result in ("success", "exit-code", "signal") else "failed"
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "starting", "stopping")
+
+    def to_json(self) -> dict[str, Any]:
+        record = self.pod.exit_record()
+        spec = self.pod.spec
+        return {
+            "uuid": self.pod.uuid,
+            "name": self.pod.name,
+            "state": self.state,
+            "unit": self.pod.unit,
+            "sub_state": self.unit.sub_state if self.unit else None,
+            "exit_status": record.exit_status if record else None,
+            "stage1": spec.stage1,
+            "image": spec.image,
+            "rootfs": spec.rootfs,
+            "command": list(spec.app.argv),
+            "created": self.pod.created,
+            "labels": spec.labels,
+        }
+
+
+async def views(systemd: Systemd, pods: list[Pod]) -> list[PodView]:
+    units = {unit.name: unit for unit in await systemd.list_units(UNIT_PATTERNS)}
+    return [PodView(pod, units.get(pod.unit)) for pod in pods]
+
+
+async def view(systemd: Systemd, pod: Pod) -> PodView:
+    units = await systemd.list_units([pod.unit])
+    return PodView(pod, units[0] if units else None)
+
+
+async def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:
+    details = (await view(systemd, pod)).to_json()
+    details["main_pid"] = None
+    if details["state"] in ("running", "starting", "stopping") and not pod.spec.scope:
+        with contextlib.suppress(NotFound):
+            service = await systemd.unit_properties(pod.unit, SERVICE)
+            details["main_pid"] = service.get("MainPID") or None
+            details["memory_bytes"] = _known(service.get("MemoryCurrent"))
+            details["tasks"] = _known(service.get("TasksCurrent"))
+    return details
+
+
+def _known(value: Any) -> Any:
+    return None if value in (None, 2**64 - 1) else value  # systemd's "unset" is UINT64_MAX
+
+
+async def stop(systemd: Systemd, pod: Pod) -> None:
+    await systemd.stop_unit(pod.unit)
+
+
+async def kill(systemd: Systemd, pod: Pod, signal_name: str) -> None:
+    number = parse_signal(signal_name)
+    if not (await view(systemd, pod)).running:
+        raise SdrunError(f"pod '{pod.name}' is not running")
+    await systemd.kill_unit(pod.unit, number)
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit() and 0 < int(text) < signal.SIGRTMAX:
+        return int(text)
+    name = text.upper() if text.upper().startswith("SIG") else f"SIG{text.upper()}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise SdrunError(f"unknown signal '{text}'") from None
+
+
+async def remove(systemd: Systemd, store: PodStore, pod: Pod, *, force: bool) -> None:
+    with pod.locked():
+        if (await view(systemd, pod)).running:
+            if not force:
+                raise SdrunError(f"pod '{pod.name}' is running", hint="stop it first, or use 'sdrun rm -f'")
+            with contextlib.suppress(NotFound):
+                await systemd.kill_unit(pod.unit, signal.SIGKILL)
+            await systemd.stop_unit(pod.unit)
+        await _discard(systemd, store, pod)
+
+
+async def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> None:
+    await systemd.reset_failed_unit(pod.unit)
+    Stage1.named(pod.spec.stage1).gc(pod)
+    store.remove(pod)
+
+
+async def gc(systemd: Systemd, store: PodStore) -> list[str]:
+    """Remove every pod that has ended, and what crashed runs left half-made. Returns what went."""
+    removed = store.remove_leftovers()
+    for pod_view in await views(systemd, store.all()):
+        if pod_view.running:
+            continue
+        with contextlib.suppress(SdrunError):  # busy: a `run` is still setting it up
+            with pod_view.pod.locked():
+                await _discard(systemd, store, pod_view.pod)
+                removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})")
+    return removed
+
+
+async def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
+    """Run argv inside a running pod, in its cgroup; return its exit status."""
+    leader = await _leader(systemd, pod)
+    go_read, go_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(go_write)
+        _enter_child(pod, leader, argv, go_read)
+    os.close(go_read)
+    try:
+        await systemd.attach_processes(pod.unit, [child])
+        os.write(go_write, b"go")
+    finally:
+        os.close(go_write)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _, status = os.waitpid(child, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+async def _leader(systemd: Systemd, pod: Pod) -> int:
+    if not (await view(systemd, pod)).running:
+        raise SdrunError(f"pod '{pod.name}' is not running")
+    (processes,) = await systemd.call("GetUnitProcesses", "s", [pod.unit])
+    if not pod.spec.scope:
+        main_pid = (await systemd.unit_properties(pod.unit, SERVICE)).get("MainPID")
+        if main_pid:
+            return int(main_pid)
+    if not processes:
+        raise SdrunError(f"pod '{pod.name}' has no processes")
+    return int(processes[0][1])
+
+
+def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
+    try:
+        if os.read(go_read, 2) != b"go":
+            os._exit(125)
+        Stage1.named(pod.spec.stage1).enter(pod, leader, argv)
+    except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
+        os.write(2, f"sdrun: {getattr(error, 'message', None) or error}\n".encode())
+        os._exit(125)
+

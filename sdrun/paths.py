@@ -1,0 +1,62 @@
+"""Every on-disk path sdrun uses, built in one place.
+
+    <root>/pods/<uuid>/            one directory per pod (see sdrun.pod)
+    <root>/pods/<uuid>/pod.json    the pod manifest: the spec as JSON
+    <root>/pods/<uuid>/lock        flock(2) guarding the directory
+    <root>/pods/<uuid>/exit        the app's exit record, written by the unit's ExecStopPost
+    <root>/names/<name>            symlink to ../pods/<uuid>; its creation reserves the name
+    <root>/images/                 the OCI image store
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/sdrun")
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | os.PathLike[str] | None = None) -> Paths:
+        chosen = root or os.environ.get("SDRUN_ROOT") or DEFAULT_ROOT
+        return cls(Path(chosen).absolute())
+
+    @property
+    def pods(self) -> Path:
+        return self.root / "pods"
+
+    @property
+    def names(self) -> Path:
+        return self.root / "names"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    def pod_dir(self, uuid: str) -> Path:
+        return self.pods / uuid
+
+    def name_link(self, name: str) -> Path:
+        return self.names / name
+
+    @staticmethod
+    def manifest(pod_dir: Path) -> Path:
+        return pod_dir / "pod.json"
+
+    @staticmethod
+    def lock(pod_dir: Path) -> Path:
+        return pod_dir / "lock"
+
+    @staticmethod
+    def exit_record(pod_dir: Path) -> Path:
+        return pod_dir / "exit"
+
+    @staticmethod
+    def stage1_dir(pod_dir: Path) -> Path:
+        """Scratch space owned by the pod's stage1 (mount points, overlay dirs)."""
+        return pod_dir / "stage1"

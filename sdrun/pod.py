@@ -1,0 +1,211 @@
+"""Pods on disk: one directory per pod, guarded by a lock file, found by name or UUID prefix.
+
+A pod directory is written under a temporary name and renamed into place, so
+`pods/<uuid>/` always holds a complete manifest. Its name is reserved by a
+symlink `names/<name> -> ../pods/<uuid>` made after the rename: a link whose
+target is missing is stale (its pod was removed mid-way) and may be replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdrun.errors import NotFound, SdrunError
+from sdrun.paths import Paths
+from sdrun.spec import PodSpec
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """How the app ended, as systemd told ExecStopPost (SERVICE_RESULT, EXIT_CODE, EXIT_STATUS)."""
+
+    result: str  # success, exit-code, signal, timeout, ...
+    code: str  # exited, killed, dumped
+    status: str  # the exit status, or the signal name
+
+    @property
+    def exit_status(self) -> int:
+        return exit_status_of(self.code, self.status)
+
+
+def exit_status_of(code: str, status: str) -> int:
+    """A shell-style exit status: the app's own, or 128+N when signal N killed it."""
+    if code == "exited":
+        return int(status)
+    import signal
+
+    try:
+        number = int(status) if status.isdigit() else int(signal.Signals[f"SIG{status}"])
+    except KeyError:
+        return 128
+    return 128 + number
+
+
+@dataclass(frozen=True)
+class Pod:
+    uuid: str
+    dir: Path
+    spec: PodSpec
+    created: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def unit(self) -> str:
+        return unit_name(self.spec.name, "scope" if self.spec.scope else "service")
+
+    def exit_record(self) -> ExitRecord | None:
+        try:
+            fields = Paths.exit_record(self.dir).read_text().split()
+        except FileNotFoundError:
+            return None
+        return ExitRecord(*fields) if len(fields) == 3 else None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the pod's lock; fails at once if another sdrun command holds it."""
+        fd = os.open(Paths.lock(self.dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SdrunError(f"pod '{self.name}' is busy: another sdrun command holds its lock") from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def unit_name(pod_name: str, kind: str) -> str:
+    return f"sdrun-{pod_name}.{kind}"
+
+
+class PodStore:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def create(self, spec: PodSpec) -> Pod:
+        pod_uuid = str(uuidlib.uuid4())
+        self.paths.pods.mkdir(parents=True, exist_ok=True)
+        self.paths.names.mkdir(parents=True, exist_ok=True)
+        final = self.paths.pod_dir(pod_uuid)
+        staging = self.paths.pods / f".new-{pod_uuid}"
+        staging.mkdir(mode=0o700)
+        pod = Pod(pod_uuid, final, spec, time.time())
+        manifest = {"version": MANIFEST_VERSION, "uuid": pod_uuid, "created": pod.created, "spec": spec.to_json()}
+        write_file_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
+        staging.rename(final)
+        try:
+            self._reserve_name(spec.name, pod_uuid)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        return pod
+
+    def _reserve_name(self, name: str, pod_uuid: str) -> None:
+        link = self.paths.name_link(name)
+        for _attempt in range(3):
+            try:
+                os.symlink(f"../pods/{pod_uuid}", link)
+                return
+            except FileExistsError:
+                holder = self._pod_behind(link)
+                if holder is not None:
+                    raise SdrunError(
+                        f"a pod named '{name}' already exists ({holder})",
+                        hint=f"remove it with 'sdrun rm {name}' or choose another --name",
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()  # stale: its pod directory is gone
+        raise SdrunError(f"could not reserve the pod name '{name}'")
+
+    def _pod_behind(self, link: Path) -> str | None:
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            return None
+        pod_uuid = Path(target).name
+        return pod_uuid if Paths.manifest(self.paths.pod_dir(pod_uuid)).exists() else None
+
+    def load(self, pod_uuid: str) -> Pod:
+        return load_pod(self.paths.pod_dir(pod_uuid))
+
+    def get(self, ref: str) -> Pod:
+        """A pod by name, else by a unique prefix of its UUID."""
+        if ref and "/" not in ref and (pod_uuid := self._pod_behind(self.paths.name_link(ref))):
+            return self.load(pod_uuid)
+        matches = [uuid for uuid in self.uuids() if uuid.startswith(ref)] if len(ref) >= 4 else []
+        if len(matches) > 1:
+            raise SdrunError(f"'{ref}' matches {len(matches)} pods: give more of the UUID")
+        if not matches:
+            raise NotFound(f"no such pod: '{ref}'", hint="'sdrun list' shows the pods")
+        return self.load(matches[0])
+
+    def uuids(self) -> list[str]:
+        try:
+            return sorted(entry.name for entry in os.scandir(self.paths.pods) if not entry.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def all(self) -> list[Pod]:
+        pods = []
+        for pod_uuid in self.uuids():
+            with contextlib.suppress(NotFound, ValueError, KeyError):
+                pods.append(self.load(pod_uuid))
+        return pods
+
+    def remove(self, pod: Pod) -> None:
+        link = self.paths.name_link(pod.name)
+        if self._pod_behind(link) == pod.uuid:
+            link.unlink()
+        shutil.rmtree(pod.dir, ignore_errors=True)
+
+    def remove_leftovers(self) -> list[str]:
+        """Half-created pod directories and names whose pod is gone (after a crash)."""
+        removed = []
+        for entry in self._entries(self.paths.pods):
+            if entry.name.startswith(".new-"):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+        for entry in self._entries(self.paths.names):
+            if self._pod_behind(Path(entry.path)) is None:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        return removed
+
+    @staticmethod
+    def _entries(directory: Path) -> list[os.DirEntry[str]]:
+        try:
+            return list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+
+
+def load_pod(directory: Path) -> Pod:
+    try:
+        data = json.loads(Paths.manifest(directory).read_text())
+    except FileNotFoundError:
+        raise NotFound(f"pod directory {directory} has no manifest") from None
+    return Pod(data["uuid"], directory, PodSpec.from_json(data["spec"]), data["created"])
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file, fsync, then rename: readers see all or nothing."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    temporary.rename(path)

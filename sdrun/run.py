@@ -1,0 +1,150 @@
+"""`sdrun run`: a spec becomes a pod directory and a transient unit.
+
+Three ways to run, one per function below:
+* foreground (default): a service whose output we follow in the journal, so
+  the app's lifetime never depends on ours; we exit with its exit status;
+* detached (-d): the same service, and we return once systemd has started it;
+* scope (--scope): our own child runs the app on our terminal, inside a scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sdrun.errors import EXIT_RUNTIME_ERROR
+from sdrun.paths import Paths
+from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
+from sdrun.spec import PodSpec
+from sdrun.systemd import properties
+from sdrun.systemd.bus import SERVICE, Systemd
+from stage1 import Stage1
+
+CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    detach: bool = False
+    remove: bool = False
+
+
+async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
+    """Run a pod; return the exit status `sdrun run` should exit with."""
+    backend = Stage1.named(spec.stage1)
+    systemd = await Systemd.connect()  # before anything is written: no bus, nothing left behind
+    store = PodStore(paths)
+    pod = store.create(spec)
+    try:
+        with pod.locked():
+            if spec.scope:
+                return await _run_in_scope(systemd, backend, pod)
+            if options.detach:
+                removal = (paths.name_link(pod.name), pod.dir) if options.remove else ()
+                await _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)
+                output.write(f"{pod.uuid}\n".encode())
+                return 0
+            return await _run_in_foreground(systemd, backend, pod, output)
+    except BaseException:
+        if pod.exit_record() is None:  # never ran: leave nothing behind
+            await systemd.reset_failed_unit(pod.unit)
+            store.remove(pod)
+        raise
+    finally:
+        systemd.close()
+        if options.remove and not options.detach and pod.dir.exists():
+            store.remove(pod)
+
+
+async def _start_service(
+    systemd: Systemd, backend: Stage1, pod: Pod, *, hold: bool, remove_when_done: Sequence[Path] = ()
+) -> None:
+    plan = backend.plan(pod)
+    unit_properties = properties.service_properties(
+        pod, plan, keep_until_released=hold, remove_when_done=remove_when_done
+    )
+    await systemd.start_transient_unit(pod.unit, unit_properties)
+
+
+async def _run_in_foreground(systemd: Systemd, backend: Stage1, pod: Pod, output: BinaryIO) -> int:
+    from sdrun.systemd import journal
+
+    log = journal.PodJournal(pod.uuid)
+    log.seek_head()  # the UUID is new: every entry that matches is this run's
+
+    def copy_new_lines() -> None:
+        log.process_events()
+        for entry in log.entries():
+            output.write(entry.message + b"\n")
+        output.flush()
+
+    loop = asyncio.get_running_loop()
+    finished = await systemd.watch_unit(pod.unit)
+    await _start_service(systemd, backend, pod, hold=True)
+    loop.add_reader(log.fileno(), copy_new_lines)
+    for number in FORWARDED_SIGNALS:
+        loop.add_signal_handler(number, _forward, systemd, pod.unit, number)
+    try:
+        await systemd.wait_until_inactive(pod.unit, finished)
+        service = await systemd.unit_properties(pod.unit, SERVICE)
+    finally:
+        loop.remove_reader(log.fileno())
+        for number in FORWARDED_SIGNALS:
+            loop.remove_signal_handler(number)
+    journal.synchronize()  # the app has exited; make sure its last lines are written
+    copy_new_lines()
+    log.close()
+    code = CLD_CODES.get(service["ExecMainCode"], "exited")
+    return exit_status_of(code, str(service["ExecMainStatus"]))
+
+
+def _forward(systemd: Systemd, unit: str, number: int) -> None:
+    """As podman's sig-proxy: a signal to `sdrun run` goes to the app; the app decides what happens."""
+    asyncio.ensure_future(systemd.kill_unit(unit, number, "main"))
+
+
+async def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
+    go_read, go_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(go_write)
+        _scope_child(backend, pod, go_read)
+    os.close(go_read)
+    try:
+        await systemd.start_transient_unit(pod.unit, properties.scope_properties(pod, child))
+    except BaseException:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        raise
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in FORWARDED_SIGNALS}
+    try:
+        os.write(go_write, b"go")
+        os.close(go_write)
+        _, status = os.waitpid(child, 0)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    exit_status = os.waitstatus_to_exitcode(status)
+    record = f"exited exited {exit_status}" if exit_status >= 0 else f"signal killed {-exit_status}"
+    write_file_atomically(Paths.exit_record(pod.dir), record + "\n")
+    return exit_status if exit_status >= 0 else 128 - exit_status
+
+
+def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
+    """In the forked child: wait until we are in the scope, then become the app."""
+    try:
+        if os.read(go_read, 2) != b"go":
+            os._exit(EXIT_RUNTIME_ERROR)  # the parent failed to create the scope
+        os.close(go_read)
+        backend.exec_in_scope(pod)
+    except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
+        message = getattr(error, "message", None) or str(error)
+        sys.stderr.write(f"sdrun: {message}\n")
+        os._exit(EXIT_RUNTIME_ERROR)

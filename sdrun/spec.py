@@ -1,0 +1,255 @@
+"""The container spec: what to run and how, as frozen dataclasses.
+
+A spec comes from CLI flags or from a TOML spec file; both are first reduced to
+the same flat mapping of settings (the TOML keys are the long flag names with
+`_` for `-`), so one table of converters validates both and rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdrun.errors import SpecError
+
+RESTART_POLICIES = ("no", "on-failure", "always")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str  # absolute path on the host
+    target: str  # absolute path inside the container
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        parts = text.split(":")
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            source, target, mode = parts
+        elif len(parts) == 2:
+            (source, target), mode = parts, "rw"
+        else:
+            raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:ro|rw]")
+        if not (source.startswith("/") and target.startswith("/")):
+            raise SpecError(f"invalid volume '{text}': both paths must be absolute")
+        if not Path(source).exists():
+            raise SpecError(f"volume source '{source}' does not exist")
+        return cls(os.path.normpath(source), os.path.normpath(target), mode == "ro")
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None  # NAME|UID[:GROUP|GID], resolved against the rootfs
+    volumes: tuple[Volume, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    stage1: str
+    rootfs: str | None = None
+    image: str | None = None
+    app: AppSpec = field(default_factory=AppSpec)
+    resources: Resources = field(default_factory=Resources)
+    restart: str = "no"
+    labels: dict[str, str] = field(default_factory=dict)
+    scope: bool = False  # run in a transient scope under the CLI instead of a service
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PodSpec:
+        app = dict(data["app"])
+        app["argv"] = tuple(app["argv"])
+        app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
+        return cls(
+            **{key: value for key, value in data.items() if key not in ("app", "resources")},
+            app=AppSpec(**app),
+            resources=Resources(**data["resources"]),
+        )
+
+
+# --- converters: each takes the raw value (a CLI string or a TOML value) ---
+
+
+def parse_memory(value: object) -> int:
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text)
+    if not match or float(match[1]) <= 0:
+        raise SpecError(f"invalid memory value '{value}': expected a size like 512K, 256M or 2G")
+    return int(float(match[1]) * MEMORY_UNITS[match[2]])
+
+
+def parse_cpus(value: object) -> float:
+    try:
+        cpus = float(str(value))
+    except ValueError:
+        cpus = 0.0
+    if cpus <= 0:
+        raise SpecError(f"invalid cpus value '{value}': expected a positive number like 0.5 or 2")
+    return cpus
+
+
+def parse_pids_limit(value: object) -> int:
+    text = str(value)
+    if not text.isdigit() or int(text) == 0:
+        raise SpecError(f"invalid pids limit '{value}': expected a positive integer")
+    return int(text)
+
+
+def parse_restart(value: object) -> str:
+    if value not in RESTART_POLICIES:
+        raise SpecError(f"invalid restart policy '{value}': expected one of {', '.join(RESTART_POLICIES)}")
+    return str(value)
+
+
+def parse_name(value: object) -> str:
+    text = str(value)
+    if not NAME_PATTERN.fullmatch(text):
+        raise SpecError(f"invalid pod name '{text}': use letters, digits, '_', '.' and '-' (at most 63)")
+    return text
+
+
+def parse_pairs(values: object, what: str, host_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """KEY=VALUE strings (or a TOML table) to a dict; a bare KEY takes the host's value."""
+    if isinstance(values, Mapping):
+        return {str(key): str(value) for key, value in values.items()}
+    pairs: dict[str, str] = {}
+    for item in _as_list(values, what):
+        key, sep, value = item.partition("=")
+        if not key:
+            raise SpecError(f"invalid {what} '{item}': expected KEY=VALUE")
+        if not sep and host_env is not None:
+            if key not in host_env:
+                continue
+            value = host_env[key]
+        elif not sep:
+            raise SpecError(f"invalid {what} '{item}': expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise SpecError(f"cannot read env file '{path}': {error.strerror}") from None
+    wanted = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return parse_pairs(wanted, f"line in env file {path}", os.environ)
+
+
+def _as_list(value: object, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise SpecError(f"invalid {what}: expected a string or a list of strings")
+
+
+def _absolute_path(value: object, what: str) -> str:
+    text = str(value)
+    if not text.startswith("/"):
+        raise SpecError(f"invalid {what} '{text}': must be an absolute path")
+    return os.path.normpath(text)
+
+
+# One table: every setting a spec file or the CLI may give, and how to check it.
+SETTINGS: dict[str, Callable[[object], object]] = {
+    "name": parse_name,
+    "stage1": str,
+    "rootfs": lambda value: str(Path(str(value)).absolute()),
+    "image": str,
+    "exec": lambda value: tuple(_as_list(value, "exec")),
+    "env": lambda value: parse_pairs(value, "env", os.environ),
+    "env_file": lambda value: _as_list(value, "env_file"),
+    "workdir": lambda value: _absolute_path(value, "workdir"),
+    "user": str,
+    "volume": lambda value: tuple(Volume.parse(item) for item in _as_list(value, "volume")),
+    "memory": parse_memory,
+    "cpus": parse_cpus,
+    "pids_limit": parse_pids_limit,
+    "restart": parse_restart,
+    "label": lambda value: parse_pairs(value, "label"),
+    "scope": bool,
+}
+
+
+def check_settings(raw: Mapping[str, object], origin: str) -> dict[str, object]:
+    """Convert raw settings through SETTINGS; unknown keys and bad values name their origin."""
+    checked: dict[str, object] = {}
+    for key, value in raw.items():
+        if value is None or value == ():
+            continue
+        if key not in SETTINGS:
+            raise SpecError(f"{origin}: unknown key '{key}'", hint=f"known keys: {', '.join(sorted(SETTINGS))}")
+        try:
+            checked[key] = SETTINGS[key](value)
+        except SpecError as error:
+            raise SpecError(f"{origin}: {error.message}") from None
+    return checked
+
+
+def load_spec_file(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as stream:
+            raw = tomllib.load(stream)
+    except OSError as error:
+        raise SpecError(f"cannot read spec file '{path}': {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: invalid TOML: {error}") from None
+    return check_settings(raw, str(path))
+
+
+def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1: str) -> PodSpec:
+    """Assemble a PodSpec from checked settings (spec file values overridden by flags)."""
+    if bool(settings.get("rootfs")) == bool(settings.get("image")):
+        raise SpecError("give exactly one of --rootfs DIR or an IMAGE")
+    rootfs = settings.get("rootfs")
+    if rootfs is not None and not Path(rootfs).is_dir():
+        raise SpecError(f"rootfs '{rootfs}' is not a directory")
+    env = {"PATH": DEFAULT_PATH}
+    for env_file in settings.get("env_file", ()):
+        env |= read_env_file(env_file)
+    env |= settings.get("env", {})
+    app = AppSpec(
+        argv=settings.get("exec", ()),
+        env=env,
+        workdir=settings.get("workdir"),
+        user=settings.get("user"),
+        volumes=settings.get("volume", ()),
+    )
+    resources = Resources(settings.get("memory"), settings.get("cpus"), settings.get("pids_limit"))
+    return PodSpec(
+        name=settings.get("name", default_name),
+        stage1=settings.get("stage1", default_stage1),
+        rootfs=rootfs,
+        image=settings.get("image"),
+        app=app,
+        resources=resources,
+        restart=settings.get("restart", "no"),
+        labels=settings.get("label", {}),
+        scope=settings.get("scope", False),
+    )

@@ -1,0 +1,98 @@
+"""The stage1 interface: how a pod's isolation is planned and entered.
+
+stage0 (the `sdrun` CLI) prepares a pod directory; a stage1 backend turns it
+into what systemd runs. Backends register themselves by subclassing Stage1 with
+a `name=`; stage0 looks them up by that name and never branches on it.
+docs/stage1.md documents the contract and its versions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, NoReturn
+
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+    from sdrun.systemd.bus import Property
+
+# Version 1: plan(), exec_in_scope(), enter(), gc().
+INTERFACE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """What a backend asks systemd to run for a pod's service unit."""
+
+    executable: str  # absolute path of the unit's main process
+    argv: tuple[str, ...]  # its argv, argv[0] included
+    properties: tuple[Property, ...] = field(default=())  # backend-specific unit properties
+
+
+class Stage1:
+    name: ClassVar[str]
+    interface_version: ClassVar[int] = INTERFACE_VERSION
+    registry: ClassVar[dict[str, type[Stage1]]] = {}
+
+    def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = name
+        Stage1.registry[name] = cls
+
+    @classmethod
+    def named(cls, name: str) -> Stage1:
+        _load_builtin_backends()
+        backend = cls.registry.get(name)
+        if backend is None:
+            raise SpecError(f"unknown stage1 '{name}'", hint=f"available: {', '.join(sorted(cls.registry))}")
+        if backend.interface_version > INTERFACE_VERSION:
+            raise SpecError(f"stage1 '{name}' needs interface version {backend.interface_version}")
+        return backend()
+
+    def plan(self, pod: Pod) -> UnitPlan:
+        """The main process and properties of the pod's transient service."""
+        raise NotImplementedError
+
+    def exec_in_scope(self, pod: Pod) -> NoReturn:
+        """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
+        raise NotImplementedError
+
+    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv."""
+        raise NotImplementedError
+
+    def gc(self, pod: Pod) -> None:
+        """Release whatever the backend left on the host for a pod that has ended."""
+
+
+def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:
+    """The unit's main process for a backend whose entry is `python -m MODULE run POD_DIR`.
+
+    sys.executable is the venv's interpreter itself, never a pyenv shim, so
+    the unit starts the same Python that runs stage0."""
+    argv = (sys.executable, "-m", module, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
+    return sys.executable, argv
+
+
+def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoReturn:
+    """The in-unit entry of a stage1: load the pod named on the command line and become its app."""
+    from sdrun.pod import load_pod
+
+    if len(argv) != 4 or argv[1] != "run" or argv[2] != f"--interface={INTERFACE_VERSION}":
+        sys.stderr.write(f"usage: {argv[0]} run --interface={INTERFACE_VERSION} POD_DIR\n")
+        sys.exit(EXIT_RUNTIME_ERROR)
+    try:
+        become_app(load_pod(Path(argv[3])))
+    except (SdrunError, OSError) as error:
+        sys.stderr.write(f"sdrun stage1: {getattr(error, 'message', None) or error}\n")
+        os._exit(EXIT_RUNTIME_ERROR)
+
+
+def _load_builtin_backends() -> None:
+    # Imported on demand: each backend pulls in only what it needs.
+    import stage1.fly  # noqa: F401

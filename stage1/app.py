@@ -1,0 +1,53 @@
+"""The app as a stage1 runs it: spec values resolved against the rootfs, and the final exec."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from sdrun.errors import SpecError
+from sdrun.linux import syscalls
+from sdrun.linux.rootfs import Credentials, find_executable, is_directory_in_root, resolve_user
+from sdrun.spec import DEFAULT_PATH, AppSpec
+
+
+@dataclass(frozen=True)
+class ResolvedApp:
+    executable: str  # absolute path inside the rootfs
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str
+    credentials: Credentials
+
+
+def resolve_app(rootfs: Path, app: AppSpec, default_argv: tuple[str, ...] = ()) -> ResolvedApp:
+    argv = app.argv or default_argv
+    if not argv:
+        raise SpecError("no command given", hint="add one after '--', e.g. sdrun run --rootfs DIR -- /bin/sh")
+    credentials = resolve_user(rootfs, app.user)
+    env = {"HOME": credentials.home} | app.env
+    executable = find_executable(rootfs, argv[0], env.get("PATH", DEFAULT_PATH))
+    workdir = app.workdir or "/"
+    if not is_directory_in_root(rootfs, workdir):
+        raise SpecError(f"working directory '{workdir}' does not exist in the container")
+    return ResolvedApp(executable, argv, env, workdir, credentials)
+
+
+def exec_app(app: ResolvedApp, argv: tuple[str, ...] | None = None) -> NoReturn:
+    """Become the app: drop to its credentials, enter its workdir, exec. Called after chroot/pivot_root."""
+    credentials = app.credentials
+    syscalls.setgroups(list(credentials.groups))
+    os.setresgid(credentials.gid, credentials.gid, credentials.gid)
+    os.setresuid(credentials.uid, credentials.uid, credentials.uid)
+    os.chdir(app.workdir)
+    command = argv or app.argv
+    executable = app.executable if argv is None else command[0]
+    try:
+        if "/" in executable:
+            os.execve(executable, command, app.env)
+        os.execvpe(executable, command, app.env)
+    except OSError as error:
+        os.write(2, f"sdrun: cannot execute '{command[0]}': {error.strerror}\n".encode())
+        os._exit(127 if error.errno == 2 else 126)
