@@ -132,10 +132,10 @@ async def gc(systemd: Systemd, store: PodStore) -> list[str]:
     for pod_view in await views(systemd, store.all()):
         if pod_view.running:
             continue
-        with contextlib.suppress(SdrunError):  # busy: a `run` is still setting it up
-            with pod_view.pod.locked():
-                await _discard(systemd, store, pod_view.pod)
-                removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})")
+        # A pod whose lock is busy is still being set up by a `run`: leave it alone.
+        with contextlib.suppress(SdrunError), pod_view.pod.locked():
+            await _discard(systemd, store, pod_view.pod)
+            removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})")
     return removed
 
 
@@ -183,4 +183,3 @@ def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         os.write(2, f"sdrun: {getattr(error, 'message', None) or error}\n".encode())
         os._exit(125)
-

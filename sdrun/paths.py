@@ -1,11 +1,11 @@
 """Every on-disk path sdrun uses, built in one place.
 
-    <root>/pods/<uuid>/            one directory per pod (see sdrun.pod)
-    <root>/pods/<uuid>/pod.json    the pod manifest: the spec as JSON
-    <root>/pods/<uuid>/lock        flock(2) guarding the directory
-    <root>/pods/<uuid>/exit        the app's exit record, written by the unit's ExecStopPost
-    <root>/names/<name>            symlink to ../pods/<uuid>; its creation reserves the name
-    <root>/images/                 the OCI image store
+<root>/pods/<uuid>/            one directory per pod (see sdrun.pod)
+<root>/pods/<uuid>/pod.json    the pod manifest: the spec as JSON
+<root>/pods/<uuid>/lock        flock(2) guarding the directory
+<root>/pods/<uuid>/exit        the app's exit record, written by the unit's ExecStopPost
+<root>/names/<name>            symlink to ../pods/<uuid>; its creation reserves the name
+<root>/images/                 the OCI image store
 """
 
 from __future__ import annotations

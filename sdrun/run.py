@@ -105,9 +105,14 @@ async def _run_in_foreground(systemd: Systemd, backend: Stage1, pod: Pod, output
     return exit_status_of(code, str(service["ExecMainStatus"]))
 
 
+_pending_kills: set[asyncio.Task[None]] = set()
+
+
 def _forward(systemd: Systemd, unit: str, number: int) -> None:
     """As podman's sig-proxy: a signal to `sdrun run` goes to the app; the app decides what happens."""
-    asyncio.ensure_future(systemd.kill_unit(unit, number, "main"))
+    task = asyncio.ensure_future(systemd.kill_unit(unit, number, "main"))
+    _pending_kills.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_pending_kills.discard)
 
 
 async def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:

@@ -134,13 +134,20 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind a host path into the container.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Attach a label to the pod.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@pass_context
 @click.pass_context
-def run(click_ctx: click.Context, ctx: Context, spec_file: Path | None, detach: bool, remove: bool,
-        args: tuple[str, ...], **flags: Any) -> None:
+def run(
+    click_ctx: click.Context,
+    /,
+    spec_file: Path | None,
+    detach: bool,
+    remove: bool,
+    args: tuple[str, ...],
+    **flags: Any,
+) -> None:
     """Run a container: sdrun run [OPTIONS] (--rootfs DIR | IMAGE) [-- CMD ARGS...]"""
     from sdrun import run as running
 
+    ctx: Context = click_ctx.obj
     settings: dict[str, object] = load_spec_file(spec_file) if spec_file else {}
     given = {
         RUN_FLAGS[name]: value
@@ -183,7 +190,7 @@ def list_pods(ctx: Context, as_json: bool) -> None:
         rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, " ".join(spec.app.argv)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 @main.command()
@@ -301,4 +308,3 @@ def _pod_uuid(ctx: Context, ref: str) -> str:
 
 def entry_point() -> None:
     main(prog_name="sdrun")
-

@@ -38,7 +38,9 @@ def make_mount_point(root: Path, target: str, directory: bool) -> None:
                 os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent))
 
 
-def mount_in_root(source: str | None, root: Path, target: str, fstype: str | None, flags: int, options: str | None) -> None:
+def mount_in_root(
+    source: str | None, root: Path, target: str, fstype: str | None, flags: int, options: str | None
+) -> None:
     with open_in_root(root, target, os.O_PATH) as fd:
         sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
 

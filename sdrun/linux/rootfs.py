@@ -100,7 +100,5 @@ def resolve_user(root: Path, user: str | None) -> Credentials:
             raise SpecError(f"group '{group}' not found in the container's /etc/group")
         gid = int(match[2]) if match else int(group)
     member_of = entry[0] if entry else None
-    extra = tuple(
-        int(row[2]) for row in groups_db if len(row) >= 4 and member_of and member_of in row[3].split(",")
-    )
+    extra = tuple(int(row[2]) for row in groups_db if len(row) >= 4 and member_of and member_of in row[3].split(","))
     return Credentials(uid, gid, tuple(sorted(set(extra) - {gid})), home)

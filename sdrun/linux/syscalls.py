@@ -102,7 +102,6 @@ def setgroups(gids: list[int]) -> None:
     _check(_libc.setgroups(ctypes.c_size_t(len(gids)), array), "setgroups")
 
 
-
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 

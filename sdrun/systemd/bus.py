@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_next import Message, MessageType, Variant
-from dbus_next.aio import MessageBus
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import MessageType
+from dbus_next.message import Message
+from dbus_next.signature import Variant
 from dbus_next.errors import AuthError
 
 from sdrun.errors import BusUnavailable, NotFound, SdrunError
@@ -90,7 +92,7 @@ class Systemd:
         return systemd
 
     def close(self) -> None:
-        self.bus.disconnect()
+        self.bus.disconnect()  # type: ignore[no-untyped-call]
 
     async def call(
         self,
@@ -138,9 +140,9 @@ class Systemd:
                 waiter.set_result(result)
         elif message.member == "PropertiesChanged" and message.path in self._state_watchers:
             interface, changed, _ = message.body
-            if interface == UNIT and "ActiveState" in changed:
-                if changed["ActiveState"].value in ("inactive", "failed"):
-                    self._state_watchers[message.path].set()
+            state = changed.get("ActiveState") if interface == UNIT else None
+            if state is not None and state.value in ("inactive", "failed"):
+                self._state_watchers[message.path].set()
 
     async def _wait_for_job(self, job: str, what: str) -> None:
         result = self._finished_jobs.pop(job, None)
@@ -160,7 +162,9 @@ class Systemd:
             (job,) = await self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", wrapped, []])
         except BusError as error:
             if error.name == "org.freedesktop.systemd1.UnitExists":
-                raise SdrunError(f"unit {unit} already exists", hint=f"'systemctl reset-failed {unit}' or 'sdrun gc'") from None
+                raise SdrunError(
+                    f"unit {unit} already exists", hint=f"'systemctl reset-failed {unit}' or 'sdrun gc'"
+                ) from None
             raise
         await self._wait_for_job(job, f"starting {unit}")
 
@@ -198,9 +202,7 @@ class Systemd:
     async def unit_properties(self, unit: str, interface: str = UNIT) -> dict[str, Any]:
         """All properties of a loaded unit on one interface; NotFound if systemd has no such unit."""
         try:
-            (values,) = await self.call(
-                "GetAll", "s", [interface], path=unit_object_path(unit), interface=PROPERTIES
-            )
+            (values,) = await self.call("GetAll", "s", [interface], path=unit_object_path(unit), interface=PROPERTIES)
         except BusError as error:
             if error.name in ("org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.systemd1.NoSuchUnit"):
                 raise NotFound(f"{unit} is not loaded") from None

@@ -48,10 +48,9 @@ class PodJournal:
         moved = 0
         while moved < count and self._reader._previous():
             moved += 1
-        if moved:
-            # _next() after this re-reads the entry we stand on; step back once more so it is included.
-            if not self._reader._previous():
-                self._reader.seek_head()
+        # _next() moves off the entry we stand on: step back once more so that it is included.
+        if moved and not self._reader._previous():
+            self._reader.seek_head()
 
     def seek_realtime(self, usec: int) -> None:
         self._reader.seek_realtime(usec)

@@ -61,4 +61,3 @@ def become_app(pod: Pod) -> NoReturn:
     execute_plan(plan, rootfs)
     os.chroot(rootfs)
     exec_app(app)
-

@@ -1,0 +1,60 @@
+# sdrun: `make test` and `make demo` do all set-up themselves (apt packages, .venv).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(CURDIR)/$(VENV)/bin/python
+BOOT := $(PY) -m tests.harness.sdboot --
+ROOTFS := build/rootfs
+PYTEST_ARGS ?=
+
+# Debian packages: runtime needs, test peers and the tools tests drive for real.
+APT_PACKAGES := busybox-static gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
+	util-linux iproute2 nftables tini libseccomp2 crun runc podman skopeo umoci docker-registry \
+	qemu-system-x86 linux-image-cloud-amd64 hyperfine bubblewrap
+
+.PHONY: setup apt venv test lint unit demo bench install uninstall clean
+
+setup: apt venv $(ROOTFS)/bin/busybox
+
+apt: build/.apt-stamp
+build/.apt-stamp: Makefile
+	@mkdir -p build
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+$(ROOTFS)/bin/busybox: tools/mkrootfs.sh | apt
+	rm -rf $(ROOTFS) && tools/mkrootfs.sh $(ROOTFS)
+
+lint: venv
+	$(VENV)/bin/ruff check sdrun stage1 tests bench tools
+	$(VENV)/bin/ruff format --check sdrun stage1 tests bench tools
+	$(VENV)/bin/mypy
+
+# Everything runs under a real systemd: the host's if it is PID 1, else a throwaway one.
+test: setup lint
+	$(BOOT) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+
+demo: setup
+	$(BOOT) tools/demo.sh
+
+bench: setup
+	$(BOOT) $(PY) -m bench
+
+install: setup
+	tools/install.sh
+
+uninstall:
+	tools/install.sh --uninstall
+
+clean:
+	rm -rf build $(VENV)
