@@ -31,7 +31,7 @@ class UnitPlan:
 
     executable: str  # absolute path of the unit's main process
     argv: tuple[str, ...]  # its argv, argv[0] included
-    properties: tuple[Property, ...] = field(default=())  # backend-specific unit properties
+    properties: tuple[Property, ...] = field(default=())  # backend-specific unit properties, Type= among them
 
 
 class Stage1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -33,6 +34,24 @@ def resolve_app(rootfs: Path, app: AppSpec, default_argv: tuple[str, ...] = ()) 
     if not is_directory_in_root(rootfs, workdir):
         raise SpecError(f"working directory '{workdir}' does not exist in the container")
     return ResolvedApp(executable, argv, env, workdir, credentials)
+
+
+class SystemdNotifier:
+    """sd_notify(3) without libsystemd. Connects at once, so that it still reaches
+    $NOTIFY_SOCKET after a chroot or pivot_root has hidden the socket's path."""
+
+    def __init__(self) -> None:
+        self._connection: socket.socket | None = None
+        address = os.environ.pop("NOTIFY_SOCKET", None)
+        if address:
+            if address.startswith("@"):
+                address = "\0" + address[1:]  # an abstract socket
+            self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._connection.connect(address)
+
+    def notify(self, message: str) -> None:
+        if self._connection is not None:
+            self._connection.send(message.encode())
 
 
 def exec_app(app: ResolvedApp, argv: tuple[str, ...] | None = None) -> NoReturn:

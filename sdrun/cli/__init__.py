@@ -66,6 +66,11 @@ def _debugging(ctx: click.Context) -> bool:
     return isinstance(ctx.obj, Context) and ctx.obj.debug
 
 
+def without_separator(args: tuple[str, ...]) -> tuple[str, ...]:
+    """Click keeps a `--` that follows a positional argument (POD -- CMD, IMAGE -- CMD): drop it."""
+    return args[1:] if args[:1] == ("--",) else args
+
+
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
@@ -157,6 +162,7 @@ def run(
     settings |= check_settings(given, "command line")
     if not settings.get("rootfs") and args:
         settings["image"], args = args[0], args[1:]
+    args = without_separator(args)
     if args:
         settings["exec"] = tuple(args)
     spec = build_spec(settings, default_name=f"pod-{secrets.token_hex(4)}", default_stage1=DEFAULT_STAGE1)
@@ -264,7 +270,7 @@ def gc(ctx: Context) -> None:
 def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
     """Run a command inside a running pod [/bin/sh]."""
     pod = ctx.store.get(pod_ref)
-    argv = list(command) or ["/bin/sh"]
+    argv = list(without_separator(command)) or ["/bin/sh"]
     sys.exit(run_async(with_systemd(lambda systemd: manage.enter(systemd, pod, argv))))
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import MessageType
+from dbus_next.errors import AuthError
 from dbus_next.message import Message
 from dbus_next.signature import Variant
-from dbus_next.errors import AuthError
 
 from sdrun.errors import BusUnavailable, NotFound, SdrunError
 

@@ -29,7 +29,8 @@ class PodJournal:
     """The journal entries of one pod (or of every pod), read forwards."""
 
     def __init__(self, pod_uuid: str | None = None) -> None:
-        self._reader = _reader._Reader(_reader.SYSTEM | _reader.LOCAL_ONLY)
+        # Not SYSTEM only: journald files the output of an app running as uid N under user-N.journal.
+        self._reader = _reader._Reader(_reader.LOCAL_ONLY)
         if pod_uuid is not None:
             self._reader.add_match(f"{POD_FIELD}={pod_uuid}")
 

@@ -67,7 +67,6 @@ def service_properties(
     properties: list[Property] = [
         ("Description", "s", f"sdrun pod {pod.name} ({pod.uuid})"),
         ("Slice", "s", SLICE),
-        ("Type", "s", "exec"),
         ("ExecStart", "a(sasb)", [[plan.executable, [escape_variables(arg) for arg in plan.argv], False]]),
         ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
         ("ExecStopPostEx", "a(sasas)", stop_post),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
 from stage1 import Stage1, UnitPlan, entry_command
-from stage1.app import exec_app, resolve_app
+from stage1.app import SystemdNotifier, exec_app, resolve_app
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -36,7 +36,10 @@ def _rootfs(pod: Pod) -> Path:
 class Fly(Stage1, name="fly"):
     def plan(self, pod: Pod) -> UnitPlan:
         resolve_app(_rootfs(pod), pod.spec.app)  # fail now, with a clear error, rather than inside the unit
-        return UnitPlan(*entry_command("stage1.fly", pod))
+        # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
+        # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
+        properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
+        return UnitPlan(*entry_command("stage1.fly", pod), properties)
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         become_app(pod)
@@ -54,10 +57,12 @@ class Fly(Stage1, name="fly"):
 def become_app(pod: Pod) -> NoReturn:
     rootfs = _rootfs(pod)
     app = resolve_app(rootfs, pod.spec.app)
+    notifier = SystemdNotifier()
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # host mounts still reach us; ours stay here
     plan: list[MountOperation] = [BindMount(path, path) for path in HOST_API_FILESYSTEMS]
     plan += [BindMount(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes]
     execute_plan(plan, rootfs)
     os.chroot(rootfs)
+    notifier.notify("READY=1")
     exec_app(app)

@@ -1,0 +1,287 @@
+"""The core path end to end: real systemd, real D-Bus, real journal, the fly stage1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name
+
+pytestmark = needs_systemd
+
+
+def pod_json(sdrun: Sdrun, name: str) -> dict[str, object]:
+    pods = json.loads(sdrun("list", "--json").stdout)
+    (found,) = [pod for pod in pods if pod["name"] == name]
+    return dict(found)
+
+
+def wait_for(predicate: object, timeout: float = 20.0, interval: float = 0.05) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
+
+
+def test_foreground_run_prints_output_and_exits_with_the_apps_status(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    result = sdrun(
+        "run", "--name", name, "--rootfs", str(rootfs), "--", "/bin/sh", "-c", "echo hi; exit 3", check=False
+    )
+    assert result.returncode == 3
+    assert result.stdout == "hi\n"
+    assert sdrun("logs", name).stdout == "hi\n"
+    pod = pod_json(sdrun, name)
+    assert pod["state"] == "exited"
+    assert pod["exit_status"] == 3
+    assert pod["unit"] == f"sdrun-{name}.service"
+
+
+def test_a_signal_killed_app_exits_128_plus_the_signal(sdrun: Sdrun, rootfs: Path) -> None:
+    result = sdrun("run", "--rootfs", str(rootfs), "--", "sh", "-c", "kill -9 $$", check=False)
+    assert result.returncode == 128 + 9
+
+
+def test_ten_thousand_lines_all_reach_stdout_logs_and_journalctl(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    expected = [str(number) for number in range(1, 10_001)]
+    result = sdrun("run", "--name", name, "--rootfs", str(rootfs), "--", "seq", "1", "10000", timeout=120)
+    assert result.stdout.splitlines() == expected
+    assert sdrun("logs", name).stdout.splitlines() == expected
+    journal = subprocess.run(
+        ["journalctl", "-u", f"sdrun-{name}.service", "-o", "cat", "--no-pager"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert [line for line in journal if line.isdigit()] == expected
+    assert sdrun("logs", "-n", "3", name).stdout.splitlines() == expected[-3:]
+
+
+def test_rm_flag_removes_pod_and_unit(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "--rm", "--name", name, "--rootfs", str(rootfs), "--", "/bin/true")
+    assert sdrun.pods() == []
+    assert not (sdrun.root / "names" / name).exists()
+    assert systemctl_show(f"sdrun-{name}.service", "LoadState")["LoadState"] == "not-found"
+
+
+def test_detached_rm_removes_the_pod_when_the_app_ends(sdrun: Sdrun, rootfs: Path) -> None:
+    sdrun("run", "-d", "--rm", "--rootfs", str(rootfs), "--", "sleep", "0.2")
+    wait_for(lambda: sdrun.pods() == [])
+
+
+def test_detached_pod_lifecycle_stop_kill_rm_gc(sdrun: Sdrun, rootfs: Path) -> None:
+    first, second = unique_name("stop"), unique_name("kill")
+    for name in (first, second):
+        uuid = sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300").stdout.strip()
+        assert len(uuid) == 36
+        assert pod_json(sdrun, name)["state"] == "running"
+
+    sdrun("stop", first)
+    assert pod_json(sdrun, first)["state"] == "exited"
+    assert pod_json(sdrun, first)["exit_status"] == 128 + 15  # sleep dies of systemd's SIGTERM
+
+    assert sdrun("rm", second, check=False).returncode == 125  # running: refused without -f
+    sdrun("kill", "-s", "KILL", second)
+    wait_for(lambda: pod_json(sdrun, second)["state"] != "running")
+    assert pod_json(sdrun, second)["exit_status"] == 128 + 9
+
+    sdrun("rm", first)
+    assert [pod["name"] for pod in json.loads(sdrun("list", "--json").stdout)] == [second]
+    assert f"removed {second}" in sdrun("gc").stdout
+    assert sdrun.pods() == []
+
+
+def test_rm_force_kills_a_running_pod(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300")
+    sdrun("rm", "-f", name)
+    assert sdrun.pods() == []
+    assert systemctl_show(f"sdrun-{name}.service", "ActiveState")["ActiveState"] == "inactive"
+
+
+def test_pod_is_found_by_uuid_prefix(sdrun: Sdrun, rootfs: Path) -> None:
+    uuid = sdrun("run", "-d", "--rootfs", str(rootfs), "--", "sleep", "300").stdout.strip()
+    assert json.loads(sdrun("status", "--json", uuid[:8]).stdout)["uuid"] == uuid
+    sdrun("rm", "-f", uuid[:8])
+
+
+def test_no_sdrun_process_stays_beside_the_app(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300")
+    main_pid = int(systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"])
+    # READY=1 comes a few instructions before the entry's final execve()
+    wait_for(lambda: Path(f"/proc/{main_pid}/comm").read_text().strip() == "sleep", timeout=2)
+    cgroup = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{main_pid}/cgroup").read_text().splitlines()
+        if line.split(":")[1] == "name=systemd"
+    )
+    assert cgroup.endswith(f"sdrun-{name}.service")
+    procs = Path(f"/sys/fs/cgroup/systemd{cgroup}/cgroup.procs").read_text().split()
+    assert procs == [str(main_pid)]
+    status = json.loads(sdrun("status", "--json", name).stdout)
+    assert status["main_pid"] == main_pid
+
+
+def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    script = "n=$(cat /state/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /state/n; [ $n -ge 3 ]"
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--restart", "on-failure", "-v", f"{state}:/state", "--rootfs", str(rootfs),
+          "--", "sh", "-c", script)  # fmt: skip
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "exited" and (state / "n").read_text().strip() == "3")
+    assert pod_json(sdrun, name)["exit_status"] == 0
+
+
+def test_memory_limit_is_the_units_memorymax_and_is_enforced(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--memory", "64M", "--rootfs", str(rootfs), "--", "sleep", "300")
+    assert systemctl_show(f"sdrun-{name}.service", "MemoryMax")["MemoryMax"] == str(64 << 20)
+    main_pid = systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"]
+    memory_cgroup = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{main_pid}/cgroup").read_text().splitlines()
+        if ":memory:" in line
+    )
+    limit = Path(f"/sys/fs/cgroup/memory{memory_cgroup}/memory.limit_in_bytes").read_text()
+    assert int(limit) == 64 << 20
+    sdrun("rm", "-f", name)
+
+    hog = sdrun("run", "--memory", "64M", "--rootfs", str(rootfs), "--",
+                "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1", check=False)  # fmt: skip
+    assert hog.returncode == 128 + 9  # the kernel's OOM killer ended it
+
+
+def test_cpu_and_pids_limits_reach_the_unit(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--cpus", "0.5", "--pids-limit", "7", "--rootfs", str(rootfs), "--",
+          "sleep", "300")  # fmt: skip
+    shown = systemctl_show(f"sdrun-{name}.service", "CPUQuotaPerSecUSec", "TasksMax")
+    assert shown == {"CPUQuotaPerSecUSec": "500ms", "TasksMax": "7"}
+    fork_bomb = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done; wait"
+    result = sdrun("run", "--pids-limit", "4", "--rootfs", str(rootfs), "--", "sh", "-c", fork_bomb, check=False)
+    assert "can't fork" in result.stdout or "Resource temporarily unavailable" in result.stdout
+
+
+def test_env_workdir_user_and_volumes(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=yes\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o777)  # the app runs as uid 1000
+    (data / "in").write_text("from host\n")
+    script = "echo $GREETING $FROM_FILE; pwd; id -u; id -g; cat /data/in; echo out > /data/out; touch /ro/x"
+    result = sdrun("run", "-e", "GREETING=hello", "--env-file", str(env_file), "-w", "/tmp", "-u", "user",
+                   "-v", f"{data}:/data", "-v", f"{data}:/ro:ro", "--rootfs", str(rootfs), "--", "sh", "-c", script,
+                   check=False)  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[:5] == ["hello yes", "/tmp", "1000", "1000", "from host"]
+    assert "Read-only file system" in result.stdout
+    assert result.returncode == 1
+    assert (data / "out").read_text() == "out\n"
+    numeric = sdrun("run", "-u", "1234:5", "--rootfs", str(rootfs), "--", "sh", "-c", "id -u; id -g")
+    assert numeric.stdout.split() == ["1234", "5"]
+
+
+def test_spec_file(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    name = unique_name("spec")
+    spec = tmp_path / "web.toml"
+    spec.write_text(
+        f'name = "{name}"\nrootfs = "{rootfs}"\nexec = ["sh", "-c", "echo $COLOUR; exit 4"]\n'
+        'env = { COLOUR = "blue" }\nmemory = "128M"\n'
+    )
+    result = sdrun("run", "--spec", str(spec), check=False)
+    assert (result.returncode, result.stdout) == (4, "blue\n")
+    overridden = sdrun("run", "--spec", str(spec), "--name", f"{name}-2", "-e", "COLOUR=red", check=False)
+    assert overridden.stdout == "red\n"
+
+
+def test_scope_runs_attached_in_a_transient_scope(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    result = sdrun("run", "--scope", "--name", name, "--rootfs", str(rootfs), "--",
+                   "sh", "-c", "grep name=systemd /proc/self/cgroup; exit 5", check=False)  # fmt: skip
+    assert result.returncode == 5
+    assert result.stdout.strip().endswith(f"/machine.slice/sdrun-{name}.scope")
+    assert pod_json(sdrun, name)["exit_status"] == 5
+
+
+def test_enter_runs_inside_the_pod_and_its_cgroup(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300")
+    result = sdrun("enter", name, "--", "sh", "-c", "grep ^user: /etc/passwd; grep name=systemd /proc/self/cgroup")
+    passwd, cgroup = result.stdout.splitlines()
+    assert passwd.startswith("user:x:1000")  # the container's /etc/passwd, not the host's
+    assert cgroup.endswith(f"/machine.slice/sdrun-{name}.service")
+    assert sdrun("enter", name, "--", "sh", "-c", "exit 7", check=False).returncode == 7
+
+
+# --- bad input: one line, exit 125, nothing left behind ---
+
+
+def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 125, result
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("sdrun: "), result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sdrun.pods() == []
+    units = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "sdrun-*"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert str(sdrun.root) not in units
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--rootfs", "/nonexistent", "--", "/bin/true"], "rootfs '/nonexistent' is not a directory"),
+        (["--memory", "12Q", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid memory value '12Q'"),
+        (["--restart", "sometimes", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart policy"),
+        (["--rootfs", "{rootfs}", "--", "/no/such/program"], "'/no/such/program' not found"),
+        (["-v", "/nonexistent:/x", "--rootfs", "{rootfs}", "--", "/bin/true"], "volume source '/nonexistent'"),
+        (["-u", "nobody-here", "--rootfs", "{rootfs}", "--", "/bin/true"], "user 'nobody-here' not found"),
+        (["--name", "bad/name", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid pod name"),
+        (["--stage1", "warp", "--rootfs", "{rootfs}", "--", "/bin/true"], "unknown stage1 'warp'"),
+    ],
+)
+def test_bad_run_input(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: str) -> None:
+    result = sdrun("run", *[arg.format(rootfs=rootfs) for arg in args], check=False)
+    assert_clean_failure(sdrun, result, fragment)
+
+
+def test_unknown_spec_key_names_file_and_key(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text(f'rootfs = "{rootfs}"\ncolour = "red"\n')
+    result = sdrun("run", "--spec", str(spec), check=False)
+    assert_clean_failure(sdrun, result, f"{spec}: unknown key 'colour'")
+
+
+def test_unknown_pod(sdrun: Sdrun) -> None:
+    for verb in (["stop"], ["kill"], ["rm"], ["status"], ["logs"], ["enter"]):
+        result = sdrun(*verb, "no-such-pod", check=False)
+        assert_clean_failure(sdrun, result, "no such pod: 'no-such-pod'")
+
+
+def test_duplicate_name_is_refused(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300")
+    result = sdrun("run", "--name", name, "--rootfs", str(rootfs), "--", "/bin/true", check=False)
+    assert result.returncode == 125
+    assert f"a pod named '{name}' already exists" in result.stderr
+    assert len(sdrun.pods()) == 1
+
+
+def test_no_bus_is_one_clear_line(sdrun: Sdrun, rootfs: Path) -> None:
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=/run/no-such-bus")
+    result = sdrun("run", "--rootfs", str(rootfs), "--", "/bin/true", check=False, env=env)
+    assert_clean_failure(sdrun, result, "cannot reach systemd's bus at /run/no-such-bus")
+    listing = sdrun("list", check=False, env=env)
+    assert listing.returncode == 125 and "/run/no-such-bus" in listing.stderr

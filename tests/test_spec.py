@@ -1,0 +1,116 @@
+"""Pure logic: spec parsing and the unit properties derived from a spec. No systemd needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdrun.errors import SpecError
+from sdrun.pod import Pod, exit_status_of
+from sdrun.spec import (
+    PodSpec,
+    Resources,
+    Volume,
+    build_spec,
+    check_settings,
+    load_spec_file,
+    parse_memory,
+)
+from sdrun.systemd.bus import unit_object_path
+from sdrun.systemd.properties import escape_variables, resource_properties
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512", 512),
+        ("4K", 4096),
+        ("256M", 256 << 20),
+        ("2G", 2 << 30),
+        ("1.5G", 3 << 29),
+        ("64Mi", 64 << 20),
+        ("64mb", 64 << 20),
+    ],
+)
+def test_memory_sizes(text: str, size: int) -> None:
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "12Q", "-1M", "M", "0", "1.2.3G"])
+def test_bad_memory_sizes(text: str) -> None:
+    with pytest.raises(SpecError, match="invalid memory value"):
+        parse_memory(text)
+
+
+def test_volume_parsing(tmp_path: Path) -> None:
+    assert Volume.parse(f"{tmp_path}:/data") == Volume(str(tmp_path), "/data", False)
+    assert Volume.parse(f"{tmp_path}/:/data/../data:ro") == Volume(str(tmp_path), "/data", True)
+    for bad in ("relative:/x", f"{tmp_path}:relative", f"{tmp_path}:/x:rx", "a:b:c:d"):
+        with pytest.raises(SpecError):
+            Volume.parse(bad)
+
+
+def test_unknown_keys_are_rejected_with_their_origin() -> None:
+    with pytest.raises(SpecError, match=r"web\.toml: unknown key 'colour'"):
+        check_settings({"colour": "red"}, "web.toml")
+
+
+def test_spec_file_round_trips_through_the_manifest(tmp_path: Path) -> None:
+    spec_file = tmp_path / "web.toml"
+    spec_file.write_text(
+        f'name = "web"\nrootfs = "{tmp_path}"\nexec = ["/bin/httpd", "-f"]\nenv = {{ A = "1" }}\n'
+        f'volume = ["{tmp_path}:/srv:ro"]\nmemory = "64M"\ncpus = 0.5\npids_limit = 10\nrestart = "always"\n'
+        'label = { tier = "web" }\n'
+    )
+    spec = build_spec(load_spec_file(spec_file), default_name="unused", default_stage1="fly")
+    assert spec.name == "web"
+    assert spec.app.argv == ("/bin/httpd", "-f")
+    assert spec.app.env["A"] == "1" and "PATH" in spec.app.env
+    assert spec.app.volumes == (Volume(str(tmp_path), "/srv", True),)
+    assert spec.resources == Resources(64 << 20, 0.5, 10)
+    assert spec.labels == {"tier": "web"}
+    assert PodSpec.from_json(spec.to_json()) == spec
+
+
+def test_invalid_toml_is_one_clear_error(tmp_path: Path) -> None:
+    spec_file = tmp_path / "broken.toml"
+    spec_file.write_text("name = \n")
+    with pytest.raises(SpecError, match=r"broken\.toml: invalid TOML"):
+        load_spec_file(spec_file)
+
+
+def test_rootfs_or_image_but_not_both(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="exactly one"):
+        build_spec({}, default_name="x", default_stage1="fly")
+    with pytest.raises(SpecError, match="exactly one"):
+        build_spec({"rootfs": str(tmp_path), "image": "busybox"}, default_name="x", default_stage1="fly")
+
+
+def test_resource_properties_table(tmp_path: Path) -> None:
+    spec = PodSpec(name="web", stage1="fly", rootfs=str(tmp_path), resources=Resources(64 << 20, 1.5, 20))
+    pod = Pod("0" * 36, tmp_path, spec, 0.0)
+    assert resource_properties(pod) == [
+        ("MemoryMax", "t", 64 << 20),
+        ("CPUQuotaPerSecUSec", "t", 1_500_000),
+        ("TasksMax", "t", 20),
+        ("Restart", "s", "no"),
+    ]
+    unlimited = Pod("0" * 36, tmp_path, PodSpec(name="web", stage1="fly", rootfs=str(tmp_path)), 0.0)
+    assert resource_properties(unlimited) == [("Restart", "s", "no")]
+
+
+def test_exit_status_mapping() -> None:
+    assert exit_status_of("exited", "3") == 3
+    assert exit_status_of("killed", "9") == 137
+    assert exit_status_of("killed", "TERM") == 143
+    assert exit_status_of("dumped", "SEGV") == 139
+
+
+def test_dollars_survive_systemds_variable_expansion() -> None:
+    assert escape_variables("kill -9 $$; echo $HOME ${X}") == "kill -9 $$$$; echo $$HOME $${X}"
+
+
+def test_unit_object_paths_are_escaped_like_sd_bus() -> None:
+    assert unit_object_path("sdrun-web.service") == "/org/freedesktop/systemd1/unit/sdrun_2dweb_2eservice"
+    assert unit_object_path("0pod.scope").endswith("/_30pod_2escope")
