@@ -142,7 +142,9 @@ class ThrowawaySystemd:
         sc.mount("overlay", root, "overlay", 0, "lowerdir=/,upperdir=/mnt/upper,workdir=/mnt/work")
         sc.mount("proc", root / "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         sc.mount("/dev", root / "dev", None, sc.MS_BIND | sc.MS_REC)
-        sc.mount("sysfs", root / "sys", "sysfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        # Read-only, as systemd-nspawn does: it keeps udev (ConditionPathIsReadWrite=/sys) from
+        # starting in the guest and acting on the host's devices.
+        sc.mount("sysfs", root / "sys", "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         cgroup_root = root / "sys/fs/cgroup"
         sc.mount("tmpfs", cgroup_root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=0755")
         for hierarchy in self.hierarchies:
