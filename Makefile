@@ -35,9 +35,11 @@ $(VENV)/.stamp: pyproject.toml
 $(ROOTFS)/bin/busybox: tools/mkrootfs.sh | apt
 	rm -rf $(ROOTFS) && tools/mkrootfs.sh $(ROOTFS)
 
+PY_SOURCES := $(wildcard sdrun stage1 tests bench tools)
+
 lint: venv
-	$(VENV)/bin/ruff check sdrun stage1 tests bench tools
-	$(VENV)/bin/ruff format --check sdrun stage1 tests bench tools
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy
 
 # Everything runs under a real systemd: the host's if it is PID 1, else a throwaway one.
