@@ -66,6 +66,28 @@ class AppSpec:
 
 
 @dataclass(frozen=True)
+class Isolation:
+    """How a namespace-isolating stage1 confines the app; docs/stage1.md documents each default."""
+
+    hostname: str | None = None  # [the pod name]
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    seccomp: str = "default"  # default | unconfined | path of an OCI JSON profile
+    private_users: str | None = None  # auto | UID:COUNT; None = no user namespace
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()  # PATH[:OPTIONS]
+    init: bool = False
+    selinux_type: str | None = None
+    apparmor: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Isolation:
+        tuples = ("cap_add", "cap_drop", "tmpfs")
+        values: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in data.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class PodSpec:
     name: str
     stage1: str
@@ -76,6 +98,10 @@ class PodSpec:
     restart: str = "no"
     labels: dict[str, str] = field(default_factory=dict)
     scope: bool = False  # run in a transient scope under the CLI instead of a service
+    net: str = "none"  # host | none (a private network namespace with loopback only)
+    stop_signal: str | None = None  # KillSignal= [SIGTERM]
+    stop_timeout: float | None = None  # seconds before SIGKILL (TimeoutStopSec=) [systemd's default]
+    isolation: Isolation = field(default_factory=Isolation)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,9 +112,10 @@ class PodSpec:
         app["argv"] = tuple(app["argv"])
         app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
         return cls(
-            **{key: value for key, value in data.items() if key not in ("app", "resources")},
+            **{key: value for key, value in data.items() if key not in ("app", "resources", "isolation")},
             app=AppSpec(**app),
             resources=Resources(**data["resources"]),
+            isolation=Isolation.from_json(data.get("isolation", {})),
         )
 
 
@@ -169,6 +196,46 @@ def _as_list(value: object, what: str) -> list[str]:
     raise SpecError(f"invalid {what}: expected a string or a list of strings")
 
 
+def parse_private_users(value: object) -> str:
+    text = "auto" if value is True else str(value)
+    first, sep, count = text.partition(":")
+    if text != "auto" and not (sep and first.isdigit() and count.isdigit() and int(count) > 0):
+        raise SpecError(f"invalid --private-users '{text}': expected auto or UID:COUNT")
+    return text
+
+
+def parse_stop_signal(value: object) -> str:
+    import signal
+
+    text = str(value).upper()
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    if name not in signal.Signals.__members__:
+        raise SpecError(f"invalid stop signal '{value}': expected a name like SIGTERM or SIGINT")
+    return name
+
+
+def parse_seconds(value: object) -> float:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise SpecError(f"invalid timeout '{value}': expected seconds, e.g. 10 or 0.5")
+    return seconds
+
+
+def parse_tmpfs(value: str) -> str:
+    """PATH[:OPTIONS], OPTIONS as mount(8) takes them for tmpfs (size=64m,mode=1777,ro,exec...)."""
+    path, sep, options = value.partition(":")
+    return _absolute_path(path, "tmpfs path") + sep + options
+
+
+def parse_choice(value: object, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise SpecError(f"invalid {what} '{value}': expected one of {', '.join(choices)}")
+    return str(value)
+
+
 def _absolute_path(value: object, what: str) -> str:
     text = str(value)
     if not text.startswith("/"):
@@ -194,7 +261,21 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "restart": parse_restart,
     "label": lambda value: parse_pairs(value, "label"),
     "scope": bool,
+    "net": lambda value: parse_choice(value, ("host", "none"), "network"),
+    "stop_signal": parse_stop_signal,
+    "stop_timeout": parse_seconds,
+    "hostname": str,
+    "cap_add": lambda value: tuple(_as_list(value, "cap_add")),
+    "cap_drop": lambda value: tuple(_as_list(value, "cap_drop")),
+    "seccomp": str,
+    "private_users": parse_private_users,
+    "read_only": bool,
+    "tmpfs": lambda value: tuple(parse_tmpfs(item) for item in _as_list(value, "tmpfs")),
+    "init": bool,
+    "selinux_type": str,
+    "apparmor": str,
 }
+ISOLATION_SETTINGS = tuple(item.name for item in dataclasses.fields(Isolation))
 
 
 def check_settings(raw: Mapping[str, object], origin: str) -> dict[str, object]:
@@ -252,4 +333,8 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         restart=settings.get("restart", "no"),
         labels=settings.get("label", {}),
         scope=settings.get("scope", False),
+        net=settings.get("net", "none"),
+        stop_signal=settings.get("stop_signal"),
+        stop_timeout=settings.get("stop_timeout"),
+        isolation=Isolation(**{key: settings[key] for key in ISOLATION_SETTINGS if key in settings}),
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -53,14 +56,37 @@ class SystemdNotifier:
         if self._connection is not None:
             self._connection.send(message.encode())
 
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Wait until systemd has processed every message sent so far (sd_notify_barrier(3)):
+        it closes the pipe end passed with BARRIER=1 once it got that far."""
+        if self._connection is None:
+            return
+        read_end, write_end = os.pipe()
+        try:
+            self._connection.sendmsg(
+                [b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, write_end.to_bytes(4, sys.byteorder))]
+            )
+            os.close(write_end)
+            write_end = -1
+            select.select([read_end], [], [], timeout)
+        finally:
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
 
-def exec_app(app: ResolvedApp, argv: tuple[str, ...] | None = None) -> NoReturn:
-    """Become the app: drop to its credentials, enter its workdir, exec. Called after chroot/pivot_root."""
+
+def exec_app(
+    app: ResolvedApp, argv: tuple[str, ...] | None = None, before_exec: Callable[[], None] | None = None
+) -> NoReturn:
+    """Become the app: drop to its credentials, enter its workdir, exec. Called after chroot/pivot_root.
+    before_exec runs as the app's user right before the exec (a stage1 loads its seccomp filter there)."""
     credentials = app.credentials
     syscalls.setgroups(list(credentials.groups))
     os.setresgid(credentials.gid, credentials.gid, credentials.gid)
     os.setresuid(credentials.uid, credentials.uid, credentials.uid)
     os.chdir(app.workdir)
+    if before_exec is not None:
+        before_exec()
     command = argv or app.argv
     executable = app.executable if argv is None else command[0]
     try:

@@ -116,6 +116,19 @@ RUN_FLAGS: Mapping[str, str] = {  # click parameter -> spec setting
     "volume": "volume",
     "label": "label",
     "scope": "scope",
+    "net": "net",
+    "stop_signal": "stop_signal",
+    "stop_timeout": "stop_timeout",
+    "hostname": "hostname",
+    "cap_add": "cap_add",
+    "cap_drop": "cap_drop",
+    "seccomp": "seccomp",
+    "private_users": "private_users",
+    "read_only": "read_only",
+    "tmpfs": "tmpfs",
+    "init": "init",
+    "selinux_type": "selinux_type",
+    "apparmor": "apparmor",
 }
 assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 
@@ -138,6 +151,19 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("--restart", help="Restart policy: no, on-failure or always.")
 @click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind a host path into the container.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Attach a label to the pod.")
+@click.option("--net", help="Network: none (own namespace, loopback only) or host.")
+@click.option("--stop-signal", help="Signal that stops the app [SIGTERM].")
+@click.option("--stop-timeout", help="Seconds between the stop signal and SIGKILL.")
+@click.option("--hostname", help="Hostname inside the container [pod name].")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Keep a capability beyond the default set (ALL: all).")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability of the default set (ALL: all).")
+@click.option("--seccomp", metavar="PROFILE", help="Seccomp: default, unconfined or an OCI JSON profile file.")
+@click.option("--private-users", is_flag=False, flag_value="auto", metavar="auto|UID:COUNT", help="User namespace.")
+@click.option("--read-only", is_flag=True, default=None, help="Mount the container's root read-only.")
+@click.option("--tmpfs", multiple=True, metavar="PATH[:OPTS]", help="Mount a tmpfs inside the container.")
+@click.option("--init", is_flag=True, default=None, help="Run tini as PID 1: reaps zombies, forwards signals.")
+@click.option("--selinux-type", help="SELinux context for the app (SELinuxContext=).")
+@click.option("--apparmor", metavar="PROFILE", help="AppArmor profile for the app (AppArmorProfile=).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(

@@ -8,12 +8,14 @@ the host.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdrun.errors import SdrunError
 from sdrun.linux import syscalls as sc
 from sdrun.linux.rootfs import open_in_root
 
@@ -32,10 +34,13 @@ def make_mount_point(root: Path, target: str, directory: bool) -> None:
         except FileNotFoundError:
             pass
         with open_in_root(root, "/" + "/".join(parts[: depth - 1]), os.O_PATH | os.O_DIRECTORY) as parent:
-            if directory or not last:
-                os.mkdir(part, 0o755, dir_fd=parent)
-            else:
-                os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent))
+            try:
+                if directory or not last:
+                    os.mkdir(part, 0o755, dir_fd=parent)
+                else:
+                    os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent))
+            except FileExistsError:  # a symlink whose target is missing: never create through it
+                raise SdrunError(f"cannot mount on '{target}': '{path}' is a dangling symlink in the image") from None
 
 
 def mount_in_root(
@@ -43,6 +48,27 @@ def mount_in_root(
 ) -> None:
     with open_in_root(root, target, os.O_PATH) as fd:
         sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
+
+
+# Per-mount flags that a read-only remount must repeat: in a user namespace the
+# kernel refuses to clear ones the mount was created (and locked) with.
+KEPT_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME
+
+
+def remount_read_only(root: Path, target: str) -> None:
+    """Make the mount at target (in root) read-only, keeping its other flags."""
+    with open_in_root(root, target, os.O_PATH) as fd:
+        path = f"/proc/self/fd/{fd}"
+        kept = os.statvfs(path).f_flag & KEPT_FLAGS
+        sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | kept)
+
+
+def exists_in_root(root: Path, target: str) -> bool:
+    try:
+        with open_in_root(root, target, os.O_PATH):
+            return True
+    except FileNotFoundError:
+        return False
 
 
 class MountOperation:
@@ -69,8 +95,7 @@ class BindMount(MountOperation):
         mount_in_root(self.source, root, self.target, None, sc.MS_BIND | sc.MS_REC, None)
         if self.read_only:
             # A bind mount ignores MS_RDONLY on creation; remount the new mount (reopened) read-only.
-            flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
-            mount_in_root(None, root, self.target, None, flags, None)
+            remount_read_only(root, self.target)
 
 
 @dataclass(frozen=True)
@@ -92,3 +117,74 @@ def execute_plan(plan: Sequence[MountOperation], root: Path) -> None:
     for operation in plan:
         log.debug("%s", operation.describe())
         operation.execute(root)
+
+
+@dataclass(frozen=True)
+class MaskPath(MountOperation):
+    """Hide target: /dev/null over a file, an empty read-only tmpfs over a directory (runc's masked paths)."""
+
+    target: str
+
+    def describe(self) -> str:
+        return f"mask {self.target}"
+
+    def execute(self, root: Path) -> None:
+        try:
+            with open_in_root(root, self.target, os.O_PATH) as fd:
+                path = f"/proc/self/fd/{fd}"
+                if os.path.isdir(path):
+                    sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "size=0")
+                else:
+                    sc.mount("/dev/null", path, None, sc.MS_BIND)
+        except FileNotFoundError:
+            pass  # nothing to hide on this kernel
+
+
+@dataclass(frozen=True)
+class ReadOnlyPath(MountOperation):
+    """Bind target onto itself, read-only (runc's read-only paths); skipped when absent."""
+
+    target: str
+
+    def describe(self) -> str:
+        return f"make {self.target} read-only"
+
+    def execute(self, root: Path) -> None:
+        if not exists_in_root(root, self.target):
+            return
+        with open_in_root(root, self.target, os.O_PATH) as fd:
+            path = f"/proc/self/fd/{fd}"
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+        remount_read_only(root, self.target)
+
+
+@dataclass(frozen=True)
+class Symlink(MountOperation):
+    """Create target as a symlink to link_target unless something is there already."""
+
+    target: str
+    link_target: str
+
+    def describe(self) -> str:
+        return f"link {self.target} -> {self.link_target}"
+
+    def execute(self, root: Path) -> None:
+        parent, _, name = self.target.rpartition("/")
+        with (
+            open_in_root(root, parent or "/", os.O_PATH | os.O_DIRECTORY) as directory,
+            contextlib.suppress(FileExistsError),
+        ):
+            os.symlink(self.link_target, name, dir_fd=directory)
+
+
+@dataclass(frozen=True)
+class ReadOnlyRoot(MountOperation):
+    """The last step of a --read-only container: its root mount becomes read-only."""
+
+    target: str = "/"
+
+    def describe(self) -> str:
+        return "make the root read-only"
+
+    def execute(self, root: Path) -> None:
+        remount_read_only(root, "/")

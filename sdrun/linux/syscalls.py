@@ -23,6 +23,7 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
 MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MS_REC = 0x4000
@@ -32,6 +33,9 @@ MS_SLAVE = 0x80000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
+SECCOMP_MODE_FILTER = 2
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -100,6 +104,80 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 def setgroups(gids: list[int]) -> None:
     array = (ctypes.c_uint * len(gids))(*gids)
     _check(_libc.setgroups(ctypes.c_size_t(len(gids)), array), "setgroups")
+
+
+def capset(header: int, data: int) -> None:
+    """capset(2) with the addresses of a filled __user_cap_header_struct and its two data structs."""
+    _check(_libc.capset(ctypes.c_void_p(header), ctypes.c_void_p(data)), "capset")
+
+
+def load_seccomp_filter(program: bytes) -> None:
+    """Install a classic-BPF seccomp filter (8-byte sock_filter instructions); needs no_new_privs."""
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    instructions = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(instructions))
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+OPEN_TREE_CLONE = 0x1
+MOUNT_ATTR_IDMAP = 0x00100000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_EMPTY_PATH = 0x1000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree(path: str | os.PathLike[str], flags: int) -> int:
+    sys_open_tree = 428  # x86_64
+    return _check(
+        _libc.syscall(sys_open_tree, ctypes.c_int(-100), _encode(path), ctypes.c_uint(flags | os.O_CLOEXEC)),
+        "open_tree",
+        path,
+    )
+
+
+def idmap_mount(fd: int, userns_fd: int) -> None:
+    """mount_setattr(2): make the detached mount fd show files through userns_fd's uid/gid maps."""
+    sys_mount_setattr = 442  # x86_64
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _check(
+        _libc.syscall(
+            sys_mount_setattr,
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_uint(AT_EMPTY_PATH),
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        ),
+        "mount_setattr",
+    )
+
+
+def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
+    """Attach the detached mount fd at target."""
+    sys_move_mount = 429  # x86_64
+    _check(
+        _libc.syscall(
+            sys_move_mount,
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(-100),
+            _encode(target),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        "move_mount",
+        target,
+    )
 
 
 RESOLVE_NO_MAGICLINKS = 0x02

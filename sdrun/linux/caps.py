@@ -1,0 +1,134 @@
+"""Linux capabilities: names, the default set, and dropping to a set with capset(2).
+
+A container keeps a small set of capabilities (Docker's default fourteen); the
+rest leave the bounding set, so neither exec nor a setuid binary can bring them
+back. The ambient set is cleared so nothing is handed on implicitly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterable
+
+from sdrun.errors import SpecError
+from sdrun.linux import syscalls as sc
+
+# Index = capability number, as in <linux/capability.h>.
+CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+)
+NUMBERS = {name: number for number, name in enumerate(CAPABILITIES)}
+
+DEFAULT_CAPABILITIES = frozenset(
+    {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "NET_RAW",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
+    }
+)
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def normalize(name: str) -> str:
+    """'cap_net_admin', 'NET_ADMIN' and 'CAP_NET_ADMIN' all name NET_ADMIN; 'all' is ALL."""
+    upper = name.strip().upper().removeprefix("CAP_")
+    if upper != "ALL" and upper not in NUMBERS:
+        raise SpecError(f"unknown capability '{name}'", hint="names as in capabilities(7), e.g. NET_ADMIN")
+    return upper
+
+
+def resolve(add: Iterable[str] = (), drop: Iterable[str] = ()) -> frozenset[str]:
+    """The default set with `drop` removed, then `add` added (as Docker: ALL in either means every one)."""
+    added = {normalize(name) for name in add}
+    dropped = {normalize(name) for name in drop}
+    keep = set() if "ALL" in dropped else set(DEFAULT_CAPABILITIES) - dropped
+    keep |= set(CAPABILITIES) if "ALL" in added else added - {"ALL"}
+    return frozenset(keep)
+
+
+def mask(names: Iterable[str]) -> int:
+    return sum(1 << NUMBERS[name] for name in names)
+
+
+def last_capability() -> int:
+    """The highest capability this kernel knows: newer ones than CAPABILITIES must go too."""
+    with open("/proc/sys/kernel/cap_last_cap") as stream:
+        return int(stream.read())
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def limit_bounding_set(names: Iterable[str]) -> None:
+    """Drop every capability not named from the bounding set, and clear the ambient set (needs SETPCAP)."""
+    keep = mask(names)
+    for number in range(last_capability() + 1):
+        if not keep & (1 << number):
+            sc.prctl(sc.PR_CAPBSET_DROP, number)
+    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def set_capabilities(names: Iterable[str]) -> None:
+    """capset(2): effective, permitted and inheritable become exactly `names`."""
+    value = mask(names)
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    low, high = value & 0xFFFFFFFF, value >> 32
+    data = (_Data * 2)(_Data(low, low, low), _Data(high, high, high))
+    sc.capset(ctypes.addressof(header), ctypes.addressof(data))

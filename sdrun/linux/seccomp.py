@@ -1,0 +1,267 @@
+"""Seccomp profiles: sdrun's default allowlist and OCI JSON profiles, compiled once to BPF.
+
+Compiling a profile with libseccomp takes milliseconds and an import; loading
+its BPF takes microseconds. So stage0 compiles each distinct profile (profile
+text + capability set) once into a cache, and the in-unit entry only reads the
+bytes and hands them to the kernel (sdrun.linux.syscalls.load_seccomp_filter).
+This is the only module that imports pyseccomp, and only inside compile().
+
+The default profile denies, with EPERM, what a container has no business doing
+even as root in its namespaces: loading kernel modules, kexec and reboot,
+mount and friends, creating namespaces, changing the clock, keyrings, bpf and
+perf events, process_vm_* on other processes, and the like. Some of these come
+back with the capability that guards them (--cap-add SYS_ADMIN re-allows
+mount, unshare, setns...). Only the native architecture is allowed: a 32-bit
+binary is killed on its first syscall.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdrun.errors import SpecError
+
+UNCONFINED = "unconfined"
+DEFAULT = "default"
+PROFILE_FORMAT = 1  # bump when the default profile or the compiler changes: old cache entries then miss
+
+EPERM = 1
+ENOSYS = 38
+NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+PERSONALITY_VALUES = (0x0, 0x0008, 0x20000, 0x20008, 0xFFFFFFFF)  # PER_LINUX, PER_LINUX32, UNAME26 and a query
+
+ALLOWED_SYSCALLS = {
+    "files": """read write open openat openat2 close close_range creat access faccessat faccessat2 stat fstat
+        lstat newfstatat statx statfs fstatfs lseek pread64 pwrite64 readv writev preadv pwritev preadv2 pwritev2
+        sendfile copy_file_range splice tee vmsplice dup dup2 dup3 pipe pipe2 fcntl flock fsync fdatasync sync
+        syncfs sync_file_range truncate ftruncate fallocate fadvise64 readahead getdents getdents64 getcwd chdir
+        fchdir chroot rename renameat renameat2 mkdir mkdirat rmdir link linkat unlink unlinkat symlink symlinkat
+        readlink readlinkat chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat umask utime utimes
+        utimensat futimesat mknod mknodat ioctl getxattr lgetxattr fgetxattr setxattr lsetxattr fsetxattr
+        listxattr llistxattr flistxattr removexattr lremovexattr fremovexattr inotify_init inotify_init1
+        inotify_add_watch inotify_rm_watch memfd_create""",
+    "events": """select pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl epoll_wait epoll_pwait
+        epoll_pwait2 eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime timerfd_gettime io_setup
+        io_destroy io_submit io_cancel io_getevents io_pgetevents""",
+    "memory": """brk mmap munmap mremap mprotect madvise mlock mlock2 munlock mlockall munlockall mincore msync
+        remap_file_pages membarrier pkey_alloc pkey_free pkey_mprotect""",
+    "processes": """fork vfork execve execveat exit exit_group wait4 waitid kill tkill tgkill getpid getppid
+        gettid getpgid setpgid getpgrp getsid setsid getuid geteuid getgid getegid getresuid getresgid setuid
+        setgid setreuid setregid setresuid setresgid setfsuid setfsgid getgroups setgroups capget capset prctl
+        arch_prctl set_tid_address set_robust_list get_robust_list futex futex_waitv rseq restart_syscall
+        sched_yield sched_getaffinity sched_setaffinity sched_getparam sched_setparam sched_getscheduler
+        sched_setscheduler sched_get_priority_max sched_get_priority_min sched_rr_get_interval sched_getattr
+        sched_setattr getpriority setpriority ioprio_get ioprio_set getrlimit setrlimit prlimit64 getrusage times
+        uname sysinfo sethostname setdomainname pidfd_open pidfd_send_signal pidfd_getfd get_thread_area
+        set_thread_area seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self ptrace""",
+    "signals": """rt_sigaction rt_sigprocmask rt_sigreturn rt_sigsuspend rt_sigpending rt_sigtimedwait
+        rt_sigqueueinfo rt_tgsigqueueinfo sigaltstack pause alarm""",
+    "time": """nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time getitimer setitimer
+        timer_create timer_settime timer_gettime timer_getoverrun timer_delete""",
+    "network": """socket socketpair bind connect listen accept accept4 getsockname getpeername sendto recvfrom
+        sendmsg recvmsg sendmmsg recvmmsg setsockopt getsockopt shutdown""",
+    "ipc": """shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl mq_open
+        mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr""",
+    "random": "getrandom",
+}
+
+# Syscalls the default profile allows only when the capability that guards them is kept.
+SYSCALLS_BY_CAPABILITY = {
+    "SYS_ADMIN": """mount umount2 pivot_root unshare setns fsopen fsconfig fsmount fspick open_tree move_mount
+        mount_setattr quotactl fanotify_init lookup_dcookie perf_event_open bpf""",
+    "DAC_READ_SEARCH": "open_by_handle_at name_to_handle_at",
+    "SYS_BOOT": "reboot kexec_load kexec_file_load",
+    "SYS_MODULE": "init_module finit_module delete_module",
+    "SYS_TIME": "settimeofday clock_settime adjtimex clock_adjtime",
+    "SYS_RAWIO": "iopl ioperm",
+    "SYS_PACCT": "acct",
+    "SYS_PTRACE": "kcmp process_vm_readv process_vm_writev",
+    "SYS_NICE": "mbind set_mempolicy get_mempolicy move_pages migrate_pages",
+    "SYSLOG": "syslog",
+    "PERFMON": "perf_event_open",
+    "BPF": "bpf",
+}
+
+ACTIONS = {
+    "SCMP_ACT_ALLOW": "allow",
+    "SCMP_ACT_ERRNO": "errno",
+    "SCMP_ACT_KILL": "kill_thread",
+    "SCMP_ACT_KILL_THREAD": "kill_thread",
+    "SCMP_ACT_KILL_PROCESS": "kill_process",
+    "SCMP_ACT_TRAP": "trap",
+    "SCMP_ACT_LOG": "log",
+}
+OPERATORS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT")
+MASKED_EQ = "SCMP_CMP_MASKED_EQ"
+
+
+@dataclass(frozen=True)
+class Condition:
+    index: int
+    operator: str  # an OPERATORS entry or MASKED_EQ
+    value: int
+    value_two: int = 0
+
+
+@dataclass(frozen=True)
+class Rule:
+    names: tuple[str, ...]
+    action: str  # a value of ACTIONS
+    errno: int = EPERM
+    conditions: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    default_action: str
+    default_errno: int = EPERM
+    rules: tuple[Rule, ...] = field(default=())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def default_profile(capabilities: Collection[str]) -> Profile:
+    rules = [Rule(_names(" ".join(ALLOWED_SYSCALLS.values())), "allow")]
+    rules += [Rule(_names(names), "allow") for cap, names in SYSCALLS_BY_CAPABILITY.items() if cap in capabilities]
+    if "SYS_ADMIN" in capabilities:
+        rules.append(Rule(("clone", "clone3"), "allow"))
+    else:
+        rules.append(Rule(("clone",), "allow", conditions=(Condition(0, MASKED_EQ, NAMESPACE_FLAGS, 0),)))
+        # clone3 passes its flags in memory, out of a filter's reach: ENOSYS makes libc fall back to clone.
+        rules.append(Rule(("clone3",), "errno", ENOSYS))
+    rules += [
+        Rule(("personality",), "allow", conditions=(Condition(0, "SCMP_CMP_EQ", value),))
+        for value in PERSONALITY_VALUES
+    ]
+    return Profile("errno", EPERM, tuple(rules))
+
+
+def parse_oci_profile(text: str, capabilities: Collection[str], origin: str) -> Profile:
+    """An OCI runtime-spec seccomp object (also Docker's files: includes/excludes by capability are honoured)."""
+    try:
+        data = json.loads(text)
+        default_action = _action(data["defaultAction"], origin)
+        rules = tuple(_rule(entry, origin) for entry in data.get("syscalls") or () if _applies(entry, capabilities))
+        return Profile(default_action, int(data.get("defaultErrnoRet", EPERM)), rules)
+    except (ValueError, KeyError, TypeError) as error:
+        raise SpecError(f"{origin}: not a valid seccomp profile ({type(error).__name__}: {error})") from None
+
+
+def _action(name: str, origin: str) -> str:
+    if name not in ACTIONS:
+        raise SpecError(f"{origin}: unsupported seccomp action '{name}'", hint=f"use one of {', '.join(ACTIONS)}")
+    return ACTIONS[name]
+
+
+def _applies(entry: Mapping[str, Any], capabilities: Collection[str]) -> bool:
+    needed = set((entry.get("includes") or {}).get("caps") or ())
+    excluded = set((entry.get("excludes") or {}).get("caps") or ())
+    held = {f"CAP_{name}" for name in capabilities}
+    return needed <= held and not excluded & held
+
+
+def _rule(entry: Mapping[str, Any], origin: str) -> Rule:
+    names = tuple(entry.get("names") or ([entry["name"]] if "name" in entry else []))
+    conditions = tuple(
+        Condition(int(arg["index"]), _operator(arg["op"], origin), int(arg["value"]), int(arg.get("valueTwo", 0)))
+        for arg in entry.get("args") or ()
+    )
+    return Rule(names, _action(entry["action"], origin), int(entry.get("errnoRet", EPERM)), conditions)
+
+
+def _operator(name: str, origin: str) -> str:
+    if name not in (*OPERATORS, MASKED_EQ):
+        raise SpecError(f"{origin}: unsupported seccomp operator '{name}'")
+    return name
+
+
+def load_profile(choice: str, capabilities: Collection[str]) -> tuple[Profile, str] | None:
+    """The profile `--seccomp` names (default, unconfined or a JSON file) and a key naming it; None if unconfined."""
+    if choice == UNCONFINED:
+        return None
+    if choice == DEFAULT:
+        text = DEFAULT
+        profile = default_profile(capabilities)
+    else:
+        try:
+            text = Path(choice).read_text()
+        except OSError as error:
+            raise SpecError(f"cannot read seccomp profile '{choice}': {error.strerror}") from None
+        profile = parse_oci_profile(text, capabilities, choice)
+    key = hashlib.sha256(json.dumps([PROFILE_FORMAT, text, sorted(capabilities)]).encode()).hexdigest()
+    return profile, key
+
+
+def compiled_filter(choice: str, capabilities: Collection[str], cache: Path) -> Path | None:
+    """The BPF program file for a profile, compiled into cache unless already there; None if unconfined."""
+    loaded = load_profile(choice, capabilities)
+    if loaded is None:
+        return None
+    profile, key = loaded
+    path = cache / f"{key}.bpf"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        program = compile_profile(profile)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".new-", delete=False) as stream:
+            stream.write(program)
+        os.rename(stream.name, path)  # atomic: a racing run sees the whole program or none
+    return path
+
+
+def compile_profile(profile: Profile) -> bytes:
+    """libseccomp's BPF for the profile, for this machine's native architecture."""
+    import pyseccomp
+
+    def action_code(action: str, errno: int) -> int:
+        codes = {
+            "allow": pyseccomp.ALLOW,
+            "errno": pyseccomp.ERRNO(errno),
+            "kill_thread": pyseccomp.KILL_THREAD,
+            "kill_process": pyseccomp.KILL_PROCESS,
+            "trap": pyseccomp.TRAP,
+            "log": pyseccomp.LOG,
+        }
+        return int(codes[action])
+
+    operators = {name: getattr(pyseccomp, name.removeprefix("SCMP_CMP_")) for name in (*OPERATORS, MASKED_EQ)}
+    default = action_code(profile.default_action, profile.default_errno)
+    syscall_filter = pyseccomp.SyscallFilter(default)
+    for rule in profile.rules:
+        action = action_code(rule.action, rule.errno)
+        if action == default:
+            continue  # libseccomp refuses a rule that repeats the default action
+        arguments = [
+            pyseccomp.Arg(condition.index, operators[condition.operator], condition.value, condition.value_two)
+            for condition in rule.conditions
+        ]
+        for name in _known_syscalls(pyseccomp, rule.names):
+            try:
+                syscall_filter.add_rule(action, name, *arguments)
+            except OSError as error:
+                raise SpecError(f"seccomp rule for '{name}' rejected by libseccomp: {error.strerror}") from None
+    with tempfile.TemporaryFile() as stream:
+        syscall_filter.export_bpf(stream)
+        stream.seek(0)
+        return stream.read()
+
+
+def _known_syscalls(pyseccomp: Any, names: Sequence[str]) -> list[str]:
+    """Names this architecture has: profiles list syscalls of other architectures and newer kernels."""
+    known = []
+    for name in names:
+        try:
+            number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        except (OSError, ValueError):
+            continue
+        if number >= 0:
+            known.append(name)
+    return known

@@ -1,0 +1,8 @@
+"""`python -m stage1.namespace run --interface=N POD_DIR`: the namespace stage1's entry inside the unit."""
+
+import sys
+
+from stage1 import run_entry
+from stage1.namespace.launch import become_container
+
+run_entry(sys.argv, become_container)

@@ -1,0 +1,205 @@
+"""What a namespace container looks like, as data: its root, its mounts, its identity, its confinement.
+
+Nothing here touches the system: `container_plan(pod)` reads the pod's spec and
+returns a ContainerPlan; stage1.namespace.launch carries it out. The defaults
+follow runc's and Docker's (masked and read-only /proc paths, a minimal /dev,
+fourteen capabilities, a seccomp allowlist), each overridable from the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sdrun.errors import SpecError
+from sdrun.linux import caps
+from sdrun.linux import syscalls as sc
+from sdrun.linux.mounts import (
+    BindMount,
+    FilesystemMount,
+    MaskPath,
+    MountOperation,
+    ReadOnlyPath,
+    ReadOnlyRoot,
+    Symlink,
+)
+from sdrun.paths import Paths
+from sdrun.spec import PodSpec
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+
+# Under /proc and /sys, what a container must not read (kernel memory, timers of the
+# host) or write (sysctls, sysrq). The same lists as runc's defaults.
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# The host's device nodes a container gets, bound in (mknod would not work in a user namespace).
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+    ("/dev/ptmx", "pts/ptmx"),
+)
+# systemd's DevicePolicy=closed already allows null, zero, full, random and urandom.
+DEVICE_ALLOW = (("/dev/tty", "rw"), ("/dev/ptmx", "rw"), ("char-pts", "rw"))
+TINI = "/usr/bin/tini-static"
+INIT_PATH = "/dev/init"  # where the container sees tini: under /dev, out of the image's way
+API_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+USERNS_RANGE = 0x10000  # one 64K range per pod, as systemd-nspawn's --private-users=pick
+USERNS_FIRST_BASE = 0x80000  # leave the first 512K ids to the host, as nspawn does
+USERNS_BASES = 0x6FFF  # bases to pick from: up to 0x6FFF0000 + 0x80000
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    base: int  # the host uid (and gid) that root in the container is
+    count: int
+
+    @property
+    def map(self) -> str:
+        return f"0 {self.base} {self.count}\n"
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Relative paths are relative to the pod's stage1 directory, the entry's working directory:
+    a container root in a user namespace could not traverse the pod directory (0700) above it."""
+
+    root: Path  # where the rootfs is mounted in the entry's mount namespace
+    lower: Path | None  # a --rootfs directory (image pods: stage1.rootfs mounts the root)
+    upper: Path  # per-pod writable layer over `lower`
+    work: Path
+    read_only: bool
+    hostname: str
+    mounts: tuple[MountOperation, ...]
+    capabilities: frozenset[str]
+    seccomp_filter: Path | None  # compiled BPF, None = unconfined
+    user_namespace: UserNamespace | None
+    host_network: bool
+    init: bool
+
+
+def stage1_dir(pod: Pod) -> Path:
+    return Paths.stage1_dir(pod.dir)
+
+
+def network_namespace(pod: Pod) -> Path | None:
+    """The named network namespace the networking setup made for this pod, to join instead of
+    creating one; None when there is none (then a private one with loopback only, or the host's)."""
+    path = Path(f"/run/netns/sdrun-{pod.uuid}")
+    return path if pod.spec.net != "host" and path.exists() else None
+
+
+def seccomp_filter_path(pod: Pod) -> Path:
+    return stage1_dir(pod) / "seccomp.bpf"
+
+
+def capabilities_of(spec: PodSpec) -> frozenset[str]:
+    return caps.resolve(spec.isolation.cap_add, spec.isolation.cap_drop)
+
+
+def user_namespace_of(pod: Pod) -> UserNamespace | None:
+    choice = pod.spec.isolation.private_users
+    if choice is None:
+        return None
+    if choice == "auto":
+        # A range derived from the pod's UUID: stable across restarts of the same pod.
+        index = int(hashlib.sha256(pod.uuid.encode()).hexdigest(), 16) % USERNS_BASES
+        return UserNamespace(USERNS_FIRST_BASE + index * USERNS_RANGE, USERNS_RANGE)
+    base, _, count = choice.partition(":")
+    if int(base) == 0:
+        raise SpecError("--private-users: the range must not start at host uid 0", hint="e.g. 100000:65536")
+    return UserNamespace(int(base), int(count))
+
+
+def hosts_file(hostname: str) -> str:
+    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+
+
+def parse_tmpfs(text: str) -> FilesystemMount:
+    """--tmpfs PATH[:OPTIONS]: nosuid,nodev,noexec unless told otherwise (as Docker)."""
+    path, _, options = text.partition(":")
+    words = [word for word in options.split(",") if word]
+    flags = {"ro": sc.MS_RDONLY, "nosuid": sc.MS_NOSUID, "nodev": sc.MS_NODEV, "noexec": sc.MS_NOEXEC}
+    relaxed = {"rw": 0, "suid": sc.MS_NOSUID, "dev": sc.MS_NODEV, "exec": sc.MS_NOEXEC}
+    mask = API_FLAGS
+    data = []
+    for word in words:
+        if word in flags:
+            mask |= flags[word]
+        elif word in relaxed:
+            mask &= ~relaxed[word]
+        else:
+            data.append(word)
+    return FilesystemMount("tmpfs", path, mask, ",".join(data) or "mode=1777")
+
+
+def api_mounts(pod: Pod, user_namespace: UserNamespace | None) -> list[MountOperation]:
+    """/proc, /sys and a minimal /dev; the caller mounts them in the container's PID namespace."""
+    sysfs: MountOperation = FilesystemMount("sysfs", "/sys", API_FLAGS | sc.MS_RDONLY)
+    if user_namespace is not None and pod.spec.net == "host":
+        # sysfs may only be mounted by the owner of the network namespace: show the host's, read-only.
+        sysfs = BindMount("/sys", "/sys", read_only=True)
+    mounts: list[MountOperation] = [
+        FilesystemMount("proc", "/proc", API_FLAGS),
+        sysfs,
+        FilesystemMount("tmpfs", "/dev", sc.MS_NOSUID, "mode=755,size=65536k"),
+        *(BindMount(f"/dev/{device}", f"/dev/{device}") for device in DEVICES),
+        FilesystemMount("devpts", "/dev/pts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        *(Symlink(link, target) for link, target in DEV_LINKS),
+        FilesystemMount("tmpfs", "/dev/shm", API_FLAGS, "mode=1777,size=65536k"),
+        FilesystemMount("mqueue", "/dev/mqueue", API_FLAGS),
+    ]
+    if os.isatty(0):
+        mounts.append(BindMount(os.ttyname(0), "/dev/console"))
+    return mounts
+
+
+def container_plan(pod: Pod) -> ContainerPlan:
+    spec = pod.spec
+    isolation = spec.isolation
+    scratch = stage1_dir(pod)
+    user_namespace = user_namespace_of(pod)
+    hostname = isolation.hostname or pod.name
+    mounts = api_mounts(pod, user_namespace)
+    mounts += [BindMount(name, f"/etc/{name}") for name in ("hostname", "hosts", "resolv.conf")]
+    mounts += [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes]
+    mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
+    if isolation.init:
+        mounts.append(BindMount(TINI, INIT_PATH, read_only=True))
+    mounts += [MaskPath(path) for path in MASKED_PATHS]
+    mounts += [ReadOnlyPath(path) for path in READ_ONLY_PATHS]
+    if isolation.read_only:
+        mounts.append(ReadOnlyRoot())
+    filter_path = None if isolation.seccomp == "unconfined" else seccomp_filter_path(pod)
+    return ContainerPlan(
+        root=Path("rootfs"),
+        lower=Path(spec.rootfs) if spec.rootfs else None,
+        upper=scratch / "upper",
+        work=scratch / "work",
+        read_only=isolation.read_only,
+        hostname=hostname,
+        mounts=tuple(mounts),
+        capabilities=capabilities_of(spec),
+        seccomp_filter=filter_path,
+        user_namespace=user_namespace,
+        host_network=spec.net == "host",
+        init=isolation.init,
+    )

@@ -1,0 +1,52 @@
+"""`sdrun enter` for a namespace pod: join the container's namespaces, confine as the app is, exec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from sdrun.linux import syscalls as sc
+from stage1.app import resolve_app
+from stage1.namespace.container import container_plan
+from stage1.namespace.launch import confine_and_exec, exit_status
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+
+# The user namespace comes first: it grants the rights to join the others. The PID
+# namespace only applies to children, so we fork once all are joined.
+NAMESPACES = (
+    ("user", sc.CLONE_NEWUSER),
+    ("cgroup", sc.CLONE_NEWCGROUP),
+    ("ipc", sc.CLONE_NEWIPC),
+    ("uts", sc.CLONE_NEWUTS),
+    ("net", sc.CLONE_NEWNET),
+    ("pid", sc.CLONE_NEWPID),
+    ("mnt", sc.CLONE_NEWNS),
+)
+
+
+def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+    plan = container_plan(pod)
+    seccomp_program = plan.seccomp_filter.read_bytes() if plan.seccomp_filter else None
+    app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)
+    join_namespaces(leader)
+    child = os.fork()
+    if child == 0:
+        confine_and_exec(app, plan.capabilities, seccomp_program, tuple(argv))
+    _, status = os.waitpid(child, 0)
+    os._exit(exit_status(status))
+
+
+def join_namespaces(leader: int) -> None:
+    """setns() into each namespace of leader that differs from ours (--net=host shares the host's, say)."""
+    joins = []
+    for name, kind in NAMESPACES:
+        theirs = os.stat(f"/proc/{leader}/ns/{name}")
+        ours = os.stat(f"/proc/self/ns/{name}")
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+            joins.append((os.open(f"/proc/{leader}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), kind))
+    for fd, kind in joins:
+        sc.setns(fd, kind)
+        os.close(fd)
