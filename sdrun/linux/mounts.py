@@ -47,6 +47,8 @@ def mount_in_root(
     source: str | None, root: Path, target: str, fstype: str | None, flags: int, options: str | None
 ) -> None:
     with open_in_root(root, target, os.O_PATH) as fd:
+        if target.strip("/") and os.path.samestat(os.fstat(fd), os.stat(root)):
+            raise SdrunError(f"mount target '{target}' resolves to the container's root")
         sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from sdrun.systemd.bus import Property
 
 USEC = 1_000_000
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an app that ignores SIGTERM as PID 1
 
 
 class Namespace(Stage1, name="namespace"):
@@ -74,8 +75,8 @@ def unit_properties(pod: Pod) -> list[Property]:
         import signal
 
         properties.append(("KillSignal", "i", int(signal.Signals[spec.stop_signal])))
-    if spec.stop_timeout is not None:
-        properties.append(("TimeoutStopUSec", "t", round(spec.stop_timeout * USEC)))
+    stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
+    properties.append(("TimeoutStopUSec", "t", round(stop_timeout * USEC)))
     if spec.isolation.selinux_type:
         properties.append(("SELinuxContext", "(bs)", (False, spec.isolation.selinux_type)))
     if spec.isolation.apparmor:
