@@ -23,7 +23,7 @@ from sdrun.pod import Pod, PodStore
 from sdrun.spec import SETTINGS, build_spec, check_settings, load_spec_file
 
 T = TypeVar("T")
-DEFAULT_STAGE1 = "fly"
+DEFAULT_STAGE1 = "namespace"
 UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
