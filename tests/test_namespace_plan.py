@@ -1,0 +1,138 @@
+"""The namespace stage1's pure logic: capability sets, seccomp profiles, the container plan, spec round trips."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sdrun.errors import SpecError
+from sdrun.linux import caps, seccomp
+from sdrun.linux import syscalls as sc
+from sdrun.pod import Pod
+from sdrun.spec import Isolation, PodSpec, build_spec, check_settings
+from stage1.namespace.container import container_plan, parse_tmpfs, user_namespace_of
+
+
+def make_pod(tmp_path: Path, **settings: object) -> Pod:
+    raw = {"rootfs": str(tmp_path), **settings}
+    spec = build_spec(check_settings(raw, "test"), default_name="p", default_stage1="namespace")
+    return Pod("0b8e3a8e-5a5f-4c1e-9f4e-2d1c7a3b9e10", tmp_path / "pod", spec, time.time())
+
+
+def test_capabilities_default_add_drop_and_all() -> None:
+    assert len(caps.DEFAULT_CAPABILITIES) == 14
+    assert caps.resolve(["cap_net_admin"], ["CHOWN"]) == (caps.DEFAULT_CAPABILITIES | {"NET_ADMIN"}) - {"CHOWN"}
+    assert caps.resolve([], ["ALL"]) == frozenset()
+    assert caps.resolve(["NET_RAW"], ["all"]) == {"NET_RAW"}
+    assert caps.resolve(["ALL"]) == frozenset(caps.CAPABILITIES)
+    assert caps.mask(["CHOWN", "KILL"]) == 0b100001
+    with pytest.raises(SpecError, match="unknown capability 'FLY'"):
+        caps.resolve(["FLY"])
+
+
+def test_tmpfs_options() -> None:
+    plain = parse_tmpfs("/scratch")
+    assert (plain.target, plain.flags, plain.options) == (
+        "/scratch",
+        sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        "mode=1777",
+    )
+    custom = parse_tmpfs("/run:exec,ro,size=1m")
+    assert custom.flags == sc.MS_NOSUID | sc.MS_NODEV | sc.MS_RDONLY
+    assert custom.options == "size=1m"
+
+
+def test_default_seccomp_profile_follows_capabilities() -> None:
+    def allowed(profile: seccomp.Profile) -> set[str]:
+        return {name for rule in profile.rules if rule.action == "allow" for name in rule.names}
+
+    default = seccomp.default_profile(caps.DEFAULT_CAPABILITIES)
+    assert default.default_action == "errno" and default.default_errno == seccomp.EPERM
+    assert {"read", "execve", "clone", "socket"} <= allowed(default)
+    assert not {"mount", "unshare", "setns", "kexec_load", "init_module", "bpf", "reboot"} & allowed(default)
+    admin = seccomp.default_profile(caps.DEFAULT_CAPABILITIES | {"SYS_ADMIN"})
+    assert {"mount", "unshare", "setns", "clone3"} <= allowed(admin)
+
+
+def test_oci_profile_with_capability_conditions_and_arguments() -> None:
+    text = json.dumps(
+        {
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 38,
+            "syscalls": [
+                {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_CHOWN"]}},
+                {
+                    "names": ["personality"],
+                    "action": "SCMP_ACT_ALLOW",
+                    "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}],
+                },
+            ],
+        }
+    )
+    profile = seccomp.parse_oci_profile(text, caps.DEFAULT_CAPABILITIES, "p.json")
+    assert profile.default_errno == 38
+    assert [rule.names for rule in profile.rules] == [("read", "write"), ("personality",)]
+    assert profile.rules[1].conditions == (seccomp.Condition(0, "SCMP_CMP_EQ", 8),)
+    assert len(seccomp.compile_profile(profile)) % 8 == 0  # whole BPF instructions
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not a valid seccomp profile"),
+        ('{"defaultAction": "SCMP_ACT_NOTIFY"}', "unsupported seccomp action"),
+        ('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"], "action": "SCMP_ACT_BOGUS"}]}', "action"),
+    ],
+)
+def test_bad_oci_profiles_are_spec_errors(text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        seccomp.parse_oci_profile(text, (), "p.json")
+
+
+def test_compiled_filters_are_cached_per_profile_and_capability_set(tmp_path: Path) -> None:
+    first = seccomp.compiled_filter("default", caps.DEFAULT_CAPABILITIES, tmp_path)
+    again = seccomp.compiled_filter("default", caps.DEFAULT_CAPABILITIES, tmp_path)
+    other = seccomp.compiled_filter("default", caps.DEFAULT_CAPABILITIES | {"SYS_ADMIN"}, tmp_path)
+    assert first is not None and first == again and first != other
+    assert seccomp.compiled_filter("unconfined", (), tmp_path) is None
+    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".bpf", ".bpf"]
+
+
+def test_isolation_survives_the_manifest_round_trip(tmp_path: Path) -> None:
+    pod = make_pod(tmp_path, cap_add=["NET_ADMIN"], tmpfs=["/run:size=1m"], private_users="auto", init=True)
+    assert pod.spec.isolation == Isolation(
+        cap_add=("NET_ADMIN",), tmpfs=("/run:size=1m",), private_users="auto", init=True
+    )
+    assert PodSpec.from_json(json.loads(json.dumps(pod.spec.to_json()))) == pod.spec
+
+
+@pytest.mark.parametrize("value", ["0:65536", "x:1", "100000", "100000:0"])
+def test_bad_private_users(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SpecError):
+        user_namespace_of(make_pod(tmp_path, private_users=value))
+
+
+def test_auto_user_namespace_is_stable_and_clear_of_the_host_range(tmp_path: Path) -> None:
+    pod = make_pod(tmp_path, private_users="auto")
+    first = user_namespace_of(pod)
+    assert first is not None and first == user_namespace_of(pod)
+    assert first.base >= 0x80000 and first.count == 65536 and first.map == f"0 {first.base} 65536\n"
+
+
+def test_plan_lists_runc_masks_the_minimal_dev_and_volumes_in_order(tmp_path: Path) -> None:
+    volume = tmp_path / "v"
+    volume.mkdir()
+    plan = container_plan(make_pod(tmp_path, volume=[f"{volume}:/data:ro"], read_only=True, hostname="h"))
+    steps = [operation.describe() for operation in plan.mounts]
+    assert steps[0] == "mount proc on /proc"
+    assert "mount devpts on /dev/pts (newinstance,ptmxmode=0666,mode=0620,gid=5)" in steps
+    assert f"bind {volume} on /data (read-only)" in steps
+    assert "mask /proc/kcore" in steps and "make /proc/sys read-only" in steps
+    assert steps[-1] == "make the root read-only"
+    assert plan.hostname == "h" and plan.capabilities == caps.DEFAULT_CAPABILITIES
+    assert not plan.host_network and plan.user_namespace is None
