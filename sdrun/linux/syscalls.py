@@ -7,7 +7,6 @@ acted on, so a failure reads like `mount: /pods/x/rootfs: Permission denied`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 CLONE_NEWNS = 0x00020000
@@ -42,7 +41,9 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# dlopen(NULL): the C library the interpreter is linked with. ctypes.util.find_library
+# would import subprocess and tempfile, ~20 ms on every start of sdrun and of a stage1.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, operation: str, target: str | os.PathLike[str] | None = None) -> int:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
-from sdrun.linux import seccomp
 from stage1 import Stage1, UnitPlan, entry_command
 from stage1.app import resolve_app
 from stage1.namespace.container import (
@@ -105,6 +104,8 @@ def prepare(pod: Pod) -> None:
     (scratch / "hosts").write_text(hosts_file(hostname))
     host_resolv_conf = Path("/etc/resolv.conf")
     shutil.copyfile(host_resolv_conf if host_resolv_conf.exists() else os.devnull, scratch / "resolv.conf")
+    from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
+
     compiled = seccomp.compiled_filter(spec.isolation.seccomp, capabilities, _seccomp_cache(pod))
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))

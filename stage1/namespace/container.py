@@ -8,7 +8,6 @@ fourteen capabilities, a seccomp allowlist), each overridable from the spec.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +119,8 @@ def user_namespace_of(pod: Pod) -> UserNamespace | None:
     if choice is None:
         return None
     if choice == "auto":
+        import hashlib
+
         # A range derived from the pod's UUID: stable across restarts of the same pod.
         index = int(hashlib.sha256(pod.uuid.encode()).hexdigest(), 16) % USERNS_BASES
         return UserNamespace(USERNS_FIRST_BASE + index * USERNS_RANGE, USERNS_RANGE)
