@@ -14,6 +14,7 @@ also bind the entry that has to mount and unshare.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -92,6 +93,8 @@ def prepare(pod: Pod) -> None:
         resolve_app(Path(spec.rootfs), spec.app)
     elif user_namespace is not None:
         raise SpecError("--private-users works with --rootfs pods only for now")
+    elif importlib.util.find_spec("stage1.rootfs") is None:
+        raise SpecError("the namespace stage1 cannot mount images yet", hint="use --rootfs DIR")
     if spec.isolation.init and not Path(TINI).exists():
         raise SpecError(f"--init needs {TINI}", hint="apt-get install tini")
     scratch = stage1_dir(pod)
