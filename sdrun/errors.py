@@ -19,6 +19,15 @@ class SdrunError(Exception):
         self.exit_code = exit_code
 
 
+def describe(error: BaseException) -> str:
+    """One line for an error shown where no CLI edge exists (a forked child, a stage1 entry)."""
+    if isinstance(error, SdrunError):
+        return error.message
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    return str(error) or type(error).__name__
+
+
 class NotFound(SdrunError):
     """A pod, image or file the user named does not exist."""
 

@@ -12,7 +12,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from sdrun.errors import NotFound, SdrunError
+from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
 from stage1 import Stage1
@@ -181,5 +181,5 @@ def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
             os._exit(125)
         Stage1.named(pod.spec.stage1).enter(pod, leader, argv)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
-        os.write(2, f"sdrun: {getattr(error, 'message', None) or error}\n".encode())
+        os.write(2, f"sdrun: {describe(error)}\n".encode())
         os._exit(125)

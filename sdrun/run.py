@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sdrun.errors import EXIT_RUNTIME_ERROR
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
 from sdrun.spec import PodSpec
 from sdrun.systemd import properties
-from sdrun.systemd.bus import SERVICE, Systemd
+from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
 from stage1 import Stage1
 
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
@@ -42,18 +42,24 @@ async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO
     systemd = await Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
     pod = store.create(spec)
+    app_started = False
     try:
         with pod.locked():
             if spec.scope:
+                app_started = True  # from here on the child reports its own failures
                 return await _run_in_scope(systemd, backend, pod)
             if options.detach:
                 removal = (paths.name_link(pod.name), pod.dir) if options.remove else ()
                 await _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)
+                app_started = True
                 output.write(f"{pod.uuid}\n".encode())
                 return 0
-            return await _run_in_foreground(systemd, backend, pod, output)
+            finished = await systemd.watch_unit(pod.unit)  # before the unit can finish
+            await _start_service(systemd, backend, pod, hold=True)
+            app_started = True
+            return await _follow_in_foreground(systemd, pod, finished, output)
     except BaseException:
-        if pod.exit_record() is None:  # never ran: leave nothing behind
+        if not app_started:  # nothing ran: leave nothing behind
             await systemd.reset_failed_unit(pod.unit)
             store.remove(pod)
         raise
@@ -70,10 +76,27 @@ async def _start_service(
     unit_properties = properties.service_properties(
         pod, plan, keep_until_released=hold, remove_when_done=remove_when_done
     )
-    await systemd.start_transient_unit(pod.unit, unit_properties)
+    try:
+        await systemd.start_transient_unit(pod.unit, unit_properties)
+    except JobFailed as failure:
+        raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
 
 
-async def _run_in_foreground(systemd: Systemd, backend: Stage1, pod: Pod, output: BinaryIO) -> int:
+def _first_complaint(pod: Pod) -> str | None:
+    """What the pod's unit logged first: a stage1 that cannot set the pod up says why there,
+    and its first line names the cause, later ones the consequences."""
+    from sdrun.systemd import journal
+
+    journal.synchronize()
+    log = journal.PodJournal(pod.uuid)
+    log.seek_head()
+    first = next(log.entries(), None)
+    log.close()
+    return first.message.decode(errors="replace").strip() if first else None
+
+
+async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Event, output: BinaryIO) -> int:
+    """Copy the app's journal lines to output until its unit is inactive; return its exit status."""
     from sdrun.systemd import journal
 
     log = journal.PodJournal(pod.uuid)
@@ -86,8 +109,6 @@ async def _run_in_foreground(systemd: Systemd, backend: Stage1, pod: Pod, output
         output.flush()
 
     loop = asyncio.get_running_loop()
-    finished = await systemd.watch_unit(pod.unit)
-    await _start_service(systemd, backend, pod, hold=True)
     loop.add_reader(log.fileno(), copy_new_lines)
     for number in FORWARDED_SIGNALS:
         loop.add_signal_handler(number, _forward, systemd, pod.unit, number)
@@ -150,6 +171,5 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
         os.close(go_read)
         backend.exec_in_scope(pod)
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
-        message = getattr(error, "message", None) or str(error)
-        sys.stderr.write(f"sdrun: {message}\n")
+        sys.stderr.write(f"sdrun: {describe(error)}\n")
         os._exit(EXIT_RUNTIME_ERROR)

@@ -41,6 +41,8 @@ class Volume:
             raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:ro|rw]")
         if not (source.startswith("/") and target.startswith("/")):
             raise SpecError(f"invalid volume '{text}': both paths must be absolute")
+        if os.path.normpath(target) == "/":
+            raise SpecError(f"invalid volume '{text}': a volume cannot replace the container's root")
         if not Path(source).exists():
             raise SpecError(f"volume source '{source}' does not exist")
         return cls(os.path.normpath(source), os.path.normpath(target), mode == "ro")
@@ -201,6 +203,8 @@ def parse_private_users(value: object) -> str:
     first, sep, count = text.partition(":")
     if text != "auto" and not (sep and first.isdigit() and count.isdigit() and int(count) > 0):
         raise SpecError(f"invalid --private-users '{text}': expected auto or UID:COUNT")
+    if text != "auto" and int(first) + int(count) > 1 << 32:
+        raise SpecError(f"invalid --private-users '{text}': the range ends past the last uid (4294967295)")
     return text
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -89,7 +89,7 @@ def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoRetur
     try:
         become_app(load_pod(Path(argv[3])))
     except (SdrunError, OSError) as error:
-        sys.stderr.write(f"sdrun stage1: {getattr(error, 'message', None) or error}\n")
+        sys.stderr.write(f"sdrun stage1: {describe(error)}\n")
         os._exit(EXIT_RUNTIME_ERROR)
 
 

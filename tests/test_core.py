@@ -289,3 +289,11 @@ def test_no_bus_is_one_clear_line(sdrun: Sdrun, rootfs: Path) -> None:
     assert_clean_failure(sdrun, result, "cannot reach systemd's bus at /run/no-such-bus")
     listing = sdrun("list", check=False, env=env)
     assert listing.returncode == 125 and "/run/no-such-bus" in listing.stderr
+
+
+def test_a_start_that_fails_inside_the_unit_says_why_and_leaves_nothing(sdrun: Sdrun, rootfs: Path) -> None:
+    # The tmpfs options reach mount(2) only inside the unit, when the namespace stage1 sets the pod up.
+    for mode in ([], ["-d"]):
+        result = sdrun("run", *mode, "--tmpfs", "/scratch:size=lots", "--rootfs", str(rootfs), "--", "/bin/true",
+                       check=False)  # fmt: skip
+        assert_clean_failure(sdrun, result, "failed to start: sdrun stage1: mount tmpfs on /scratch: Invalid argument")

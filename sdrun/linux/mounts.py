@@ -49,7 +49,11 @@ def mount_in_root(
     with open_in_root(root, target, os.O_PATH) as fd:
         if target.strip("/") and os.path.samestat(os.fstat(fd), os.stat(root)):
             raise SdrunError(f"mount target '{target}' resolves to the container's root")
-        sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
+        try:
+            sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
+        except OSError as error:  # name the container's path, not /proc/self/fd/N
+            what = fstype or f"bind of {source}"
+            raise OSError(error.errno, f"mount {what} on {target}: {os.strerror(error.errno)}") from None
 
 
 # Per-mount flags that a read-only remount must repeat: in a user namespace the

@@ -35,6 +35,14 @@ DEFAULT_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
 Property = tuple[str, str, Any]
 
 
+class JobFailed(SdrunError):
+    """A job systemd ran for us ended with a result other than "done"."""
+
+    def __init__(self, what: str, result: str) -> None:
+        super().__init__(f"{what}: systemd's job ended with result '{result}'")
+        self.result = result
+
+
 class BusError(SdrunError):
     """A D-Bus call failed; `name` is the D-Bus error name."""
 
@@ -151,7 +159,7 @@ class Systemd:
             self._job_waiters[job] = waiter
             result = await waiter
         if result != "done":
-            raise SdrunError(f"{what}: systemd's job ended with result '{result}'")
+            raise JobFailed(what, result)
 
     # --- the manager's methods ---
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import execute_plan
@@ -117,8 +117,7 @@ def _guard(step: Callable[[], object]) -> NoReturn:
     try:
         step()
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave, never return
-        message = getattr(error, "message", None) or str(error)
-        os.write(2, f"sdrun stage1: {message}\n".encode())
+        os.write(2, f"sdrun stage1: {describe(error)}\n".encode())
     os._exit(EXIT_RUNTIME_ERROR)
 
 
