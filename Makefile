@@ -5,6 +5,7 @@ PY := $(CURDIR)/$(VENV)/bin/python
 BOOT := $(PY) -m tests.harness.sdboot --
 ROOTFS := build/rootfs
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 # Debian packages: runtime needs, test peers and the tools tests drive for real.
 APT_PACKAGES := busybox-static gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
@@ -49,8 +50,9 @@ test: setup lint
 demo: setup
 	$(BOOT) tools/demo.sh
 
+# BENCH_ARGS=--quick for a fast check; the full run rewrites docs/benchmarks.md (about 15 minutes).
 bench: setup
-	$(BOOT) $(PY) -m bench
+	$(BOOT) $(PY) -m bench $(BENCH_ARGS)
 
 install: setup
 	tools/install.sh
