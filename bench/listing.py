@@ -53,7 +53,6 @@ def list_many(bench: Bench) -> list[Section]:
     setup += f" ({seconds:.0f} s, {PARALLELISM} at a time)"
     if has_podman:
         seconds = _create(
-            bench,
             [
                 ["podman", "run", "-d", "--network", "none", "--name", name, "--rootfs", rootfs, "/bin/true"]
                 for name in names
