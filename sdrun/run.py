@@ -110,8 +110,9 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
 
     loop = asyncio.get_running_loop()
     loop.add_reader(log.fileno(), copy_new_lines)
+    proxy = SignalProxy(systemd, pod.unit)
     for number in FORWARDED_SIGNALS:
-        loop.add_signal_handler(number, _forward, systemd, pod.unit, number)
+        loop.add_signal_handler(number, proxy, number)
     try:
         await systemd.wait_until_inactive(pod.unit, finished)
         service = await systemd.unit_properties(pod.unit, SERVICE)
@@ -126,14 +127,26 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
     return exit_status_of(code, str(service["ExecMainStatus"]))
 
 
-_pending_kills: set[asyncio.Task[None]] = set()
+class SignalProxy:
+    """As podman's sig-proxy: a signal to `sdrun run` goes to the app, which decides what happens.
+    An app that is PID 1 of its namespace ignores signals it has no handler for, so a second
+    signal asks systemd to stop the unit (stop signal, then SIGKILL after the stop timeout)."""
 
+    def __init__(self, systemd: Systemd, unit: str) -> None:
+        self.systemd = systemd
+        self.unit = unit
+        self.received = 0
+        self._pending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
-def _forward(systemd: Systemd, unit: str, number: int) -> None:
-    """As podman's sig-proxy: a signal to `sdrun run` goes to the app; the app decides what happens."""
-    task = asyncio.ensure_future(systemd.kill_unit(unit, number, "main"))
-    _pending_kills.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_pending_kills.discard)
+    def __call__(self, number: int) -> None:
+        self.received += 1
+        if self.received == 1:
+            action = self.systemd.kill_unit(self.unit, number, "main")
+        else:
+            action = self.systemd.stop_unit(self.unit)
+        task = asyncio.ensure_future(action)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
 
 async def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:

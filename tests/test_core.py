@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name
+from tests.conftest import SDRUN, Sdrun, needs_systemd, systemctl_show, unique_name
 
 pytestmark = needs_systemd
 FLY = ("--stage1", "fly")  # for the few tests that check what only the fly stage1 shows
@@ -297,3 +298,24 @@ def test_a_start_that_fails_inside_the_unit_says_why_and_leaves_nothing(sdrun: S
         result = sdrun("run", *mode, "--tmpfs", "/scratch:size=lots", "--rootfs", str(rootfs), "--", "/bin/true",
                        check=False)  # fmt: skip
         assert_clean_failure(sdrun, result, "failed to start: sdrun stage1: mount tmpfs on /scratch: Invalid argument")
+
+
+def test_signals_to_a_foreground_run_reach_the_app_and_a_second_one_stops_it(sdrun: Sdrun, rootfs: Path) -> None:
+    # As PID 1 of its namespace, `sleep` ignores the forwarded SIGTERM; the second one stops the unit.
+    name = unique_name()
+    command = [SDRUN, "--root", str(sdrun.root), "run", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: systemctl_show(f"sdrun-{name}.service", "SubState")["SubState"] == "running")
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + 9  # PID 1 ignored the stop signal too: SIGKILL after the timeout
+    trap = "trap 'echo got INT; exit 4' INT; echo ready; while :; do sleep 0.1; done"
+    command[-3:] = ["sh", "-c", trap]
+    command[command.index(name)] = f"{name}-trap"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 4
+    assert process.stdout.read() == "got INT\n"

@@ -53,7 +53,8 @@ def mount_in_root(
             sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
         except OSError as error:  # name the container's path, not /proc/self/fd/N
             what = fstype or f"bind of {source}"
-            raise OSError(error.errno, f"mount {what} on {target}: {os.strerror(error.errno)}") from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise OSError(error.errno, f"mount {what} on {target}: {reason}") from None
 
 
 # Per-mount flags that a read-only remount must repeat: in a user namespace the
