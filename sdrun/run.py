@@ -115,7 +115,8 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
         loop.add_signal_handler(number, proxy, number)
     try:
         await systemd.wait_until_inactive(pod.unit, finished)
-        service = await systemd.unit_properties(pod.unit, SERVICE)
+        main_code = await systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
+        main_status = await systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")
     finally:
         loop.remove_reader(log.fileno())
         for number in FORWARDED_SIGNALS:
@@ -123,8 +124,7 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
     journal.synchronize()  # the app has exited; make sure its last lines are written
     copy_new_lines()
     log.close()
-    code = CLD_CODES.get(service["ExecMainCode"], "exited")
-    return exit_status_of(code, str(service["ExecMainStatus"]))
+    return exit_status_of(CLD_CODES.get(main_code, "exited"), str(main_status))
 
 
 class SignalProxy:

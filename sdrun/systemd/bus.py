@@ -209,13 +209,22 @@ class Systemd:
 
     async def unit_properties(self, unit: str, interface: str = UNIT) -> dict[str, Any]:
         """All properties of a loaded unit on one interface; NotFound if systemd has no such unit."""
+        (values,) = await self._call_on_unit(unit, "GetAll", "s", [interface])
+        return {name: variant.value for name, variant in values.items()}
+
+    async def unit_property(self, unit: str, interface: str, name: str) -> Any:
+        """One property of a loaded unit. Cheaper than unit_properties on a hot path: GetAll on the
+        Service interface returns ~200 values, ~6 ms for dbus-next to unmarshal; a Get ~0.6 ms."""
+        (variant,) = await self._call_on_unit(unit, "Get", "ss", [interface, name])
+        return variant.value
+
+    async def _call_on_unit(self, unit: str, member: str, signature: str, body: Sequence[Any]) -> list[Any]:
         try:
-            (values,) = await self.call("GetAll", "s", [interface], path=unit_object_path(unit), interface=PROPERTIES)
+            return await self.call(member, signature, body, path=unit_object_path(unit), interface=PROPERTIES)
         except BusError as error:
             if error.name in ("org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.systemd1.NoSuchUnit"):
                 raise NotFound(f"{unit} is not loaded") from None
             raise
-        return {name: variant.value for name, variant in values.items()}
 
     async def watch_unit(self, unit: str) -> asyncio.Event:
         """An event set when the unit reaches inactive or failed; watch before the change can happen."""
@@ -230,6 +239,6 @@ class Systemd:
         """Call once the unit's start job is done. Signals queued before it (a new unit starts
         out inactive) are stale; the state is read afresh after dropping them."""
         event.clear()
-        state = (await self.unit_properties(unit)).get("ActiveState")
+        state = await self.unit_property(unit, UNIT, "ActiveState")
         if state not in ("inactive", "failed"):
             await event.wait()
