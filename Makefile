@@ -27,10 +27,12 @@ build/.apt-stamp: Makefile
 	@touch $@
 
 venv: $(VENV)/.stamp
+# editable_mode=compat: a plain path entry in a .pth. The default editable finder imports ~17 ms of
+# modules in site at every Python start (the CLI's, and the stage1 entry's inside each unit).
 $(VENV)/.stamp: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench]' --config-settings editable_mode=compat
 	@touch $@
 
 $(ROOTFS)/bin/busybox: tools/mkrootfs.sh | apt
