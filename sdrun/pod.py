@@ -96,8 +96,9 @@ class PodStore:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
 
-    def create(self, spec: PodSpec) -> Pod:
-        pod_uuid = str(uuidlib.uuid4())
+    def create(self, spec: PodSpec, pod_uuid: str | None = None) -> Pod:
+        """A new pod; pod_uuid is given for an installed unit's pod, whose UUID is stable."""
+        pod_uuid = pod_uuid or str(uuidlib.uuid4())
         self.paths.pods.mkdir(parents=True, exist_ok=True)
         self.paths.names.mkdir(parents=True, exist_ok=True)
         final = self.paths.pod_dir(pod_uuid)

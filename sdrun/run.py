@@ -22,7 +22,7 @@ from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
 from sdrun.spec import PodSpec
-from sdrun.systemd import properties
+from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
 from stage1 import Stage1
 
@@ -38,6 +38,10 @@ class RunOptions:
 
 async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
     """Run a pod; return the exit status `sdrun run` should exit with."""
+    if spec.service.listen or spec.service.healthcheck or spec.service.wanted_by:
+        raise SdrunError(
+            "listen, healthcheck and wanted_by need an installed unit", hint="sdrun install NAME --spec FILE"
+        )
     backend = Stage1.named(spec.stage1)
     systemd = await Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
@@ -80,6 +84,8 @@ async def _start_service(
         await systemd.start_transient_unit(pod.unit, unit_properties)
     except JobFailed as failure:
         raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
+    if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
+        await machined.register(systemd, pod, wait=False)  # best effort; machined forgets it when the unit stops
 
 
 def _first_complaint(pod: Pod) -> str | None:
@@ -114,6 +120,7 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
     for number in FORWARDED_SIGNALS:
         loop.add_signal_handler(number, proxy, number)
     try:
+        await machined.register(systemd, pod, wait=False)
         await systemd.wait_until_inactive(pod.unit, finished)
         main_code = await systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
         main_status = await systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")

@@ -90,6 +90,27 @@ class Isolation:
 
 
 @dataclass(frozen=True)
+class ServiceOptions:
+    """How systemd runs the pod's service beyond the app itself; docs/units.md documents each."""
+
+    requires: tuple[str, ...] = ()  # pods whose units start first and must stay up: Requires=, After=
+    restart_sec: float | None = None  # RestartSec= [systemd's 100 ms]
+    start_limit_interval: float | None = None  # StartLimitIntervalSec= [systemd's 10 s]
+    start_limit_burst: int | None = None  # StartLimitBurst= [systemd's 5]
+    notify: bool = False  # the app itself says READY=1 (sd_notify) instead of the stage1
+    listen: tuple[str, ...] = ()  # socket activation: ListenStream= of sdrun-NAME.socket (installed units)
+    healthcheck: tuple[str, ...] = ()  # a command run with `sdrun enter`; failing restarts the pod
+    healthcheck_interval: float = 30.0  # seconds between health checks
+    wanted_by: tuple[str, ...] = ()  # targets that start the installed unit: [Install] WantedBy=
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServiceOptions:
+        tuples = ("requires", "listen", "healthcheck", "wanted_by")
+        values: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in data.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class PodSpec:
     name: str
     stage1: str
@@ -103,7 +124,10 @@ class PodSpec:
     net: str = "none"  # host | none (a private network namespace with loopback only)
     stop_signal: str | None = None  # KillSignal= [SIGTERM]
     stop_timeout: float | None = None  # seconds before SIGKILL (TimeoutStopSec=) [systemd's default]
+    kvm_accel: str = "auto"  # the kvm stage1's accelerator: kvm, tcg, or auto (KVM if a probe boots, else TCG)
+    kvm_kernel: str | None = None  # the kvm stage1's guest kernel [the newest /boot/vmlinuz-*-cloud-amd64]
     isolation: Isolation = field(default_factory=Isolation)
+    service: ServiceOptions = field(default_factory=ServiceOptions)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,10 +138,11 @@ class PodSpec:
         app["argv"] = tuple(app["argv"])
         app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
         return cls(
-            **{key: value for key, value in data.items() if key not in ("app", "resources", "isolation")},
+            **{key: value for key, value in data.items() if key not in ("app", "resources", "isolation", "service")},
             app=AppSpec(**app),
             resources=Resources(**data["resources"]),
             isolation=Isolation.from_json(data.get("isolation", {})),
+            service=ServiceOptions.from_json(data.get("service", {})),
         )
 
 
@@ -228,6 +253,23 @@ def parse_seconds(value: object) -> float:
     return seconds
 
 
+def parse_count(value: object) -> int:
+    text = str(value)
+    if not text.isdigit():
+        raise SpecError(f"invalid count '{value}': expected a non-negative integer")
+    return int(text)
+
+
+def parse_listen(value: str) -> str:
+    """A ListenStream= address: PORT, HOST:PORT, [IPv6]:PORT or an absolute socket path."""
+    port = value.rpartition(":")[2]
+    if value.startswith("/"):
+        return os.path.normpath(value)
+    if port.isdigit() and 0 < int(port) < 65536 and (":" not in value or value.rpartition(":")[0]):
+        return value
+    raise SpecError(f"invalid listen address '{value}': expected PORT, HOST:PORT or an absolute socket path")
+
+
 def parse_tmpfs(value: str) -> str:
     """PATH[:OPTIONS], OPTIONS as mount(8) takes them for tmpfs (size=64m,mode=1777,ro,exec...)."""
     path, sep, options = value.partition(":")
@@ -278,8 +320,20 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "init": bool,
     "selinux_type": str,
     "apparmor": str,
+    "kvm_accel": lambda value: parse_choice(value, ("kvm", "tcg", "auto"), "kvm accelerator"),
+    "kvm_kernel": lambda value: str(Path(str(value)).absolute()),
+    "requires": lambda value: tuple(parse_name(item) for item in _as_list(value, "requires")),
+    "restart_sec": parse_seconds,
+    "start_limit_interval": parse_seconds,
+    "start_limit_burst": parse_count,
+    "notify": bool,
+    "listen": lambda value: tuple(parse_listen(item) for item in _as_list(value, "listen")),
+    "healthcheck": lambda value: tuple(_as_list(value, "healthcheck")),
+    "healthcheck_interval": parse_seconds,
+    "wanted_by": lambda value: tuple(_as_list(value, "wanted_by")),
 }
 ISOLATION_SETTINGS = tuple(item.name for item in dataclasses.fields(Isolation))
+SERVICE_SETTINGS = tuple(item.name for item in dataclasses.fields(ServiceOptions))
 
 
 def check_settings(raw: Mapping[str, object], origin: str) -> dict[str, object]:
@@ -340,5 +394,8 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         net=settings.get("net", "none"),
         stop_signal=settings.get("stop_signal"),
         stop_timeout=settings.get("stop_timeout"),
+        kvm_accel=settings.get("kvm_accel", "auto"),
+        kvm_kernel=settings.get("kvm_kernel"),
         isolation=Isolation(**{key: settings[key] for key in ISOLATION_SETTINGS if key in settings}),
+        service=ServiceOptions(**{key: settings[key] for key in SERVICE_SETTINGS if key in settings}),
     )

@@ -75,6 +75,16 @@ class SystemdNotifier:
                 os.close(write_end)
 
 
+def systemd_handover() -> dict[str, str]:
+    """What systemd gave the unit that is meant for the app: socket-activated fds (they stay
+    open across our forks and the exec; LISTEN_PID names the app, which checks it against its
+    own getpid()) and, when a stage1 set it for an app that reports its own readiness, NOTIFY_SOCKET."""
+    handover = {key: os.environ[key] for key in ("LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET") if key in os.environ}
+    if "LISTEN_FDS" in handover:
+        handover["LISTEN_PID"] = str(os.getpid())
+    return handover
+
+
 def exec_app(
     app: ResolvedApp, argv: tuple[str, ...] | None = None, before_exec: Callable[[], None] | None = None
 ) -> NoReturn:
@@ -89,10 +99,11 @@ def exec_app(
         before_exec()
     command = argv or app.argv
     executable = app.executable if argv is None else command[0]
+    env = app.env | systemd_handover()
     try:
         if "/" in executable:
-            os.execve(executable, command, app.env)
-        os.execvpe(executable, command, app.env)
+            os.execve(executable, command, env)
+        os.execvpe(executable, command, env)
     except OSError as error:
         os.write(2, f"sdrun: cannot execute '{command[0]}': {error.strerror}\n".encode())
         os._exit(127 if error.errno == 2 else 126)

@@ -21,7 +21,7 @@ from sdrun import manage
 from sdrun.errors import EXIT_RUNTIME_ERROR, NotFound, SdrunError
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
-from sdrun.spec import SETTINGS, build_spec, check_settings, load_spec_file
+from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings, load_spec_file
 
 T = TypeVar("T")
 DEFAULT_STAGE1 = "namespace"
@@ -130,6 +130,8 @@ RUN_FLAGS: Mapping[str, str] = {  # click parameter -> spec setting
     "init": "init",
     "selinux_type": "selinux_type",
     "apparmor": "apparmor",
+    "kvm_accel": "kvm_accel",
+    "kvm_kernel": "kvm_kernel",
 }
 assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 
@@ -165,6 +167,8 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("--init", is_flag=True, default=None, help="Run tini as PID 1: reaps zombies, forwards signals.")
 @click.option("--selinux-type", help="SELinux context for the app (SELinuxContext=).")
 @click.option("--apparmor", metavar="PROFILE", help="AppArmor profile for the app (AppArmorProfile=).")
+@click.option("--kvm-accel", metavar="kvm|tcg|auto", help="kvm stage1: accelerator [auto: KVM if it boots, else TCG].")
+@click.option("--kvm-kernel", metavar="PATH", help="kvm stage1: guest kernel [newest /boot/vmlinuz-*-cloud-amd64].")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
@@ -180,6 +184,19 @@ def run(
     from sdrun import run as running
 
     ctx: Context = click_ctx.obj
+    spec = spec_from_run_options(click_ctx, spec_file, args, flags)
+    options = running.RunOptions(detach=detach, remove=remove)
+    sys.exit(run_async(running.run(ctx.paths, spec, options, sys.stdout.buffer)))
+
+
+def spec_from_run_options(
+    click_ctx: click.Context,
+    spec_file: Path | None,
+    args: tuple[str, ...],
+    flags: Mapping[str, Any],
+    default_name: str | None = None,
+) -> PodSpec:
+    """The spec `run` options describe (also for `generate` and `install`): flags override the spec file."""
     settings: dict[str, object] = load_spec_file(spec_file) if spec_file else {}
     given = {
         RUN_FLAGS[name]: value
@@ -192,9 +209,8 @@ def run(
     args = without_separator(args)
     if args:
         settings["exec"] = tuple(args)
-    spec = build_spec(settings, default_name=f"pod-{secrets.token_hex(4)}", default_stage1=DEFAULT_STAGE1)
-    options = running.RunOptions(detach=detach, remove=remove)
-    sys.exit(run_async(running.run(ctx.paths, spec, options, sys.stdout.buffer)))
+    default_name = default_name or f"pod-{secrets.token_hex(4)}"
+    return build_spec(settings, default_name=default_name, default_stage1=DEFAULT_STAGE1)
 
 
 # --- inspecting ---
@@ -365,3 +381,6 @@ def _exit_status(code: object) -> int:
         return code & 0xFF
     sys.stderr.write(f"{code}\n")
     return 1
+
+
+from sdrun.cli import units as _units  # noqa: E402,F401

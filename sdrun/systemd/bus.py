@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType
+from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.errors import AuthError
 from dbus_next.message import Message
 from dbus_next.signature import Variant
@@ -242,3 +242,66 @@ class Systemd:
         state = await self.unit_property(unit, UNIT, "ActiveState")
         if state not in ("inactive", "failed"):
             await event.wait()
+
+
+# --- systemd-machined: pods as machines (`machinectl list`); the logic is in sdrun.systemd.machined ---
+
+MACHINED = "org.freedesktop.machine1"
+MACHINED_PATH = "/org/freedesktop/machine1"
+MACHINED_MANAGER = "org.freedesktop.machine1.Manager"
+
+
+async def register_machine(
+    systemd: Systemd, name: str, machine_id: bytes, leader: int, root_directory: str, *, wait: bool = True
+) -> None:
+    """RegisterMachine: machined adopts the unit that holds `leader` and forgets the machine when it
+    stops. Without wait, the call is only written to the bus (no reply expected): nothing to wait for."""
+    body = [name, machine_id, "sdrun", "container", leader, root_directory]
+    if wait:
+        await systemd.call(
+            "RegisterMachine", "sayssus", body, path=MACHINED_PATH, interface=MACHINED_MANAGER, destination=MACHINED
+        )
+        return
+    message = Message(
+        destination=MACHINED,
+        path=MACHINED_PATH,
+        interface=MACHINED_MANAGER,
+        member="RegisterMachine",
+        signature="sayssus",
+        body=body,
+        flags=MessageFlag.NO_REPLY_EXPECTED,
+    )
+    await systemd.bus.send(message)
+
+
+async def unregister_machine(systemd: Systemd, name: str) -> None:
+    await systemd.call(
+        "UnregisterMachine", "s", [name], path=MACHINED_PATH, interface=MACHINED_MANAGER, destination=MACHINED
+    )
+
+
+# --- unit files: what `sdrun install` and `uninstall` ask of the manager ---
+
+
+async def reload(systemd: Systemd) -> None:
+    """daemon-reload; systemd replies once it has re-read every unit file."""
+    await systemd.call("Reload")
+
+
+async def enable_unit_files(systemd: Systemd, units: Sequence[str]) -> None:
+    await systemd.call("EnableUnitFiles", "asbb", [list(units), False, True])
+
+
+async def disable_unit_files(systemd: Systemd, units: Sequence[str]) -> None:
+    await systemd.call("DisableUnitFiles", "asb", [list(units), False])
+
+
+async def start_unit(systemd: Systemd, unit: str, *, wait: bool = True) -> None:
+    (job,) = await systemd.call("StartUnit", "ss", [unit, "replace"])
+    if wait:
+        await systemd._wait_for_job(job, f"starting {unit}")
+
+
+async def restart_unit(systemd: Systemd, unit: str) -> None:
+    """Queue a restart and return: the caller may be a unit the restart would wait for."""
+    await systemd.call("RestartUnit", "ss", [unit, "replace"])

@@ -1,22 +1,31 @@
-"""The properties every pod's unit carries, whatever its stage1, from one table.
+"""The properties every pod's unit carries, whatever its stage1, and how each is written.
 
-Each entry maps a spec value to one systemd unit property; a value of None
-leaves the property unset so systemd's default applies.
+A pod's unit is described once, as a list of D-Bus properties (name, signature,
+value): `sdrun run` hands that list to StartTransientUnit, and `sdrun generate`
+writes the very same list as a unit file through UNIT_KEYS, the one table that
+knows each property's unit-file section, key and syntax. A property missing
+from the table cannot be written to a file: generate fails rather than drop it.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrun.errors import SdrunError
 from sdrun.paths import Paths
-from sdrun.pod import Pod
+from sdrun.pod import Pod, unit_name
 from sdrun.systemd.bus import Property
+from sdrun.systemd.unitfile import Command
 from stage1 import UnitPlan
 
 SLICE = "machine.slice"
+USEC = 1_000_000
 CPU_PERIOD_USEC = 1_000_000  # CPUQuotaPerSecUSec is CPU time per second of wall time
+CPU_QUOTA_STEP_USEC = CPU_PERIOD_USEC // 10_000  # a unit file's CPUQuota= is in hundredths of a percent
 
 # (property, D-Bus signature, value from the pod; None = leave unset)
 RESOURCE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
@@ -24,6 +33,13 @@ RESOURCE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
     ("CPUQuotaPerSecUSec", "t", lambda pod: _cpu_quota(pod.spec.resources.cpus)),
     ("TasksMax", "t", lambda pod: pod.spec.resources.pids),
     ("Restart", "s", lambda pod: pod.spec.restart),
+)
+SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
+    ("Requires", "as", lambda pod: _units(pod.spec.service.requires)),
+    ("After", "as", lambda pod: _units(pod.spec.service.requires)),
+    ("RestartUSec", "t", lambda pod: _usec(pod.spec.service.restart_sec)),
+    ("StartLimitIntervalUSec", "t", lambda pod: _usec(pod.spec.service.start_limit_interval)),
+    ("StartLimitBurst", "u", lambda pod: pod.spec.service.start_limit_burst),
 )
 
 # Records how the app ended in the pod directory, so `sdrun list` can tell
@@ -38,7 +54,26 @@ def escape_variables(argument: str) -> str:
 
 
 def _cpu_quota(cpus: float | None) -> int | None:
-    return None if cpus is None else round(cpus * CPU_PERIOD_USEC)
+    # Rounded to what a unit file can say, so that a transient and an installed unit agree.
+    return None if cpus is None else round(cpus * CPU_PERIOD_USEC / CPU_QUOTA_STEP_USEC) * CPU_QUOTA_STEP_USEC
+
+
+def _usec(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * USEC)
+
+
+def _units(names: Sequence[str]) -> list[str] | None:
+    return [unit_name(name, "service") for name in names] or None
+
+
+def exec_command(argv: Sequence[str], flags: Sequence[str] = ()) -> list[Any]:
+    """One a(sasas) command (ExecStartPreEx=, ExecStopPostEx=...), its arguments escaped for systemd."""
+    return [argv[0], [escape_variables(arg) for arg in argv], list(flags)]
+
+
+def start_command(argv: Sequence[str]) -> list[Any]:
+    """One a(sasb) command (ExecStart=), its arguments escaped for systemd."""
+    return [argv[0], [escape_variables(arg) for arg in argv], False]
 
 
 def logging_properties(pod: Pod) -> list[Property]:
@@ -51,8 +86,45 @@ def logging_properties(pod: Pod) -> list[Property]:
     ]
 
 
+def _from_table(pod: Pod, table: Sequence[tuple[str, str, Callable[[Pod], Any]]]) -> list[Property]:
+    return [(name, signature, value) for name, signature, get in table if (value := get(pod)) is not None]
+
+
 def resource_properties(pod: Pod) -> list[Property]:
-    return [(name, signature, value) for name, signature, get in RESOURCE_TABLE if (value := get(pod)) is not None]
+    return _from_table(pod, RESOURCE_TABLE)
+
+
+def service_option_properties(pod: Pod) -> list[Property]:
+    return _from_table(pod, SERVICE_TABLE)
+
+
+def record_exit_command(pod: Pod) -> list[Any]:
+    return exec_command(["/bin/sh", "-c", RECORD_EXIT, "sh", str(Paths.exit_record(pod.dir))], ["privileged"])
+
+
+def pod_service_properties(
+    pod: Pod, plan: UnitPlan, *, start_pre: Sequence[list[Any]] = (), stop_post: Sequence[list[Any]] = ()
+) -> list[Property]:
+    """The properties of a pod's service, transient or installed: the stage1's plan, the
+    common ones, and the commands to run before the app starts and after it ended."""
+    properties: list[Property] = [
+        ("Description", "s", f"sdrun pod {pod.name} ({pod.uuid})"),
+        *[prop for prop in service_option_properties(pod) if prop[0] in ("Requires", "After")],
+        ("Slice", "s", SLICE),
+    ]
+    if start_pre:
+        properties.append(("ExecStartPreEx", "a(sasas)", list(start_pre)))
+    properties += [
+        ("ExecStart", "a(sasb)", [[plan.executable, *start_command(plan.argv)[1:]]]),
+        ("ExecStopPostEx", "a(sasas)", [record_exit_command(pod), *stop_post]),
+        ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
+        ("CollectMode", "s", "inactive-or-failed"),
+        *logging_properties(pod),
+        *resource_properties(pod),
+        *[prop for prop in service_option_properties(pod) if prop[0] not in ("Requires", "After")],
+        *plan.properties,
+    ]
+    return properties
 
 
 def service_properties(
@@ -61,20 +133,10 @@ def service_properties(
     """All properties of the pod's transient service. keep_until_released adds a reference
     (AddRef=) that stops systemd from collecting the unit before we read its exit status;
     remove_when_done lists paths to delete once the app has ended (detached --rm)."""
-    stop_post = [["/bin/sh", ["/bin/sh", "-c", RECORD_EXIT, "sh", str(Paths.exit_record(pod.dir))], ["privileged"]]]
+    stop_post = []
     if remove_when_done:
-        stop_post.append(["/bin/rm", ["/bin/rm", "-rf", "--", *map(str, remove_when_done)], ["privileged"]])
-    properties: list[Property] = [
-        ("Description", "s", f"sdrun pod {pod.name} ({pod.uuid})"),
-        ("Slice", "s", SLICE),
-        ("ExecStart", "a(sasb)", [[plan.executable, [escape_variables(arg) for arg in plan.argv], False]]),
-        ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
-        ("ExecStopPostEx", "a(sasas)", stop_post),
-        ("CollectMode", "s", "inactive-or-failed"),
-        *logging_properties(pod),
-        *resource_properties(pod),
-        *plan.properties,
-    ]
+        stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)], ["privileged"]))
+    properties = pod_service_properties(pod, plan, stop_post=stop_post)
     if keep_until_released:
         properties.append(("AddRef", "b", True))
     return properties
@@ -91,3 +153,104 @@ def scope_properties(pod: Pod, pid: int) -> list[Property]:
 
 def property_names(properties: Sequence[Property]) -> list[str]:
     return [name for name, _, _ in properties]
+
+
+# --- the same properties as unit-file lines ---
+
+
+@dataclass(frozen=True)
+class UnitKey:
+    """How one D-Bus property is written in a unit file: its section, its key, and its values
+    in unit-file syntax, one line each (sdrun.systemd.unitfile quotes and escapes them)."""
+
+    section: str
+    key: str
+    values: Callable[[Any], list[Any]]
+
+
+def _text(value: Any) -> list[Any]:
+    return [str(value)]
+
+
+def _boolean(value: Any) -> list[Any]:
+    return ["yes" if value else "no"]
+
+
+def _duration(usec: Any) -> list[Any]:
+    for unit, size in (("s", USEC), ("ms", 1000)):
+        if usec % size == 0:
+            return [f"{usec // size}{unit}" if usec else "0"]
+    return [f"{usec}us"]
+
+
+def _cpu_percent(usec: Any) -> list[Any]:
+    hundredths = round(usec / CPU_QUOTA_STEP_USEC)
+    whole, fraction = divmod(hundredths, 100)
+    return [f"{whole}%" if not fraction else f"{whole}.{fraction:02d}".rstrip("0") + "%"]
+
+
+def _signal_name(number: Any) -> list[Any]:
+    return [signal.Signals(number).name]
+
+
+def _commands(flag_prefixes: Callable[[Any], str]) -> Callable[[Any], list[Any]]:
+    return lambda commands: [Command(command[0], tuple(command[1]), flag_prefixes(command)) for command in commands]
+
+
+EXEC_FLAG_PREFIXES = {"ignore-failure": "-", "privileged": "+", "no-env-expand": ":", "no-setuid": "!"}
+
+
+def _ex_prefixes(command: Any) -> str:
+    unknown = set(command[2]) - set(EXEC_FLAG_PREFIXES)
+    if unknown:
+        raise SdrunError(f"cannot write command flags {sorted(unknown)} in a unit file")
+    return "".join(EXEC_FLAG_PREFIXES[flag] for flag in command[2])
+
+
+UNIT = "Unit"
+SERVICE = "Service"
+UNIT_KEYS: dict[str, UnitKey] = {
+    "Description": UnitKey(UNIT, "Description", _text),
+    "Requires": UnitKey(UNIT, "Requires", lambda units: [" ".join(units)]),
+    "After": UnitKey(UNIT, "After", lambda units: [" ".join(units)]),
+    "Wants": UnitKey(UNIT, "Wants", lambda units: [" ".join(units)]),
+    "Requisite": UnitKey(UNIT, "Requisite", lambda units: [" ".join(units)]),
+    "StartLimitIntervalUSec": UnitKey(UNIT, "StartLimitIntervalSec", _duration),
+    "StartLimitBurst": UnitKey(UNIT, "StartLimitBurst", _text),
+    "CollectMode": UnitKey(UNIT, "CollectMode", _text),
+    "Type": UnitKey(SERVICE, "Type", _text),
+    "NotifyAccess": UnitKey(SERVICE, "NotifyAccess", _text),
+    "Slice": UnitKey(SERVICE, "Slice", _text),
+    "ExecStartPreEx": UnitKey(SERVICE, "ExecStartPre", _commands(_ex_prefixes)),
+    "ExecStart": UnitKey(SERVICE, "ExecStart", _commands(lambda command: "-" if command[2] else "")),
+    "ExecStartPostEx": UnitKey(SERVICE, "ExecStartPost", _commands(_ex_prefixes)),
+    "ExecStopPostEx": UnitKey(SERVICE, "ExecStopPost", _commands(_ex_prefixes)),
+    "Delegate": UnitKey(SERVICE, "Delegate", _boolean),
+    "StandardOutput": UnitKey(SERVICE, "StandardOutput", _text),
+    "StandardError": UnitKey(SERVICE, "StandardError", _text),
+    "SyslogIdentifier": UnitKey(SERVICE, "SyslogIdentifier", _text),
+    "LogExtraFields": UnitKey(SERVICE, "LogExtraFields", lambda fields: [field.decode() for field in fields]),
+    "LogRateLimitIntervalUSec": UnitKey(SERVICE, "LogRateLimitIntervalSec", _duration),
+    "MemoryMax": UnitKey(SERVICE, "MemoryMax", _text),
+    "CPUQuotaPerSecUSec": UnitKey(SERVICE, "CPUQuota", _cpu_percent),
+    "TasksMax": UnitKey(SERVICE, "TasksMax", _text),
+    "Restart": UnitKey(SERVICE, "Restart", _text),
+    "RestartUSec": UnitKey(SERVICE, "RestartSec", _duration),
+    "KillSignal": UnitKey(SERVICE, "KillSignal", _signal_name),
+    "TimeoutStopUSec": UnitKey(SERVICE, "TimeoutStopSec", _duration),
+    "DevicePolicy": UnitKey(SERVICE, "DevicePolicy", _text),
+    "DeviceAllow": UnitKey(SERVICE, "DeviceAllow", lambda devices: [f"{path} {access}" for path, access in devices]),
+    "SELinuxContext": UnitKey(SERVICE, "SELinuxContext", lambda pair: [("-" if pair[0] else "") + pair[1]]),
+    "AppArmorProfile": UnitKey(SERVICE, "AppArmorProfile", lambda pair: [("-" if pair[0] else "") + pair[1]]),
+}
+
+
+def unit_file_entries(properties: Sequence[Property]) -> list[tuple[str, str, str | Command]]:
+    """(section, key, value) for each property, in order."""
+    entries: list[tuple[str, str, str | Command]] = []
+    for name, signature, value in properties:
+        unit_key = UNIT_KEYS.get(name)
+        if unit_key is None:
+            raise SdrunError(f"property {name} ({signature}) has no unit-file form", hint="add it to UNIT_KEYS")
+        entries += [(unit_key.section, unit_key.key, line) for line in unit_key.values(value)]
+    return entries

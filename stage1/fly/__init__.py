@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
 from stage1 import Stage1, UnitPlan, entry_command
@@ -36,6 +37,8 @@ def _rootfs(pod: Pod) -> Path:
 class Fly(Stage1, name="fly"):
     def plan(self, pod: Pod) -> UnitPlan:
         resolve_app(_rootfs(pod), pod.spec.app)  # fail now, with a clear error, rather than inside the unit
+        if pod.spec.service.notify:
+            raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
         properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))

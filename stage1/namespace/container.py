@@ -60,6 +60,7 @@ DEV_LINKS = (
 DEVICE_ALLOW = (("/dev/tty", "rw"), ("/dev/ptmx", "rw"), ("char-pts", "rw"))
 TINI = "/usr/bin/tini-static"
 INIT_PATH = "/dev/init"  # where the container sees tini: under /dev, out of the image's way
+CONTAINER_NOTIFY_SOCKET = "/run/host/notify"  # where systemd-nspawn puts it too
 API_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 USERNS_RANGE = 0x10000  # one 64K range per pod, as systemd-nspawn's --private-users=pick
 USERNS_FIRST_BASE = 0x80000  # leave the first 512K ids to the host, as nspawn does
@@ -93,6 +94,7 @@ class ContainerPlan:
     user_namespace: UserNamespace | None
     host_network: bool
     init: bool
+    notify_socket: str | None = None  # the container's path to systemd's socket, for an app that says READY=1
 
 
 def stage1_dir(pod: Pod) -> Path:
@@ -185,6 +187,10 @@ def container_plan(pod: Pod) -> ContainerPlan:
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:
         mounts.append(BindMount(TINI, INIT_PATH, read_only=True))
+    host_notify_socket = os.environ.get("NOTIFY_SOCKET", "")
+    notify_socket = CONTAINER_NOTIFY_SOCKET if spec.service.notify and host_notify_socket.startswith("/") else None
+    if notify_socket:
+        mounts.append(BindMount(host_notify_socket, notify_socket))
     mounts += [MaskPath(path) for path in MASKED_PATHS]
     mounts += [ReadOnlyPath(path) for path in READ_ONLY_PATHS]
     if isolation.read_only:
@@ -203,4 +209,5 @@ def container_plan(pod: Pod) -> ContainerPlan:
         user_namespace=user_namespace,
         host_network=spec.net == "host",
         init=isolation.init,
+        notify_socket=notify_socket,
     )

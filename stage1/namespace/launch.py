@@ -104,7 +104,8 @@ def launch(pod: Pod, *, supervise: bool) -> NoReturn:
     if status != 0:
         raise SdrunError("container setup failed")
     ready.receive("the container was ready")
-    notifier.notify(f"MAINPID={init_pid}\nREADY=1")
+    # An app that reports its own readiness (spec notify) says READY=1 itself, from inside.
+    notifier.notify(f"MAINPID={init_pid}" if plan.notify_socket else f"MAINPID={init_pid}\nREADY=1")
     notifier.barrier()  # systemd knows the init as MainPID before we may exit
     start.send(b"go")
     if not supervise:
@@ -204,6 +205,8 @@ def _container_init(
     ready.send(b"ready")
     start.receive("systemd accepted the container init")  # now MAINPID is ours: the app may run and exit
     argv = (INIT_PATH, "--", *app.argv) if plan.init else None
+    if plan.notify_socket:
+        os.environ["NOTIFY_SOCKET"] = plan.notify_socket
     confine_and_exec(app, plan.capabilities, seccomp_program, argv)
 
 

@@ -1,0 +1,151 @@
+"""Verbs for pods as installed units: generate, install, uninstall, and the ones units run
+(prepare, register-machine, healthcheck: hidden, not for people). The logic is in sdrun.units."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sdrun.cli import DEFAULT_STAGE1, Context, main, pass_context, run_async, spec_from_run_options, with_systemd
+from sdrun.errors import SdrunError
+from sdrun.spec import PodSpec, check_settings, parse_name
+
+RUN_ONLY = ("detach", "remove", "scope")  # run options that make no sense for an installed unit
+UNIT_SETTINGS = (
+    click.option("--requires", multiple=True, metavar="POD", help="Start after POD's unit, and only with it."),
+    click.option("--restart-sec", help="Seconds before a restart (RestartSec=)."),
+    click.option("--start-limit-interval", help="StartLimitIntervalSec=, in seconds."),
+    click.option("--start-limit-burst", help="StartLimitBurst=."),
+    click.option("--notify", is_flag=True, default=None, help="The app says READY=1 itself (sd_notify)."),
+    click.option("--listen", multiple=True, metavar="ADDRESS", help="Socket activation: PORT, HOST:PORT or PATH."),
+    click.option("--healthcheck", help="A command run inside the pod; failing restarts it."),
+    click.option("--healthcheck-interval", help="Seconds between health checks [30]."),
+    click.option("--wanted-by", multiple=True, metavar="TARGET", help="[Install] WantedBy= [multi-user.target]."),
+)
+
+
+def unit_command(command: click.Command) -> click.Command:
+    """Give a verb the unit-only settings and every option and argument of `sdrun run`."""
+    for option in reversed(UNIT_SETTINGS):
+        option(command)
+    command.params += [param for param in main.commands["run"].params if param.name not in RUN_ONLY]
+    return command
+
+
+def _spec_from(click_ctx: click.Context, options: dict[str, Any]) -> PodSpec:
+    """The spec: run's options as run reads them, plus the unit-only settings."""
+    unit_keys = {option.name for option in _unit_setting_params()}
+    settings = {key: options.pop(key) for key in unit_keys if options.get(key) not in (None, ())}
+    if "healthcheck" in settings:
+        import shlex
+
+        settings["healthcheck"] = shlex.split(settings["healthcheck"])
+    spec_file, args = options.pop("spec_file"), options.pop("args")
+    flags = {key: value for key, value in options.items() if key not in unit_keys}
+    # As for the generator, a spec file names its pod unless it says otherwise.
+    spec = spec_from_run_options(click_ctx, spec_file, args, flags, spec_file.stem if spec_file else None)
+    checked: dict[str, Any] = check_settings(settings, "command line")
+    return dataclasses.replace(spec, service=dataclasses.replace(spec.service, **checked)) if checked else spec
+
+
+def _unit_setting_params() -> list[click.Parameter]:
+    probe = click.Command("probe")
+    for option in UNIT_SETTINGS:
+        option(probe)
+    return probe.params
+
+
+@unit_command
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.pass_context
+def generate(click_ctx: click.Context, /, **options: Any) -> None:
+    """Print a pod's systemd units: sdrun generate [OPTIONS] (--spec FILE | --rootfs DIR | IMAGE) [-- CMD]"""
+    from sdrun import units
+
+    ctx: Context = click_ctx.obj
+    spec = _spec_from(click_ctx, options)
+    rendered = units.pod_units(spec, ctx.paths).rendered()
+    for number, (name, text) in enumerate(rendered.items()):
+        if len(rendered) > 1:
+            click.echo(("\n" if number else "") + f"# ==> {name} <==")
+        click.echo(text, nl=False)
+
+
+@unit_command
+@main.command()
+@click.option("--enable", is_flag=True, help="Enable the unit (start it at boot).")
+@click.option("--now", is_flag=True, help="Start it now.")
+@click.option("--unit-dir", type=click.Path(path_type=Path), help="Where to write units [/etc/systemd/system].")
+@click.argument("pod_name", metavar="NAME")
+@click.pass_context
+def install(
+    click_ctx: click.Context, /, enable: bool, now: bool, unit_dir: Path | None, pod_name: str, **options: Any
+) -> None:
+    """Install a pod as sdrun-NAME.service: sdrun install [--enable] [--now] NAME (--spec FILE | run options)"""
+    from sdrun import units
+
+    ctx: Context = click_ctx.obj
+    if options.get("name") not in (None, pod_name):
+        raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
+    spec = dataclasses.replace(_spec_from(click_ctx, options), name=parse_name(pod_name))
+    pod_units = units.pod_units(spec, ctx.paths)
+    target = unit_dir or units.DEFAULT_UNIT_DIR
+    run_async(with_systemd(lambda systemd: units.install(systemd, pod_units, target, enable=enable, now=now)))
+    click.echo(pod_units.service)
+
+
+@main.command()
+@click.option("--unit-dir", type=click.Path(path_type=Path), help="Where the units are [/etc/systemd/system].")
+@click.argument("name")
+@pass_context
+def uninstall(ctx: Context, unit_dir: Path | None, name: str) -> None:
+    """Stop, disable and remove an installed pod's units (and its pod directory)."""
+    from sdrun import units
+
+    target = unit_dir or units.DEFAULT_UNIT_DIR
+    run_async(with_systemd(lambda systemd: units.uninstall(systemd, ctx.paths, name, target)))
+    click.echo(f"sdrun-{name}.service")
+
+
+# --- run by the units themselves ---
+
+
+@main.command(hidden=True)
+@click.option("--uuid", "pod_uuid", required=True)
+@click.argument("settings", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def prepare(ctx: Context, pod_uuid: str, settings: tuple[str, ...]) -> None:
+    """ExecStartPre= of an installed unit: (re)create its pod directory from the settings."""
+    from sdrun import units
+
+    spec = units.spec_from_arguments(settings, DEFAULT_STAGE1)
+    units.prepare(ctx.paths, spec, pod_uuid)
+
+
+@main.command(name="register-machine", hidden=True)
+@click.argument("pod_uuid")
+@pass_context
+def register_machine(ctx: Context, pod_uuid: str) -> None:
+    """ExecStartPost= of an installed unit: register the running pod with systemd-machined."""
+    from sdrun.systemd import machined
+
+    pod = ctx.store.load(pod_uuid)
+    run_async(with_systemd(lambda systemd: machined.register(systemd, pod)))
+
+
+@main.command(hidden=True)
+@click.argument("pod_uuid")
+@pass_context
+def healthcheck(ctx: Context, pod_uuid: str) -> None:
+    """ExecStart= of sdrun-health@NAME.service: run the pod's check inside it; restart the pod if it fails."""
+    from sdrun import units
+
+    pod = ctx.store.load(pod_uuid)
+    status = run_async(with_systemd(lambda systemd: units.healthcheck(systemd, pod)))
+    if status:
+        click.echo(f"sdrun: health check of pod '{pod.name}' failed (exit status {status}): restarting it", err=True)
+    sys.exit(status)

@@ -1,0 +1,218 @@
+"""`sdrun generate`: golden files, the unit-file writer's escaping, the spec round trip.
+
+Each tests/golden/NAME.toml is a spec file whose `## assert-...` comments state what the
+generated units must hold (as quadlet's tests do); tests/golden/NAME.expected is the whole
+output of `sdrun generate --spec NAME.toml`. SDRUN_UPDATE_GOLDEN=1 rewrites the .expected files.
+Placeholders keep them independent of the checkout: @ROOTFS@, @VENV@, @PROJECT@, @UUID@.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sdrun.errors import SdrunError
+from sdrun.spec import SETTINGS, AppSpec, Isolation, PodSpec, Resources, ServiceOptions, Volume
+from sdrun.systemd import properties
+from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
+from sdrun.units import installed_pod_uuid, spec_from_arguments, spec_settings
+from tests.conftest import PROJECT, SDRUN, VENV_BIN
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_SPECS = sorted(GOLDEN.glob("*.toml"))
+
+
+def generate(spec_file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SDRUN, "--root", "/var/lib/sdrun", "generate", "--spec", str(spec_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def with_placeholders(text: str, name: str) -> str:
+    return (
+        text.replace(str(VENV_BIN), "@VENV@")
+        .replace(str(PROJECT), "@PROJECT@")
+        .replace(installed_pod_uuid(name), "@UUID@")
+    )
+
+
+def parse_units(output: str) -> dict[str, list[tuple[str, str, str]]]:
+    """`generate` output to {unit: [(section, key, value)]}; a single unit is named ''."""
+    units: dict[str, list[tuple[str, str, str]]] = {}
+    current, section = "", ""
+    for line in output.splitlines():
+        if line.startswith("# ==> "):
+            current = line.removeprefix("# ==> ").removesuffix(" <==")
+        elif line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            units.setdefault(current, []).append((section, key, value))
+    return units
+
+
+def check_assertions(spec_file: Path, output: str) -> None:
+    units = parse_units(output)
+    service = next(iter(units.values()), [])
+    for line in spec_file.read_text().splitlines():
+        if not line.startswith("## "):
+            continue
+        verb, *words = line[3:].split(" ")
+        if verb == "assert-key-is":
+            section, key, expected = words[0], words[1], " ".join(words[2:])
+            values = [value for sect, name, value in service if (sect, name) == (section, key)]
+            assert expected in values, f"{spec_file.name}: [{section}] {key}= is {values}, not {expected!r}"
+        elif verb == "assert-key-missing":
+            section, key = words
+            assert all((sect, name) != (section, key) for sect, name, _ in service), f"{spec_file.name}: {line}"
+        elif verb == "assert-unit":
+            assert words[0] in units, f"{spec_file.name}: no unit {words[0]} in {sorted(units)}"
+        elif verb != "assert-failure":
+            raise AssertionError(f"{spec_file.name}: unknown assertion {verb}")
+
+
+@pytest.mark.parametrize("source", GOLDEN_SPECS, ids=lambda path: path.stem)
+def test_golden(source: Path, rootfs: Path, tmp_path: Path) -> None:
+    spec_file = tmp_path / source.name
+    spec_file.write_text(source.read_text().replace("@ROOTFS@", str(rootfs)))
+    result = generate(spec_file)
+    failure = [
+        line[len("## assert-failure ") :] for line in source.read_text().splitlines() if "assert-failure" in line
+    ]
+    if failure:
+        assert result.returncode == 125 and result.stdout == ""
+        assert result.stderr.startswith("sdrun: ") and failure[0] in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        return
+    assert result.returncode == 0, result.stderr
+    output = with_placeholders(result.stdout, source.stem)
+    check_assertions(source, output)
+    expected = source.with_suffix(".expected")
+    if os.environ.get("SDRUN_UPDATE_GOLDEN"):
+        expected.write_text(output)
+    assert output == expected.read_text()
+    assert generate(spec_file).stdout == result.stdout  # byte-stable
+
+
+def test_words_are_quoted_as_systemd_splits_them() -> None:
+    assert quote_word("/bin/sh") == "/bin/sh"
+    assert quote_word("a b") == '"a b"'
+    assert quote_word("") == '""'
+    assert quote_word(";") == '";"'
+    assert quote_word('say "hi"\\') == '"say \\"hi\\"\\\\"'
+    assert quote_word("line\nnext\x01") == '"line\\nnext\\x01"'
+    assert quote_word("100%") == "100%%"
+    assert quote_word("it's") == '"it\'s"'
+
+
+def test_commands_keep_prefixes_and_a_distinct_argv0() -> None:
+    assert command_line(Command("/bin/sh", ("/bin/sh", "-c", "x y"), "+")) == '+/bin/sh -c "x y"'
+    assert command_line(Command("/usr/bin/busybox", ("sh", "-c", "true"), "-")) == "-@/usr/bin/busybox sh -c true"
+
+
+def test_plain_values_escape_specifiers_but_reject_what_a_line_cannot_hold() -> None:
+    unit = UnitFile(("header",)).add("Service", "Environment", "A=50%").add("Service", "CPUQuota", "50%")
+    assert unit.render() == "# header\n\n[Service]\nEnvironment=A=50%%\nCPUQuota=50%\n"
+    with pytest.raises(SdrunError, match="cannot be written"):
+        UnitFile().add("Unit", "Description", "two\nlines").render()
+    with pytest.raises(SdrunError, match="cannot be written"):
+        UnitFile().add("Unit", "Description", "continued\\").render()
+
+
+def test_sections_come_in_systemds_order_keys_in_insertion_order() -> None:
+    unit = UnitFile().add("Install", "WantedBy", "x").add("Service", "B", "1").add("Unit", "A", "2")
+    unit.add("Service", "A", "3")
+    assert unit.render() == "[Unit]\nA=2\n\n[Service]\nB=1\nA=3\n\n[Install]\nWantedBy=x\n"
+
+
+def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
+    unknown = [("AddRef", "b", True)]
+    with pytest.raises(SdrunError, match="AddRef"):
+        properties.unit_file_entries(unknown)
+    entries = properties.unit_file_entries(
+        [
+            ("CPUQuotaPerSecUSec", "t", 1_500_000),
+            ("TimeoutStopUSec", "t", 90_500),
+            ("KillSignal", "i", 2),
+            ("LogExtraFields", "aay", [b"A=1", b"B=2"]),
+            ("ExecStopPostEx", "a(sasas)", [["/bin/rm", ["/bin/rm", "x"], ["privileged", "ignore-failure"]]]),
+        ]
+    )
+    assert entries == [
+        ("Service", "CPUQuota", "150%"),
+        ("Service", "TimeoutStopSec", "90500us"),
+        ("Service", "KillSignal", "SIGINT"),
+        ("Service", "LogExtraFields", "A=1"),
+        ("Service", "LogExtraFields", "B=2"),
+        ("Service", "ExecStopPost", Command("/bin/rm", ("/bin/rm", "x"), "+-")),
+    ]
+
+
+def test_cpu_quota_is_what_a_unit_file_can_say() -> None:
+    assert properties._cpu_quota(0.333333) == 333_300  # hundredths of a percent, as CPUQuota=33.33%
+
+
+def full_spec(rootfs: Path) -> PodSpec:
+    """A spec with every setting away from its default."""
+    return PodSpec(
+        name="full",
+        stage1="fly",
+        rootfs=str(rootfs),
+        app=AppSpec(
+            argv=("sh", "-c", "echo $HOME; exit 3"),
+            env={"PATH": "/bin", "A": "x=y z"},
+            workdir="/root",
+            user="root:root",
+            volumes=(Volume(str(rootfs), "/data", True),),
+        ),
+        resources=Resources(256 << 20, 1.5, 64),
+        restart="always",
+        labels={"tier": "web"},
+        net="host",
+        stop_signal="SIGINT",
+        stop_timeout=2.5,
+        isolation=Isolation(
+            hostname="box",
+            cap_add=("NET_ADMIN",),
+            cap_drop=("NET_RAW", "MKNOD"),
+            seccomp="unconfined",
+            private_users="auto",
+            read_only=True,
+            tmpfs=("/run:size=1m",),
+            init=True,
+            selinux_type="t",
+            apparmor="p",
+        ),
+        service=ServiceOptions(
+            requires=("db",),
+            restart_sec=1.5,
+            start_limit_interval=60.0,
+            start_limit_burst=3,
+            notify=True,
+            listen=("8080",),
+            healthcheck=("true",),
+            healthcheck_interval=5.0,
+            wanted_by=("default.target",),
+        ),
+    )
+
+
+def test_the_unit_rebuilds_exactly_the_spec_it_was_made_from(rootfs: Path) -> None:
+    spec = full_spec(rootfs)
+    arguments = [
+        f"--{key.replace('_', '-')}" + ("" if value is None else f"={value}") for key, value in spec_settings(spec)
+    ]
+    assert spec_from_arguments(arguments, "namespace") == spec
+
+
+def test_every_setting_reaches_the_unit(rootfs: Path) -> None:
+    """A setting added to spec.SETTINGS must be carried by spec_settings too, or units would drop it."""
+    carried = {key for key, _ in spec_settings(full_spec(rootfs))}
+    assert carried == set(SETTINGS) - {"env_file", "scope", "image"}  # env files are read into env;
+    # scopes are no units; rootfs and image exclude each other
