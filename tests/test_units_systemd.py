@@ -1,0 +1,211 @@
+"""Installed pods on the real systemd: dependencies, restarts, readiness, socket activation,
+machined, the journal, and the spec generator. Units go to /etc/systemd/system, which the
+harness's overlay discards at shutdown; each test uninstalls what it installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sdrun.units import installed_pod_uuid
+from tests.conftest import PROJECT, Sdrun, needs_systemd, systemctl_show, unique_name
+
+pytestmark = needs_systemd
+HOST_PYTHON = "/usr/bin/python3"
+# The busybox rootfs has no sd_notify client: tests bind the host's /usr to run its python3 inside.
+HOST_USR = ("-v", "/usr:/usr:ro", "-v", "/lib64:/lib64:ro", "-v", "/lib:/lib:ro")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def state(unit: str) -> dict[str, str]:
+    return systemctl_show(
+        unit, "ActiveState", "SubState", "MainPID", "NRestarts", "ActiveEnterTimestampMonotonic", "LoadState"
+    )
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
+
+
+def start(*units: str) -> None:
+    result = systemctl("start", *units)
+    journal = subprocess.run(["journalctl", "-n", "30", "--no-pager"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{result.stderr}\n{journal.stdout}"
+
+
+def machines() -> list[str]:
+    output = subprocess.run(["machinectl", "list", "--no-legend"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in output.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def python_rootfs(sdrun: Sdrun, rootfs: Path) -> Path:
+    """The busybox rootfs with a place for /usr/bin/python3, which the host's /usr fills at run time."""
+    copy = sdrun.root / "python-rootfs"
+    shutil.copytree(rootfs, copy, symlinks=True)
+    (copy / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+    (copy / HOST_PYTHON.lstrip("/")).touch(mode=0o755)
+    return copy
+
+
+@pytest.fixture
+def installed(sdrun: Sdrun) -> Iterator[list[str]]:
+    """Names of installed pods, uninstalled afterwards whatever happens."""
+    names: list[str] = []
+    yield names
+    for name in reversed(names):
+        sdrun("uninstall", name, check=False)
+
+
+def test_dependencies_restarts_machined_and_the_journal(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
+    db, api = unique_name("db"), unique_name("api")
+    app = ["--", "sh", "-c", "echo $0 up; exec sleep 1000"]
+    sdrun("install", db, "--rootfs", str(rootfs), "--restart", "always", "--restart-sec", "0.1", *app, db)
+    installed.append(db)
+    sdrun("install", api, "--rootfs", str(rootfs), "--requires", db, *app, api)
+    installed.append(api)
+    db_unit, api_unit = f"sdrun-{db}.service", f"sdrun-{api}.service"
+    assert state(db_unit)["ActiveState"] == "inactive"
+
+    start(api_unit)
+    db_state, api_state = state(db_unit), state(api_unit)
+    assert db_state["ActiveState"] == api_state["ActiveState"] == "active"
+    api_began = int(systemctl_show(api_unit, "InactiveExitTimestampMonotonic")["InactiveExitTimestampMonotonic"])
+    assert int(db_state["ActiveEnterTimestampMonotonic"]) <= api_began  # db was up before api started
+    wait_for(lambda: {db, api} <= set(machines()))
+    status = subprocess.run(
+        ["machinectl", "show", db, "--property=Leader"], capture_output=True, text=True, check=False
+    )
+    assert status.stdout.strip() == f"Leader={db_state['MainPID']}"
+
+    os.kill(int(db_state["MainPID"]), signal.SIGKILL)
+    wait_for(lambda: state(db_unit)["NRestarts"] == "1" and state(db_unit)["SubState"] == "running")
+    assert state(db_unit)["MainPID"] != db_state["MainPID"]
+    wait_for(lambda: db in machines())  # registered again by the restarted unit
+
+    subprocess.run(["journalctl", "--sync"], check=True)
+    journal = subprocess.run(
+        ["journalctl", "-u", db_unit, "-o", "cat"], capture_output=True, text=True, check=True
+    ).stdout
+    from_journal = [line for line in journal.splitlines() if line.startswith(db)]
+    assert from_journal == [f"{db} up", f"{db} up"]
+    assert sdrun("logs", db).stdout.splitlines() == from_journal  # one stream across restarts
+    status_text = systemctl("status", db_unit, "--no-pager", "--lines=20").stdout
+    assert "active (running)" in status_text and f"{db} up" in status_text
+
+    sdrun("uninstall", api)
+    sdrun("uninstall", db)
+    installed.clear()
+    for unit in (db_unit, api_unit):
+        assert state(unit)["LoadState"] == "not-found"
+        assert not Path("/etc/systemd/system", unit).exists()
+    assert not {db, api} & set(machines())
+    assert sdrun.pods() == []
+
+
+def test_a_notify_app_is_active_only_once_it_says_ready(
+    sdrun: Sdrun, python_rootfs: Path, installed: list[str]
+) -> None:
+    name = unique_name("ready")
+    shared = sdrun.root / "shared"
+    shared.mkdir()
+    code = (
+        "import os, socket, time\n"
+        "open('/shared/waiting', 'w').close()\n"
+        "while not os.path.exists('/shared/go'): time.sleep(0.05)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+        "time.sleep(1000)\n"
+    )
+    volumes = (*HOST_USR, "-v", f"{shared}:/shared")
+    sdrun("install", name, "--notify", "--rootfs", str(python_rootfs), *volumes, "--", HOST_PYTHON, "-c", code)
+    installed.append(name)
+    unit = f"sdrun-{name}.service"
+    assert systemctl("start", "--no-block", unit).returncode == 0
+    wait_for((shared / "waiting").exists)
+    assert state(unit)["ActiveState"] == "activating"
+    assert int(state(unit)["MainPID"]) > 0  # the stage1 handed its MainPID over, not READY=1
+    (shared / "go").touch()
+    wait_for(lambda: state(unit)["ActiveState"] == "active")
+
+
+def test_a_socket_activated_app_receives_its_socket(sdrun: Sdrun, python_rootfs: Path, installed: list[str]) -> None:
+    name = unique_name("sock")
+    address = f"/run/{name}.sock"
+    code = (
+        "import os, socket\n"
+        "listener = socket.socket(fileno=3)\n"
+        "connection, _ = listener.accept()\n"
+        "report = f\"{os.environ['LISTEN_FDS']} {os.environ['LISTEN_PID']} {os.getpid()}\"\n"
+        "connection.sendall(report.encode())\n"
+        "connection.close()\n"
+    )
+    sdrun(
+        "install",
+        "--now",
+        name,
+        "--listen",
+        address,
+        "--rootfs",
+        str(python_rootfs),
+        *HOST_USR,
+        "--",
+        HOST_PYTHON,
+        "-c",
+        code,
+    )
+    installed.append(name)
+    assert state(f"sdrun-{name}.socket")["ActiveState"] == "active"
+    assert state(f"sdrun-{name}.service")["ActiveState"] == "inactive"  # started by the first connection
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(60)
+        client.connect(address)
+        fds, listen_pid, pid = client.recv(100).decode().split()
+    assert fds == "1" and listen_pid == pid
+
+
+def test_the_generator_turns_spec_files_into_units(rootfs: Path) -> None:
+    name = unique_name("gen")
+    spec_dir, generators = Path("/etc/sdrun"), Path("/etc/systemd/system-generators")
+    spec_dir.mkdir(exist_ok=True)
+    generators.mkdir(parents=True, exist_ok=True)
+    generator = generators / "sdrun-generator"
+    source = (PROJECT / "units" / "sdrun-generator").read_text().split("\n", 1)[1]
+    generator.write_text(f"#!{sys.executable}\n{source}")
+    generator.chmod(0o755)
+    spec = spec_dir / f"{name}.toml"
+    spec.write_text(f'rootfs = "{rootfs}"\nexec = ["sh", "-c", "echo generated; exec sleep 1000"]\n')
+    bad = spec_dir / f"{name}-bad.toml"
+    bad.write_text(f'rootfs = "{rootfs}"\nexec = ["true"]\nfavourite_colour = "blue"\n')
+    unit = f"sdrun-{name}.service"
+    try:
+        assert systemctl("daemon-reload").returncode == 0
+        assert state(unit)["LoadState"] == "loaded"
+        assert state(f"sdrun-{name}-bad.service")["LoadState"] == "not-found"  # reported, skipped
+        assert systemctl("start", unit).returncode == 0
+        assert state(unit)["SubState"] == "running"
+    finally:
+        systemctl("stop", unit)
+        spec.unlink()
+        bad.unlink()
+        generator.unlink()
+        systemctl("daemon-reload")
+        shutil.rmtree(Path("/var/lib/sdrun/pods") / installed_pod_uuid(name), ignore_errors=True)
+        Path("/var/lib/sdrun/names", name).unlink(missing_ok=True)
+    assert state(unit)["LoadState"] == "not-found"
