@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,26 +110,39 @@ def progress(message: str) -> None:
 
 def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, capture: bool = False) -> str:
     """Run argv to completion; return its stdout if `capture`; BenchError with stderr's last line
-    if it fails. stderr goes to a file, not a pipe: a container left running may hold it open."""
+    if it fails. stderr goes to a file, not a pipe: a container left running may hold it open.
+
+    The timeout is a timer that kills the command, not Popen.wait(timeout): that polls with sleeps
+    growing from 0.5 to 50 ms and would round every timing up to its steps (8 ms, 64 ms, ...)."""
     with tempfile.TemporaryFile() as errors:
         try:
-            finished = subprocess.run(
+            process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                 stderr=errors,
-                timeout=timeout,
-                check=False,
             )
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"{argv[0]} timed out after {timeout:.0f} s") from None
         except OSError as error:
             raise BenchError(f"cannot run {argv[0]}: {error.strerror}") from None
-        if finished.returncode != 0:
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
+            process.kill()
+
+        watchdog = threading.Timer(timeout, kill)
+        watchdog.start()
+        try:
+            stdout, _ = process.communicate()
+        finally:
+            watchdog.cancel()
+        if expired.is_set():
+            raise BenchError(f"{argv[0]} timed out after {timeout:.0f} s")
+        if process.returncode != 0:
             errors.seek(0)
             last_line = (errors.read().decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
-            raise BenchError(f"{Path(argv[0]).name} exited with {finished.returncode}: {last_line}")
-    return finished.stdout.decode(errors="replace") if capture else ""
+            raise BenchError(f"{Path(argv[0]).name} exited with {process.returncode}: {last_line}")
+    return stdout.decode(errors="replace") if capture else ""
 
 
 def fixed(argv: Sequence[str]) -> Callable[[], Sequence[str]]:
