@@ -4,6 +4,7 @@ harness's overlay discards at shutdown; each test uninstalls what it installed."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -209,3 +210,20 @@ def test_the_generator_turns_spec_files_into_units(rootfs: Path) -> None:
         shutil.rmtree(Path("/var/lib/sdrun/pods") / installed_pod_uuid(name), ignore_errors=True)
         Path("/var/lib/sdrun/names", name).unlink(missing_ok=True)
     assert state(unit)["LoadState"] == "not-found"
+
+
+def test_logs_select_by_time_all_pods_and_json(sdrun: Sdrun, rootfs: Path) -> None:
+    first, second = unique_name("one"), unique_name("two")
+    sdrun("run", "--name", first, "--rootfs", str(rootfs), "--", "echo", "first line")
+    sdrun("run", "--name", second, "--rootfs", str(rootfs), "--", "echo", "second line")
+    assert sdrun("logs", "--all").stdout.splitlines() == [f"{first} | first line", f"{second} | second line"]
+    record = json.loads(sdrun("logs", "--json", first).stdout.splitlines()[0])
+    assert record["MESSAGE"] == "first line" and record["SYSLOG_IDENTIFIER"] == first
+    assert record["_SYSTEMD_UNIT"] == f"sdrun-{first}.service"
+    assert sdrun("logs", "--since", "2000-01-01", "--until", "2000-01-02", first).stdout == ""
+    assert sdrun("logs", "--since", "1h", first).stdout == "first line\n"
+    bad = sdrun("logs", "--since", "yesterday-ish", first, check=False)
+    assert bad.returncode == 125 and bad.stderr.startswith("sdrun: invalid time")
+    pod_uuid = json.loads(sdrun("status", "--json", first).stdout)["uuid"]
+    sdrun("rm", first)
+    assert sdrun("logs", pod_uuid).stdout == "first line\n"  # a removed pod's lines, by UUID

@@ -323,26 +323,75 @@ def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
 @main.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), help="Show only the last N lines.")
-@click.argument("pod_ref", metavar="POD")
+@click.option("--since", metavar="TIME", help="Lines from TIME: 2024-05-01[T12:00[:00]], or 10m, 2h, 1d ago.")
+@click.option("--until", metavar="TIME", help="Lines up to TIME (same forms as --since).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: every journal field.")
+@click.option("--all", "all_pods", is_flag=True, help="The lines of every pod, each after its pod's name.")
+@click.argument("pod_ref", metavar="POD", required=False)
 @pass_context
-def logs(ctx: Context, follow: bool, lines: int | None, pod_ref: str) -> None:
+def logs(
+    ctx: Context,
+    follow: bool,
+    lines: int | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    all_pods: bool,
+    pod_ref: str | None,
+) -> None:
     """Print a pod's output from the journal (also for removed pods, by UUID)."""
     from sdrun.systemd import journal
 
-    pod_uuid = _pod_uuid(ctx, pod_ref)
-    log = journal.PodJournal(pod_uuid)
-    if lines is None:
-        log.seek_head()
-    else:
+    if bool(pod_ref) == all_pods:
+        raise SdrunError("give one POD, or --all")
+    names = {pod.uuid: pod.name for pod in ctx.store.all()} if all_pods else {}
+    if all_pods and not names:
+        return
+    log = journal.PodJournal(*names) if all_pods else journal.PodJournal(_pod_uuid(ctx, str(pod_ref)))
+    until_usec = _journal_time(until) if until else None
+    if lines is not None:
         log.seek_last(lines)
+    elif since:
+        log.seek_realtime(_journal_time(since))
+    else:
+        log.seek_head()
     out = sys.stdout.buffer
     while True:
-        for entry in log.entries():
-            out.write(entry.message + b"\n")
+        for entry in log.entries_with_fields(until_usec) if (as_json or all_pods) else log.entries(until_usec):
+            out.write(_log_line(entry, as_json, names) + b"\n")
         out.flush()
         if not follow:
             return
         log.wait(1_000_000)
+
+
+def _log_line(entry: Any, as_json: bool, names: Mapping[str, str]) -> bytes:
+    if as_json:
+        fields = {
+            key: value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            for key, value in entry.fields.items()
+        }
+        return json.dumps({"__REALTIME_TIMESTAMP": str(entry.realtime_usec), **fields}, sort_keys=True).encode()
+    if names:
+        pod = entry.fields.get("SDRUN_POD", b"")
+        pod_uuid = pod.decode() if isinstance(pod, bytes) else str(pod)
+        return names.get(pod_uuid, pod_uuid[:8]).encode() + b" | " + bytes(entry.message)
+    return bytes(entry.message)
+
+
+def _journal_time(text: str) -> int:
+    """Microseconds since the epoch: an ISO 8601 time (local), or a span ago (30s, 10m, 2h, 1d)."""
+    import time
+    from datetime import datetime
+
+    spans = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    span = text.strip().removesuffix(" ago").removeprefix("-")
+    if span[:-1].isdigit() and span[-1:] in spans:
+        return round((time.time() - int(span[:-1]) * spans[span[-1]]) * 1_000_000)
+    try:
+        return round(datetime.fromisoformat(text).timestamp() * 1_000_000)
+    except ValueError:
+        raise SdrunError(f"invalid time '{text}': expected e.g. 2024-05-01T12:00, 10m or 2h") from None
 
 
 def _pod_uuid(ctx: Context, ref: str) -> str:

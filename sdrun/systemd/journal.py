@@ -26,12 +26,12 @@ class Entry:
 
 
 class PodJournal:
-    """The journal entries of one pod (or of every pod), read forwards."""
+    """The journal entries of some pods (matches on one field are ORed), read forwards."""
 
-    def __init__(self, pod_uuid: str | None = None) -> None:
+    def __init__(self, *pod_uuids: str) -> None:
         # Not SYSTEM only: journald files the output of an app running as uid N under user-N.journal.
         self._reader = _reader._Reader(_reader.LOCAL_ONLY)
-        if pod_uuid is not None:
+        for pod_uuid in pod_uuids:
             self._reader.add_match(f"{POD_FIELD}={pod_uuid}")
 
     def fileno(self) -> int:
@@ -64,10 +64,13 @@ class PodJournal:
                 return
             yield Entry(self._message(), timestamp, {})
 
-    def entries_with_fields(self) -> Iterator[Entry]:
+    def entries_with_fields(self, until_usec: int | None = None) -> Iterator[Entry]:
         while self._reader._next():
+            timestamp = int(self._reader._get_realtime())
+            if until_usec is not None and timestamp > until_usec:
+                return
             fields = {key: value for key, value in self._reader._get_all().items()}
-            yield Entry(self._message(), int(self._reader._get_realtime()), fields)
+            yield Entry(self._message(), timestamp, fields)
 
     def _message(self) -> bytes:
         try:
