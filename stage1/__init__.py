@@ -96,4 +96,5 @@ def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoRetur
 def _load_builtin_backends() -> None:
     # Imported on demand: each backend pulls in only what it needs.
     import stage1.fly
+    import stage1.kvm
     import stage1.namespace  # noqa: F401

@@ -1,0 +1,124 @@
+"""The kvm stage1: the pod's rootfs inside a qemu micro-VM with a kernel of its own.
+
+stage0 calls plan(): it finds the guest kernel, builds (or reuses) the cached
+initramfs, settles on KVM or TCG, and writes the qemu command line to the pod's
+stage1/qemu.json. The unit's entry (`python -m stage1.kvm run POD_DIR`,
+launch.py) mounts the pod's root in a private mount namespace, serves it to the
+guest with virtiofsd, writes the guest's configuration, says READY=1 and execs
+vm.sh, which runs qemu and exits with the app's status. The guest's init
+(init.sh) applies the spec, runs the app and powers off. docs/stage1.md has
+the whole picture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from sdrun.errors import SpecError
+from sdrun.paths import Paths
+from stage1 import Stage1, UnitPlan, entry_command
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+    from sdrun.spec import PodSpec
+    from sdrun.systemd.bus import Property
+
+USEC = 1_000_000
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
+
+
+class Kvm(Stage1, name="kvm"):
+    def plan(self, pod: Pod) -> UnitPlan:
+        prepare(pod)
+        return UnitPlan(*entry_command("stage1.kvm", pod), tuple(unit_properties(pod)))
+
+    def exec_in_scope(self, pod: Pod) -> NoReturn:
+        from stage1.kvm.launch import become_vm
+
+        prepare(pod)
+        become_vm(pod)
+
+    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+        from stage1.kvm.agent import enter
+
+        enter(pod, leader, argv)
+
+    def gc(self, pod: Pod) -> None:
+        # The mounts lived in the unit's mount namespace, virtiofsd and qemu in its cgroup;
+        # the pipes, logs and upper layer go with the pod directory.
+        pass
+
+
+def unit_properties(pod: Pod) -> list[Property]:
+    from stage1.kvm.machine import VM_OVERHEAD, guest_memory
+
+    spec = pod.spec
+    stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
+    properties: list[Property] = [
+        ("Type", "s", "notify"),
+        ("NotifyAccess", "s", "main"),
+        # SIGTERM goes to vm.sh alone, which asks the guest to stop the app; SIGKILL, after
+        # TimeoutStopSec=, to everything: qemu and virtiofsd.
+        ("KillMode", "s", "mixed"),
+        ("KillSignal", "i", int(signal.SIGTERM)),
+        ("TimeoutStopUSec", "t", round(stop_timeout * USEC)),
+    ]
+    if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
+        properties.append(("MemoryMax", "t", guest_memory(spec) + VM_OVERHEAD))
+    return properties
+
+
+def stage1_dir(pod: Pod) -> Path:
+    return Paths.stage1_dir(pod.dir)
+
+
+def refuse_what_does_not_apply(spec: PodSpec) -> None:
+    """Flags of the namespace stage1 that mean nothing for a VM: refuse rather than ignore them."""
+    isolation = spec.isolation
+    given = {
+        "--private-users": isolation.private_users is not None,
+        "--cap-add": bool(isolation.cap_add),
+        "--cap-drop": bool(isolation.cap_drop),
+        "--seccomp": isolation.seccomp != "default",
+        "--selinux-type": isolation.selinux_type is not None,
+        "--apparmor": isolation.apparmor is not None,
+        "--net host": spec.net == "host",
+    }
+    for flag, present in given.items():
+        if present:
+            raise SpecError(f"{flag} does not apply to the kvm stage1: the VM is the pod's boundary")
+
+
+def prepare(pod: Pod) -> None:
+    """Check the pod, pick kernel, initramfs and accelerator, and write the qemu command line."""
+    from stage1.app import resolve_app
+    from stage1.kvm import initramfs, machine
+
+    spec = pod.spec
+    refuse_what_does_not_apply(spec)
+    if spec.rootfs:
+        resolve_app(Path(spec.rootfs), spec.app)  # fail now, not inside the unit
+    elif importlib.util.find_spec("stage1.rootfs") is None:
+        raise SpecError("the kvm stage1 cannot mount images yet", hint="use --rootfs DIR")
+    kernel = initramfs.find_kernel(spec.kvm_kernel)
+    cache = kvm_cache(pod)
+    image = initramfs.initramfs(kernel, cache)
+    accel = machine.choose_accel(spec.kvm_accel, kernel, image, cache)
+    scratch = stage1_dir(pod)
+    for directory in (scratch, scratch / "upper", scratch / "work", scratch / "lower", scratch / "rootfs"):
+        directory.mkdir(mode=0o755, exist_ok=True)
+    for fifo in machine.FIFOS:
+        if not (scratch / fifo).exists():
+            os.mkfifo(scratch / fifo, 0o600)
+    command = machine.qemu_command(spec, kernel, image, accel)
+    (scratch / "qemu.json").write_text(json.dumps(command, indent=1) + "\n")
+
+
+def kvm_cache(pod: Pod) -> Path:
+    """Shared by every pod of the same sdrun root: <root>/cache/kvm (pod dirs are <root>/pods/<uuid>)."""
+    return pod.dir.parent.parent / "cache" / "kvm"

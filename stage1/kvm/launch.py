@@ -1,0 +1,100 @@
+"""The kvm stage1's entry inside the unit: share the pod's root, start virtiofsd, exec the VM.
+
+It runs once per start and leaves nothing of itself: the unit's main process
+becomes vm.sh (then qemu's parent), virtiofsd stays as a child in the unit's
+cgroup and exits when qemu goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from sdrun.linux import syscalls as sc
+from sdrun.linux.mounts import BindMount, execute_plan, remount_read_only
+from stage1.app import ResolvedApp, SystemdNotifier, resolve_app
+from stage1.kvm import stage1_dir
+from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+
+VM_SCRIPT = Path(__file__).with_name("vm.sh")
+
+
+def become_vm(pod: Pod) -> NoReturn:
+    scratch = stage1_dir(pod)
+    qemu = json.loads((scratch / "qemu.json").read_text())
+    notifier = SystemdNotifier()
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # our mounts never reach the host
+    os.chdir(scratch)  # qemu and virtiofsd take paths relative to it (see machine.py)
+    root = scratch / "rootfs"
+    mount_root(pod, root)
+    app = resolve_app(root, pod.spec.app)
+    volumes = [BindMount(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes]
+    execute_plan(volumes, root)  # before virtiofsd copies our mount table
+    Path("guest.conf").write_text(guest_config(pod, app))
+    start_virtiofsd(root)
+    notifier.notify("READY=1")
+    stop_signal = (pod.spec.stop_signal or "SIGTERM").removeprefix("SIG")
+    os.execv("/bin/sh", ["/bin/sh", str(VM_SCRIPT), stop_signal, *qemu])
+
+
+def mount_root(pod: Pod, root: Path) -> None:
+    """The pod's root at root: an overlay whose upper layer is the pod's own, so the --rootfs
+    directory, which other pods may run too, is never written; with --read-only, a read-only bind."""
+    spec = pod.spec
+    if spec.rootfs is None:
+        from stage1.rootfs import mount_pod_rootfs  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        sc.mount(str(mount_pod_rootfs(pod)), root, None, sc.MS_BIND | sc.MS_REC)
+    elif spec.isolation.read_only:
+        sc.mount(spec.rootfs, root, None, sc.MS_BIND | sc.MS_REC)
+    else:
+        sc.mount(spec.rootfs, "lower", None, sc.MS_BIND | sc.MS_REC)
+        sc.mount("overlay", root, "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work")
+    if spec.isolation.read_only:
+        remount_read_only(root, "/")
+
+
+def guest_config(pod: Pod, app: ResolvedApp) -> str:
+    """The pod's spec as shell assignments, which the guest init sources from fw_cfg."""
+    spec = pod.spec
+    settings = {
+        "SDRUN_ARGV": shlex.join(app.argv),
+        "SDRUN_ENV": shlex.join(f"{key}={value}" for key, value in app.env.items()),
+        "SDRUN_WORKDIR": app.workdir,
+        "SDRUN_UID": str(app.credentials.uid),
+        "SDRUN_GID": str(app.credentials.gid),
+        "SDRUN_HOSTNAME": spec.isolation.hostname or pod.name,
+        "SDRUN_TMPFS": shlex.join(spec.isolation.tmpfs),
+        "SDRUN_NET_ADDRESS": "",
+        "SDRUN_NET_GATEWAY": "",
+    }
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in settings.items())
+
+
+def start_virtiofsd(root: Path) -> None:
+    """virtiofsd on a socket we listen on already, so that qemu can connect at once; its
+    log goes to a file, so that its chatter stays out of the app's output."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(VIRTIOFS_SOCKET)  # left by an earlier start (Restart=)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(VIRTIOFS_SOCKET)
+    listener.listen(1)
+    with open("virtiofsd.log", "wb") as log:
+        subprocess.Popen(
+            virtiofsd_command(listener.fileno(), root),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(listener.fileno(),),
+        )
+    listener.close()
