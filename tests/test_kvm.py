@@ -1,0 +1,214 @@
+"""The kvm stage1 end to end: real systemd, real qemu VMs (TCG here), virtiofsd; and its pure parts.
+
+Each VM test boots a guest (a few seconds under TCG), so they are few and
+each checks several things of one run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdrun.errors import SdrunError
+from sdrun.pod import Pod
+from sdrun.spec import AppSpec, PodSpec, Resources
+from stage1.kvm import initramfs, machine
+from tests.conftest import STATE_BASE, Sdrun, needs_systemd, systemctl_show, unique_name
+
+KVM = ("--stage1", "kvm", "--kvm-accel", "tcg")  # TCG: KVM boots no guest on the test machines
+VM_TIMEOUT = 120  # seconds for one sdrun command that boots a VM under TCG on a loaded host
+
+
+def guest_available() -> bool:
+    return shutil.which(machine.QEMU) is not None and any(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
+
+
+needs_vm = pytest.mark.skipif(not guest_available(), reason="needs qemu-system-x86 and linux-image-cloud-amd64")
+
+
+def run_vm(sdrun: Sdrun, rootfs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`sdrun run --stage1 kvm [OPTIONS...] --rootfs ROOTFS -- CMD...`: args before '--' are options."""
+    split = args.index("--")
+    command = ("run", "--rm", *KVM, *args[:split], "--rootfs", str(rootfs), *args[split:])
+    return sdrun(*command, check=check, timeout=VM_TIMEOUT)
+
+
+@pytest.fixture
+def volume_dirs() -> Iterator[tuple[Path, Path]]:
+    base = STATE_BASE / f"kvm-volumes-{uuid.uuid4().hex[:8]}"
+    writable, read_only = base / "rw", base / "ro"
+    for directory in (writable, read_only):
+        directory.mkdir(parents=True)
+        directory.chmod(0o777)
+    (read_only / "kept").write_text("from the host\n")
+    (read_only / "kept").chmod(0o666)  # only the read-only mount may refuse a write
+    yield writable, read_only
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# --- VMs ---
+
+
+@needs_systemd
+@needs_vm
+def test_output_exit_status_env_and_a_kernel_of_its_own(sdrun: Sdrun, rootfs: Path) -> None:
+    script = "echo out; echo err >&2; echo FOO=$FOO; uname -r; hostname; exit 3"
+    result = run_vm(
+        sdrun, rootfs, "-e", "FOO=bar baz", "--hostname", "guest", "--", "/bin/sh", "-c", script, check=False
+    )
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["out", "err", "FOO=bar baz"]
+    guest_release = lines[3]
+    assert guest_release != os.uname().release
+    assert guest_release == initramfs.find_kernel(None).version
+    assert lines[4:] == ["guest"]  # nothing of the kernel's or the init's messages
+
+
+@needs_systemd
+@needs_vm
+def test_resources_user_workdir_and_volumes(sdrun: Sdrun, rootfs: Path, volume_dirs: tuple[Path, Path]) -> None:
+    writable, read_only = volume_dirs
+    script = (
+        "nproc; grep MemTotal /proc/meminfo; id -u; pwd; echo written >result; "
+        "cat /ro/kept; { echo no >/ro/kept; } 2>&1 | grep -o 'Read-only file system'"
+    )
+    volumes = ("-v", f"{writable}:/data", "-v", f"{read_only}:/ro:ro")
+    options = ("--memory", "256M", "--cpus", "2", "-u", "1000", "-w", "/data", *volumes)
+    lines = run_vm(sdrun, rootfs, *options, "--", "/bin/sh", "-c", script).stdout.splitlines()
+    assert lines[0] == "2"
+    memory_kib = int(lines[1].split()[1])
+    assert 128 * 1024 < memory_kib <= 256 * 1024  # the guest's RAM is --memory, less the kernel's share
+    assert lines[2:] == ["1000", "/data", "from the host", "Read-only file system"]
+    assert (writable / "result").read_text() == "written\n"
+    assert (writable / "result").stat().st_uid == 1000
+    assert (read_only / "kept").read_text() == "from the host\n"
+
+
+@needs_systemd
+@needs_vm
+def test_enter_runs_in_the_guest_and_stop_shuts_it_down_cleanly(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name("kvm")
+    script = 'trap "echo stopping; exit 7" TERM; echo ready; while :; do sleep 0.1; done'
+    command = ("run", "-d", "--name", name, *KVM, "--rootfs", str(rootfs), "-e", "MARK=entered")
+    sdrun(*command, "--", "/bin/sh", "-c", script, timeout=VM_TIMEOUT)
+    wait_for_line(sdrun, name, "ready")
+    entered = sdrun("enter", name, "/bin/sh", "-c", "echo $MARK; uname -r; exit 4", check=False, timeout=VM_TIMEOUT)
+    assert entered.returncode == 4, entered.stderr
+    assert entered.stdout.splitlines() == ["entered", initramfs.find_kernel(None).version]
+    sdrun("stop", name, timeout=VM_TIMEOUT)
+    assert sdrun("logs", name).stdout.splitlines() == ["ready", "stopping"]  # the app got SIGTERM in the guest
+    assert re.search(r"exited \(7\)", sdrun("list").stdout)
+    assert systemctl_show(f"sdrun-{name}.service", "ActiveState")["ActiveState"] in ("inactive", "failed", "")
+
+
+def wait_for_line(sdrun: Sdrun, name: str, line: str, timeout: float = VM_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in sdrun("logs", name).stdout.splitlines():
+        assert time.monotonic() < deadline, f"pod {name} never printed {line!r}"
+        time.sleep(0.2)
+
+
+# --- what is refused before any unit exists ---
+
+
+@needs_systemd
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        (("--kvm-kernel", "/nonexistent/vmlinuz"), "guest kernel '/nonexistent/vmlinuz' does not exist"),
+        (("--kvm-kernel", "/etc/hostname"), "is not an x86 Linux kernel image"),
+        (("--cap-add", "NET_ADMIN"), "--cap-add does not apply to the kvm stage1"),
+        (("--memory", "64M"), "needs --memory of at least 128M"),
+        (("--kvm-accel", "hvf"), "invalid kvm accelerator 'hvf'"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    sdrun: Sdrun, rootfs: Path, options: tuple[str, ...], complaint: str
+) -> None:
+    result = run_vm(sdrun, rootfs, *options, "--", "/bin/true", check=False)
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and complaint in result.stderr, result.stderr
+    assert sdrun.pods() == []
+
+
+# --- pure parts ---
+
+
+def test_kernel_version_is_read_from_the_image() -> None:
+    images = sorted(Path("/boot").glob("vmlinuz-*"))
+    if not images:
+        pytest.skip("no kernel in /boot")
+    for image in images:
+        assert initramfs.kernel_version(image) == image.name.removeprefix("vmlinuz-")
+
+
+def test_modules_load_after_their_dependencies() -> None:
+    kernel = initramfs.find_kernel(None) if guest_available() else None
+    if kernel is None or not kernel.modules.is_dir():
+        pytest.skip("no guest kernel with modules")
+    names = [initramfs.module_name(str(path)) for path in initramfs.modules_to_load(kernel)]
+    assert len(names) == len(set(names))
+    for module, dependency in (("virtio_pci", "virtio"), ("virtio", "virtio_ring"), ("virtiofs", "fuse")):
+        assert names.index(dependency) < names.index(module)
+    assert {"virtio_console", "virtiofs", "qemu_fw_cfg"} <= set(names)
+
+
+def test_cpio_members_are_newc_and_aligned() -> None:
+    member = initramfs.cpio_member("bin/sh", 0o120777, b"busybox")
+    assert member.startswith(b"070701") and len(member) % 4 == 0
+    fields = [int(member[6 + 8 * index : 14 + 8 * index], 16) for index in range(13)]
+    assert fields[1] == 0o120777 and fields[6] == len(b"busybox") and fields[11] == len("bin/sh") + 1
+    assert member[110:117] == b"bin/sh\0" and member.rstrip(b"\0").endswith(b"busybox")
+
+
+def test_guest_config_survives_the_shell(tmp_path: Path) -> None:
+    """What the guest init sources and evals gives back the exact argv and environment."""
+    from sdrun.linux.rootfs import Credentials
+    from stage1.app import ResolvedApp
+    from stage1.kvm.launch import guest_config
+
+    argv = ("/bin/printf", "%s|", "it's", "two words", "$HOME", "line\nbreak", "")
+    env = {"A": "x y", "B": "'quoted' $(not run)"}
+    app = ResolvedApp("/bin/printf", argv, env, "/", Credentials(0, 0, (), "/root"))
+    pod = Pod("u", tmp_path, PodSpec(name="p", stage1="kvm", rootfs="/"), 0.0)
+    (tmp_path / "conf").write_text(guest_config(pod, app))
+    script = '. ./conf; eval "set -- $SDRUN_ARGV"; printf "%s|" "$@"; eval "env -i $SDRUN_ENV env"'
+    output = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert output.stdout.startswith("|".join(argv) + "|")
+    assert output.stdout.split("|")[-1].splitlines() == ["A=x y", "B='quoted' $(not run)"]
+
+
+def test_memory_and_cpus_map_to_the_vm() -> None:
+    kernel = initramfs.Kernel(Path("/boot/vmlinuz"), "1")
+    spec = PodSpec(name="p", stage1="kvm", rootfs="/", app=AppSpec(argv=("x",)), resources=Resources(300 << 20, 1.5))
+    command = machine.qemu_command(spec, kernel, Path("initrd"), "tcg")
+    assert command[command.index("-m") + 1] == "300M" and command[command.index("-smp") + 1] == "2"
+    assert "memory-backend-memfd,id=ram,size=300M,share=on" in command
+    with pytest.raises(SdrunError, match="at least 128M"):
+        machine.guest_memory(PodSpec(name="p", stage1="kvm", resources=Resources(memory=64 << 20)))
+
+
+def test_a_cached_verdict_spares_the_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = initramfs.Kernel(Path("/boot/vmlinuz-test"), "test")
+    assert machine.choose_accel("tcg", kernel, Path("initrd"), tmp_path) == "tcg"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no /dev/kvm")
+    probes: list[str] = []
+
+    def kvm_never_boots(kernel: initramfs.Kernel, initrd: Path) -> bool:
+        probes.append(kernel.version)
+        return False
+
+    monkeypatch.setattr(machine, "kvm_boots", kvm_never_boots)
+    assert machine.choose_accel("auto", kernel, Path("initrd"), tmp_path) == "tcg"
+    assert machine.choose_accel("auto", kernel, Path("initrd"), tmp_path) == "tcg"
+    assert probes == ["test"]  # probed once, then read from the cache
