@@ -31,7 +31,7 @@ from typing import Any
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, load_pod, unit_name, write_file_atomically
-from sdrun.spec import PodSpec, build_spec, check_settings
+from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings
 from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
 from sdrun.systemd.unitfile import UnitFile
@@ -84,14 +84,20 @@ def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
         ("stop_timeout", spec.stop_timeout),
         *_dataclass_settings(spec.isolation),
         *_dataclass_settings(spec.service),
+        *[pair for pair in _dataclass_settings(spec) if pair[0] in SETTINGS and pair[0] not in SPELLED_OUT],
     ]
     if spec.scope:
         raise SpecError("a --scope pod cannot be an installed unit: it runs as a child of the CLI")
     return [(key, None if value is True else str(value)) for key, value in pairs if value not in (None, False)]
 
 
+# PodSpec fields written above by hand; any other top-level field named as a setting
+# (a stage1's own, e.g. kvm_kernel) is carried as it is.
+SPELLED_OUT = frozenset({"name", "stage1", "rootfs", "image", "restart", "net", "stop_signal", "stop_timeout"})
+
+
 def _dataclass_settings(options: Any) -> list[tuple[str, Any]]:
-    """Isolation and ServiceOptions fields are named as their settings."""
+    """Fields of Isolation and ServiceOptions (and PodSpec's plain ones) are named as their settings."""
     pairs: list[tuple[str, Any]] = []
     for field in dataclasses.fields(options):
         value = getattr(options, field.name)

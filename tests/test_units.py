@@ -177,6 +177,8 @@ def full_spec(rootfs: Path) -> PodSpec:
         net="host",
         stop_signal="SIGINT",
         stop_timeout=2.5,
+        kvm_accel="tcg",
+        kvm_kernel="/boot/vmlinuz",
         isolation=Isolation(
             hostname="box",
             cap_add=("NET_ADMIN",),
@@ -212,7 +214,8 @@ def test_the_unit_rebuilds_exactly_the_spec_it_was_made_from(rootfs: Path) -> No
 
 
 def test_every_setting_reaches_the_unit(rootfs: Path) -> None:
-    """A setting added to spec.SETTINGS must be carried by spec_settings too, or units would drop it."""
+    """A setting added to spec.SETTINGS must be carried by spec_settings too, or units would drop it:
+    set it in full_spec above, and check this passes."""
     carried = {key for key, _ in spec_settings(full_spec(rootfs))}
     assert carried == set(SETTINGS) - {"env_file", "scope", "image"}  # env files are read into env;
     # scopes are no units; rootfs and image exclude each other
