@@ -29,12 +29,13 @@ config=/sys/firmware/qemu_fw_cfg/by_name/opt/sdrun/config/raw
 [ -r "$config" ] || fail "no pod configuration in fw_cfg"
 . "$config"
 
-# The host adds the ports after the driver has probed: wait for each by name.
+# The host adds the ports after the driver has probed: wait for each by name (with
+# builtins only: every fork and exec is slow under TCG).
 port() {
     tries=0
     while [ "$tries" -lt 500 ]; do
         for entry in /sys/class/virtio-ports/*; do
-            [ "$(cat "$entry/name" 2>/dev/null)" = "$1" ] && echo "/dev/${entry##*/}" && return
+            read -r name <"$entry/name" 2>/dev/null && [ "$name" = "$1" ] && echo "/dev/${entry##*/}" && return
         done
         tries=$((tries + 1))
         sleep 0.01

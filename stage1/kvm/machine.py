@@ -26,6 +26,9 @@ log = logging.getLogger("sdrun.kvm")
 QEMU = "qemu-system-x86_64"
 QBOOT = Path("/usr/share/qemu/qboot.rom")  # a firmware that only loads the kernel: faster than SeaBIOS
 KERNEL_ARGUMENTS = "console=ttyS0 quiet loglevel=0 panic=-1"
+# Under TCG no guest code runs speculatively on the host's CPU, so the guest's speculation
+# mitigations only cost time, and the emulated TSC is the host's: its stability checks too.
+TCG_KERNEL_ARGUMENTS = "mitigations=off tsc=reliable no_timer_check cryptomgr.notests"
 DEFAULT_MEMORY = 512 << 20  # guest RAM without --memory; qemu only touches what the guest uses
 MINIMUM_MEMORY = 128 << 20  # the cloud kernel and the init need about 100 MiB
 # What qemu (its TCG translation cache, capped below, its own heap) and virtiofsd need
@@ -78,7 +81,7 @@ def qemu_command(spec: PodSpec, kernel: Kernel, initramfs: Path, accel: str) -> 
     # virtiofs needs the guest's RAM shared with virtiofsd.
     command += ["-m", f"{memory_mib}M", "-object", f"memory-backend-memfd,id=ram,size={memory_mib}M,share=on"]
     command += ["-smp", str(guest_cpus(spec))]
-    command += ["-kernel", str(kernel.image), "-initrd", str(initramfs), "-append", KERNEL_ARGUMENTS]
+    command += ["-kernel", str(kernel.image), "-initrd", str(initramfs), "-append", kernel_arguments(accel)]
     command += ["-serial", "file:console.log"]  # the kernel's and the init's messages, not the app's
     command += ["-chardev", f"socket,id=virtiofs,path={VIRTIOFS_SOCKET}"]
     command += ["-device", "vhost-user-fs-pci,chardev=virtiofs,tag=rootfs"]
@@ -89,6 +92,10 @@ def qemu_command(spec: PodSpec, kernel: Kernel, initramfs: Path, accel: str) -> 
         command += ["-device", f"virtserialport,chardev=port{number},name={port.name}"]
     command += ["-fw_cfg", "name=opt/sdrun/config,file=guest.conf"]
     return command
+
+
+def kernel_arguments(accel: str) -> str:
+    return KERNEL_ARGUMENTS if accel == "kvm" else f"{KERNEL_ARGUMENTS} {TCG_KERNEL_ARGUMENTS}"
 
 
 def accel_arguments(accel: str) -> list[str]:
