@@ -41,6 +41,7 @@ def become_vm(pod: Pod) -> NoReturn:
     volumes = [BindMount(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes]
     execute_plan(volumes, root)  # before virtiofsd copies our mount table
     Path("guest.conf").write_text(guest_config(pod, app))
+    Path("status").write_bytes(b"")  # an earlier start's (Restart=) must not pass for this one's
     start_virtiofsd(root)
     notifier.notify("READY=1")
     stop_signal = (pod.spec.stop_signal or "SIGTERM").removeprefix("SIG")
