@@ -14,6 +14,7 @@ ENTERED = time.monotonic_ns()
 import asyncio  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -101,6 +102,11 @@ def main() -> None:
     events.append(("end", time.monotonic_ns()))
     with open(out, "w") as stream:
         json.dump({"events": events, "unit": unit_times, "exit_status": code}, stream)
+    # Leave as sdrun's entry_point does (os._exit once output is flushed), so that the profile's
+    # "interpreter exit" step is the command's own.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
