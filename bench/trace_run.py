@@ -106,7 +106,7 @@ def main() -> None:
     # "interpreter exit" step is the command's own.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code & 0xFF)
 
 
 if __name__ == "__main__":
