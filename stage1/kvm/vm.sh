@@ -27,9 +27,10 @@ while :; do
 done
 
 read -r app_status <status 2>/dev/null
-if [ -n "$app_status" ]; then
-    exit "$app_status"
-fi
+case $app_status in
+'' | *[!0-9]*) ;; # none, or not a number: the guest is not to be trusted with our exit
+*) exit "$app_status" ;;
+esac
 if [ "$qemu_status" -gt 128 ]; then # qemu was killed (sdrun kill): say so as the app would
     exit "$qemu_status"
 fi
