@@ -65,10 +65,10 @@ for tmpfs in "$@"; do
 done
 hostname "$SDRUN_HOSTNAME"
 ip link set lo up
-[ -n "$SDRUN_NET_ADDRESS" ] && {
-    ip link set eth0 up && ip address add "$SDRUN_NET_ADDRESS" dev eth0 &&
-        ip route add default via "$SDRUN_NET_GATEWAY" || fail "cannot configure eth0"
-}
+if [ -n "$SDRUN_NET_ADDRESS" ]; then # the NIC has the MAC, address and route of the pod's interface
+    ip link set eth0 up && ip address add "$SDRUN_NET_ADDRESS" dev eth0 || fail "cannot configure eth0"
+    [ -z "$SDRUN_NET_GATEWAY" ] || ip route add default via "$SDRUN_NET_GATEWAY" || fail "no route via $SDRUN_NET_GATEWAY"
+fi
 
 # Exec the command $1 (shell-quoted words) as the app runs: only the spec's environment,
 # chrooted into the pod's root, in its working directory, as its uid and gid (nsenter's

@@ -24,6 +24,7 @@ from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from stage1.kvm.network import GuestNetwork
 
 VM_SCRIPT = Path(__file__).with_name("vm.sh")
 
@@ -40,12 +41,14 @@ def become_vm(pod: Pod) -> NoReturn:
     app = resolve_app(root, pod.spec.app)
     volumes = [BindMount(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes]
     execute_plan(volumes, root)  # before virtiofsd copies our mount table
-    Path("guest.conf").write_text(guest_config(pod, app))
+    network = attach_network(pod)
+    Path("guest.conf").write_text(guest_config(pod, app, network))
     Path("status").write_bytes(b"")  # an earlier start's (Restart=) must not pass for this one's
     start_virtiofsd(root)
     notifier.notify("READY=1")
     stop_signal = (pod.spec.stop_signal or "SIGTERM").removeprefix("SIG")
-    os.execv("/bin/sh", ["/bin/sh", str(VM_SCRIPT), stop_signal, *qemu])
+    nic = network.qemu_arguments() if network else []
+    os.execv("/bin/sh", ["/bin/sh", str(VM_SCRIPT), stop_signal, *qemu, *nic])
 
 
 def mount_root(pod: Pod, root: Path) -> None:
@@ -65,7 +68,19 @@ def mount_root(pod: Pod, root: Path) -> None:
         remount_read_only(root, "/")
 
 
-def guest_config(pod: Pod, app: ResolvedApp) -> str:
+def attach_network(pod: Pod) -> GuestNetwork | None:
+    """The pod's network namespace, if the networking setup made one; else no NIC (loopback only)."""
+    from stage1.namespace.container import network_namespace
+
+    netns = network_namespace(pod)
+    if netns is None:
+        return None
+    from stage1.kvm.network import join_and_attach
+
+    return join_and_attach(netns)
+
+
+def guest_config(pod: Pod, app: ResolvedApp, network: GuestNetwork | None = None) -> str:
     """The pod's spec as shell assignments, which the guest init sources from fw_cfg."""
     spec = pod.spec
     settings = {
@@ -76,8 +91,8 @@ def guest_config(pod: Pod, app: ResolvedApp) -> str:
         "SDRUN_GID": str(app.credentials.gid),
         "SDRUN_HOSTNAME": spec.isolation.hostname or pod.name,
         "SDRUN_TMPFS": shlex.join(spec.isolation.tmpfs),
-        "SDRUN_NET_ADDRESS": "",
-        "SDRUN_NET_GATEWAY": "",
+        "SDRUN_NET_ADDRESS": network.address if network else "",
+        "SDRUN_NET_GATEWAY": network.gateway if network else "",
     }
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in settings.items())
 
