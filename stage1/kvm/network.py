@@ -97,6 +97,8 @@ def create_tap(name: str) -> int:
 
 def redirect(source: str, target: str) -> None:
     """Every frame that arrives on source leaves on target (tc ingress + mirred)."""
+    # A restarted pod finds its previous start's filter, which points at a tap gone with that qemu.
+    subprocess.run(["tc", "qdisc", "del", "dev", source, "ingress"], capture_output=True, check=False)
     run(["tc", "qdisc", "add", "dev", source, "ingress"])
     action = ["action", "mirred", "egress", "redirect", "dev", target]
     filter_command = ["tc", "filter", "add", "dev", source, "parent", "ffff:", "protocol", "all"]
