@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +97,7 @@ class PodStore:
 
     def create(self, spec: PodSpec, pod_uuid: str | None = None) -> Pod:
         """A new pod; pod_uuid is given for an installed unit's pod, whose UUID is stable."""
-        pod_uuid = pod_uuid or str(uuidlib.uuid4())
+        pod_uuid = pod_uuid or new_uuid()
         self.paths.pods.mkdir(parents=True, exist_ok=True)
         self.paths.names.mkdir(parents=True, exist_ok=True)
         final = self.paths.pod_dir(pod_uuid)
@@ -200,6 +199,12 @@ def load_pod(directory: Path) -> Pod:
     except FileNotFoundError:
         raise NotFound(f"pod directory {directory} has no manifest") from None
     return Pod(data["uuid"], directory, PodSpec.from_json(data["spec"]), data["created"])
+
+
+def new_uuid() -> str:
+    import uuid  # imports platform and more: only creating a pod needs it
+
+    return str(uuid.uuid4())
 
 
 def write_file_atomically(path: Path, text: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,6 +351,8 @@ def check_settings(raw: Mapping[str, object], origin: str) -> dict[str, object]:
 
 
 def load_spec_file(path: Path) -> dict[str, object]:
+    import tomllib  # only spec files need it: not worth its import time on every run
+
     try:
         with path.open("rb") as stream:
             raw = tomllib.load(stream)

@@ -8,6 +8,7 @@ docs/stage1.md documents the contract and its versions.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 
 # Version 1: plan(), exec_in_scope(), enter(), gc().
 INTERFACE_VERSION = 1
+
+# Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
+# since each pulls in its own dependencies (seccomp, qemu helpers...).
+BUILTIN_BACKENDS = {"fly": "stage1.fly", "namespace": "stage1.namespace", "kvm": "stage1.kvm"}
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,12 @@ class Stage1:
 
     @classmethod
     def named(cls, name: str) -> Stage1:
-        _load_builtin_backends()
+        if name not in cls.registry and name in BUILTIN_BACKENDS:
+            importlib.import_module(BUILTIN_BACKENDS[name])  # registers it; only this one is loaded
         backend = cls.registry.get(name)
         if backend is None:
-            raise SpecError(f"unknown stage1 '{name}'", hint=f"available: {', '.join(sorted(cls.registry))}")
+            known = sorted(set(BUILTIN_BACKENDS) | set(cls.registry))
+            raise SpecError(f"unknown stage1 '{name}'", hint=f"available: {', '.join(known)}")
         if backend.interface_version > INTERFACE_VERSION:
             raise SpecError(f"stage1 '{name}' needs interface version {backend.interface_version}")
         return backend()
@@ -91,10 +98,3 @@ def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoRetur
     except (SdrunError, OSError) as error:
         sys.stderr.write(f"sdrun stage1: {describe(error)}\n")
         os._exit(EXIT_RUNTIME_ERROR)
-
-
-def _load_builtin_backends() -> None:
-    # Imported on demand: each backend pulls in only what it needs.
-    import stage1.fly
-    import stage1.kvm
-    import stage1.namespace  # noqa: F401

@@ -43,9 +43,11 @@ SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
 )
 
 # Records how the app ended in the pod directory, so `sdrun list` can tell
-# after systemd has garbage-collected the unit. It runs privileged ("+") so
-# that neither the app's User= nor fly's RootDirectory= applies to it.
-RECORD_EXIT = 'echo "$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS" > "$1.tmp" && mv -f "$1.tmp" "$1"'
+# after systemd has garbage-collected the unit. It runs privileged ("+"), so
+# the app's User= does not apply. A single shell builtin, no temporary file and
+# rename: a reader that catches the line half-written sees fewer than three
+# fields and takes the record as absent (Pod.exit_record).
+RECORD_EXIT = 'echo "$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS" > "$1"'
 
 
 def escape_variables(argument: str) -> str:

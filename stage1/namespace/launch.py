@@ -146,7 +146,7 @@ def _mount_rootfs(pod: Pod, plan: ContainerPlan, userns_fd: int | None) -> None:
     if plan.lower is None:
         if userns_fd is not None:
             raise SdrunError("--private-users needs a --rootfs pod for now")
-        from stage1.rootfs import mount_pod_rootfs  # type: ignore[import-not-found,unused-ignore]
+        from stage1.rootfs import mount_pod_rootfs  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         _attach_tree(Path(mount_pod_rootfs(pod)), plan.root, None)
         return
