@@ -20,7 +20,7 @@ from bench.core import (
 from bench.stats import Summary, format_number
 
 # What the CLI imports on every start, and what the fly stage1's entry imports inside the unit.
-IMPORTS = {"sdrun CLI (sdrun.cli)": "sdrun.cli", "fly stage1 entry (in the unit)": "stage1.fly, sdrun.pod"}
+IMPORTS = {"sdrun CLI (sdrun.cli)": "sdrun.cli", "fly stage1 entry (in the unit)": "stage1.fly.entry"}
 HELP_PEERS = ("podman", "crun", "runc", "systemd-run", "systemd-nspawn", "bwrap")
 
 

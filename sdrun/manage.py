@@ -15,7 +15,7 @@ from typing import Any
 from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
-from stage1 import Stage1
+from stage1.interface import Stage1
 
 UNIT_PATTERNS = ("sdrun-*.service", "sdrun-*.scope")
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")

@@ -24,7 +24,7 @@ from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
-from stage1 import Stage1
+from stage1.interface import Stage1
 
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -35,7 +35,7 @@ from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings
 from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
 from sdrun.systemd.unitfile import UnitFile
-from stage1 import Stage1, UnitPlan
+from stage1.interface import Stage1, UnitPlan
 
 # Installed pods' UUIDs are uuid5(INSTALLED_PODS, name): stable across restarts and reinstalls.
 INSTALLED_PODS = uuidlib.UUID("8d4f9a2e-6b1c-4e57-9a0d-3c2b7e5f1a64")

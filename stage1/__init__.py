@@ -1,100 +1,37 @@
-"""The stage1 interface: how a pod's isolation is planned and entered.
+"""stage1: the backends that isolate a pod, behind one versioned interface (docs/stage1.md).
 
-stage0 (the `sdrun` CLI) prepares a pod directory; a stage1 backend turns it
-into what systemd runs. Backends register themselves by subclassing Stage1 with
-a `name=`; stage0 looks them up by that name and never branches on it.
-docs/stage1.md documents the contract and its versions.
+This package's own module holds only the exec contract of the in-unit entries,
+`python -m stage1.<backend> run --interface=N POD_DIR`, and imports nothing
+heavy: every unit imports it before its app runs. The interface stage0 uses
+(Stage1, UnitPlan, the registry) lives in stage1.interface.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, NoReturn
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
-
+# Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
+# in-unit entry ~5 ms; mypy honours any constant of this name.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sdrun.pod import Pod
-    from sdrun.systemd.bus import Property
+    from typing import NoReturn
 
-# Version 1: plan(), exec_in_scope(), enter(), gc().
+# Version 1: plan(), exec_in_scope(), enter(), gc(); entries take `run --interface=1 POD_DIR`.
 INTERFACE_VERSION = 1
-
-# Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
-# since each pulls in its own dependencies (seccomp, qemu helpers...).
-BUILTIN_BACKENDS = {"fly": "stage1.fly", "namespace": "stage1.namespace", "kvm": "stage1.kvm"}
+EXIT_STAGE1_FAILED = 125  # as sdrun.errors.EXIT_RUNTIME_ERROR: the runtime, not the app, failed
 
 
-@dataclass(frozen=True)
-class UnitPlan:
-    """What a backend asks systemd to run for a pod's service unit."""
-
-    executable: str  # absolute path of the unit's main process
-    argv: tuple[str, ...]  # its argv, argv[0] included
-    properties: tuple[Property, ...] = field(default=())  # backend-specific unit properties, Type= among them
-
-
-class Stage1:
-    name: ClassVar[str]
-    interface_version: ClassVar[int] = INTERFACE_VERSION
-    registry: ClassVar[dict[str, type[Stage1]]] = {}
-
-    def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.name = name
-        Stage1.registry[name] = cls
-
-    @classmethod
-    def named(cls, name: str) -> Stage1:
-        if name not in cls.registry and name in BUILTIN_BACKENDS:
-            importlib.import_module(BUILTIN_BACKENDS[name])  # registers it; only this one is loaded
-        backend = cls.registry.get(name)
-        if backend is None:
-            known = sorted(set(BUILTIN_BACKENDS) | set(cls.registry))
-            raise SpecError(f"unknown stage1 '{name}'", hint=f"available: {', '.join(known)}")
-        if backend.interface_version > INTERFACE_VERSION:
-            raise SpecError(f"stage1 '{name}' needs interface version {backend.interface_version}")
-        return backend()
-
-    def plan(self, pod: Pod) -> UnitPlan:
-        """The main process and properties of the pod's transient service."""
-        raise NotImplementedError
-
-    def exec_in_scope(self, pod: Pod) -> NoReturn:
-        """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
-        raise NotImplementedError
-
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
-        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv."""
-        raise NotImplementedError
-
-    def gc(self, pod: Pod) -> None:
-        """Release whatever the backend left on the host for a pod that has ended."""
-
-
-def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:
-    """The unit's main process for a backend whose entry is `python -m MODULE run POD_DIR`.
-
-    sys.executable is the venv's interpreter itself, never a pyenv shim, so
-    the unit starts the same Python that runs stage0."""
-    argv = (sys.executable, "-m", module, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
-    return sys.executable, argv
-
-
-def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoReturn:
-    """The in-unit entry of a stage1: load the pod named on the command line and become its app."""
-    from sdrun.pod import load_pod
-
+def entry_pod_dir(argv: list[str]) -> str:
+    """The pod directory an entry was started for; exit 125 with a usage line if argv breaks the contract."""
     if len(argv) != 4 or argv[1] != "run" or argv[2] != f"--interface={INTERFACE_VERSION}":
         sys.stderr.write(f"usage: {argv[0]} run --interface={INTERFACE_VERSION} POD_DIR\n")
-        sys.exit(EXIT_RUNTIME_ERROR)
-    try:
-        become_app(load_pod(Path(argv[3])))
-    except (SdrunError, OSError) as error:
-        sys.stderr.write(f"sdrun stage1: {describe(error)}\n")
-        os._exit(EXIT_RUNTIME_ERROR)
+        sys.exit(EXIT_STAGE1_FAILED)
+    return argv[3]
+
+
+def fail(message: str) -> NoReturn:
+    """An entry's last words: one line to stderr (so to the unit's journal), exit 125."""
+    sys.stderr.write(f"sdrun stage1: {message}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_STAGE1_FAILED)

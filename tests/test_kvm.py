@@ -251,7 +251,7 @@ def test_the_nic_takes_over_the_pods_network_namespace(
     from sdrun.paths import Paths
     from sdrun.pod import PodStore
     from sdrun.spec import build_spec
-    from stage1 import Stage1
+    from stage1.interface import Stage1
 
     subnet = f"10.213.{uuid.uuid4().int % 250}"
     script = f"ip -4 -o address show eth0; cat /sys/class/net/eth0/address; ping -c 1 -W 10 {subnet}.1 >/dev/null"

@@ -15,9 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrun.errors import SdrunError
 from sdrun.linux import syscalls as sc
-from sdrun.linux.rootfs import open_in_root
+from sdrun.linux.inroot import (
+    bind_in_root,
+    exists_in_root,
+    make_mount_point,
+    mount_in_root,
+    open_in_root,
+    remount_read_only,
+)
 
 
 def _log_debug(message: str) -> None:
@@ -26,62 +32,6 @@ def _log_debug(message: str) -> None:
         import logging
 
         logging.getLogger("sdrun.mounts").debug("%s", message)
-
-
-def make_mount_point(root: Path, target: str, directory: bool) -> None:
-    """Create target (and its parents) inside root unless present; never follows a link out of root."""
-    parts = [part for part in target.split("/") if part]
-    for depth, part in enumerate(parts, start=1):
-        path = "/" + "/".join(parts[:depth])
-        last = depth == len(parts)
-        try:
-            with open_in_root(root, path, os.O_PATH):
-                continue
-        except FileNotFoundError:
-            pass
-        with open_in_root(root, "/" + "/".join(parts[: depth - 1]), os.O_PATH | os.O_DIRECTORY) as parent:
-            try:
-                if directory or not last:
-                    os.mkdir(part, 0o755, dir_fd=parent)
-                else:
-                    os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent))
-            except FileExistsError:  # a symlink whose target is missing: never create through it
-                raise SdrunError(f"cannot mount on '{target}': '{path}' is a dangling symlink in the image") from None
-
-
-def mount_in_root(
-    source: str | None, root: Path, target: str, fstype: str | None, flags: int, options: str | None
-) -> None:
-    with open_in_root(root, target, os.O_PATH) as fd:
-        if target.strip("/") and os.path.samestat(os.fstat(fd), os.stat(root)):
-            raise SdrunError(f"mount target '{target}' resolves to the container's root")
-        try:
-            sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
-        except OSError as error:  # name the container's path, not /proc/self/fd/N
-            what = fstype or f"bind of {source}"
-            reason = os.strerror(error.errno) if error.errno else str(error)
-            raise OSError(error.errno, f"mount {what} on {target}: {reason}") from None
-
-
-# Per-mount flags that a read-only remount must repeat: in a user namespace the
-# kernel refuses to clear ones the mount was created (and locked) with.
-KEPT_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME
-
-
-def remount_read_only(root: Path, target: str) -> None:
-    """Make the mount at target (in root) read-only, keeping its other flags."""
-    with open_in_root(root, target, os.O_PATH) as fd:
-        path = f"/proc/self/fd/{fd}"
-        kept = os.statvfs(path).f_flag & KEPT_FLAGS
-        sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | kept)
-
-
-def exists_in_root(root: Path, target: str) -> bool:
-    try:
-        with open_in_root(root, target, os.O_PATH):
-            return True
-    except FileNotFoundError:
-        return False
 
 
 class MountOperation:
@@ -104,11 +54,7 @@ class BindMount(MountOperation):
         return f"bind {self.source} on {self.target}{' (read-only)' if self.read_only else ''}"
 
     def execute(self, root: Path) -> None:
-        make_mount_point(root, self.target, directory=os.path.isdir(self.source))
-        mount_in_root(self.source, root, self.target, None, sc.MS_BIND | sc.MS_REC, None)
-        if self.read_only:
-            # A bind mount ignores MS_RDONLY on creation; remount the new mount (reopened) read-only.
-            remount_read_only(root, self.target)
+        bind_in_root(self.source, root, self.target, self.read_only)
 
 
 @dataclass(frozen=True)

@@ -6,29 +6,13 @@ image such as /etc -> /host/etc resolves inside the rootfs, never on the host.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdrun.errors import SpecError
-from sdrun.linux import syscalls
-
-
-@contextlib.contextmanager
-def open_in_root(root: Path, path: str, flags: int = os.O_RDONLY) -> Iterator[int]:
-    """An fd for path looked up inside root, as if root were `/`."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = syscalls.openat2(root_fd, path, flags, syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
-    finally:
-        os.close(root_fd)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+from sdrun.linux.inroot import open_in_root
 
 
 def read_in_root(root: Path, path: str) -> str | None:

@@ -20,7 +20,7 @@ from sdrun.paths import Paths
 from sdrun.pod import Pod, unit_name
 from sdrun.systemd.bus import Property
 from sdrun.systemd.unitfile import Command
-from stage1 import UnitPlan
+from stage1.interface import UnitPlan
 
 SLICE = "machine.slice"
 USEC = 1_000_000

@@ -2,7 +2,6 @@
 
 import sys
 
-from stage1 import run_entry
-from stage1.fly import become_app
+from stage1.fly.entry import main
 
-run_entry(sys.argv, become_app)
+main(sys.argv)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
-from stage1 import Stage1, UnitPlan, entry_command
+from stage1.interface import Stage1, UnitPlan, entry_command
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod

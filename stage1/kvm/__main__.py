@@ -2,7 +2,7 @@
 
 import sys
 
-from stage1 import run_entry
+from stage1.interface import run_entry
 from stage1.kvm.launch import become_vm
 
 run_entry(sys.argv, become_vm)

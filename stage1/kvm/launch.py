@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.linux import syscalls as sc
-from sdrun.linux.mounts import BindMount, execute_plan, remount_read_only
-from stage1.app import ResolvedApp, SystemdNotifier, resolve_app
+from sdrun.linux.inroot import remount_read_only
+from sdrun.linux.mounts import BindMount, execute_plan
+from stage1.app import ResolvedApp, resolve_app
 from stage1.kvm import stage1_dir
 from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
+from stage1.process import SystemdNotifier
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
-from stage1 import Stage1, UnitPlan, entry_command
 from stage1.app import resolve_app
+from stage1.interface import Stage1, UnitPlan, entry_command
 from stage1.namespace.container import (
     DEVICE_ALLOW,
     TINI,

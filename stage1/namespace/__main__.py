@@ -2,7 +2,7 @@
 
 import sys
 
-from stage1 import run_entry
+from stage1.interface import run_entry
 from stage1.namespace.launch import become_container
 
 run_entry(sys.argv, become_container)

@@ -36,8 +36,9 @@ from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import execute_plan
-from stage1.app import ResolvedApp, SystemdNotifier, exec_app, resolve_app
+from stage1.app import ResolvedApp, exec_app, resolve_app
 from stage1.namespace.container import INIT_PATH, ContainerPlan, container_plan, network_namespace, stage1_dir
+from stage1.process import SystemdNotifier
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod

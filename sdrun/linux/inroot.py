@@ -1,0 +1,98 @@
+"""Mounting and looking up paths inside a container's root, never leaving it.
+
+Every lookup goes through openat2(RESOLVE_IN_ROOT): an absolute symlink in the
+image such as /etc -> /host/etc resolves inside the root, never on the host.
+Mounts land on /proc/self/fd/N of such a lookup, so no symlink can redirect
+them either. This module stays light (no pathlib, no dataclasses): the stage1
+entries import it inside every unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from sdrun.errors import SdrunError
+from sdrun.linux import syscalls as sc
+
+StrPath = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def open_in_root(root: StrPath, path: str, flags: int = os.O_RDONLY) -> Iterator[int]:
+    """An fd for path looked up inside root, as if root were `/`."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = sc.openat2(root_fd, path, flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(root_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def make_mount_point(root: StrPath, target: str, directory: bool) -> None:
+    """Create target (and its parents) inside root unless present; never follows a link out of root."""
+    parts = [part for part in target.split("/") if part]
+    for depth, part in enumerate(parts, start=1):
+        path = "/" + "/".join(parts[:depth])
+        last = depth == len(parts)
+        try:
+            with open_in_root(root, path, os.O_PATH):
+                continue
+        except FileNotFoundError:
+            pass
+        with open_in_root(root, "/" + "/".join(parts[: depth - 1]), os.O_PATH | os.O_DIRECTORY) as parent:
+            try:
+                if directory or not last:
+                    os.mkdir(part, 0o755, dir_fd=parent)
+                else:
+                    os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent))
+            except FileExistsError:  # a symlink whose target is missing: never create through it
+                raise SdrunError(f"cannot mount on '{target}': '{path}' is a dangling symlink in the image") from None
+
+
+def mount_in_root(
+    source: str | None, root: StrPath, target: str, fstype: str | None, flags: int, options: str | None
+) -> None:
+    with open_in_root(root, target, os.O_PATH) as fd:
+        if target.strip("/") and os.path.samestat(os.fstat(fd), os.stat(root)):
+            raise SdrunError(f"mount target '{target}' resolves to the container's root")
+        try:
+            sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
+        except OSError as error:  # name the container's path, not /proc/self/fd/N
+            what = fstype or f"bind of {source}"
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise OSError(error.errno, f"mount {what} on {target}: {reason}") from None
+
+
+# Per-mount flags that a read-only remount must repeat: in a user namespace the
+# kernel refuses to clear ones the mount was created (and locked) with.
+KEPT_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME
+
+
+def remount_read_only(root: StrPath, target: str) -> None:
+    """Make the mount at target (in root) read-only, keeping its other flags."""
+    with open_in_root(root, target, os.O_PATH) as fd:
+        path = f"/proc/self/fd/{fd}"
+        kept = os.statvfs(path).f_flag & KEPT_FLAGS
+        sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | kept)
+
+
+def exists_in_root(root: StrPath, target: str) -> bool:
+    try:
+        with open_in_root(root, target, os.O_PATH):
+            return True
+    except FileNotFoundError:
+        return False
+
+
+def bind_in_root(source: str, root: StrPath, target: str, read_only: bool = False) -> None:
+    """Bind source (recursively) at target inside root, creating the mount point if needed."""
+    make_mount_point(root, target, directory=os.path.isdir(source))
+    mount_in_root(source, root, target, None, sc.MS_BIND | sc.MS_REC, None)
+    if read_only:
+        # A bind mount ignores MS_RDONLY on creation; remount the new mount (reopened) read-only.
+        remount_read_only(root, target)

@@ -1,0 +1,68 @@
+"""The fly stage1 as stage0 sees it: plan the unit, and the --scope and enter paths."""
+
+from __future__ import annotations
+
+import marshal
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from sdrun.errors import SpecError
+from sdrun.linux import syscalls as sc
+from sdrun.paths import Paths
+from stage1.app import ResolvedApp, exec_app, resolve_app
+from stage1.fly import entry
+from stage1.interface import Stage1, UnitPlan, entry_command
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+
+
+def _rootfs(pod: Pod) -> Path:
+    assert pod.spec.rootfs is not None, "fly runs a rootfs directory"
+    return Path(pod.spec.rootfs)
+
+
+class Fly(Stage1, name="fly"):
+    def plan(self, pod: Pod) -> UnitPlan:
+        if pod.spec.service.notify:
+            raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
+        write_plan(pod, resolve_app(_rootfs(pod), pod.spec.app))  # errors now, before the unit exists
+        # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
+        # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
+        properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
+        return UnitPlan(*entry_command("stage1.fly", pod), properties)
+
+    def exec_in_scope(self, pod: Pod) -> NoReturn:
+        entry.become_app(entry.read_plan(str(write_plan(pod, resolve_app(_rootfs(pod), pod.spec.app)))))
+
+    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+        app = resolve_app(_rootfs(pod), pod.spec.app)
+        root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)
+        namespace = os.open(f"/proc/{leader}/ns/mnt", os.O_RDONLY)
+        sc.setns(namespace, sc.CLONE_NEWNS)
+        os.fchdir(root_fd)
+        os.chroot(".")
+        exec_app(app, tuple(argv))
+
+
+def write_plan(pod: Pod, app: ResolvedApp) -> Path:
+    """Everything the entry needs, resolved: it reads this instead of the pod manifest."""
+    credentials = app.credentials
+    plan = {
+        "rootfs": str(_rootfs(pod)),
+        "executable": app.executable,
+        "argv": list(app.argv),
+        "env": app.env,
+        "workdir": app.workdir,
+        "uid": credentials.uid,
+        "gid": credentials.gid,
+        "groups": list(credentials.groups),
+        "binds": [[path, path, False] for path in entry.HOST_API_FILESYSTEMS]
+        + [[volume.source, volume.target, volume.read_only] for volume in pod.spec.app.volumes],
+    }
+    scratch = Paths.stage1_dir(pod.dir)
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    path = scratch / entry.PLAN_FILE
+    path.write_bytes(marshal.dumps(plan))
+    return path

@@ -1,0 +1,94 @@
+"""The stage1 interface as stage0 uses it: backends, their registry, what they plan.
+
+stage0 (the `sdrun` CLI) prepares a pod directory; a stage1 backend turns it
+into what systemd runs. Backends register themselves by subclassing Stage1 with
+a `name=`; stage0 looks them up by that name and never branches on it.
+docs/stage1.md documents the contract and its versions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, NoReturn
+
+from sdrun.errors import SdrunError, SpecError, describe
+from stage1 import INTERFACE_VERSION, entry_pod_dir, fail
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+    from sdrun.systemd.bus import Property
+
+# Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
+# since each pulls in its own dependencies (seccomp, qemu helpers...).
+BUILTIN_BACKENDS = {"fly": "stage1.fly.backend", "namespace": "stage1.namespace", "kvm": "stage1.kvm"}
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """What a backend asks systemd to run for a pod's service unit."""
+
+    executable: str  # absolute path of the unit's main process
+    argv: tuple[str, ...]  # its argv, argv[0] included
+    properties: tuple[Property, ...] = field(default=())  # backend-specific unit properties, Type= among them
+
+
+class Stage1:
+    name: ClassVar[str]
+    interface_version: ClassVar[int] = INTERFACE_VERSION
+    registry: ClassVar[dict[str, type[Stage1]]] = {}
+
+    def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = name
+        Stage1.registry[name] = cls
+
+    @classmethod
+    def named(cls, name: str) -> Stage1:
+        if name not in cls.registry and name in BUILTIN_BACKENDS:
+            importlib.import_module(BUILTIN_BACKENDS[name])  # registers it; only this one is loaded
+        backend = cls.registry.get(name)
+        if backend is None:
+            known = sorted(set(BUILTIN_BACKENDS) | set(cls.registry))
+            raise SpecError(f"unknown stage1 '{name}'", hint=f"available: {', '.join(known)}")
+        if backend.interface_version > INTERFACE_VERSION:
+            raise SpecError(f"stage1 '{name}' needs interface version {backend.interface_version}")
+        return backend()
+
+    def plan(self, pod: Pod) -> UnitPlan:
+        """The main process and properties of the pod's transient service."""
+        raise NotImplementedError
+
+    def exec_in_scope(self, pod: Pod) -> NoReturn:
+        """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
+        raise NotImplementedError
+
+    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv."""
+        raise NotImplementedError
+
+    def gc(self, pod: Pod) -> None:
+        """Release whatever the backend left on the host for a pod that has ended."""
+
+
+def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:
+    """The unit's main process for a backend whose entry is `python -m MODULE run POD_DIR`.
+
+    sys.executable is the venv's interpreter itself, never a pyenv shim, so
+    the unit starts the same Python that runs stage0."""
+    argv = (sys.executable, "-m", module, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
+    return sys.executable, argv
+
+
+def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoReturn:
+    """The in-unit entry of a stage1: load the pod named on the command line and become its app."""
+    from sdrun.pod import load_pod
+
+    pod_dir = entry_pod_dir(argv)
+    try:
+        become_app(load_pod(Path(pod_dir)))
+    except (SdrunError, OSError) as error:
+        fail(describe(error))

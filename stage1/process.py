@@ -1,0 +1,104 @@
+"""The last steps of every stage1 before the app runs: telling systemd, and the exec itself.
+
+Light on purpose (no dataclasses, no pathlib): the in-unit entries import it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+
+from sdrun.linux import syscalls
+
+# Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
+# in-unit entry ~5 ms; mypy honours any constant of this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
+
+
+class Identity:
+    """Who the app runs as: numeric ids, already resolved against the container's /etc."""
+
+    __slots__ = ("gid", "groups", "uid")
+
+    def __init__(self, uid: int, gid: int, groups: Sequence[int] = ()) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+
+
+class SystemdNotifier:
+    """sd_notify(3) without libsystemd. Connects at once, so that it still reaches
+    $NOTIFY_SOCKET after a chroot or pivot_root has hidden the socket's path."""
+
+    def __init__(self) -> None:
+        self._connection: socket.socket | None = None
+        address = os.environ.pop("NOTIFY_SOCKET", None)
+        if address:
+            if address.startswith("@"):
+                address = "\0" + address[1:]  # an abstract socket
+            self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._connection.connect(address)
+
+    def notify(self, message: str) -> None:
+        if self._connection is not None:
+            self._connection.send(message.encode())
+
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Wait until systemd has processed every message sent so far (sd_notify_barrier(3)):
+        it closes the pipe end passed with BARRIER=1 once it got that far."""
+        if self._connection is None:
+            return
+        read_end, write_end = os.pipe()
+        try:
+            self._connection.sendmsg(
+                [b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, write_end.to_bytes(4, sys.byteorder))]
+            )
+            os.close(write_end)
+            write_end = -1
+            select.select([read_end], [], [], timeout)
+        finally:
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
+
+
+def systemd_handover() -> dict[str, str]:
+    """What systemd gave the unit that is meant for the app: socket-activated fds (they stay
+    open across our forks and the exec; LISTEN_PID names the app, which checks it against its
+    own getpid()) and, when a stage1 set it for an app that reports its own readiness, NOTIFY_SOCKET."""
+    handover = {key: os.environ[key] for key in ("LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET") if key in os.environ}
+    if "LISTEN_FDS" in handover:
+        handover["LISTEN_PID"] = str(os.getpid())
+    return handover
+
+
+def exec_as(
+    identity: Identity,
+    workdir: str,
+    executable: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    before_exec: Callable[[], None] | None = None,
+) -> NoReturn:
+    """Become the app: drop to its identity, enter its workdir, exec. Called after chroot/pivot_root.
+    before_exec runs as the app's user right before the exec (a stage1 loads its seccomp filter there)."""
+    syscalls.setgroups(list(identity.groups))
+    os.setresgid(identity.gid, identity.gid, identity.gid)
+    os.setresuid(identity.uid, identity.uid, identity.uid)
+    os.chdir(workdir)
+    if before_exec is not None:
+        before_exec()
+    env = env | systemd_handover()
+    argv = list(argv)
+    try:
+        if "/" in executable:
+            os.execve(executable, argv, env)
+        os.execvpe(executable, argv, env)
+    except OSError as error:
+        os.write(2, f"sdrun: cannot execute '{argv[0]}': {error.strerror}\n".encode())
+        os._exit(127 if error.errno == 2 else 126)
