@@ -45,7 +45,12 @@ async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO
     backend = Stage1.named(spec.stage1)
     systemd = await Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
-    pod = store.create(spec)
+    if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees
+        from sdrun.image.usage import create_image_pod
+
+        pod = create_image_pod(paths, store, spec, sys.stderr)
+    else:
+        pod = store.create(spec)
     app_started = False
     try:
         with pod.locked():

@@ -64,6 +64,7 @@ class AppSpec:
     workdir: str | None = None
     user: str | None = None  # NAME|UID[:GROUP|GID], resolved against the rootfs
     volumes: tuple[Volume, ...] = ()
+    entrypoint: tuple[str, ...] | None = None  # image pods: replaces the image's Entrypoint and drops its Cmd
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class PodSpec:
         app = dict(data["app"])
         app["argv"] = tuple(app["argv"])
         app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
+        if app.get("entrypoint") is not None:
+            app["entrypoint"] = tuple(app["entrypoint"])
         return cls(
             **{key: value for key, value in data.items() if key not in ("app", "resources", "isolation", "service")},
             app=AppSpec(**app),
@@ -295,6 +298,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "rootfs": lambda value: str(Path(str(value)).absolute()),
     "image": str,
     "exec": lambda value: tuple(_as_list(value, "exec")),
+    "entrypoint": lambda value: tuple(item for item in _as_list(value, "entrypoint") if item),  # "" clears it
     "env": lambda value: parse_pairs(value, "env", os.environ),
     "env_file": lambda value: _as_list(value, "env_file"),
     "workdir": lambda value: _absolute_path(value, "workdir"),
@@ -380,6 +384,7 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         workdir=settings.get("workdir"),
         user=settings.get("user"),
         volumes=settings.get("volume", ()),
+        entrypoint=settings.get("entrypoint"),
     )
     resources = Resources(settings.get("memory"), settings.get("cpus"), settings.get("pids_limit"))
     return PodSpec(

@@ -132,6 +132,7 @@ RUN_FLAGS: Mapping[str, str] = {  # click parameter -> spec setting
     "apparmor": "apparmor",
     "kvm_accel": "kvm_accel",
     "kvm_kernel": "kvm_kernel",
+    "entrypoint": "entrypoint",
 }
 assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 
@@ -169,6 +170,7 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("--apparmor", metavar="PROFILE", help="AppArmor profile for the app (AppArmorProfile=).")
 @click.option("--kvm-accel", metavar="kvm|tcg|auto", help="kvm stage1: accelerator [auto: KVM if it boots, else TCG].")
 @click.option("--kvm-kernel", metavar="PATH", help="kvm stage1: guest kernel [newest /boot/vmlinuz-*-cloud-amd64].")
+@click.option("--entrypoint", metavar="CMD", help="Image pods: run CMD instead of the image's entrypoint and command.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
@@ -433,3 +435,4 @@ def _exit_status(code: object) -> int:
 
 
 from sdrun.cli import units as _units  # noqa: E402,F401
+from sdrun.cli import image as _image  # noqa: E402,F401

@@ -83,6 +83,11 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out the whole filesystem fd is on (one call for a tree of many files)."""
+    _check(_libc.syncfs(ctypes.c_int(fd)), "syncfs")
+
+
 def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
     sys_pivot_root = 155  # x86_64; glibc has no wrapper
     _check(_libc.syscall(sys_pivot_root, _encode(new_root), _encode(put_old)), "pivot_root", new_root)
@@ -181,7 +186,10 @@ def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
     )
 
 
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 

@@ -18,26 +18,27 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
 
 
-def _rootfs(pod: Pod) -> Path:
-    assert pod.spec.rootfs is not None, "fly runs a rootfs directory"
-    return Path(pod.spec.rootfs)
+def _resolved_early(pod: Pod) -> ResolvedApp | None:
+    """A --rootfs pod's app, resolved now so errors come before the unit exists. An image pod's
+    root is an overlay mounted only inside the unit: the entry resolves its app there."""
+    return resolve_app(Path(pod.spec.rootfs), pod.spec.app) if pod.spec.rootfs else None
 
 
 class Fly(Stage1, name="fly"):
     def plan(self, pod: Pod) -> UnitPlan:
         if pod.spec.service.notify:
             raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-        write_plan(pod, resolve_app(_rootfs(pod), pod.spec.app))  # errors now, before the unit exists
+        write_plan(pod, _resolved_early(pod))
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
         properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
         return UnitPlan(*entry_command("stage1.fly", pod), properties)
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
-        entry.become_app(entry.read_plan(str(write_plan(pod, resolve_app(_rootfs(pod), pod.spec.app)))))
+        entry.become_app(entry.read_plan(str(write_plan(pod, _resolved_early(pod)))))
 
     def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
-        app = resolve_app(_rootfs(pod), pod.spec.app)
+        app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)  # the root the app sees, image or not
         root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)
         namespace = os.open(f"/proc/{leader}/ns/mnt", os.O_RDONLY)
         sc.setns(namespace, sc.CLONE_NEWNS)
@@ -46,18 +47,13 @@ class Fly(Stage1, name="fly"):
         exec_app(app, tuple(argv))
 
 
-def write_plan(pod: Pod, app: ResolvedApp) -> Path:
-    """Everything the entry needs, resolved: it reads this instead of the pod manifest."""
-    credentials = app.credentials
+def write_plan(pod: Pod, app: ResolvedApp | None) -> Path:
+    """Everything the entry needs, resolved: it reads this instead of the pod manifest
+    (an image pod's app is resolved by the entry, once it has mounted the root)."""
     plan = {
-        "rootfs": str(_rootfs(pod)),
-        "executable": app.executable,
-        "argv": list(app.argv),
-        "env": app.env,
-        "workdir": app.workdir,
-        "uid": credentials.uid,
-        "gid": credentials.gid,
-        "groups": list(credentials.groups),
+        "pod_dir": str(pod.dir),
+        "rootfs": pod.spec.rootfs,
+        **(entry.app_fields(app) if app else {}),
         "binds": [[path, path, False] for path in entry.HOST_API_FILESYSTEMS]
         + [[volume.source, volume.target, volume.read_only] for volume in pod.spec.app.volumes],
     }

@@ -22,6 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
+    from stage1.app import ResolvedApp
+
 # In the pod's stage1 directory. marshal, not JSON: stage0 and this entry run the same
 # interpreter (sys.executable), and marshal is built in, where json would import re.
 PLAN_FILE = "fly.plan"
@@ -34,11 +36,40 @@ def read_plan(path: str) -> dict[str, Any]:
     return plan
 
 
+def app_fields(app: ResolvedApp) -> dict[str, Any]:
+    """A resolved app as plan entries."""
+    credentials = app.credentials
+    return {
+        "executable": app.executable,
+        "argv": list(app.argv),
+        "env": app.env,
+        "workdir": app.workdir,
+        "uid": credentials.uid,
+        "gid": credentials.gid,
+        "groups": list(credentials.groups),
+    }
+
+
+def _mount_image_root(pod_dir: str) -> dict[str, Any]:
+    """An image pod: mount its overlay (we are in our own mount namespace), resolve the app in it."""
+    from pathlib import Path
+
+    from sdrun.pod import load_pod
+    from stage1.app import resolve_app
+    from stage1.rootfs import mount_pod_rootfs
+
+    pod = load_pod(Path(pod_dir))
+    rootfs = mount_pod_rootfs(pod)
+    return {"rootfs": str(rootfs), **app_fields(resolve_app(rootfs, pod.spec.app))}
+
+
 def become_app(plan: dict[str, Any]) -> NoReturn:
     notifier = SystemdNotifier()  # connect before the chroot hides the socket
-    rootfs = plan["rootfs"]
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # host mounts still reach us; ours stay here
+    if plan["rootfs"] is None:
+        plan = plan | _mount_image_root(plan["pod_dir"])
+    rootfs = plan["rootfs"]
     for source, target, read_only in plan["binds"]:
         bind_in_root(source, rootfs, target, read_only)
     os.chroot(rootfs)

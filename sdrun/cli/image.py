@@ -1,0 +1,273 @@
+"""`sdrun image ...`: the image store's verbs. Library imports wait inside each verb: `sdrun` starts lean."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from sdrun.cli import Context, main, pass_context
+from sdrun.errors import SdrunError
+
+if TYPE_CHECKING:
+    from sdrun.image.store import Image, ImageStore
+    from sdrun.image.transfer import PullOptions
+
+
+def _store(ctx: Context) -> ImageStore:
+    from sdrun.image.store import ImageStore
+
+    return ImageStore(ctx.paths.images)
+
+
+def _pull_options(platform: str | None, tls_verify: bool | None, quiet: bool) -> PullOptions:
+    from sdrun.image.oci import Platform
+    from sdrun.image.transfer import PullOptions, default_progress
+
+    return PullOptions(
+        platform=Platform.parse(platform) if platform else None,
+        tls_verify=tls_verify,
+        progress=None if quiet else default_progress(),
+    )
+
+
+platform_option = click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="From a multi-platform image [host's].")
+tls_option = click.option(
+    "--tls-verify",
+    type=click.BOOL,
+    default=None,
+    help="Verify the registry's certificate; false also allows plain HTTP [true, false on loopback].",
+)
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
+
+@main.group()
+def image() -> None:
+    """Manage images: an OCI store of verified blobs, and layer trees shared by pods."""
+
+
+@image.command()
+@platform_option
+@tls_option
+@click.option("--insecure-registry", is_flag=True, help="Same as --tls-verify=false.")
+@quiet_option
+@click.argument("source", metavar="SOURCE")
+@pass_context
+def pull(
+    ctx: Context, platform: str | None, tls_verify: bool | None, insecure_registry: bool, quiet: bool, source: str
+) -> None:
+    """Pull an image: [docker://]HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE."""
+    from sdrun.image.transfer import pull as pull_image
+
+    options = _pull_options(platform, False if insecure_registry else tls_verify, quiet)
+    pulled = pull_image(ctx.paths, source, options)
+    click.echo(pulled.digest)
+
+
+@image.command(name="import")
+@click.option("--rootfs-tar", type=click.Path(path_type=Path, dir_okay=False), help="A plain rootfs tarball.")
+@platform_option
+@quiet_option
+@click.argument("args", metavar="SOURCE [NAME] | --rootfs-tar FILE NAME", nargs=-1, required=True)
+@pass_context
+def import_(ctx: Context, rootfs_tar: Path | None, platform: str | None, quiet: bool, args: tuple[str, ...]) -> None:
+    """Import an image from oci:DIR, oci-archive:FILE or docker-archive:FILE (or a rootfs tarball), naming it NAME."""
+    from sdrun.image.reference import parse_registry_reference
+    from sdrun.image.store import ImageStore
+    from sdrun.image.transfer import copy_image, rootfs_source, source_for
+
+    options = _pull_options(platform, None, quiet)
+    if rootfs_tar is not None:
+        if len(args) != 1:
+            raise SdrunError("give the image's NAME: sdrun image import --rootfs-tar FILE NAME")
+        source, name = rootfs_source(rootfs_tar, options.platform), args[0]
+    elif len(args) in (1, 2):
+        source, name = source_for(ctx.paths, args[0], tls_verify=None), (args[1] if len(args) == 2 else "")
+    else:
+        raise SdrunError("expected SOURCE [NAME]")
+    names = (parse_registry_reference(name).name,) if name else source.names()
+    if not names:
+        raise SdrunError(f"{source.description} names no image: give a NAME", hint="sdrun image import SOURCE NAME")
+    imported = copy_image(ImageStore(ctx.paths.images), source, names, options)
+    click.echo(imported.digest)
+
+
+def _created(image: Image) -> str:
+    return str(image.config.get("created") or "")[:19].replace("T", " ")
+
+
+@image.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def list_images(ctx: Context, as_json: bool) -> None:
+    """List the images in the store."""
+    from sdrun.image.usage import usage
+
+    images = _store(ctx).images()
+    users = usage(ctx.paths).pods_by_image
+    if as_json:
+        listing = [
+            {
+                "names": list(image.names),
+                "digest": image.digest,
+                "size": image.size,
+                "created": image.config.get("created"),
+                "layers": len(image.manifest.layers),
+                "pods": sorted(users.get(image.digest, [])),
+            }
+            for image in images
+        ]
+        click.echo(json.dumps(listing, indent=2))
+        return
+    rows = [("NAME", "DIGEST", "SIZE", "CREATED", "PODS")]
+    for image in images:
+        size = f"{image.size / 1e6:.1f} MB"
+        pods = str(len(users.get(image.digest, [])))
+        for name in image.names:
+            rows.append((name, image.digest.removeprefix("sha256:")[:12], size, _created(image), pods))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@image.command()
+@click.argument("name", metavar="IMAGE")
+@pass_context
+def inspect(ctx: Context, name: str) -> None:
+    """Show an image's names, manifest, config, layers and the trees and pods that use it, as JSON."""
+    from sdrun.image.usage import usage
+
+    store = _store(ctx)
+    found = store.get(name)
+    layers = [
+        {
+            "digest": layer.digest,
+            "mediaType": layer.media_type,
+            "size": layer.size,
+            "diff_id": diff_id,
+            "tree": str(store.tree_root(diff_id)) if store.has_tree(diff_id) else None,
+        }
+        for layer, diff_id in zip(found.manifest.layers, found.diff_ids, strict=False)
+    ]
+    details = {
+        "names": list(found.names),
+        "digest": found.digest,
+        "index_digest": found.index_digest,
+        "mediaType": found.manifest.media_type,
+        "size": found.size,
+        "config": found.config,
+        "layers": layers,
+        "pods": sorted(usage(ctx.paths).pods_by_image.get(found.digest, [])),
+    }
+    click.echo(json.dumps(details, indent=2))
+
+
+@image.command()
+@click.option("-f", "--force", is_flag=True, help="Remove the names even while pods use the image.")
+@click.argument("names", metavar="IMAGE...", nargs=-1, required=True)
+@pass_context
+def rm(ctx: Context, force: bool, names: tuple[str, ...]) -> None:
+    """Remove images from the store's index ('image gc' frees their space; pods keep theirs)."""
+    from sdrun.image.usage import usage
+
+    store = _store(ctx)
+    with store.exclusive():
+        users = usage(ctx.paths).pods_by_image
+        images = [store.get(name) for name in names]
+        for found in images:
+            pods = users.get(found.digest, [])
+            if pods and not force:
+                raise SdrunError(
+                    f"image {found.names[0] if found.names else found.digest} is used by {len(pods)} pod(s): "
+                    f"{', '.join(sorted(pods)[:5])}",
+                    hint="remove the pods first, or 'sdrun image rm -f'",
+                )
+        for found in images:
+            for removed in store.untag(found.digest):
+                click.echo(removed)
+
+
+@image.command()
+@pass_context
+def gc(ctx: Context) -> None:
+    """Delete blobs and layer trees no image and no pod uses, and what interrupted pulls left."""
+    from sdrun.image.usage import usage
+
+    store = _store(ctx)
+    with store.exclusive():
+        used = usage(ctx.paths)
+        for removed in store.collect_garbage(set(used.pods_by_image), used.trees):
+            click.echo(f"removed {removed}")
+
+
+@image.command()
+@click.argument("name", metavar="IMAGE")
+@click.argument("target", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@pass_context
+def export(ctx: Context, name: str, target: Path) -> None:
+    """Write an image to an OCI archive (FILE is then oci-archive:FILE for skopeo, podman and sdrun)."""
+    from sdrun.image.archive import export_oci_archive
+
+    store = _store(ctx)
+    with store.shared():
+        export_oci_archive(store, store.get(name), target)
+    click.echo(str(target))
+
+
+@image.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def which(ctx: Context, path: str, as_json: bool) -> None:
+    """Which images (and their pods) ship PATH (absolute) or a file named PATH, and from which layer."""
+    from sdrun.image.usage import usage
+    from sdrun.image.which import find_in_images
+
+    store = _store(ctx)
+    users = usage(ctx.paths).pods_by_image
+    matches = find_in_images(store, store.images(), path)
+    if as_json:
+        rows: list[dict[str, Any]] = [
+            match.to_json() | {"pods": sorted(users.get(match.image.digest, []))} for match in matches
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for match in matches:
+        pods = users.get(match.image.digest, [])
+        in_pods = f"  pods: {', '.join(sorted(pods))}" if pods else ""
+        click.echo(f"{match.image_name}  {match.path}  layer {match.layer_digest[:19]}{in_pods}")
+    if not matches:
+        sys.exit(1)
+
+
+@image.command()
+@click.option("-u", "--username", prompt=True, help="User name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@tls_option
+@click.argument("host")
+@pass_context
+def login(ctx: Context, username: str, password_stdin: bool, tls_verify: bool | None, host: str) -> None:
+    """Check credentials with a registry and store them in <root>/auth.json (mode 0600)."""
+    from sdrun.image.auth import save_credentials
+    from sdrun.image.registry import check_login
+    from sdrun.image.transfer import auth_file
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True)
+    check_login(host, (username, password), tls_verify=tls_verify)
+    save_credentials(auth_file(ctx.paths), host, username, password)
+    click.echo(f"logged in to {host}")
+
+
+@image.command()
+@click.argument("host")
+@pass_context
+def logout(ctx: Context, host: str) -> None:
+    """Forget the credentials stored for a registry."""
+    from sdrun.image.auth import save_credentials
+    from sdrun.image.transfer import auth_file
+
+    save_credentials(auth_file(ctx.paths), host, "", None)
+    click.echo(f"logged out of {host}")

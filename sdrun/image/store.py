@@ -1,0 +1,366 @@
+"""The image store: an OCI image layout under <root>/images, and the layer trees pods stack.
+
+    images/oci-layout, index.json      the OCI layout; index.json names every image (ref.name = HOST/REPO:TAG)
+    images/blobs/sha256/<hex>          manifests, configs, layers: each verified before it is renamed here
+    images/trees/<hex>/root            a layer extracted once (hex of its diff_id), shared read-only by pods
+    images/trees/<hex>/rendered        written last: a tree without it is half-made and never used
+    images/tmp/                        partial downloads (resumed by the next pull) and locks
+    images/lock                        flock: shared by pulls and runs, exclusive for rm and gc
+
+Crash safety comes from the order of writes: a blob is visible only once verified and
+fsynced; a tree only once its marker is; an image is named in index.json only once
+its manifest, config, layers and trees are all in place. Whatever a killed pull left
+is resumed by the next one and removed by `image gc`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sdrun.errors import NotFound, SdrunError
+from sdrun.image import oci
+from sdrun.image.layers import extract_layer
+from sdrun.image.reference import DIGEST_PATTERN, BadReference, parse_registry_reference
+from sdrun.linux import syscalls as sc
+
+CHUNK = 1 << 20
+RENDERED = "rendered"
+# Opens a blob's source at a byte offset (a resumed download); returns the stream and the offset
+# it really starts at (0 when the source cannot resume).
+BlobOpener = Callable[[int], tuple[IO[bytes], int]]
+Progress = Callable[[int], None]
+
+
+class TamperedBlob(SdrunError):
+    """A blob whose content does not match its digest or size."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image in the store: its manifest, parsed config, and the names index.json gives it."""
+
+    manifest: oci.Manifest
+    config: dict[str, Any]
+    names: tuple[str, ...]
+    index_digest: str | None = None  # the multi-platform index it was chosen from, if any
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        rootfs = self.config.get("rootfs") or {}
+        return tuple(rootfs.get("diff_ids") or ())
+
+    @property
+    def size(self) -> int:
+        return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
+
+
+def digest_of(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ImageStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.blobs = directory / "blobs" / "sha256"
+        self.trees = directory / "trees"
+        self.tmp = directory / "tmp"
+        self.index_file = directory / "index.json"
+
+    # --- locking ---
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, operation: int) -> Iterator[None]:
+        self.prepare()
+        fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, operation)
+            yield
+        finally:
+            os.close(fd)
+
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        """Held while pulling or starting a pod: gc and rm wait for it."""
+        return self._flock("lock", fcntl.LOCK_SH)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self._flock("lock", fcntl.LOCK_EX)
+
+    def prepare(self) -> None:
+        if self.tmp.is_dir():
+            return
+        for directory in (self.blobs, self.trees, self.tmp):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        layout = self.directory / "oci-layout"
+        if not layout.exists():
+            self._write_atomically(layout, b'{"imageLayoutVersion": "1.0.0"}\n')
+
+    # --- blobs ---
+
+    def blob_path(self, digest: str) -> Path:
+        if not DIGEST_PATTERN.fullmatch(digest):
+            raise SdrunError(f"invalid digest '{digest}'")
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
+
+    def read_blob(self, digest: str) -> bytes:
+        """A small blob (manifest, config), checked against its digest on every read."""
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is missing from the image store", hint="pull the image again") from None
+        if digest_of(data) != digest:
+            raise TamperedBlob(f"blob {digest} in the image store has been modified: its digest is {digest_of(data)}")
+        return data
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = digest_of(data)
+        if not self.has_blob(digest):
+            self.put_blob(digest, len(data), lambda _offset: (io.BytesIO(data), 0), source="memory")
+        return digest
+
+    def put_blob(
+        self, digest: str, size: int, open_source: BlobOpener, *, source: str, progress: Progress | None = None
+    ) -> None:
+        """Copy a blob in: into tmp/<hex>.partial (resumed if a killed pull left one), verify, fsync, rename."""
+        final = self.blob_path(digest)
+        partial = self.tmp / f"{final.name}.partial"
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "r+b") as stream:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX)  # a concurrent pull of the same blob waits here
+            if final.exists():
+                return  # the other pull finished it
+            hasher, offset = self._resume(stream, size)
+            if progress and offset:
+                progress(offset)
+            source_stream, start = open_source(offset)
+            with source_stream:
+                if start != offset:  # the source could not resume: start over
+                    stream.seek(0)
+                    stream.truncate()
+                    hasher, offset = hashlib.sha256(), 0
+                while chunk := source_stream.read(CHUNK):
+                    offset += len(chunk)
+                    if offset > size:
+                        break
+                    hasher.update(chunk)
+                    stream.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            stream.flush()
+            actual = f"sha256:{hasher.hexdigest()}"
+            if offset != size or actual != digest:
+                partial.unlink()
+                what = f"{offset if offset <= size else 'more than ' + str(size)} bytes" if offset != size else actual
+                raise TamperedBlob(f"blob {digest} from {source} does not match its descriptor: got {what}")
+            os.fsync(stream.fileno())
+            partial.rename(final)
+        fsync_directory(self.blobs)
+
+    @staticmethod
+    def _resume(stream: IO[bytes], size: int) -> tuple[Any, int]:
+        """The hash of what a partial file already holds, and its length (0 if it cannot be right)."""
+        hasher = hashlib.sha256()
+        stream.seek(0, os.SEEK_END)
+        if stream.tell() > size:
+            stream.truncate(0)
+        stream.seek(0)
+        while chunk := stream.read(CHUNK):
+            hasher.update(chunk)
+        return hasher, stream.tell()
+
+    # --- trees ---
+
+    def tree_root(self, diff_id: str) -> Path:
+        return self.trees / diff_id.removeprefix("sha256:") / "root"
+
+    def has_tree(self, diff_id: str) -> bool:
+        return (self.trees / diff_id.removeprefix("sha256:") / RENDERED).exists()
+
+    def render_tree(self, diff_id: str, layer_digest: str) -> Path:
+        """Extract a layer once; the marker, written last, makes the tree usable."""
+        if not DIGEST_PATTERN.fullmatch(diff_id):
+            raise SdrunError(f"invalid diff_id '{diff_id}' in the image config")
+        tree = self.trees / diff_id.removeprefix("sha256:")
+        with self._flock(f"tmp/{tree.name}.tree-lock", fcntl.LOCK_EX):
+            if (tree / RENDERED).exists():
+                return tree / "root"
+            shutil.rmtree(tree, ignore_errors=True)  # a half-made tree from a killed pull
+            (tree / "root").mkdir(mode=0o755, parents=True)
+            with self.blob_path(layer_digest).open("rb") as blob:
+                actual = extract_layer(blob, str(tree / "root"))
+            if actual != diff_id:
+                shutil.rmtree(tree, ignore_errors=True)
+                raise TamperedBlob(f"layer {layer_digest} unpacks to {actual}, but the image config says {diff_id}")
+            root_fd = os.open(tree / "root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sc.syncfs(root_fd)  # every file of the tree is on disk before the marker is
+            finally:
+                os.close(root_fd)
+            self._write_atomically(tree / RENDERED, f"{layer_digest}\n".encode())
+        return tree / "root"
+
+    # --- index.json ---
+
+    def index_entries(self) -> list[oci.Descriptor]:
+        try:
+            raw = self.index_file.read_bytes()
+        except FileNotFoundError:
+            return []
+        return oci.parse_index(raw, "index.json of the image store")
+
+    def _write_index(self, entries: list[oci.Descriptor]) -> None:
+        index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [entry.to_json() for entry in entries]}
+        self._write_atomically(self.index_file, (json.dumps(index, indent=2) + "\n").encode())
+
+    @contextlib.contextmanager
+    def _editing_index(self) -> Iterator[list[oci.Descriptor]]:
+        with self._flock("index.lock", fcntl.LOCK_EX):
+            entries = self.index_entries()
+            yield entries
+            self._write_index(entries)
+
+    def tag(self, manifest: oci.Manifest, name: str, index_digest: str | None = None) -> None:
+        """Give the image a name: the name moves to it from whichever image had it."""
+        annotations = {oci.REF_NAME: name}
+        if index_digest:
+            annotations["io.sdrun.index.digest"] = index_digest
+        entry = oci.Descriptor(manifest.media_type, manifest.digest, len(manifest.raw), annotations)
+        with self._editing_index() as entries:
+            entries[:] = [old for old in entries if old.annotations.get(oci.REF_NAME) != name] + [entry]
+
+    def untag(self, digest: str) -> list[str]:
+        with self._editing_index() as entries:
+            removed = [entry.annotations.get(oci.REF_NAME, "") for entry in entries if entry.digest == digest]
+            entries[:] = [entry for entry in entries if entry.digest != digest]
+        return removed
+
+    # --- images ---
+
+    def load(self, digest: str, names: tuple[str, ...] = (), index_digest: str | None = None) -> Image:
+        raw = self.read_blob(digest)
+        manifest = oci.parse_manifest(raw, digest, oci.media_type_of(raw, None))
+        config = oci.load_json(self.read_blob(manifest.config.digest), f"config of {digest}")
+        if not isinstance(config, dict):
+            raise oci.ImageFormatError(f"config of {digest} is not an object")
+        return Image(manifest, config, names, index_digest)
+
+    def images(self) -> list[Image]:
+        by_digest: dict[str, list[oci.Descriptor]] = {}
+        for entry in self.index_entries():
+            by_digest.setdefault(entry.digest, []).append(entry)
+        return [self._image_of(entries) for entries in by_digest.values()]
+
+    def _image_of(self, entries: list[oci.Descriptor]) -> Image:
+        names = tuple(entry.annotations.get(oci.REF_NAME, "") for entry in entries)
+        index_digest = next(
+            (e.annotations["io.sdrun.index.digest"] for e in entries if "io.sdrun.index.digest" in e.annotations), None
+        )
+        return self.load(entries[0].digest, names, index_digest)
+
+    def find(self, text: str) -> Image | None:
+        """An image by name (as given or normalized), by digest, or by a unique digest prefix of 8+ digits."""
+        entries = self.index_entries()
+        candidates = {text}
+        with contextlib.suppress(BadReference):
+            candidates.add(parse_registry_reference(text.removeprefix("docker://")).name)
+        by_name = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) in candidates]
+        if not by_name:
+            hex_part = text.rpartition("@")[2].removeprefix("sha256:")
+            if len(hex_part) >= 8 and all(c in "0123456789abcdef" for c in hex_part):
+                by_name = [
+                    entry
+                    for entry in entries
+                    if entry.hex.startswith(hex_part)
+                    or entry.annotations.get("io.sdrun.index.digest", "").removeprefix("sha256:").startswith(hex_part)
+                ]
+        digests = {entry.digest for entry in by_name}
+        if len(digests) > 1:
+            raise SdrunError(f"'{text}' matches {len(digests)} images: give more of the digest")
+        if not digests:
+            return None
+        (digest,) = digests
+        return self._image_of([entry for entry in entries if entry.digest == digest])
+
+    def get(self, text: str) -> Image:
+        image = self.find(text)
+        if image is None:
+            raise NotFound(f"no such image: '{text}'", hint="'sdrun image list' shows the images")
+        return image
+
+    def trees_of(self, image: Image) -> list[Path]:
+        """The image's layer trees as overlayfs lowerdirs: topmost first, each once."""
+        lowers: list[Path] = []
+        for diff_id in reversed(image.diff_ids):
+            root = self.tree_root(diff_id)
+            if root not in lowers:
+                lowers.append(root)
+        return lowers
+
+    def is_complete(self, image: Image) -> bool:
+        return all(self.has_tree(diff_id) for diff_id in image.diff_ids)
+
+    # --- garbage collection (under the exclusive lock) ---
+
+    def collect_garbage(self, used_images: set[str], used_trees: set[Path]) -> list[str]:
+        """Remove what no named image and no pod uses, and every leftover of an interrupted pull."""
+        keep_blobs: set[str] = set()
+        keep_trees = {path.parent.name for path in used_trees}
+        for digest in {entry.digest for entry in self.index_entries()} | used_images:
+            with contextlib.suppress(SdrunError):
+                image = self.load(digest)
+                keep_blobs |= {digest, image.manifest.config.digest, *(layer.digest for layer in image.manifest.layers)}
+                keep_trees |= {diff_id.removeprefix("sha256:") for diff_id in image.diff_ids}
+        removed = []
+        for entry in self._scan(self.blobs):
+            if f"sha256:{entry.name}" not in keep_blobs:
+                os.unlink(entry.path)
+                removed.append(f"blob sha256:{entry.name}")
+        for entry in self._scan(self.trees):
+            if entry.name not in keep_trees or not os.path.exists(os.path.join(entry.path, RENDERED)):
+                shutil.rmtree(entry.path)
+                removed.append(f"tree {entry.name}")
+        for entry in self._scan(self.tmp):
+            os.unlink(entry.path)
+            removed.append(f"temporary {entry.name}")
+        return removed
+
+    @staticmethod
+    def _scan(directory: Path) -> list[os.DirEntry[str]]:
+        try:
+            return list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def _write_atomically(path: Path, data: bytes) -> None:
+        temporary = path.with_name(f".{path.name}.tmp")
+        with temporary.open("wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        temporary.rename(path)
+        fsync_directory(path.parent)

@@ -1,0 +1,67 @@
+"""Images and pods together: creating a pod from an image, and which images and trees pods use."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from sdrun.errors import SdrunError
+from sdrun.image.config import apply_image_config, exposed_ports
+from sdrun.image.podimage import PodImage, read_pod_image, write_pod_image
+from sdrun.image.store import ImageStore
+from sdrun.image.transfer import PullOptions, find_or_pull
+from sdrun.paths import Paths
+from sdrun.pod import Pod, PodStore, load_pod
+from sdrun.spec import PodSpec
+
+# overlayfs takes its options in one page; past this many bytes of lowerdir paths the mount fails.
+MAX_LOWERDIR_OPTION = 3800
+
+
+def create_image_pod(paths: Paths, pods: PodStore, spec: PodSpec, progress: TextIO | None) -> Pod:
+    """Find (or pull) spec.image, fold its config into the spec, create the pod and record its trees.
+    The store's shared lock is held throughout: `image gc` cannot take the trees from under the new pod."""
+    assert spec.image is not None
+    store = ImageStore(paths.images)
+    with store.shared():
+        image = find_or_pull(paths, spec.image, PullOptions(progress=progress))
+        lowers = [str(tree) for tree in store.trees_of(image)]
+        if sum(len(lower) + 1 for lower in lowers) > MAX_LOWERDIR_OPTION:
+            raise SdrunError(f"{spec.image} has too many layers ({len(lowers)}) for one overlayfs mount")
+        pod = pods.create(apply_image_config(spec, image.config))
+        try:
+            name = image.names[0] if image.names else spec.image
+            write_pod_image(pod.dir, PodImage(image.digest, name, lowers, exposed_ports(image.config)))
+        except BaseException:
+            pods.remove(pod)
+            raise
+    return pod
+
+
+@dataclass
+class Usage:
+    """Which pods use which image, and every tree some pod stacks."""
+
+    pods_by_image: dict[str, list[str]] = field(default_factory=dict)  # digest -> pod names
+    trees: set[Path] = field(default_factory=set)
+
+
+def usage(paths: Paths) -> Usage:
+    found = Usage()
+    try:
+        entries = list(os.scandir(paths.pods))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        record = read_pod_image(entry.path)
+        if record is None:
+            continue
+        try:
+            pod_name = load_pod(Path(entry.path)).name
+        except (SdrunError, ValueError, KeyError):
+            pod_name = entry.name  # half-made or damaged: its trees count as used all the same
+        found.pods_by_image.setdefault(record.digest, []).append(pod_name)
+        found.trees |= {Path(lower) for lower in record.lowers}
+    return found
