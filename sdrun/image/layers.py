@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from typing import IO, BinaryIO
 
@@ -84,10 +86,22 @@ def uncompressed(blob: BinaryIO) -> Iterator[IO[bytes]]:
             yield stream  # type: ignore[misc]  # typeshed's GzipFile is no IO[bytes], but reads as one
     elif magic == ZSTD_MAGIC:
         try:
-            process = subprocess.Popen(["zstd", "-dcq"], stdin=blob, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            fd = blob.fileno()
+            os.lseek(fd, 0, os.SEEK_SET)  # the buffered seek above may not have moved the fd itself
+        except (AttributeError, io.UnsupportedOperation):
+            fd = None
+        try:
+            process = subprocess.Popen(
+                ["zstd", "-dcq"],
+                stdin=subprocess.PIPE if fd is None else fd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         except FileNotFoundError:
             raise LayerError("a zstd layer needs the zstd program", hint="apt-get install zstd") from None
         assert process.stdout is not None and process.stderr is not None
+        if fd is None:  # an in-memory blob: feed it from a thread while we read
+            threading.Thread(target=_feed, args=(blob, process.stdin), daemon=True).start()
         try:
             yield process.stdout
             process.stdout.read()
@@ -99,6 +113,12 @@ def uncompressed(blob: BinaryIO) -> Iterator[IO[bytes]]:
                 raise LayerError(f"zstd could not decompress the layer: {error}")
     else:
         yield blob
+
+
+def _feed(source: BinaryIO, sink: IO[bytes] | None) -> None:
+    assert sink is not None
+    with contextlib.suppress(BrokenPipeError), sink:
+        shutil.copyfileobj(source, sink, COPY_CHUNK)
 
 
 def extract_layer(blob: BinaryIO, tree: str) -> str:

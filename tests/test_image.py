@@ -1,0 +1,321 @@
+"""The image store against real peers: Debian's docker-registry on 127.0.0.1, images built by umoci
+and pushed by skopeo, archives written by skopeo, pods run from images under the real systemd."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT, SDRUN, Sdrun, needs_systemd, unique_name
+from tests.test_image_support import (
+    LocalRegistry,
+    add_layer,
+    entry,
+    local_registry,
+    multi_platform,
+    run,
+    tar_bytes,
+    umoci_change,
+    umoci_image,
+)
+
+WORK = PROJECT / "build" / "test-image"  # the harness wipes /tmp: keep built images in the project
+CREDENTIALS = ("sdrun", "s3cret-pass")
+
+
+@pytest.fixture(scope="module")
+def layout(rootfs: Path) -> Path:
+    """umoci images: base (busybox), app (a layer deleting a file and adding some, one opaque dir
+    from a hand-written layer, a full config), arm64 and a multi-platform index over both."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    layout = WORK / "layout"
+    umoci_image(layout, "base", rootfs)
+    umoci_change(layout, "base", "app", "echo hi > hello; rm bin/ls; mkdir -p srv opaque; echo old > opaque/old")
+    add_layer(layout, "app", tar_bytes((entry("opaque/.wh..wh..opq"), b""), (entry("opaque/new"), b"new\n")))
+    run(
+        "umoci", "config", "--image", f"{layout}:app",
+        "--config.cmd=/bin/sh", "--config.cmd=-c", "--config.cmd=echo cmd $FOO; pwd; ls /opaque",
+        "--config.env=FOO=from-image", "--config.env=PATH=/bin:/sbin:/image/bin",
+        "--config.workingdir=/srv", "--config.label=org.example.team=images",
+        "--config.stopsignal=SIGINT", "--config.exposedports=8080/tcp",
+    )  # fmt: skip
+    umoci_change(layout, "base", "arm64", "echo arm64 > platform")
+    run("umoci", "config", "--image", f"{layout}:arm64", "--architecture=arm64")
+    umoci_change(layout, "base", "amd64", "echo amd64 > platform")
+    multi_platform(layout, "multi", {"linux/amd64": "amd64", "linux/arm64": "arm64"})
+    return layout
+
+
+@pytest.fixture(scope="module")
+def registry(layout: Path) -> Iterator[LocalRegistry]:
+    with local_registry(WORK / "registry") as started:
+        started.push(f"oci:{layout}:app", "app:oci", "--format", "oci")
+        started.push(f"oci:{layout}:app", "app:v2s2", "--format", "v2s2")
+        started.push(f"oci:{layout}:multi", "multi:latest", "--all")
+        yield started
+
+
+@pytest.fixture(scope="module")
+def auth_registry(layout: Path) -> Iterator[LocalRegistry]:
+    with local_registry(WORK / "auth-registry", CREDENTIALS) as started:
+        started.push(f"oci:{layout}:base", "private/base:1")
+        yield started
+
+
+def tree_files(sdrun: Sdrun) -> list[Path]:
+    return sorted((sdrun.root / "images" / "trees").glob("*/root"))
+
+
+def inspect(sdrun: Sdrun, name: str) -> dict[str, object]:
+    details: dict[str, object] = json.loads(sdrun("image", "inspect", name).stdout)
+    return details
+
+
+# --- pulls ---
+
+
+@pytest.mark.parametrize("tag", ["oci", "v2s2"])
+def test_pull_oci_and_docker_schema2(sdrun: Sdrun, registry: LocalRegistry, tag: str) -> None:
+    reference = f"{registry.host}/app:{tag}"
+    digest = sdrun("image", "pull", f"docker://{reference}").stdout.strip()
+    details = inspect(sdrun, reference)
+    assert details["digest"] == digest and details["names"] == [reference]
+    layers = details["layers"]
+    assert isinstance(layers, list) and len(layers) == 3 and all(layer["tree"] for layer in layers)
+    top = Path(layers[-1]["tree"])
+    assert os.getxattr(top / "opaque", "trusted.overlay.opaque") == b"y"
+    whiteout = os.lstat(Path(layers[1]["tree"]) / "bin/ls")
+    assert whiteout.st_rdev == 0 and (whiteout.st_mode & 0o170000) == 0o020000
+    listing = json.loads(sdrun("image", "list", "--json").stdout)
+    assert [image["names"] for image in listing] == [[reference]]
+
+
+def test_pull_again_fetches_nothing(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    sdrun("image", "pull", f"{registry.host}/app:oci")
+    blobs = {path: path.stat().st_mtime_ns for path in (sdrun.root / "images/blobs/sha256").iterdir()}
+    sdrun("image", "pull", f"{registry.host}/app:oci")
+    assert {path: path.stat().st_mtime_ns for path in (sdrun.root / "images/blobs/sha256").iterdir()} == blobs
+
+
+def test_pull_zstd_and_uncompressed_layers(sdrun: Sdrun, registry: LocalRegistry, layout: Path) -> None:
+    zstd_layout = WORK / "zstd"
+    shutil.rmtree(zstd_layout, ignore_errors=True)
+    run("skopeo", "copy", "--quiet", "--dest-compress-format", "zstd", "--dest-compress", f"oci:{layout}:app",
+        f"oci:{zstd_layout}:app")  # fmt: skip
+    manifest_types = {
+        layer["mediaType"]
+        for item in json.loads((zstd_layout / "index.json").read_text())["manifests"]
+        for layer in json.loads((zstd_layout / "blobs/sha256" / item["digest"][7:]).read_text())["layers"]
+    }
+    assert manifest_types == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    registry.push(f"oci:{zstd_layout}:app", "app:zstd")
+    registry.push(f"oci:{layout}:app", "app:plain", "--dest-decompress")
+    zstd_digest = sdrun("image", "pull", f"{registry.host}/app:zstd").stdout.strip()
+    plain_digest = sdrun("image", "pull", f"{registry.host}/app:plain").stdout.strip()
+    assert zstd_digest != plain_digest
+    assert len(tree_files(sdrun)) == 3  # same diff_ids whatever the compression: one tree per layer
+
+
+def test_pull_selects_the_platform_from_an_index(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    sdrun("image", "pull", f"{registry.host}/multi")
+    (tree,) = [path for path in tree_files(sdrun) if (path / "platform").exists()]
+    assert (tree / "platform").read_text() == "amd64\n"
+    sdrun("image", "pull", "--platform", "linux/arm64", f"{registry.host}/multi")
+    assert sorted((path / "platform").read_text() for path in tree_files(sdrun) if (path / "platform").exists()) == [
+        "amd64\n",
+        "arm64\n",
+    ]
+    refused = sdrun("image", "pull", "--platform", "linux/s390x", f"{registry.host}/multi", check=False)
+    assert refused.returncode == 125
+    assert "no image for linux/s390x" in refused.stderr and "linux/amd64, linux/arm64" in refused.stderr
+
+
+def test_basic_auth_login_and_refusal(sdrun: Sdrun, auth_registry: LocalRegistry, tmp_path: Path) -> None:
+    reference = f"{auth_registry.host}/private/base:1"
+    env = {**os.environ, "HOME": str(tmp_path)}  # no docker or podman credentials of the host
+    refused = sdrun("image", "pull", reference, check=False, env=env)
+    assert refused.returncode == 125 and f"sdrun image login {auth_registry.host}" in refused.stderr
+    wrong = sdrun("image", "login", "-u", "sdrun", "--password-stdin", auth_registry.host, input="nope\n",
+                  check=False, env=env)  # fmt: skip
+    assert wrong.returncode == 125 and "refused the credentials" in wrong.stderr
+    assert not (sdrun.root / "auth.json").exists()
+    sdrun("image", "login", "-u", CREDENTIALS[0], "--password-stdin", auth_registry.host, input=f"{CREDENTIALS[1]}\n",
+          env=env)  # fmt: skip
+    assert (sdrun.root / "auth.json").stat().st_mode & 0o777 == 0o600
+    sdrun("image", "pull", reference, env=env)
+    sdrun("image", "logout", auth_registry.host, env=env)
+    docker_config = tmp_path / ".docker" / "config.json"  # docker's own file is read too
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"auths": {auth_registry.host: {"auth": "c2RydW46czNjcmV0LXBhc3M="}}}))
+    sdrun("image", "rm", reference, env=env)
+    sdrun("image", "pull", reference, env=env)
+
+
+def test_a_tampered_blob_is_refused_and_leaves_nothing(sdrun: Sdrun, layout: Path) -> None:
+    with local_registry(WORK / "tampered-registry") as tampered:
+        tampered.push(f"oci:{layout}:app", "app:1", "--format", "oci")
+        manifest = json.loads(
+            run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{tampered.host}/app:1")
+        )
+        blob = tampered.blob_data(manifest["layers"][-1]["digest"])
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        result = sdrun("image", "pull", f"{tampered.host}/app:1", check=False)
+    assert result.returncode == 125
+    assert f"blob {manifest['layers'][-1]['digest']}" in result.stderr and "does not match" in result.stderr
+    assert sdrun("image", "list", "--json").stdout.strip() == "[]"
+    assert not (sdrun.root / "images/blobs/sha256" / manifest["layers"][-1]["digest"][7:]).exists()
+    sdrun("image", "gc")
+    assert list((sdrun.root / "images/blobs/sha256").iterdir()) == []
+    assert list((sdrun.root / "images/tmp").iterdir()) == []
+
+
+def test_a_blob_modified_in_the_store_is_refused(sdrun: Sdrun, registry: LocalRegistry, tmp_path: Path) -> None:
+    digest = sdrun("image", "pull", f"{registry.host}/app:oci").stdout.strip()
+    config = inspect(sdrun, digest)
+    config_blob = (
+        sdrun.root
+        / "images/blobs/sha256"
+        / json.loads((sdrun.root / "images/blobs/sha256" / digest[7:]).read_text())["config"]["digest"][7:]
+    )
+    config_blob.write_bytes(config_blob.read_bytes().replace(b"from-image", b"evil-image"))
+    refused = sdrun("image", "inspect", digest, check=False)
+    assert refused.returncode == 125 and "has been modified" in refused.stderr
+    assert config["digest"] == digest
+
+
+def test_killed_pulls_are_completed_by_the_next_and_cleaned_by_gc(
+    sdrun: Sdrun, layout: Path, registry: LocalRegistry
+) -> None:
+    big = WORK / "big"
+    shutil.rmtree(big, ignore_errors=True)
+    shutil.copytree(layout, big)
+    for layer in range(3):  # incompressible, so the transfer takes a while
+        umoci_change(big, "base" if layer == 0 else "big", "big", f"head -c 12000000 /dev/urandom > blob{layer}")
+    registry.push(f"oci:{big}:big", "big:1")
+    reference = f"{registry.host}/big:1"
+    for delay in (0.05, 0.2, 0.4, 0.7, 1.0):
+        process = subprocess.Popen([SDRUN, "--root", str(sdrun.root), "image", "pull", "-q", reference])
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    leftovers = sdrun("image", "gc").stdout
+    assert sdrun("image", "list", "--json").stdout.strip() in ("[]", "") or "big" in sdrun("image", "list").stdout
+    assert list((sdrun.root / "images/tmp").iterdir()) == []
+    assert all((tree.parent / "rendered").exists() for tree in tree_files(sdrun)), leftovers
+    process = subprocess.Popen([SDRUN, "--root", str(sdrun.root), "image", "pull", "-q", reference])
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    digest = sdrun("image", "pull", reference).stdout.strip()  # resumes the partial blobs, re-renders trees
+    assert digest.startswith("sha256:")
+    for layer in inspect(sdrun, reference)["layers"]:  # type: ignore[attr-defined]
+        assert layer["tree"]
+    assert not any(line.startswith("removed tree") for line in sdrun("image", "gc").stdout.splitlines())
+
+
+# --- imports ---
+
+
+def test_import_archives_written_by_skopeo(sdrun: Sdrun, layout: Path) -> None:
+    oci_archive, docker_archive = WORK / "app-oci.tar", WORK / "app-docker.tar"
+    for path in (oci_archive, docker_archive):
+        path.unlink(missing_ok=True)
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:app", f"oci-archive:{oci_archive}:app")
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:app", f"docker-archive:{docker_archive}:example.org/app:2")
+    sdrun("image", "import", f"oci-archive:{oci_archive}", "local/app:oci")
+    sdrun("image", "import", f"docker-archive:{docker_archive}")
+    sdrun("image", "import", f"oci:{layout}:app", "local/app:layout")
+    names = sorted(name for image in json.loads(sdrun("image", "list", "--json").stdout) for name in image["names"])
+    assert names == ["docker.io/local/app:layout", "docker.io/local/app:oci", "example.org/app:2"]
+    assert len(tree_files(sdrun)) == 3  # the same three layers, whatever the transport
+    unnamed = sdrun("image", "import", f"oci-archive:{oci_archive}", check=False)
+    assert unnamed.returncode == 125 and "give a NAME" in unnamed.stderr
+
+
+def test_import_a_rootfs_tarball_and_export_it(sdrun: Sdrun, rootfs: Path) -> None:
+    tarball = WORK / "rootfs.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(rootfs, arcname=".")
+    sdrun("image", "import", "--rootfs-tar", str(tarball), "localhost/busybox:1")
+    details = inspect(sdrun, "localhost/busybox:1")
+    assert len(details["layers"]) == 1  # type: ignore[arg-type]
+    exported = WORK / "exported.tar"
+    sdrun("image", "export", "localhost/busybox:1", str(exported))
+    seen = json.loads(run("skopeo", "inspect", "--raw", f"oci-archive:{exported}"))
+    assert seen["layers"][0]["digest"] == details["layers"][0]["digest"]  # type: ignore[index]
+
+
+def test_bad_references_are_one_line_errors(sdrun: Sdrun) -> None:
+    for reference, complaint in [
+        ("UPPER/case", "invalid image reference"),
+        ("oci:/nonexistent", "not an OCI layout"),
+        ("docker://127.0.0.1:1/nothing", "cannot reach 127.0.0.1:1"),
+    ]:
+        result = sdrun("image", "pull", reference, check=False, timeout=120)
+        assert result.returncode == 125 and complaint in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# --- pods ---
+
+
+@needs_systemd
+def test_run_image_merges_its_config(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    reference = f"{registry.host}/app:oci"
+    result = sdrun("run", "--rm", "--stage1", "fly", reference)  # pulled on first use
+    assert result.stdout.splitlines() == ["cmd from-image", "/srv", "new"]
+    script = "echo $FOO $PATH; pwd; cat /hello; test -e /bin/ls || echo ls-deleted"
+    overridden = sdrun(
+        "run", "--rm", "--stage1", "fly", "-e", "FOO=cli", "-w", "/", reference, "--", "sh", "-c", script
+    )
+    assert overridden.stdout.splitlines() == ["cli /bin:/sbin:/image/bin", "/", "hi", "ls-deleted"]
+    entry_point = sdrun("run", "--rm", "--stage1", "fly", "--entrypoint", "/bin/echo", reference, "from", "entrypoint")
+    assert entry_point.stdout.strip() == "from entrypoint"
+    name = unique_name("img")
+    sdrun("run", "-d", "--name", name, "--stage1", "fly", reference, "--", "sleep", "60")
+    status = json.loads(sdrun("status", "--json", name).stdout)
+    assert status["state"] == "running"
+    assert sdrun("enter", name, "cat", "/hello").stdout == "hi\n"
+    pod_dir = next(path for path in (sdrun.root / "pods").iterdir() if (path / "image").exists())
+    spec = json.loads((pod_dir / "pod.json").read_text())["spec"]
+    assert spec["labels"]["org.example.team"] == "images" and spec["stop_signal"] == "SIGINT"
+    assert "port 8080/tcp" in (pod_dir / "image").read_text()
+    refused = sdrun("image", "rm", reference, check=False)
+    assert refused.returncode == 125 and "used by 1 pod(s)" in refused.stderr
+    sdrun("image", "rm", "-f", reference)
+    sdrun("image", "gc")
+    assert sdrun("enter", name, "cat", "/hello").stdout == "hi\n"  # its trees were kept
+    sdrun("rm", "-f", name)
+    assert any(line.startswith("removed tree") for line in sdrun("image", "gc").stdout.splitlines())
+    assert tree_files(sdrun) == []
+
+
+@needs_systemd
+def test_fifty_pods_share_one_copy_of_the_layers(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    reference = f"{registry.host}/app:oci"
+    sdrun("image", "pull", reference)
+    trees = tree_files(sdrun)
+    names = [unique_name("share") for _ in range(50)]
+    for number, name in enumerate(names):
+        script = f"echo {number} > /hello; grep -c ' / ' /proc/self/mountinfo >/dev/null; echo started"
+        assert sdrun("run", "--name", name, "--stage1", "fly", reference, "--", "/bin/sh", "-c", script).stdout == (
+            "started\n"
+        )
+    assert tree_files(sdrun) == trees  # no tree was copied
+    lowers = {(path / "image").read_text().split("\nlower ", 1)[1] for path in (sdrun.root / "pods").iterdir()}
+    assert len(lowers) == 1  # every pod stacks the same trees
+    uppers = sorted((path / "stage1/rootfs-upper/hello").read_text() for path in (sdrun.root / "pods").iterdir())
+    assert uppers == sorted(f"{number}\n" for number in range(50))  # each pod's writes are its own
+    hello = next(tree / "hello" for tree in trees if (tree / "hello").exists())
+    assert hello.read_text() == "hi\n" and hello.stat().st_nlink == 1
+    sdrun("rm", *names)
