@@ -224,6 +224,17 @@ def test_killed_pulls_are_completed_by_the_next_and_cleaned_by_gc(
     assert not any(line.startswith("removed tree") for line in sdrun("image", "gc").stdout.splitlines())
 
 
+def test_which_names_the_image_and_layer(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    reference = f"{registry.host}/app:oci"
+    sdrun("image", "pull", reference)
+    layers = inspect(sdrun, reference)["layers"]
+    (found,) = json.loads(sdrun("image", "which", "--json", "/hello").stdout)
+    assert (found["image"], found["layer"]) == (reference, layers[1]["digest"])  # type: ignore[index]
+    assert sdrun("image", "which", "/bin/ls", check=False).returncode == 1  # deleted by a whiteout
+    by_name = json.loads(sdrun("image", "which", "--json", "new").stdout)
+    assert [(item["path"], item["layer"]) for item in by_name] == [("/opaque/new", layers[2]["digest"])]  # type: ignore[index]
+
+
 # --- imports ---
 
 

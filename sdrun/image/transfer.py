@@ -203,10 +203,8 @@ def pull(paths: Paths, text: str, options: PullOptions) -> Image:
 def find_or_pull(paths: Paths, text: str, options: PullOptions) -> Image:
     """`run IMAGE`: the stored image of that name or digest, else a pull (a transport reference always pulls,
     which costs only the manifest's round trip when nothing changed)."""
-    store = ImageStore(paths.images)
-    reference_is_a_name = ":" not in text.partition("/")[0] or "//" not in text
-    if reference_is_a_name and not text.startswith(("oci:", "oci-archive:", "docker-archive:", "docker://")):
-        image = store.find(text)
+    if not text.startswith(("oci:", "oci-archive:", "docker-archive:", "docker://")):
+        image = ImageStore(paths.images).find(text)
         if image is not None:
             return image
     if options.progress is not None and options.progress.isatty():
