@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdrun.errors import NotFound, SdrunError, describe
+from sdrun.net import collect_garbage, pod_address, release
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
 from stage1.interface import Stage1
@@ -59,6 +60,9 @@ class PodView:
             "command": list(spec.app.argv),
             "created": self.pod.created,
             "labels": spec.labels,
+            "network": spec.net,
+            "ip": pod_address(self.pod),
+            "ports": [str(port) for port in spec.ports],
         }
 
 
@@ -123,6 +127,7 @@ async def remove(systemd: Systemd, store: PodStore, pod: Pod, *, force: bool) ->
 async def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> None:
     await systemd.reset_failed_unit(pod.unit)
     Stage1.named(pod.spec.stage1).gc(pod)
+    release(pod)
     store.remove(pod)
 
 
@@ -136,6 +141,8 @@ async def gc(systemd: Systemd, store: PodStore) -> list[str]:
         with contextlib.suppress(SdrunError), pod_view.pod.locked():
             await _discard(systemd, store, pod_view.pod)
             removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})")
+    # What is left is running or busy: its network stays; any other network leftovers go.
+    removed += collect_garbage(store.paths.root, set(store.uuids()))
     return removed
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
+from sdrun.net import scope_network
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
 from sdrun.spec import PodSpec
@@ -55,8 +56,9 @@ async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO
     try:
         with pod.locked():
             if spec.scope:
-                app_started = True  # from here on the child reports its own failures
-                return await _run_in_scope(systemd, backend, pod)
+                with scope_network(pod):  # a scope has no ExecStartPre/ExecStopPost to do it
+                    app_started = True  # from here on the child reports its own failures
+                    return await _run_in_scope(systemd, backend, pod)
             if options.detach:
                 removal = (paths.name_link(pod.name), pod.dir) if options.remove else ()
                 await _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)

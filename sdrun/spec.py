@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrun.errors import SpecError
+from sdrun.net.ports import PortMapping
 
 RESTART_POLICIES = ("no", "on-failure", "always")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -121,7 +122,8 @@ class PodSpec:
     restart: str = "no"
     labels: dict[str, str] = field(default_factory=dict)
     scope: bool = False  # run in a transient scope under the CLI instead of a service
-    net: str = "none"  # host | none (a private network namespace with loopback only)
+    net: str = "none"  # host | none (a private network namespace with loopback only) | default | a network's name
+    ports: tuple[PortMapping, ...] = ()  # published ports (a network pod only)
     stop_signal: str | None = None  # KillSignal= [SIGTERM]
     stop_timeout: float | None = None  # seconds before SIGKILL (TimeoutStopSec=) [systemd's default]
     kvm_accel: str = "auto"  # the kvm stage1's accelerator: kvm, tcg, or auto (KVM if a probe boots, else TCG)
@@ -139,8 +141,10 @@ class PodSpec:
         app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
         if app.get("entrypoint") is not None:
             app["entrypoint"] = tuple(app["entrypoint"])
+        nested = ("app", "resources", "isolation", "service", "ports")
         return cls(
-            **{key: value for key, value in data.items() if key not in ("app", "resources", "isolation", "service")},
+            **{key: value for key, value in data.items() if key not in nested},
+            ports=tuple(PortMapping(**port) for port in data.get("ports", ())),
             app=AppSpec(**app),
             resources=Resources(**data["resources"]),
             isolation=Isolation.from_json(data.get("isolation", {})),
@@ -284,6 +288,14 @@ def parse_choice(value: object, choices: tuple[str, ...], what: str) -> str:
     return str(value)
 
 
+def parse_network(value: object) -> str:
+    """host, none, default, or the name of a network made with `sdrun network create`."""
+    text = str(value)
+    if not NAME_PATTERN.fullmatch(text):
+        raise SpecError(f"invalid network '{text}': expected host, none, default or a network name")
+    return text
+
+
 def _absolute_path(value: object, what: str) -> str:
     text = str(value)
     if not text.startswith("/"):
@@ -310,7 +322,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "restart": parse_restart,
     "label": lambda value: parse_pairs(value, "label"),
     "scope": bool,
-    "net": lambda value: parse_choice(value, ("host", "none"), "network"),
+    "net": parse_network,
+    "port": lambda value: tuple(PortMapping.parse(item) for item in _as_list(value, "port")),
     "stop_signal": parse_stop_signal,
     "stop_timeout": parse_seconds,
     "hostname": str,
@@ -371,6 +384,8 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
     """Assemble a PodSpec from checked settings (spec file values overridden by flags)."""
     if bool(settings.get("rootfs")) == bool(settings.get("image")):
         raise SpecError("give exactly one of --rootfs DIR or an IMAGE")
+    if settings.get("port") and settings.get("net", "none") in ("host", "none"):
+        raise SpecError("--port needs a network: --net default or --net NAME")
     rootfs = settings.get("rootfs")
     if rootfs is not None and not Path(rootfs).is_dir():
         raise SpecError(f"rootfs '{rootfs}' is not a directory")
@@ -398,6 +413,7 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         labels=settings.get("label", {}),
         scope=settings.get("scope", False),
         net=settings.get("net", "none"),
+        ports=settings.get("port", ()),
         stop_signal=settings.get("stop_signal"),
         stop_timeout=settings.get("stop_timeout"),
         kvm_accel=settings.get("kvm_accel", "auto"),

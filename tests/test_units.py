@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SdrunError
+from sdrun.net.ports import PortMapping
 from sdrun.spec import SETTINGS, AppSpec, Isolation, PodSpec, Resources, ServiceOptions, Volume
 from sdrun.systemd import properties
 from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
@@ -174,7 +175,8 @@ def full_spec(rootfs: Path) -> PodSpec:
         resources=Resources(256 << 20, 1.5, 64),
         restart="always",
         labels={"tier": "web"},
-        net="host",
+        net="web",
+        ports=(PortMapping(8080, 80, "tcp", "127.0.0.1"), PortMapping(5353, 53, "udp")),
         stop_signal="SIGINT",
         stop_timeout=2.5,
         kvm_accel="tcg",

@@ -19,6 +19,7 @@ from click.core import ParameterSource
 
 from sdrun import manage
 from sdrun.errors import EXIT_RUNTIME_ERROR, NotFound, SdrunError
+from sdrun.net import pod_address
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
 from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings, load_spec_file
@@ -118,6 +119,7 @@ RUN_FLAGS: Mapping[str, str] = {  # click parameter -> spec setting
     "label": "label",
     "scope": "scope",
     "net": "net",
+    "port": "port",
     "stop_signal": "stop_signal",
     "stop_timeout": "stop_timeout",
     "hostname": "hostname",
@@ -155,7 +157,8 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("--restart", help="Restart policy: no, on-failure or always.")
 @click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind a host path into the container.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Attach a label to the pod.")
-@click.option("--net", help="Network: none (own namespace, loopback only) or host.")
+@click.option("--net", help="Network: none (loopback only), host, default (the sdrun0 bridge) or a network's name.")
+@click.option("-p", "--port", multiple=True, metavar="[IP:]HOST:CTR[/udp]", help="Publish a container port.")
 @click.option("--stop-signal", help="Signal that stops the app [SIGTERM].")
 @click.option("--stop-timeout", help="Seconds between the stop signal and SIGKILL.")
 @click.option("--hostname", help="Hostname inside the container [pod name].")
@@ -231,14 +234,16 @@ def list_pods(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([pod_view.to_json() for pod_view in pod_views], indent=2))
         return
-    rows = [("UUID", "NAME", "STATE", "STAGE1", "SOURCE", "COMMAND")]
+    rows = [("UUID", "NAME", "STATE", "STAGE1", "SOURCE", "IP", "PORTS", "COMMAND")]
     for pod_view in pod_views:
         spec = pod_view.pod.spec
         state = pod_view.state
         if (record := pod_view.pod.exit_record()) is not None and state in ("exited", "failed"):
             state = f"{state} ({record.exit_status})"
         source = spec.image or spec.rootfs or ""
-        rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, " ".join(spec.app.argv)))
+        address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
+        command = " ".join(spec.app.argv)
+        rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, address, ports, command))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
@@ -434,5 +439,6 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-from sdrun.cli import units as _units  # noqa: E402,F401
 from sdrun.cli import image as _image  # noqa: E402,F401
+from sdrun.cli import network as _network  # noqa: E402,F401
+from sdrun.cli import units as _units  # noqa: E402,F401

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sdrun.errors import SdrunError
+from sdrun.net import hook as network_hook
+from sdrun.net import on_network
 from sdrun.paths import Paths
 from sdrun.pod import Pod, unit_name
 from sdrun.systemd.bus import Property
@@ -109,6 +111,10 @@ def pod_service_properties(
 ) -> list[Property]:
     """The properties of a pod's service, transient or installed: the stage1's plan, the
     common ones, and the commands to run before the app starts and after it ended."""
+    if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
+        set_up, tear_down = network_hook.commands(pod.dir)
+        start_pre = [*start_pre, exec_command(set_up, ["privileged"])]
+        stop_post = [exec_command(tear_down, ["privileged"]), *stop_post]
     properties: list[Property] = [
         ("Description", "s", f"sdrun pod {pod.name} ({pod.uuid})"),
         *[prop for prop in service_option_properties(pod) if prop[0] in ("Requires", "After")],

@@ -25,6 +25,7 @@ from sdrun.linux.mounts import (
     ReadOnlyRoot,
     Symlink,
 )
+from sdrun.net import NETNS_DIR, netns_name, pod_files
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 
@@ -104,7 +105,7 @@ def stage1_dir(pod: Pod) -> Path:
 def network_namespace(pod: Pod) -> Path | None:
     """The named network namespace the networking setup made for this pod, to join instead of
     creating one; None when there is none (then a private one with loopback only, or the host's)."""
-    path = Path(f"/run/netns/sdrun-{pod.uuid}")
+    path = NETNS_DIR / netns_name(pod.uuid)
     return path if pod.spec.net != "host" and path.exists() else None
 
 
@@ -182,7 +183,11 @@ def container_plan(pod: Pod) -> ContainerPlan:
     user_namespace = user_namespace_of(pod)
     hostname = isolation.hostname or pod.name
     mounts = api_mounts(pod, user_namespace)
-    mounts += [BindMount(name, f"/etc/{name}") for name in ("hostname", "hosts", "resolv.conf")]
+    network_files = pod_files(pod)  # a pod on a network shares the network's hosts file, read-only
+    mounts += [
+        BindMount(str(network_files.get(name, name)), f"/etc/{name}", read_only=name in network_files)
+        for name in ("hostname", "hosts", "resolv.conf")
+    ]
     mounts += [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes]
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:

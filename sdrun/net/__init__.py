@@ -1,0 +1,115 @@
+"""Pod networking: a named network namespace per pod, veth pairs on a bridge, leases, nftables.
+
+A pod with `--net default` or `--net NAME` gets, before its app starts, a
+network namespace `/run/netns/sdrun-<uuid>` holding `eth0`, one end of a veth
+pair whose other end sits on the network's bridge; an address from the
+network's leases; a default route through the bridge; its published ports as
+elements of nftables maps in sdrun's own table. The namespace stage1 joins that
+namespace instead of making one. Everything is undone when the unit stops
+(ExecStopPost) and by `sdrun gc` after a crash (docs/networking.md).
+
+This module is what the rest of sdrun imports: names and paths only, nothing
+heavy. Netlink (pyroute2, ~130 ms to import) lives in sdrun.net.link and is
+imported only by the set-up and tear-down of a pod that has a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
+    from sdrun.spec import PodSpec
+
+HOST = "host"  # the host's network namespace
+NONE = "none"  # a private namespace with loopback only
+DEFAULT = "default"  # the default bridge network
+NETNS_DIR = Path("/run/netns")
+NETNS_PREFIX = "sdrun-"
+VETH_PREFIX = "sdv"  # + 12 hex digits of the pod UUID: interface names have at most 15 characters
+
+
+def on_network(spec: PodSpec) -> bool:
+    """Whether the pod joins a bridge network (and so needs set-up and tear-down)."""
+    return spec.net not in (HOST, NONE)
+
+
+def netns_name(pod_uuid: str) -> str:
+    return f"{NETNS_PREFIX}{pod_uuid}"
+
+
+def veth_name(pod_uuid: str) -> str:
+    return VETH_PREFIX + pod_uuid.replace("-", "")[:12]
+
+
+def root_of(pod_dir: Path) -> Path:
+    """The sdrun root a pod directory (<root>/pods/<uuid>) belongs to."""
+    return pod_dir.parent.parent
+
+
+def network_dir(root: Path, network: str) -> Path:
+    return root / "net" / network
+
+
+def pod_files(pod: Pod) -> dict[str, Path]:
+    """The files a stage1 binds read-only at /etc/NAME for a pod on a network: the network's
+    shared hosts file (every pod's name, updated in place as pods come and go) and a
+    resolv.conf without the host's loopback resolvers, which a pod cannot reach."""
+    if not on_network(pod.spec):
+        return {}
+    directory = network_dir(root_of(pod.dir), pod.spec.net)
+    return {"hosts": directory / "hosts", "resolv.conf": directory / "resolv.conf"}
+
+
+@contextlib.contextmanager
+def scope_network(pod: Pod) -> Iterator[None]:
+    """For a --scope pod, which has no unit hooks: its network for as long as the block runs."""
+    if not on_network(pod.spec):
+        yield
+        return
+    from sdrun.net.pod import setup, teardown
+
+    root = root_of(pod.dir)
+    setup(root, pod)
+    try:
+        yield
+    finally:
+        teardown(root, pod.uuid, pod.spec.net)
+
+
+def lease_path(root: Path, network: str, pod_uuid: str) -> Path:
+    return network_dir(root, network) / "leases" / pod_uuid
+
+
+def pod_address(pod: Pod) -> str | None:
+    """The pod's address while it holds a lease (from before its app starts to after it ends)."""
+    if not on_network(pod.spec):
+        return None
+    import json
+
+    try:
+        address = json.loads(lease_path(root_of(pod.dir), pod.spec.net, pod.uuid).read_text())["address"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return str(address)
+
+
+def release(pod: Pod) -> None:
+    """Undo what is left of an ended pod's network (its unit's ExecStopPost did not run: a crash)."""
+    root = root_of(pod.dir)
+    if on_network(pod.spec) and lease_path(root, pod.spec.net, pod.uuid).exists():
+        from sdrun.net.pod import teardown
+
+        teardown(root, pod.uuid, pod.spec.net)
+
+
+def collect_garbage(root: Path, keep: set[str]) -> list[str]:
+    """`sdrun gc`'s part: the networks of pods not in keep, and objects no lease names."""
+    if not (root / "net").is_dir():
+        return []
+    from sdrun.net.pod import gc
+
+    return gc(root, keep)

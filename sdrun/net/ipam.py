@@ -1,0 +1,178 @@
+"""Addresses for pods, as lease files on disk, changed only under the networking lock.
+
+<root>/net/lock                       flock(2): one set-up or tear-down at a time
+<root>/net/<network>/leases/<uuid>    a pod's lease (JSON): its address and every
+                                      name it has on the host (netns, veth, ports)
+<root>/net/<network>/hosts            the network's /etc/hosts, rewritten in place
+<root>/net/<network>/resolv.conf      the host's, minus loopback resolvers
+
+A lease is written before anything it names exists and removed after all of it
+is gone, so a crash at any point leaves a lease that `sdrun gc` can undo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sdrun.errors import SdrunError
+from sdrun.net import lease_path, network_dir
+from sdrun.net.config import Network
+from sdrun.net.ports import PortMapping
+from sdrun.pod import write_file_atomically
+
+LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+@dataclass(frozen=True)
+class Lease:
+    pod: str  # the pod's UUID
+    name: str  # the pod's name: how other pods on the network reach it
+    hostname: str
+    network: str
+    address: str
+    netns: str
+    veth: str
+    ports: tuple[PortMapping, ...] = field(default=())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Lease:
+        data = json.loads(text)
+        data["ports"] = tuple(PortMapping(**port) for port in data.get("ports", ()))
+        return cls(**data)
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold the networking lock of this sdrun root; waits for the holder (set-ups take milliseconds)."""
+    directory = root / "net"
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def leases_dir(root: Path, network: str) -> Path:
+    return network_dir(root, network) / "leases"
+
+
+def leases(root: Path, network: str) -> list[Lease]:
+    directory = leases_dir(root, network)
+    try:
+        names = sorted(name for name in os.listdir(directory) if not name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
+            found.append(Lease.from_json((directory / name).read_text()))
+    return found
+
+
+def all_leases(root: Path) -> list[Lease]:
+    try:
+        networks = sorted(entry.name for entry in os.scandir(root / "net") if entry.is_dir())
+    except FileNotFoundError:
+        return []
+    return [lease for network in networks for lease in leases(root, network)]
+
+
+def read_lease(root: Path, network: str, pod_uuid: str) -> Lease | None:
+    try:
+        return Lease.from_json(lease_path(root, network, pod_uuid).read_text())
+    except (FileNotFoundError, ValueError, TypeError, KeyError):
+        return None
+
+
+def free_address(network: Network, taken: set[str]) -> str:
+    """The lowest address of the subnet that is neither the gateway nor leased."""
+    reserved = taken | {network.gateway}
+    for host in network.interface.network.hosts():
+        if str(host) not in reserved:
+            return str(host)
+    raise SdrunError(f"network '{network.name}' ({network.subnet}) has no free address left")
+
+
+def check_ports(ports: tuple[PortMapping, ...], others: list[Lease]) -> None:
+    """Refuse a host port another pod (of any network) already publishes, or one given twice."""
+    for index, port in enumerate(ports):
+        for earlier in ports[:index]:
+            if port.clashes_with(earlier):
+                raise SdrunError(f"port {port.host_port}/{port.protocol} is published twice")
+        for lease in others:
+            if any(port.clashes_with(theirs) for theirs in lease.ports):
+                raise SdrunError(f"port {port.host_port}/{port.protocol} is already published by pod '{lease.name}'")
+
+
+def write_lease(root: Path, lease: Lease) -> None:
+    path = lease_path(root, lease.network, lease.pod)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_file_atomically(path, lease.to_json())
+
+
+def remove_lease(root: Path, lease: Lease) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        lease_path(root, lease.network, lease.pod).unlink()
+
+
+def hosts_file(network_leases: list[Lease]) -> str:
+    """localhost, then each pod of the network by name (and hostname, when it differs)."""
+    lines = [LOCALHOST_LINES]
+    for lease in sorted(network_leases, key=lambda item: ipaddress.IPv4Address(item.address)):
+        names = dict.fromkeys((lease.name, lease.hostname))  # ordered, without a repeat
+        lines.append(f"{lease.address}\t{' '.join(names)}\n")
+    return "".join(lines)
+
+
+def resolv_conf(host_resolv_conf: str) -> str:
+    """The host's resolver settings without nameservers on loopback (127.0.0.53 and the like):
+    inside the pod's namespace, loopback is the pod's own."""
+    kept = []
+    for line in host_resolv_conf.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1 and _is_loopback(words[1]):
+            continue
+        kept.append(line + "\n")
+    return "".join(kept)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Replace a file's content keeping its inode: pods have it bind-mounted, and a rename
+    would leave them the old file. Written first, truncated after: a reader never sees it empty."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        data = text.encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def update_network_files(root: Path, network: str) -> None:
+    """The network's hosts file and resolv.conf, from its current leases and the host's resolv.conf."""
+    directory = network_dir(root, network)
+    rewrite_in_place(directory / "hosts", hosts_file(leases(root, network)))
+    try:
+        host_resolv_conf = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        host_resolv_conf = ""
+    rewrite_in_place(directory / "resolv.conf", resolv_conf(host_resolv_conf))

@@ -1,0 +1,196 @@
+"""A pod's network, set up before its app starts and torn down however it ends.
+
+setup() runs in the unit's ExecStartPre (or in `sdrun run --scope` itself),
+teardown() in its ExecStopPost and in `sdrun gc`. Both hold the networking
+lock. The order makes every crash recoverable: the lease, which names all the
+pod's objects, is written first and removed last; the network's bridge and its
+nftables elements go with the network's last lease, the table with the last of all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from pathlib import Path
+
+from sdrun.errors import SdrunError
+from sdrun.linux import syscalls as sc
+from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, veth_name
+from sdrun.net.config import Network
+from sdrun.net.ipam import Lease
+from sdrun.net.ports import PortMapping
+from sdrun.pod import Pod
+
+
+def alias_tag(root: Path) -> str:
+    """What a pod's host-side interface carries as its alias: whose root it belongs to."""
+    return f"sdrun:{root}:"
+
+
+def setup(root: Path, pod: Pod) -> Lease:
+    """Give the pod its namespace, interface, address and ports; undo all of it on failure."""
+    if not on_network(pod.spec):
+        raise SdrunError(f"pod '{pod.name}' has no network to set up (--net {pod.spec.net})")
+    with ipam.locked(root):
+        network = config.load(root, pod.spec.net)
+        stale = ipam.read_lease(root, network.name, pod.uuid)
+        if stale is not None:  # a restart whose previous tear-down did not run
+            _teardown_locked(root, stale)
+        lease = _new_lease(root, network, pod)
+        ipam.write_lease(root, lease)
+        try:
+            _build(root, network, lease)
+        except BaseException:
+            _teardown_locked(root, lease)
+            raise
+        return lease
+
+
+def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
+    everyone = ipam.all_leases(root)
+    ipam.check_ports(pod.spec.ports, everyone)
+    for port in pod.spec.ports:
+        _check_host_port_free(port)
+    taken = {lease.address for lease in everyone if lease.network == network.name}
+    return Lease(
+        pod=pod.uuid,
+        name=pod.name,
+        hostname=pod.spec.isolation.hostname or pod.name,
+        network=network.name,
+        address=ipam.free_address(network, taken),
+        netns=netns_name(pod.uuid),
+        veth=veth_name(pod.uuid),
+        ports=pod.spec.ports,
+    )
+
+
+def _check_host_port_free(port: PortMapping) -> None:
+    """A host process listening on the port would be shadowed by the DNAT without a word: refuse.
+    Binding (and closing at once) sends nothing anywhere."""
+    kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((port.host_ip or "0.0.0.0", port.host_port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise SdrunError(f"port {port.host_port}/{port.protocol} is in use on the host") from None
+            if error.errno != errno.EADDRNOTAVAIL:
+                raise SdrunError(f"cannot publish port {port}: {error.strerror}") from None
+            raise SdrunError(f"cannot publish port {port}: {port.host_ip} is not an address of this host") from None
+
+
+def _build(root: Path, network: Network, lease: Lease) -> None:
+    from sdrun.net import link  # pyroute2: only here
+
+    link.ensure_bridge(network)
+    nft.apply(nft.add_commands(network, lease.address, lease.ports))
+    link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
+    ipam.update_network_files(root, network.name)
+
+
+def teardown(root: Path, pod_uuid: str, network: str) -> bool:
+    """Undo a pod's network, if it has one; True if there was something to undo."""
+    with ipam.locked(root):
+        lease = ipam.read_lease(root, network, pod_uuid)
+        if lease is None:
+            return False
+        _teardown_locked(root, lease)
+        return True
+
+
+def _teardown_locked(root: Path, lease: Lease) -> None:
+    nft.apply(nft.remove_port_commands(lease.address, lease.ports))
+    remove_netns(lease.netns)
+    if Path("/sys/class/net", lease.veth).exists():
+        from sdrun.net import link
+
+        link.delete_link(lease.veth)
+    ipam.remove_lease(root, lease)
+    _retire_if_unused(root, lease.network)
+
+
+def _retire_if_unused(root: Path, network_name: str) -> None:
+    """A network without leases needs no bridge and no nftables elements; no network, no table."""
+    if ipam.leases(root, network_name):
+        ipam.update_network_files(root, network_name)
+        return
+    with contextlib.suppress(SdrunError):  # a user network removed meanwhile has nothing of its own left
+        network = config.load(root, network_name)
+        if Path("/sys/class/net", network.bridge).exists():
+            from sdrun.net import link
+
+            link.delete_link(network.bridge)
+        if nft.table_exists():
+            nft.apply(nft.remove_network_commands(network))
+    for name in ("hosts", "resolv.conf"):
+        with contextlib.suppress(FileNotFoundError):
+            (root / "net" / network_name / name).unlink()
+    if not ipam.all_leases(root) and nft.table_exists():
+        nft.apply(nft.remove_table_commands())
+
+
+def remove_netns(name: str) -> None:
+    """Unmount and remove a named network namespace (as `ip netns delete`); the kernel frees it,
+    and any interface left in it, once no process uses it."""
+    path = NETNS_DIR / name
+    with contextlib.suppress(OSError):
+        sc.umount2(str(path), sc.MNT_DETACH)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def gc(root: Path, running: set[str]) -> list[str]:
+    """Undo the networks of pods that are not running (after a crash or a reboot), and any
+    interface or namespace of this root that no lease names. Returns what went."""
+    removed = []
+    with ipam.locked(root):
+        for lease in ipam.all_leases(root):
+            if lease.pod not in running:
+                _teardown_locked(root, lease)
+                removed.append(f"network of pod {lease.name} ({lease.address} on {lease.network})")
+        leased = {lease.pod for lease in ipam.all_leases(root)}
+        removed += _orphans(root, leased, running)
+        for network in config.networks(root):
+            if not ipam.leases(root, network.name):
+                _retire_if_unused(root, network.name)
+    return removed
+
+
+def _orphans(root: Path, leased: set[str], running: set[str]) -> list[str]:
+    removed = []
+    tag = alias_tag(root)
+    for name, alias in tagged_links(tag).items():
+        if name.startswith(VETH_PREFIX) and alias.removeprefix(tag) not in leased:
+            from sdrun.net import link
+
+            link.delete_link(name)
+            removed.append(f"interface {name}")
+    pods = root / "pods"
+    for entry in _listdir(NETNS_DIR):
+        pod_uuid = entry.removeprefix(NETNS_PREFIX)
+        # Only namespaces of this root's pods: another root's are not ours to judge.
+        if entry.startswith(NETNS_PREFIX) and pod_uuid not in leased | running and (pods / pod_uuid).exists():
+            remove_netns(entry)
+            removed.append(f"network namespace {entry}")
+    return removed
+
+
+def tagged_links(prefix: str) -> dict[str, str]:
+    """Interfaces whose alias starts with prefix, {name: alias}, read from sysfs (no netlink)."""
+    found = {}
+    for name in _listdir(Path("/sys/class/net")):
+        with contextlib.suppress(OSError):
+            alias = Path("/sys/class/net", name, "ifalias").read_text().strip()
+            if alias.startswith(prefix):
+                found[name] = alias
+    return found
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
