@@ -70,6 +70,7 @@ def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
         ("rootfs", spec.rootfs),
         ("image", spec.image),
         *[("exec", arg) for arg in app.argv],
+        *_entrypoint_settings(app.entrypoint),
         *[("env", f"{key}={value}") for key, value in app.env.items()],
         ("workdir", app.workdir),
         ("user", app.user),
@@ -95,6 +96,13 @@ def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
 # PodSpec fields written above by hand; any other top-level field named as a setting
 # (a stage1's own, e.g. kvm_kernel) is carried as it is.
 SPELLED_OUT = frozenset({"name", "stage1", "rootfs", "image", "restart", "net", "stop_signal", "stop_timeout"})
+
+
+def _entrypoint_settings(entrypoint: tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """None keeps the image's entrypoint; an empty one clears it, which the setting spells ""."""
+    if entrypoint is None:
+        return []
+    return [("entrypoint", item) for item in entrypoint] or [("entrypoint", "")]
 
 
 def _dataclass_settings(options: Any) -> list[tuple[str, Any]]:

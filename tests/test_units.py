@@ -171,6 +171,7 @@ def full_spec(rootfs: Path) -> PodSpec:
             workdir="/root",
             user="root:root",
             volumes=(Volume(str(rootfs), "/data", True),),
+            entrypoint=("/bin/sh", "-e"),
         ),
         resources=Resources(256 << 20, 1.5, 64),
         restart="always",
