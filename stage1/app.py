@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.linux.rootfs import Credentials, find_executable, is_directory_in_root, resolve_user
-from sdrun.spec import DEFAULT_PATH, AppSpec
+from sdrun.spec import DEFAULT_PATH, AppSpec, Volume
 from stage1.process import Identity, exec_as
 
 
@@ -30,9 +30,19 @@ def resolve_app(rootfs: Path, app: AppSpec, default_argv: tuple[str, ...] = ()) 
     env = {"HOME": credentials.home} | app.env
     executable = find_executable(rootfs, argv[0], env.get("PATH", DEFAULT_PATH))
     workdir = app.workdir or "/"
-    if not is_directory_in_root(rootfs, workdir):
+    if not is_directory_in_root(*_where_to_look(rootfs, app.volumes, workdir)):
         raise SpecError(f"working directory '{workdir}' does not exist in the container")
     return ResolvedApp(executable, argv, env, workdir, credentials)
+
+
+def _where_to_look(rootfs: Path, volumes: tuple[Volume, ...], path: str) -> tuple[Path, str]:
+    """The tree and the path in it that `path` will be in the container: the deepest volume
+    whose target holds it (a stage1 may mount volumes after resolving the app), else the rootfs."""
+    holders = [volume for volume in volumes if path == volume.target or path.startswith(volume.target + "/")]
+    if not holders:
+        return rootfs, path
+    volume = max(holders, key=lambda item: len(item.target))
+    return Path(volume.source), "/" + path.removeprefix(volume.target).lstrip("/")
 
 
 def exec_app(
