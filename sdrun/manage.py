@@ -124,11 +124,13 @@ async def remove(systemd: Systemd, store: PodStore, pod: Pod, *, force: bool) ->
         await _discard(systemd, store, pod)
 
 
-async def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> None:
+async def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> bool:
+    """Remove an ended pod and what it left; True if that included its network (a crash's leftover)."""
     await systemd.reset_failed_unit(pod.unit)
     Stage1.named(pod.spec.stage1).gc(pod)
-    release(pod)
+    released = release(pod)
     store.remove(pod)
+    return released
 
 
 async def gc(systemd: Systemd, store: PodStore) -> list[str]:
@@ -139,8 +141,8 @@ async def gc(systemd: Systemd, store: PodStore) -> list[str]:
             continue
         # A pod whose lock is busy is still being set up by a `run`: leave it alone.
         with contextlib.suppress(SdrunError), pod_view.pod.locked():
-            await _discard(systemd, store, pod_view.pod)
-            removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})")
+            released = await _discard(systemd, store, pod_view.pod)
+            removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})" + (" and its network" if released else ""))
     # What is left is running or busy: its network stays; any other network leftovers go.
     removed += collect_garbage(store.paths.root, set(store.uuids()))
     return removed

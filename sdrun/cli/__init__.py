@@ -94,7 +94,8 @@ async def with_systemd(action: Callable[[Any], Awaitable[T]]) -> T:
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """sdrun: containers as systemd units, with no daemon of their own."""
     if debug:
-        logging.basicConfig(level=logging.DEBUG, format="sdrun: %(message)s")
+        logging.basicConfig(format="sdrun: %(message)s")
+        logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 and asyncio are chatty
     ctx.obj = Context(Paths.from_env(root), debug)
 
 

@@ -97,13 +97,15 @@ def pod_address(pod: Pod) -> str | None:
     return str(address)
 
 
-def release(pod: Pod) -> None:
-    """Undo what is left of an ended pod's network (its unit's ExecStopPost did not run: a crash)."""
+def release(pod: Pod) -> bool:
+    """Undo what is left of an ended pod's network (its unit's ExecStopPost did not run: a crash);
+    True if anything was left."""
     root = root_of(pod.dir)
-    if on_network(pod.spec) and lease_path(root, pod.spec.net, pod.uuid).exists():
-        from sdrun.net.pod import teardown
+    if not (on_network(pod.spec) and lease_path(root, pod.spec.net, pod.uuid).exists()):
+        return False
+    from sdrun.net.pod import teardown
 
-        teardown(root, pod.uuid, pod.spec.net)
+    return teardown(root, pod.uuid, pod.spec.net)
 
 
 def collect_garbage(root: Path, keep: set[str]) -> list[str]:

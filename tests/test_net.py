@@ -1,0 +1,168 @@
+"""Networking pieces without a systemd: port parsing, leases, the files pods see, the nftables
+commands, subnet checks, and the promise that commands without a network never import pyroute2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdrun.errors import SdrunError, SpecError
+from sdrun.net import config, ipam, nft
+from sdrun.net.config import Network
+from sdrun.net.ipam import Lease
+from sdrun.net.ports import PortMapping
+from sdrun.spec import build_spec, check_settings
+from tests.conftest import SDRUN, Sdrun, needs_systemd
+
+NETWORK = Network("web", "10.123.0.0/29", "sdrun7")
+
+
+def lease(name: str, address: str, *ports: str) -> Lease:
+    return Lease(name, name, name, "web", address, f"sdrun-{name}", f"sdv{name}", tuple(map(PortMapping.parse, ports)))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8001:8000", PortMapping(8001, 8000)),
+        ("127.0.0.1:8001:8000", PortMapping(8001, 8000, "tcp", "127.0.0.1")),
+        ("0.0.0.0:53:5353/udp", PortMapping(53, 5353, "udp")),
+        ("8080:80/tcp", PortMapping(8080, 80)),
+    ],
+)
+def test_port_mappings_parse_and_print_back(text: str, expected: PortMapping) -> None:
+    assert PortMapping.parse(text) == expected
+    assert PortMapping.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["8000", "0:80", "80:70000", "a:80", "1.2.3:80:80", "80:80/sctp", "::1:80:80"])
+def test_bad_port_mappings_are_refused(text: str) -> None:
+    with pytest.raises(SpecError, match="invalid port"):
+        PortMapping.parse(text)
+
+
+def test_ports_need_a_network() -> None:
+    settings = check_settings({"rootfs": "/", "port": ["8001:80"]}, "test")
+    with pytest.raises(SpecError, match="--port needs a network"):
+        build_spec(settings, default_name="p", default_stage1="namespace")
+    spec = build_spec(settings | {"net": "default"}, default_name="p", default_stage1="namespace")
+    assert spec.ports == (PortMapping(8001, 80),)
+
+
+def test_port_clashes_follow_protocol_and_address() -> None:
+    any_address = PortMapping.parse("8001:80")
+    assert any_address.clashes_with(PortMapping.parse("127.0.0.1:8001:81"))
+    assert not any_address.clashes_with(PortMapping.parse("8001:80/udp"))
+    assert not PortMapping.parse("127.0.0.1:8001:80").clashes_with(PortMapping.parse("127.0.0.2:8001:80"))
+    with pytest.raises(SdrunError, match="already published by pod 'a'"):
+        ipam.check_ports((any_address,), [lease("a", "10.123.0.2", "127.0.0.1:8001:8000")])
+    with pytest.raises(SdrunError, match="published twice"):
+        ipam.check_ports((any_address, any_address), [])
+
+
+def test_addresses_skip_the_gateway_and_leases_until_none_is_left() -> None:
+    assert NETWORK.gateway == "10.123.0.1" and NETWORK.prefixlen == 29
+    taken: set[str] = set()
+    for expected in ("10.123.0.2", "10.123.0.3", "10.123.0.4", "10.123.0.5", "10.123.0.6"):
+        address = ipam.free_address(NETWORK, taken)
+        assert address == expected
+        taken.add(address)
+    with pytest.raises(SdrunError, match="no free address"):
+        ipam.free_address(NETWORK, taken)
+    assert ipam.free_address(NETWORK, taken - {"10.123.0.3"}) == "10.123.0.3"
+
+
+def test_leases_round_trip_through_their_files(tmp_path: Path) -> None:
+    written = lease("a", "10.123.0.2", "8001:8000", "127.0.0.1:53:53/udp")
+    ipam.write_lease(tmp_path, written)
+    assert ipam.read_lease(tmp_path, "web", "a") == written
+    assert ipam.all_leases(tmp_path) == [written]
+    ipam.remove_lease(tmp_path, written)
+    assert ipam.all_leases(tmp_path) == [] and ipam.read_lease(tmp_path, "web", "a") is None
+
+
+def test_hosts_file_names_every_pod_once() -> None:
+    pods = [lease("b", "10.123.0.10"), lease("a", "10.123.0.9"), Lease("c", "c", "box", "web", "10.123.0.3", "", "")]
+    lines = ipam.hosts_file(pods).splitlines()
+    assert lines[0] == "127.0.0.1\tlocalhost"
+    assert lines[2:] == ["10.123.0.3\tc box", "10.123.0.9\ta", "10.123.0.10\tb"]
+
+
+def test_resolv_conf_drops_loopback_resolvers() -> None:
+    host = "nameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.1\nsearch example.org\noptions edns0\n"
+    assert ipam.resolv_conf(host) == "nameserver 10.0.0.1\nsearch example.org\noptions edns0\n"
+
+
+def test_files_are_rewritten_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
+    ipam.rewrite_in_place(path, "a long first version\n")
+    inode = path.stat().st_ino
+    ipam.rewrite_in_place(path, "short\n")
+    assert path.read_text() == "short\n" and path.stat().st_ino == inode  # a bind mount keeps seeing it
+
+
+def test_nft_commands_add_and_remove_the_same_elements() -> None:
+    ports = (PortMapping.parse("8001:8000"), PortMapping.parse("127.0.0.1:9001:9000/udp"))
+    added = nft.add_commands(NETWORK, "10.123.0.2", ports)
+    assert "add element ip sdrun published { tcp . 8001 : 10.123.0.2 . 8000 }" in added
+    assert "add element ip sdrun published_at { 127.0.0.1 . udp . 9001 : 10.123.0.2 . 9000 }" in added
+    assert 'add element ip sdrun intra { "sdrun7" . "sdrun7" }' in added
+    removed = nft.remove_port_commands("10.123.0.2", ports).splitlines()
+    assert removed[1] == "delete element ip sdrun published { tcp . 8001 }"
+    assert removed[3] == "delete element ip sdrun published_at { 127.0.0.1 . udp . 9001 }"
+
+
+def test_nft_accepts_the_rules_in_a_scratch_namespace() -> None:
+    """`nft -c` checks a ruleset against the kernel without changing anything."""
+    commands = nft.add_commands(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
+    commands += nft.remove_port_commands("10.123.0.2", (PortMapping.parse("8001:8000"),))
+    result = subprocess.run(["nft", "-c", "-f", "-"], input=commands, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_subnets_are_checked(tmp_path: Path) -> None:
+    assert config.parse_subnet("10.89.0.0/24") == "10.89.0.0/24"
+    for bad, reason in [("10.89.0.1/24", "host bits"), ("10.89.0.0/30", "at most"), ("127.0.0.0/8", "private")]:
+        with pytest.raises(SpecError, match=reason):
+            config.parse_subnet(bad)
+    route = config.host_routes()[0]  # the host has at least the route of its own interface
+    with pytest.raises(SdrunError, match="overlaps the host's route"):
+        config.create(tmp_path, "clash", str(route))
+    config.create(tmp_path, "one", "10.123.0.0/24")
+    with pytest.raises(SdrunError, match="overlaps network 'one'"):
+        config.create(tmp_path, "two", "10.123.0.128/25")
+    with pytest.raises(SpecError, match="not a network name"):
+        config.create(tmp_path, "host", "10.124.0.0/24")
+
+
+def test_the_default_subnet_clashes_with_no_host_route(tmp_path: Path) -> None:
+    default = config.load(tmp_path, "default")
+    assert default.bridge == "sdrun0"
+    import ipaddress
+
+    subnet = ipaddress.IPv4Network(default.subnet)
+    assert not any(subnet.overlaps(route) for route in config.host_routes(frozenset({default.bridge})))
+    other_root = tmp_path / "other"  # net.toml chooses
+    other_root.mkdir()
+    (other_root / "net.toml").write_text('subnet = "10.124.0.0/24"\nbridge = "sdrunx"\n')
+    assert config.load(other_root, "default") == Network("default", "10.124.0.0/24", "sdrunx")
+
+
+def imported_modules(*args: str) -> str:
+    """What `sdrun ARGS` imported, per -X importtime (its stderr)."""
+    command = [sys.executable, "-X", "importtime", SDRUN, *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stderr
+
+
+@needs_systemd
+def test_commands_without_a_network_never_import_pyroute2(sdrun: Sdrun, rootfs: Path) -> None:
+    root = str(sdrun.root)
+    assert "pyroute2" not in imported_modules(
+        "--root", root, "run", "--rm", "--net", "none", "--rootfs", str(rootfs), "--", "true"
+    )
+    assert "pyroute2" not in imported_modules("--root", root, "list")
+    assert "pyroute2" not in imported_modules("--root", root, "gc")
+    assert "sdrun.net.link" not in imported_modules("--root", root, "network", "list")

@@ -1,0 +1,195 @@
+"""Pods on networks under the real systemd: HTTP servers reached by address, by forwarded host
+port on 127.0.0.1 and by name; and nothing of sdrun's left on the host once the pods are gone.
+
+Only loopback and addresses inside namespaces these tests made are ever contacted."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdrun.net import pod as network_pod
+from sdrun.paths import Paths
+from sdrun.pod import PodStore
+from sdrun.spec import build_spec, check_settings
+from tests.conftest import PROJECT, Sdrun, needs_systemd, unique_name
+from tests.test_image_support import umoci_change, umoci_image
+
+pytestmark = needs_systemd
+SERVER = 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 8000 -h /www'
+WORK = PROJECT / "build" / "test-net"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def fetch(url: str, attempts: int = 50) -> str:
+    """GET url, retrying while the server in the pod is not yet listening."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body: bytes = response.read()
+                return body.decode()
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def server(sdrun: Sdrun, rootfs: Path, name: str, *options: str) -> None:
+    sdrun("run", "-d", "--name", name, *options, "--rootfs", str(rootfs), "--", "/bin/sh", "-c", SERVER)
+
+
+def pod_json(sdrun: Sdrun, name: str) -> dict[str, object]:
+    pods: list[dict[str, object]] = json.loads(sdrun("list", "--json").stdout)
+    return next(pod for pod in pods if pod["name"] == name)
+
+
+def host_state() -> str:
+    """What the host shows of networking: links, named namespaces, nftables."""
+    commands = (["ip", "-o", "link"], ["ip", "netns", "list"], ["nft", "list", "ruleset"])
+    return "\n".join(subprocess.run(command, capture_output=True, text=True, check=True).stdout for command in commands)
+
+
+def assert_nothing_left(sdrun: Sdrun) -> None:
+    state = host_state()
+    for trace in ("sdrun0", " sdv", "sdrun-", "table ip sdrun"):
+        assert trace not in state, state
+    assert not list((sdrun.root / "net").glob("*/leases/*"))
+
+
+@pytest.fixture
+def clean_host(sdrun: Sdrun) -> Iterator[Sdrun]:
+    """sdrun, and a check afterwards that gc left nothing of its networking on the host."""
+    yield sdrun
+    for pod in sdrun.pods():
+        sdrun("rm", "-f", pod, check=False)
+    sdrun("gc")
+    assert_nothing_left(sdrun)
+
+
+@pytest.fixture(scope="module")
+def web_image(rootfs: Path) -> str:
+    """An OCI image whose command serves /www on port 8000 with busybox httpd."""
+    layout = WORK / "layout"
+    subprocess.run(["rm", "-rf", str(WORK)], check=True)
+    umoci_image(layout, "base", rootfs)
+    reference = umoci_change(layout, "base", "web", "mkdir -p www && echo served from an image > www/index.html")
+    config = ["--config.cmd=httpd", "--config.cmd=-f", "--config.cmd=-p", "--config.cmd=8000", "--config.cmd=-h"]
+    subprocess.run(["umoci", "config", "--image", f"{layout}:web", *config, "--config.cmd=/www"], check=True)
+    return reference
+
+
+def test_an_image_server_is_reached_by_address_and_by_a_port_on_localhost(clean_host: Sdrun, web_image: str) -> None:
+    (port,) = free_ports(1)
+    name = unique_name("web")
+    clean_host("run", "-d", "--name", name, "--net", "default", "-p", f"127.0.0.1:{port}:8000", web_image)
+    details = pod_json(clean_host, name)
+    assert details["ports"] == [f"127.0.0.1:{port}:8000/tcp"]
+    assert fetch(f"http://127.0.0.1:{port}/") == "served from an image\n"
+    assert fetch(f"http://{details['ip']}:8000/") == "served from an image\n"
+    listing = clean_host("list").stdout
+    assert str(details["ip"]) in listing and f"127.0.0.1:{port}:8000/tcp" in listing
+
+
+def test_three_servers_on_port_8000_side_by_side(clean_host: Sdrun, rootfs: Path) -> None:
+    ports = free_ports(3)
+    names = [unique_name(f"web{index}") for index in range(3)]
+    for name, port in zip(names, ports, strict=True):
+        server(clean_host, rootfs, name, "--net", "default", "-p", f"{port}:8000")
+    addresses = {pod_json(clean_host, name)["ip"] for name in names}
+    assert len(addresses) == 3
+    for name, port in zip(names, ports, strict=True):
+        assert fetch(f"http://127.0.0.1:{port}/") == f"hello from {name}\n"
+
+
+def test_pods_on_one_network_reach_each_other_by_name(clean_host: Sdrun, rootfs: Path) -> None:
+    network = unique_name("net")
+    clean_host("network", "create", network, "--subnet", "10.231.7.0/24")
+    name = unique_name("srv")
+    server(clean_host, rootfs, name, "--net", network)
+    assert str(pod_json(clean_host, name)["ip"]).startswith("10.231.7.")
+    script = f"for i in $(seq 50); do wget -qO- http://{name}:8000/ && exit; sleep 0.1; done; exit 1"
+    client = clean_host("run", "--rm", "--net", network, "--rootfs", str(rootfs), "--", "/bin/sh", "-c", script)
+    assert client.stdout == f"hello from {name}\n"
+    listed = json.loads(clean_host("network", "list", "--json").stdout)
+    assert {"name": network, "subnet": "10.231.7.0/24", "pods": 1} == {
+        key: value for key, value in next(item for item in listed if item["name"] == network).items() if key != "bridge"
+    }
+    busy = clean_host("network", "rm", network, check=False)
+    assert busy.returncode == 125 and f"in use by {name}" in busy.stderr
+    clean_host("rm", "-f", name)
+    clean_host("network", "rm", network)
+
+
+def test_net_none_has_only_loopback_and_the_default_has_eth0(sdrun: Sdrun, rootfs: Path) -> None:
+    links = sdrun("run", "--rm", "--net", "none", "--rootfs", str(rootfs), "--", "ip", "-o", "link").stdout
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+    routes = sdrun("run", "--rm", "--net", "default", "--rootfs", str(rootfs), "--", "ip", "route").stdout
+    assert routes.startswith("default via ") and " dev eth0" in routes
+    assert_nothing_left(sdrun)
+
+
+def test_a_taken_port_is_refused_and_leaves_nothing(clean_host: Sdrun, rootfs: Path) -> None:
+    (port,) = free_ports(1)
+    first = unique_name("a")
+    server(clean_host, rootfs, first, "--net", "default", "-p", f"{port}:8000")
+    second = clean_host(
+        "run", "-d", "--net", "default", "-p", f"127.0.0.1:{port}:80", "--rootfs", "/", "--", "true", check=False
+    )
+    assert second.returncode == 125
+    assert f"port {port}/tcp is already published by pod '{first}'" in second.stderr
+    assert len(clean_host.pods()) == 1
+    with socket.socket() as listener:  # a host process on a port: publishing it would shadow it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        third = clean_host(
+            "run", "-d", "--net", "default", "-p", f"{taken}:80", "--rootfs", "/", "--", "true", check=False
+        )
+    assert third.returncode == 125 and f"port {taken}/tcp is in use on the host" in third.stderr
+    assert fetch(f"http://127.0.0.1:{port}/") == f"hello from {first}\n"  # the first pod is untouched
+
+
+def test_stop_rm_kill_and_gc_leave_nothing_behind(sdrun: Sdrun, rootfs: Path) -> None:
+    ports = free_ports(3)
+    names = [unique_name(kind) for kind in ("stopped", "removed", "killed")]
+    for name, port in zip(names, ports, strict=True):
+        server(sdrun, rootfs, name, "--net", "default", "-p", f"{port}:8000")
+    scoped = sdrun(
+        "run", "--rm", "--scope", "--net", "default", "--rootfs", str(rootfs), "--", "ip", "-o", "-4", "addr"
+    )
+    assert " eth0    inet " in scoped.stdout  # a scope, which has no unit hooks, sets its network up itself
+    assert "table ip sdrun" in host_state()
+    sdrun("stop", names[0])
+    sdrun("rm", "-f", names[1])
+    sdrun("kill", "-s", "KILL", names[2])
+    sdrun("gc")
+    assert_nothing_left(sdrun)
+
+
+def test_gc_undoes_what_a_crash_left(sdrun: Sdrun, rootfs: Path) -> None:
+    """A set-up whose unit never ran (as after a crash, or a reboot that kept the leases): gc undoes it."""
+    settings = check_settings({"rootfs": str(rootfs), "net": "default", "port": ["127.0.0.1:1:80"]}, "test")
+    spec = build_spec(settings, default_name=unique_name("crashed"), default_stage1="namespace")
+    pod = PodStore(Paths(sdrun.root)).create(spec)
+    lease = network_pod.setup(sdrun.root, pod)
+    assert lease.netns in host_state() and "table ip sdrun" in host_state()
+    removed = sdrun("gc").stdout
+    assert f"removed {pod.name} ({pod.uuid}) and its network\n" in removed
+    assert_nothing_left(sdrun)
