@@ -13,14 +13,16 @@ from bench.stats import Summary, format_number
 # The client's timeline: (label, from event, to event); consecutive, so they add up to the total.
 CLIENT_STEPS = (
     ("interpreter start, `site` (spawn → first line)", "spawn", "enter"),
-    ("imports: sdrun.cli, sdrun.run, dbus-next/asyncio, journal", "enter", "imported"),
+    ("imports: sdrun.cli, sdrun.run, dbus-next's message layer", "enter", "imported"),
     ("argument parsing, spec, stage1 lookup", "imported", "connect>"),
     ("D-Bus: connect, Hello, AddMatch, Subscribe", "connect>", "connect<"),
     ("pod directory and name link", "connect<", "create<"),
     ("watch the unit, stage1 plan, unit properties", "create<", "call:StartTransientUnit>"),
-    ("StartTransientUnit → start job done (JobRemoved)", "call:StartTransientUnit>", "start_transient_unit<"),
-    ("start job done → unit seen inactive", "start_transient_unit<", "wait_until_inactive<"),
-    ("exit status, journal sync, last lines", "wait_until_inactive<", "follow<"),
+    ("StartTransientUnit → its reply (the job is queued)", "call:StartTransientUnit>", "call:StartTransientUnit<"),
+    ("meanwhile: import python-systemd, open the journal", "call:StartTransientUnit<", "wait_for_job>"),
+    ("wait for the start job (JobRemoved)", "wait_for_job>", "wait_for_job<"),
+    ("start job done → unit seen inactive", "wait_for_job<", "get:ExecMainCode>"),
+    ("exit status, journal sync, last lines", "get:ExecMainCode>", "follow<"),
     ("close the bus, remove the pod", "traced<", "end"),
     ("interpreter exit (last line → reaped)", "end", "reaped"),
 )
@@ -28,25 +30,25 @@ CLIENT_STEPS = (
 UNIT_STEPS = (
     ("StartTransientUnit reply → stage1 process forked", "call:StartTransientUnit<", "ExecMainStartTimestampMonotonic"),
     (
-        "fly stage1: Python start, imports, mounts, chroot → READY=1",
+        "stage1 entry: Python start, imports, set-up → READY=1",
         "ExecMainStartTimestampMonotonic",
         "ActiveEnterTimestampMonotonic",
     ),
-    ("READY=1 → sdrun sees the job done", "ActiveEnterTimestampMonotonic", "start_transient_unit<"),
+    ("READY=1 → sdrun sees the job done", "ActiveEnterTimestampMonotonic", "wait_for_job<"),
     ("exec /bin/true → it exits", "ActiveEnterTimestampMonotonic", "ExecMainExitTimestampMonotonic"),
     (
         "app exit → ExecStopPost done, unit inactive",
         "ExecMainExitTimestampMonotonic",
         "InactiveEnterTimestampMonotonic",
     ),
-    ("unit inactive → sdrun sees it", "InactiveEnterTimestampMonotonic", "wait_until_inactive<"),
+    ("unit inactive → sdrun sees it", "InactiveEnterTimestampMonotonic", "get:ExecMainCode>"),
 )
 
 
-def traced_run(bench: Bench, output: str) -> dict[str, int]:
+def traced_run(bench: Bench, output: str, stage1_args: list[str]) -> dict[str, int]:
     """One traced `sdrun run`; its events by name (first occurrence for '>', last for '<'), in ns."""
     root = str(bench.scratch / "sdrun-trace")
-    argv = ["--root", root, "run", "--rm", "--stage1", "fly", "--rootfs", str(bench.rootfs), "--", "/bin/true"]
+    argv = ["--root", root, "run", "--rm", *stage1_args, "--rootfs", str(bench.rootfs), "--", "/bin/true"]
     spawned = time.monotonic_ns()
     finished = subprocess.run(
         [bench.python, "-m", "bench.trace_run", output, str(spawned), *argv],
@@ -84,30 +86,41 @@ def _table(steps: tuple[tuple[str, str, str], ...], runs: list[dict[str, int]]) 
     return rows
 
 
+# The profiled runs: each stage1 sdrun ships for one-shot containers, with the options of the latency case.
+PROFILED = {"sdrun namespace": ["--stage1", "namespace", "--net", "none"], "sdrun fly": ["--stage1", "fly"]}
+
+
 @case("profile", order=60)
 def hot_path(bench: Bench) -> list[Section]:
-    if not any(runtime.name == "sdrun fly" for runtime in bench.runtimes):
-        return []
+    sections = []
+    for name, stage1_args in PROFILED.items():
+        if any(runtime.name == name for runtime in bench.runtimes):
+            sections += _profile(bench, name, stage1_args)
+    return sections
+
+
+def _profile(bench: Bench, name: str, stage1_args: list[str]) -> list[Section]:
     count = bench.scale(full=20, quick=5)
-    progress(f"profile: {count} traced runs of sdrun run --rm --stage1 fly")
+    command = f"sdrun run --rm {' '.join(stage1_args)} --rootfs R -- /bin/true"
+    progress(f"profile: {count} traced runs of {command}")
     output = str(bench.scratch / "trace.json")
-    traced_run(bench, output)  # warm-up
-    runs = [traced_run(bench, output) for _ in range(count)]
+    traced_run(bench, output, stage1_args)  # warm-up
+    runs = [traced_run(bench, output, stage1_args) for _ in range(count)]
     totals = [(events["reaped"] - events["spawn"]) / 1e6 for events in runs]
     client = _table(CLIENT_STEPS, runs)
     total = Summary.of(totals)
     client.append(("total (spawn → reaped)", format_number(total.median), format_number(total.p90)))
     headers = ("step", "median [ms]", "p90 [ms]")
     about = (
-        f"`sdrun run --rm --stage1 fly --rootfs R -- /bin/true` run {count} times by `python -m bench.trace_run`, "
-        f"which runs the CLI in-process with monotonic timestamps around its steps; medians per step (they need "
-        f"not add up to the median total exactly). Reading the unit's timestamps afterwards is left out."
+        f"`{command}` run {count} times by `python -m bench.trace_run`, which runs the CLI in-process with "
+        f"monotonic timestamps around its steps; medians per step (they need not add up to the median total "
+        f"exactly). Reading the unit's timestamps afterwards is left out."
     )
     unit_about = (
         "The same runs seen from systemd: the unit's monotonic timestamps (ExecMainStart, ActiveEnter = READY=1, "
         "ExecMainExit, InactiveEnter) against the client's. These overlap the client's steps above."
     )
     return [
-        Section("Profile: where the milliseconds of a one-shot run go", about, headers, client),
-        Section("Profile: the same runs as systemd saw them", unit_about, headers, _table(UNIT_STEPS, runs)),
+        Section(f"Profile, {name}: where the milliseconds of a one-shot run go", about, headers, client),
+        Section(f"Profile, {name}: the same runs as systemd saw them", unit_about, headers, _table(UNIT_STEPS, runs)),
     ]

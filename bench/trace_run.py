@@ -11,7 +11,6 @@ import time
 
 ENTERED = time.monotonic_ns()
 
-import asyncio  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -31,33 +30,16 @@ def _wrap(owner: Any, name: str, events: list[Event], label: Callable[..., str] 
     if original is None:
         return
 
-    def event_name(args: tuple[Any, ...]) -> str:
-        return label(*args) if label else name
+    @functools.wraps(original)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        what = label(*args) if label else name
+        events.append((f"{what}>", time.monotonic_ns()))
+        try:
+            return original(*args, **kwargs)
+        finally:
+            events.append((f"{what}<", time.monotonic_ns()))
 
-    if asyncio.iscoroutinefunction(original):
-
-        @functools.wraps(original)
-        async def traced_async(*args: Any, **kwargs: Any) -> Any:
-            what = event_name(args)
-            events.append((f"{what}>", time.monotonic_ns()))
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                events.append((f"{what}<", time.monotonic_ns()))
-
-        setattr(owner, name, traced_async)
-    else:
-
-        @functools.wraps(original)
-        def traced(*args: Any, **kwargs: Any) -> Any:
-            what = event_name(args)
-            events.append((f"{what}>", time.monotonic_ns()))
-            try:
-                return original(*args, **kwargs)
-            finally:
-                events.append((f"{what}<", time.monotonic_ns()))
-
-        setattr(owner, name, traced)
+    setattr(owner, name, traced)
 
 
 def main() -> None:
@@ -68,25 +50,25 @@ def main() -> None:
     import sdrun.cli
     from sdrun import run as running
     from sdrun.pod import PodStore
-    from sdrun.systemd import bus, journal
+    from sdrun.systemd import bus
 
     events.append(("imported", time.monotonic_ns()))
-    for name in ("connect", "start_transient_unit", "wait_until_inactive", "close"):
+    for name in ("connect", "start_transient_unit", "wait_for_job", "close"):
         _wrap(bus.Systemd, name, events)
     _wrap(bus.Systemd, "call", events, label=lambda self, member, *rest: f"call:{member}")
-    _wrap(journal, "synchronize", events)
+    _wrap(bus.Systemd, "unit_property", events, label=lambda self, unit, interface, name: f"get:{name}")
     _wrap(PodStore, "create", events)
     _wrap(PodStore, "remove", events)
 
     follow = running._follow_in_foreground
 
-    async def follow_then_read_unit(systemd: Any, pod: Any, *rest: Any) -> int:
-        status: int = await follow(systemd, pod, *rest)
+    def follow_then_read_unit(systemd: Any, pod: Any, *rest: Any) -> int:
+        status: int = follow(systemd, pod, *rest)
         events.append(("follow<", time.monotonic_ns()))
         path = bus.unit_object_path(pod.unit)
         for interface, names in UNIT_TIMESTAMPS.items():
             for property_name in names:
-                (value,) = await bus.Systemd.call(
+                (value,) = bus.Systemd.call(
                     systemd, "Get", "ss", [interface, property_name], path=path, interface=bus.PROPERTIES
                 )
                 unit_times[property_name] = value.value * 1000  # µs -> ns, CLOCK_MONOTONIC like ours

@@ -66,22 +66,22 @@ class PodView:
         }
 
 
-async def views(systemd: Systemd, pods: list[Pod]) -> list[PodView]:
-    units = {unit.name: unit for unit in await systemd.list_units(UNIT_PATTERNS)}
+def views(systemd: Systemd, pods: list[Pod]) -> list[PodView]:
+    units = {unit.name: unit for unit in systemd.list_units(UNIT_PATTERNS)}
     return [PodView(pod, units.get(pod.unit)) for pod in pods]
 
 
-async def view(systemd: Systemd, pod: Pod) -> PodView:
-    units = await systemd.list_units([pod.unit])
+def view(systemd: Systemd, pod: Pod) -> PodView:
+    units = systemd.list_units([pod.unit])
     return PodView(pod, units[0] if units else None)
 
 
-async def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:
-    details = (await view(systemd, pod)).to_json()
+def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:
+    details = view(systemd, pod).to_json()
     details["main_pid"] = None
     if details["state"] in ("running", "starting", "stopping") and not pod.spec.scope:
         with contextlib.suppress(NotFound):
-            service = await systemd.unit_properties(pod.unit, SERVICE)
+            service = systemd.unit_properties(pod.unit, SERVICE)
             details["main_pid"] = service.get("MainPID") or None
             details["memory_bytes"] = _known(service.get("MemoryCurrent"))
             details["tasks"] = _known(service.get("TasksCurrent"))
@@ -92,15 +92,15 @@ def _known(value: Any) -> Any:
     return None if value in (None, 2**64 - 1) else value  # systemd's "unset" is UINT64_MAX
 
 
-async def stop(systemd: Systemd, pod: Pod) -> None:
-    await systemd.stop_unit(pod.unit)
+def stop(systemd: Systemd, pod: Pod) -> None:
+    systemd.stop_unit(pod.unit)
 
 
-async def kill(systemd: Systemd, pod: Pod, signal_name: str) -> None:
+def kill(systemd: Systemd, pod: Pod, signal_name: str) -> None:
     number = parse_signal(signal_name)
-    if not (await view(systemd, pod)).running:
+    if not view(systemd, pod).running:
         raise SdrunError(f"pod '{pod.name}' is not running")
-    await systemd.kill_unit(pod.unit, number)
+    systemd.kill_unit(pod.unit, number)
 
 
 def parse_signal(text: str) -> int:
@@ -113,44 +113,44 @@ def parse_signal(text: str) -> int:
         raise SdrunError(f"unknown signal '{text}'") from None
 
 
-async def remove(systemd: Systemd, store: PodStore, pod: Pod, *, force: bool) -> None:
+def remove(systemd: Systemd, store: PodStore, pod: Pod, *, force: bool) -> None:
     with pod.locked():
-        if (await view(systemd, pod)).running:
+        if view(systemd, pod).running:
             if not force:
                 raise SdrunError(f"pod '{pod.name}' is running", hint="stop it first, or use 'sdrun rm -f'")
             with contextlib.suppress(NotFound):
-                await systemd.kill_unit(pod.unit, signal.SIGKILL)
-            await systemd.stop_unit(pod.unit)
-        await _discard(systemd, store, pod)
+                systemd.kill_unit(pod.unit, signal.SIGKILL)
+            systemd.stop_unit(pod.unit)
+        _discard(systemd, store, pod)
 
 
-async def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> bool:
+def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> bool:
     """Remove an ended pod and what it left; True if that included its network (a crash's leftover)."""
-    await systemd.reset_failed_unit(pod.unit)
+    systemd.reset_failed_unit(pod.unit)
     Stage1.named(pod.spec.stage1).gc(pod)
     released = release(pod)
     store.remove(pod)
     return released
 
 
-async def gc(systemd: Systemd, store: PodStore) -> list[str]:
+def gc(systemd: Systemd, store: PodStore) -> list[str]:
     """Remove every pod that has ended, and what crashed runs left half-made. Returns what went."""
     removed = store.remove_leftovers()
-    for pod_view in await views(systemd, store.all()):
+    for pod_view in views(systemd, store.all()):
         if pod_view.running:
             continue
         # A pod whose lock is busy is still being set up by a `run`: leave it alone.
         with contextlib.suppress(SdrunError), pod_view.pod.locked():
-            released = await _discard(systemd, store, pod_view.pod)
+            released = _discard(systemd, store, pod_view.pod)
             removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})" + (" and its network" if released else ""))
     # What is left is running or busy: its network stays; any other network leftovers go.
     removed += collect_garbage(store.paths.root, set(store.uuids()))
     return removed
 
 
-async def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
+def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
     """Run argv inside a running pod, in its cgroup; return its exit status."""
-    leader = await _leader(systemd, pod)
+    leader = _leader(systemd, pod)
     go_read, go_write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -158,7 +158,7 @@ async def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
         _enter_child(pod, leader, argv, go_read)
     os.close(go_read)
     try:
-        await systemd.attach_processes(pod.unit, [child])
+        systemd.attach_processes(pod.unit, [child])
         os.write(go_write, b"go")
     finally:
         os.close(go_write)
@@ -171,17 +171,17 @@ async def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
     return code if code >= 0 else 128 - code
 
 
-async def _leader(systemd: Systemd, pod: Pod) -> int:
-    if not (await view(systemd, pod)).running:
+def _leader(systemd: Systemd, pod: Pod) -> int:
+    if not view(systemd, pod).running:
         raise SdrunError(f"pod '{pod.name}' is not running")
-    (processes,) = await systemd.call("GetUnitProcesses", "s", [pod.unit])
     if not pod.spec.scope:
-        main_pid = (await systemd.unit_properties(pod.unit, SERVICE)).get("MainPID")
+        main_pid = systemd.unit_property(pod.unit, SERVICE, "MainPID")
         if main_pid:
             return int(main_pid)
+    processes = systemd.unit_processes(pod.unit)
     if not processes:
         raise SdrunError(f"pod '{pod.name}' has no processes")
-    return int(processes[0][1])
+    return processes[0]
 
 
 def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:

@@ -9,14 +9,14 @@ Three ways to run, one per function below:
 
 from __future__ import annotations
 
-import asyncio
 import os
+import selectors
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.net import scope_network
@@ -26,6 +26,9 @@ from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
 from stage1.interface import Stage1
+
+if TYPE_CHECKING:
+    from sdrun.systemd.journal import PodJournal
 
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -37,14 +40,14 @@ class RunOptions:
     remove: bool = False
 
 
-async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
+def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
     """Run a pod; return the exit status `sdrun run` should exit with."""
     if spec.service.listen or spec.service.healthcheck or spec.service.wanted_by:
         raise SdrunError(
             "listen, healthcheck and wanted_by need an installed unit", hint="sdrun install NAME --spec FILE"
         )
     backend = Stage1.named(spec.stage1)
-    systemd = await Systemd.connect()  # before anything is written: no bus, nothing left behind
+    systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
     if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees
         from sdrun.image.usage import create_image_pod
@@ -58,20 +61,20 @@ async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO
             if spec.scope:
                 with scope_network(pod):  # a scope has no ExecStartPre/ExecStopPost to do it
                     app_started = True  # from here on the child reports its own failures
-                    return await _run_in_scope(systemd, backend, pod)
+                    return _run_in_scope(systemd, backend, pod)
             if options.detach:
                 removal = (paths.name_link(pod.name), pod.dir) if options.remove else ()
-                await _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)
+                _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)
                 app_started = True
                 output.write(f"{pod.uuid}\n".encode())
                 return 0
-            finished = await systemd.watch_unit(pod.unit)  # before the unit can finish
-            await _start_service(systemd, backend, pod, hold=True)
+            systemd.watch_unit(pod.unit)  # before the unit can finish
+            log = _start_service(systemd, backend, pod, hold=True, meanwhile=_open_journal(pod))
             app_started = True
-            return await _follow_in_foreground(systemd, pod, finished, output)
+            return _follow_in_foreground(systemd, pod, log, output)
     except BaseException:
         if not app_started:  # nothing ran: leave nothing behind
-            await systemd.reset_failed_unit(pod.unit)
+            systemd.reset_failed_unit(pod.unit)
             store.remove(pod)
         raise
     finally:
@@ -80,19 +83,41 @@ async def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO
             store.remove(pod)
 
 
-async def _start_service(
-    systemd: Systemd, backend: Stage1, pod: Pod, *, hold: bool, remove_when_done: Sequence[Path] = ()
-) -> None:
+def _start_service(
+    systemd: Systemd,
+    backend: Stage1,
+    pod: Pod,
+    *,
+    hold: bool,
+    remove_when_done: Sequence[Path] = (),
+    meanwhile: Callable[[], PodJournal] | None = None,
+) -> PodJournal | None:
+    """Start the pod's service and return once its start job is done (the app runs).
+    `meanwhile` runs while systemd starts the unit (on another CPU, as a rule); its result is returned."""
     plan = backend.plan(pod)
     unit_properties = properties.service_properties(
         pod, plan, keep_until_released=hold, remove_when_done=remove_when_done
     )
+    job = systemd.start_transient_unit(pod.unit, unit_properties)
+    done_meanwhile = meanwhile() if meanwhile else None
     try:
-        await systemd.start_transient_unit(pod.unit, unit_properties)
+        systemd.wait_for_job(job, f"starting {pod.unit}")
     except JobFailed as failure:
         raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
-        await machined.register(systemd, pod, wait=False)  # best effort; machined forgets it when the unit stops
+        machined.register(systemd, pod, wait=False)  # best effort; machined forgets it when the unit stops
+    return done_meanwhile
+
+
+def _open_journal(pod: Pod) -> Callable[[], PodJournal]:
+    def open_journal() -> PodJournal:
+        from sdrun.systemd import journal  # python-systemd: imported while systemd starts the unit
+
+        log = journal.PodJournal(pod.uuid)
+        log.seek_head()  # the UUID is new: every entry that matches is this run's
+        return log
+
+    return open_journal
 
 
 def _first_complaint(pod: Pod) -> str | None:
@@ -108,12 +133,11 @@ def _first_complaint(pod: Pod) -> str | None:
     return first.message.decode(errors="replace").strip() if first else None
 
 
-async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Event, output: BinaryIO) -> int:
+def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, output: BinaryIO) -> int:
     """Copy the app's journal lines to output until its unit is inactive; return its exit status."""
     from sdrun.systemd import journal
 
-    log = journal.PodJournal(pod.uuid)
-    log.seek_head()  # the UUID is new: every entry that matches is this run's
+    assert log is not None
 
     def copy_new_lines() -> None:
         log.process_events()
@@ -121,20 +145,17 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
             output.write(entry.message + b"\n")
         output.flush()
 
-    loop = asyncio.get_running_loop()
-    loop.add_reader(log.fileno(), copy_new_lines)
-    proxy = SignalProxy(systemd, pod.unit)
-    for number in FORWARDED_SIGNALS:
-        loop.add_signal_handler(number, proxy, number)
-    try:
-        await machined.register(systemd, pod, wait=False)
-        await systemd.wait_until_inactive(pod.unit, finished)
-        main_code = await systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
-        main_status = await systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")
-    finally:
-        loop.remove_reader(log.fileno())
-        for number in FORWARDED_SIGNALS:
-            loop.remove_signal_handler(number)
+    with SignalProxy(systemd, pod.unit) as proxy, selectors.DefaultSelector() as selector:
+        selector.register(systemd.fileno(), selectors.EVENT_READ, systemd.dispatch_pending)
+        selector.register(log.fileno(), selectors.EVENT_READ, copy_new_lines)
+        selector.register(proxy.fileno(), selectors.EVENT_READ, proxy.forward_pending)
+        machined.register(systemd, pod, wait=False)
+        if not systemd.check_unit_ended(pod.unit):
+            while not systemd.unit_has_ended(pod.unit):
+                for key, _ in selector.select():
+                    key.data()
+    main_code = systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
+    main_status = systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")
     journal.synchronize()  # the app has exited; make sure its last lines are written
     copy_new_lines()
     log.close()
@@ -144,26 +165,49 @@ async def _follow_in_foreground(systemd: Systemd, pod: Pod, finished: asyncio.Ev
 class SignalProxy:
     """As podman's sig-proxy: a signal to `sdrun run` goes to the app, which decides what happens.
     An app that is PID 1 of its namespace ignores signals it has no handler for, so a second
-    signal asks systemd to stop the unit (stop signal, then SIGKILL after the stop timeout)."""
+    signal asks systemd to stop the unit (stop signal, then SIGKILL after the stop timeout).
+
+    The handlers only note the signal (through Python's wakeup fd); forward_pending, called
+    from the caller's loop when fileno() is readable, talks to systemd."""
 
     def __init__(self, systemd: Systemd, unit: str) -> None:
         self.systemd = systemd
         self.unit = unit
         self.received = 0
-        self._pending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self._read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_handlers: dict[int, object] = {}
+        self._previous_wakeup_fd = -1
 
-    def __call__(self, number: int) -> None:
-        self.received += 1
-        if self.received == 1:
-            action = self.systemd.kill_unit(self.unit, number, "main")
-        else:
-            action = self.systemd.stop_unit(self.unit)
-        task = asyncio.ensure_future(action)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    def __enter__(self) -> SignalProxy:
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_end)
+        for number in FORWARDED_SIGNALS:
+            self._previous_handlers[number] = signal.signal(number, lambda _number, _frame: None)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        os.close(self._read_end)
+        os.close(self._write_end)
+
+    def fileno(self) -> int:
+        return self._read_end
+
+    def forward_pending(self) -> None:
+        try:
+            numbers = os.read(self._read_end, 64)
+        except BlockingIOError:
+            return
+        for number in numbers:
+            self.received += 1
+            if self.received == 1:
+                self.systemd.kill_unit(self.unit, number, "main")
+            else:
+                self.systemd.stop_unit(self.unit)
 
 
-async def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
+def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
     go_read, go_write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -171,7 +215,9 @@ async def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         _scope_child(backend, pod, go_read)
     os.close(go_read)
     try:
-        await systemd.start_transient_unit(pod.unit, properties.scope_properties(pod, child))
+        systemd.wait_for_job(
+            systemd.start_transient_unit(pod.unit, properties.scope_properties(pod, child)), f"starting {pod.unit}"
+        )
     except BaseException:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)

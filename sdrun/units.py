@@ -334,24 +334,24 @@ def _link_wants(output: Path, target: str, units: PodUnits) -> None:
 # --- installing and uninstalling, over D-Bus ---
 
 
-async def install(systemd: Systemd, units: PodUnits, unit_dir: Path, *, enable: bool, now: bool) -> None:
+def install(systemd: Systemd, units: PodUnits, unit_dir: Path, *, enable: bool, now: bool) -> None:
     """Write the units, daemon-reload, then enable and start as asked. A start that fails
     leaves the units installed (as systemctl would): `sdrun uninstall` removes them."""
     for path in installed_files(units.service.removeprefix("sdrun-").removesuffix(".service"), unit_dir):
         if not is_generated(path):
             raise SdrunError(f"{path} exists and was not written by sdrun: not replacing it")
     write_units(units, unit_dir)
-    await bus.reload(systemd)
+    bus.reload(systemd)
     entry_points = [name for name in units.files if name.endswith(".socket")] or [units.service]
     if enable:
-        await bus.enable_unit_files(systemd, entry_points)
-        await bus.reload(systemd)
+        bus.enable_unit_files(systemd, entry_points)
+        bus.reload(systemd)
     if now:
         for unit in entry_points:
-            await bus.start_unit(systemd, unit)
+            bus.start_unit(systemd, unit)
 
 
-async def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -> None:
+def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -> None:
     files = installed_files(name, unit_dir)
     if not files:
         raise NotFound(f"no units of pod '{name}' in {unit_dir}")
@@ -360,23 +360,23 @@ async def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -
         raise SdrunError(f"{foreign[0]} was not written by sdrun: not removing it")
     names = [path.name for path in files]
     for unit in sorted(names, key=lambda unit: not unit.endswith((".socket", ".timer"))):  # triggers first
-        await systemd.stop_unit(unit)
-    await bus.disable_unit_files(systemd, names)
+        systemd.stop_unit(unit)
+    bus.disable_unit_files(systemd, names)
     remove_files(files)
-    await bus.reload(systemd)
+    bus.reload(systemd)
     for unit in names:
-        await systemd.reset_failed_unit(unit)
+        systemd.reset_failed_unit(unit)
     with contextlib.suppress(NotFound):
         pod = load_pod(paths.pod_dir(installed_pod_uuid(name)))
         Stage1.named(pod.spec.stage1).gc(pod)
         PodStore(paths).remove(pod)
 
 
-async def healthcheck(systemd: Systemd, pod: Pod) -> int:
+def healthcheck(systemd: Systemd, pod: Pod) -> int:
     """Run the pod's health check inside it; on failure queue a restart of its unit. Its exit status."""
     from sdrun import manage
 
-    status = await manage.enter(systemd, pod, list(pod.spec.service.healthcheck))
+    status = manage.enter(systemd, pod, list(pod.spec.service.healthcheck))
     if status != 0:
-        await bus.restart_unit(systemd, pod.unit)
+        bus.restart_unit(systemd, pod.unit)
     return status

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import re
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -23,6 +22,9 @@ from sdrun.net import pod_address
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
 from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings, load_spec_file
+
+if TYPE_CHECKING:
+    from sdrun.systemd.bus import Systemd
 
 T = TypeVar("T")
 DEFAULT_STAGE1 = "namespace"
@@ -73,16 +75,13 @@ def without_separator(args: tuple[str, ...]) -> tuple[str, ...]:
     return args[1:] if args[:1] == ("--",) else args
 
 
-def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
-
-
-async def with_systemd(action: Callable[[Any], Awaitable[T]]) -> T:
+def with_systemd(action: Callable[[Systemd], T]) -> T:
+    """Run action with a connection to systemd, closed afterwards."""
     from sdrun.systemd.bus import Systemd
 
-    systemd = await Systemd.connect()
+    systemd = Systemd.connect()
     try:
-        return await action(systemd)
+        return action(systemd)
     finally:
         systemd.close()
 
@@ -95,7 +94,7 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """sdrun: containers as systemd units, with no daemon of their own."""
     if debug:
         logging.basicConfig(format="sdrun: %(message)s")
-        logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 and asyncio are chatty
+        logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 is chatty
     ctx.obj = Context(Paths.from_env(root), debug)
 
 
@@ -192,7 +191,7 @@ def run(
     ctx: Context = click_ctx.obj
     spec = spec_from_run_options(click_ctx, spec_file, args, flags)
     options = running.RunOptions(detach=detach, remove=remove)
-    sys.exit(run_async(running.run(ctx.paths, spec, options, sys.stdout.buffer)))
+    sys.exit(running.run(ctx.paths, spec, options, sys.stdout.buffer))
 
 
 def spec_from_run_options(
@@ -228,10 +227,7 @@ def spec_from_run_options(
 def list_pods(ctx: Context, as_json: bool) -> None:
     """List pods and their state."""
 
-    async def collect(systemd: Any) -> list[manage.PodView]:
-        return await manage.views(systemd, ctx.store.all())
-
-    pod_views = run_async(with_systemd(collect))
+    pod_views = with_systemd(lambda systemd: manage.views(systemd, ctx.store.all()))
     if as_json:
         click.echo(json.dumps([pod_view.to_json() for pod_view in pod_views], indent=2))
         return
@@ -257,7 +253,7 @@ def list_pods(ctx: Context, as_json: bool) -> None:
 def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
     """Show a pod's state, unit and exit status."""
     pod = ctx.store.get(pod_ref)
-    details = run_async(with_systemd(lambda systemd: manage.status_details(systemd, pod)))
+    details = with_systemd(lambda systemd: manage.status_details(systemd, pod))
     if as_json:
         click.echo(json.dumps(details, indent=2))
         return
@@ -275,7 +271,7 @@ def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
 def stop(ctx: Context, pod_ref: str) -> None:
     """Stop a pod: systemd sends the stop signal, then SIGKILL after the timeout."""
     pod = ctx.store.get(pod_ref)
-    run_async(with_systemd(lambda systemd: manage.stop(systemd, pod)))
+    with_systemd(lambda systemd: manage.stop(systemd, pod))
     click.echo(pod.name)
 
 
@@ -286,7 +282,7 @@ def stop(ctx: Context, pod_ref: str) -> None:
 def kill(ctx: Context, signal_name: str, pod_ref: str) -> None:
     """Send a signal to every process of a pod."""
     pod = ctx.store.get(pod_ref)
-    run_async(with_systemd(lambda systemd: manage.kill(systemd, pod, signal_name)))
+    with_systemd(lambda systemd: manage.kill(systemd, pod, signal_name))
     click.echo(pod.name)
 
 
@@ -298,19 +294,19 @@ def rm(ctx: Context, force: bool, pod_refs: tuple[str, ...]) -> None:
     """Remove pods and everything they left on the host."""
     pods = [ctx.store.get(ref) for ref in pod_refs]
 
-    async def remove_all(systemd: Any) -> None:
+    def remove_all(systemd: Systemd) -> None:
         for pod in pods:
-            await manage.remove(systemd, ctx.store, pod, force=force)
+            manage.remove(systemd, ctx.store, pod, force=force)
             click.echo(pod.name)
 
-    run_async(with_systemd(remove_all))
+    with_systemd(remove_all)
 
 
 @main.command()
 @pass_context
 def gc(ctx: Context) -> None:
     """Remove every pod that has ended, and what interrupted runs left behind."""
-    for removed in run_async(with_systemd(lambda systemd: manage.gc(systemd, ctx.store))):
+    for removed in with_systemd(lambda systemd: manage.gc(systemd, ctx.store)):
         click.echo(f"removed {removed}")
 
 
@@ -322,7 +318,7 @@ def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
     """Run a command inside a running pod [/bin/sh]."""
     pod = ctx.store.get(pod_ref)
     argv = list(without_separator(command)) or ["/bin/sh"]
-    sys.exit(run_async(with_systemd(lambda systemd: manage.enter(systemd, pod, argv))))
+    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv)))
 
 
 # --- logs ---
@@ -414,7 +410,7 @@ def _pod_uuid(ctx: Context, ref: str) -> str:
 
 def entry_point() -> None:
     """The `sdrun` command. It leaves with os._exit once its output is flushed: tearing down the
-    interpreter (asyncio, dbus-next and the rest) costs ~33 ms per command and does nothing a
+    interpreter (click, dbus-next and the rest) costs ~33 ms per command and does nothing a
     command needs, since every `with` and `finally` has run by then."""
     try:
         main(prog_name="sdrun")

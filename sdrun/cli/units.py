@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sdrun.cli import DEFAULT_STAGE1, Context, main, pass_context, run_async, spec_from_run_options, with_systemd
+from sdrun.cli import DEFAULT_STAGE1, Context, main, pass_context, spec_from_run_options, with_systemd
 from sdrun.errors import SdrunError
 from sdrun.spec import PodSpec, check_settings, parse_name
 
@@ -94,7 +94,7 @@ def install(
     spec = dataclasses.replace(_spec_from(click_ctx, options), name=parse_name(pod_name))
     pod_units = units.pod_units(spec, ctx.paths)
     target = unit_dir or units.DEFAULT_UNIT_DIR
-    run_async(with_systemd(lambda systemd: units.install(systemd, pod_units, target, enable=enable, now=now)))
+    with_systemd(lambda systemd: units.install(systemd, pod_units, target, enable=enable, now=now))
     click.echo(pod_units.service)
 
 
@@ -107,7 +107,7 @@ def uninstall(ctx: Context, unit_dir: Path | None, name: str) -> None:
     from sdrun import units
 
     target = unit_dir or units.DEFAULT_UNIT_DIR
-    run_async(with_systemd(lambda systemd: units.uninstall(systemd, ctx.paths, name, target)))
+    with_systemd(lambda systemd: units.uninstall(systemd, ctx.paths, name, target))
     click.echo(f"sdrun-{name}.service")
 
 
@@ -134,7 +134,7 @@ def register_machine(ctx: Context, pod_uuid: str) -> None:
     from sdrun.systemd import machined
 
     pod = ctx.store.load(pod_uuid)
-    run_async(with_systemd(lambda systemd: machined.register(systemd, pod)))
+    with_systemd(lambda systemd: machined.register(systemd, pod))
 
 
 @main.command(hidden=True)
@@ -145,7 +145,7 @@ def healthcheck(ctx: Context, pod_uuid: str) -> None:
     from sdrun import units
 
     pod = ctx.store.load(pod_uuid)
-    status = run_async(with_systemd(lambda systemd: units.healthcheck(systemd, pod)))
+    status = with_systemd(lambda systemd: units.healthcheck(systemd, pod))
     if status:
         click.echo(f"sdrun: health check of pod '{pod.name}' failed (exit status {status}): restarting it", err=True)
     sys.exit(status)

@@ -7,14 +7,9 @@ module, and only when there is netlink work to do.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -26,26 +21,6 @@ POD_INTERFACE = "eth0"
 ENODEV = 19
 EEXIST = 17
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def outside_event_loops(function: Callable[P, T]) -> Callable[P, T]:
-    """pyroute2's blocking IPRoute runs an asyncio loop of its own, which cannot start in a thread
-    whose loop is running (sdrun gc and rm tear networks down while talking to the bus): there,
-    the netlink work runs in a thread of its own."""
-
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return function(*args, **kwargs)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink") as worker:
-            return worker.submit(function, *args, **kwargs).result()
-
-    return wrapper
-
 
 def sysctl(path: str, value: str) -> None:
     Path("/proc/sys", path).write_text(value)
@@ -55,7 +30,6 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-@outside_event_loops
 def ensure_bridge(network: Network) -> None:
     """The network's bridge, up, with the gateway address; created if missing."""
     with IPRoute() as ipr:
@@ -75,7 +49,6 @@ def ensure_bridge(network: Network) -> None:
         sysctl("net/ipv4/ip_forward", "1")  # outbound NAT and published ports reached from other hosts route
 
 
-@outside_event_loops
 def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str) -> None:
     """A named network namespace whose eth0 is one end of a veth pair; the other end, veth,
     is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
@@ -93,7 +66,6 @@ def create_pod_interface(network: Network, netns_name: str, veth: str, address: 
         inside.route("add", dst="0.0.0.0/0", gateway=network.gateway, oif=interface)
 
 
-@outside_event_loops
 def delete_link(name: str) -> None:
     """Delete an interface (a veth takes its peer along); gone already is fine."""
     if not link_exists(name):

@@ -26,7 +26,7 @@ def machine_name(pod: Pod) -> str | None:
     return pod.name if MACHINE_NAME.fullmatch(pod.name) else None
 
 
-async def register(systemd: bus.Systemd, pod: Pod, *, wait: bool = True) -> bool:
+def register(systemd: bus.Systemd, pod: Pod, *, wait: bool = True) -> bool:
     """Register a running pod's service with machined; False (and why, in the debug log) if not.
     Without wait, machined's answer is not awaited: `sdrun run` does not pay for it."""
     name = machine_name(pod)
@@ -34,11 +34,11 @@ async def register(systemd: bus.Systemd, pod: Pod, *, wait: bool = True) -> bool
         log.debug("pod name %r is not a valid machine name: not registered with machined", pod.name)
         return False
     try:
-        leader = int(await systemd.unit_property(pod.unit, bus.SERVICE, "MainPID") or 0)
+        leader = int(systemd.unit_property(pod.unit, bus.SERVICE, "MainPID") or 0)
         if not leader:
             return False  # the app has already ended
         root = pod.spec.rootfs or ""
-        await bus.register_machine(systemd, name, uuidlib.UUID(pod.uuid).bytes, leader, root, wait=wait)
+        bus.register_machine(systemd, name, uuidlib.UUID(pod.uuid).bytes, leader, root, wait=wait)
     except (NotFound, SdrunError) as error:
         log.debug("not registered with machined: %s", error.message)
         return False
