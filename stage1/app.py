@@ -1,16 +1,34 @@
-"""The app as a stage1 runs it: spec values resolved against the rootfs, and the final exec."""
+"""The app as a stage1 runs it: spec values resolved against the container's tree, before any unit exists.
+
+stage0 resolves the app (executable, user, workdir) and a stage1 entry only
+carries out the result: errors come before the unit exists, and the entry
+inside the unit imports none of this.
+"""
 
 from __future__ import annotations
 
+import marshal
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sdrun.errors import SpecError
-from sdrun.linux.rootfs import Credentials, find_executable, is_directory_in_root, resolve_user
+from sdrun.errors import SdrunError, SpecError, describe
+from sdrun.linux import syscalls as sc
+from sdrun.linux.rootfs import (
+    Credentials,
+    find_executable,
+    is_directory_in_root,
+    is_executable_in_root,
+    resolve_user,
+)
+from sdrun.paths import Paths
 from sdrun.spec import DEFAULT_PATH, AppSpec, Volume
 from stage1.process import Identity, exec_as
+
+if TYPE_CHECKING:
+    from sdrun.pod import Pod
 
 
 @dataclass(frozen=True)
@@ -21,28 +39,114 @@ class ResolvedApp:
     workdir: str
     credentials: Credentials
 
+    def plan_fields(self) -> dict[str, Any]:
+        """The app as plain values, for the plan file a stage1 entry reads (stage1.process.exec_planned)."""
+        credentials = self.credentials
+        return {
+            "executable": self.executable,
+            "argv": list(self.argv),
+            "env": self.env,
+            "workdir": self.workdir,
+            "uid": credentials.uid,
+            "gid": credentials.gid,
+            "groups": list(credentials.groups),
+        }
+
+    @classmethod
+    def from_plan_fields(cls, fields: dict[str, Any]) -> ResolvedApp:
+        credentials = Credentials(fields["uid"], fields["gid"], tuple(fields["groups"]), fields["env"].get("HOME", "/"))
+        return cls(fields["executable"], tuple(fields["argv"]), fields["env"], fields["workdir"], credentials)
+
+
+class ContainerTree:
+    """The files the app will see: the rootfs with the volumes over it. A stage1 may mount the
+    volumes after the app is resolved, so a path under a volume's target is looked up in its source."""
+
+    def __init__(self, rootfs: Path, volumes: tuple[Volume, ...]) -> None:
+        self.rootfs = rootfs
+        self.volumes = volumes
+
+    def locate(self, path: str) -> tuple[Path, str]:
+        """The tree and the path in it that `path` is in the container: the deepest volume whose
+        target holds it, else the rootfs."""
+        holders = [volume for volume in self.volumes if path == volume.target or path.startswith(volume.target + "/")]
+        if not holders:
+            return self.rootfs, path
+        volume = max(holders, key=lambda item: len(item.target))
+        return Path(volume.source), "/" + path.removeprefix(volume.target).lstrip("/")
+
+    def is_executable(self, path: str) -> bool:
+        return is_executable_in_root(*self.locate(path))
+
+    def is_directory(self, path: str) -> bool:
+        return is_directory_in_root(*self.locate(path))
+
 
 def resolve_app(rootfs: Path, app: AppSpec, default_argv: tuple[str, ...] = ()) -> ResolvedApp:
     argv = app.argv or default_argv
     if not argv:
         raise SpecError("no command given", hint="add one after '--', e.g. sdrun run --rootfs DIR -- /bin/sh")
+    tree = ContainerTree(rootfs, app.volumes)
     credentials = resolve_user(rootfs, app.user)
     env = {"HOME": credentials.home} | app.env
-    executable = find_executable(rootfs, argv[0], env.get("PATH", DEFAULT_PATH))
+    executable = find_executable(argv[0], env.get("PATH", DEFAULT_PATH), tree.is_executable)
     workdir = app.workdir or "/"
-    if not is_directory_in_root(*_where_to_look(rootfs, app.volumes, workdir)):
+    if not tree.is_directory(workdir):
         raise SpecError(f"working directory '{workdir}' does not exist in the container")
     return ResolvedApp(executable, argv, env, workdir, credentials)
 
 
-def _where_to_look(rootfs: Path, volumes: tuple[Volume, ...], path: str) -> tuple[Path, str]:
-    """The tree and the path in it that `path` will be in the container: the deepest volume
-    whose target holds it (a stage1 may mount volumes after resolving the app), else the rootfs."""
-    holders = [volume for volume in volumes if path == volume.target or path.startswith(volume.target + "/")]
-    if not holders:
-        return rootfs, path
-    volume = max(holders, key=lambda item: len(item.target))
-    return Path(volume.source), "/" + path.removeprefix(volume.target).lstrip("/")
+def resolve_pod_app(pod: Pod) -> ResolvedApp:
+    """The pod's app, resolved against the root it will run in. An image pod's root is an overlay
+    of its layer trees that only its unit mounts: for the lookup, a forked child mounts them
+    read-only in a private mount namespace of its own."""
+    if pod.spec.rootfs:
+        return resolve_app(Path(pod.spec.rootfs), pod.spec.app)
+    from stage1.rootfs import image_lowers
+
+    lowers = image_lowers(pod)
+    mountpoint = Paths.stage1_dir(pod.dir) / "lookup"
+    mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return ResolvedApp.from_plan_fields(_in_private_mount(lowers, mountpoint, pod.spec.app))
+
+
+def _in_private_mount(lowers: list[str], mountpoint: Path, app: AppSpec) -> dict[str, Any]:
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports through the pipe and never returns
+        os.close(read_end)
+        with os.fdopen(write_end, "wb") as stream:
+            stream.write(marshal.dumps(_resolve_in_child(lowers, mountpoint, app)))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as stream:
+        answer = stream.read()
+    os.waitpid(child, 0)
+    try:
+        kind, value, hint = marshal.loads(answer)
+    except (EOFError, ValueError, TypeError):
+        raise SdrunError("resolving the app in the image failed") from None
+    if kind == "error":
+        raise SpecError(value, hint=hint)
+    fields: dict[str, Any] = value
+    return fields
+
+
+def _resolve_in_child(lowers: list[str], mountpoint: Path, app: AppSpec) -> tuple[str, Any, str | None]:
+    try:
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        if len(lowers) == 1:  # overlayfs without an upper layer wants two lowers at least
+            sc.mount(lowers[0], mountpoint, None, sc.MS_BIND)
+        else:
+            from stage1.rootfs import overlay_options
+
+            sc.mount("overlay", mountpoint, "overlay", sc.MS_RDONLY, overlay_options(lowers))
+        return "app", resolve_app(mountpoint, app).plan_fields(), None
+    except SdrunError as error:
+        return "error", error.message, error.hint
+    except BaseException as error:  # noqa: BLE001 - a forked child: report, never return to the caller
+        return "error", describe(error), None
 
 
 def exec_app(

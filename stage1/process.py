@@ -17,7 +17,7 @@ from sdrun.linux import syscalls
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 
 class Identity:
@@ -102,3 +102,14 @@ def exec_as(
     except OSError as error:
         os.write(2, f"sdrun: cannot execute '{argv[0]}': {error.strerror}\n".encode())
         os._exit(127 if error.errno == 2 else 126)
+
+
+def exec_planned(
+    app: dict[str, Any], argv: Sequence[str] | None = None, before_exec: Callable[[], None] | None = None
+) -> NoReturn:
+    """exec_as for an app a stage1 plan carries (stage1.app.ResolvedApp.plan_fields): the planned
+    command, or argv (its first word an absolute path in the container) instead."""
+    identity = Identity(app["uid"], app["gid"], app["groups"])
+    command = app["argv"] if argv is None else argv
+    executable = app["executable"] if argv is None else command[0]
+    exec_as(identity, app["workdir"], executable, command, app["env"], before_exec)

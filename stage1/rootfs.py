@@ -33,20 +33,38 @@ def _escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
-def mount_pod_rootfs(pod: Pod) -> Path:
-    if pod.spec.rootfs:
-        return Path(pod.spec.rootfs)
+def image_lowers(pod: Pod) -> list[str]:
+    """An image pod's layer trees, topmost first, each checked to be completely rendered."""
     record = read_pod_image(pod.dir)
     if record is None or not record.lowers:
         raise SdrunError(f"pod {pod.name} has no image record ({Paths.pod_image(pod.dir)})")
     for lower in record.lowers:
         if not os.path.exists(os.path.join(os.path.dirname(lower), "rendered")):
             raise SdrunError(f"layer tree {lower} of image {record.digest} is missing or incomplete")
+    return record.lowers
+
+
+def overlay_options(lowers: list[str], upper: str | None = None, work: str | None = None) -> str:
+    """overlayfs mount options: lowerdirs topmost first; read-only without an upper (and work) dir."""
+    options = "lowerdir=" + ":".join(_escape(lower) for lower in lowers)
+    if upper is not None and work is not None:
+        options += f",upperdir={_escape(upper)},workdir={_escape(work)}"
+    return options
+
+
+def pod_overlay(pod: Pod) -> tuple[Path, str]:
+    """Where an image pod's root goes and its overlay options (creating the pod's upper and work dirs)."""
+    lowers = image_lowers(pod)
     scratch = Paths.stage1_dir(pod.dir)
     upper, work, target = scratch / UPPER, scratch / WORK, Paths.pod_rootfs(pod.dir)
     for directory in (scratch, upper, work, target):
         directory.mkdir(mode=0o755, exist_ok=True)
-    lowerdir = ":".join(_escape(lower) for lower in record.lowers)
-    options = f"lowerdir={lowerdir},upperdir={_escape(str(upper))},workdir={_escape(str(work))}"
+    return target, overlay_options(lowers, str(upper), str(work))
+
+
+def mount_pod_rootfs(pod: Pod) -> Path:
+    if pod.spec.rootfs:
+        return Path(pod.spec.rootfs)
+    target, options = pod_overlay(pod)
     sc.mount("overlay", target, "overlay", 0, options)
     return target

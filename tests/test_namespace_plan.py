@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import marshal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,8 +14,11 @@ import pytest
 from sdrun.errors import SpecError
 from sdrun.linux import caps, seccomp
 from sdrun.linux import syscalls as sc
+from sdrun.linux.mounts import MountOperation
+from sdrun.linux.rootfs import Credentials
 from sdrun.pod import Pod
 from sdrun.spec import Isolation, PodSpec, build_spec, check_settings
+from stage1.app import ResolvedApp
 from stage1.namespace.container import container_plan, parse_tmpfs, user_namespace_of
 
 
@@ -128,7 +134,7 @@ def test_plan_lists_runc_masks_the_minimal_dev_and_volumes_in_order(tmp_path: Pa
     volume = tmp_path / "v"
     volume.mkdir()
     plan = container_plan(make_pod(tmp_path, volume=[f"{volume}:/data:ro"], read_only=True, hostname="h"))
-    steps = [operation.describe() for operation in plan.mounts]
+    steps = [operation.describe() for operation in plan.mounts + plan.lockdown]
     assert steps[0] == "mount proc on /proc"
     assert "mount devpts on /dev/pts (newinstance,ptmxmode=0666,mode=0620,gid=5)" in steps
     assert f"bind {volume} on /data (read-only)" in steps
@@ -136,3 +142,29 @@ def test_plan_lists_runc_masks_the_minimal_dev_and_volumes_in_order(tmp_path: Pa
     assert steps[-1] == "make the root read-only"
     assert plan.hostname == "h" and plan.capabilities == caps.DEFAULT_CAPABILITIES
     assert not plan.host_network and plan.user_namespace is None
+
+
+def test_the_entry_plan_carries_every_mount_and_the_app_as_plain_values(tmp_path: Path) -> None:
+    """stage0 writes the plan with marshal; the entry rebuilds the same mount operations from it."""
+    pod = make_pod(tmp_path, tmpfs=["/run:size=1m"], cap_drop=["ALL"], cap_add=["KILL"], init=True)
+    plan = container_plan(pod)
+    app = ResolvedApp(
+        "/bin/sh", ("sh", "-c", "true"), {"HOME": "/home", "PATH": "/bin"}, "/", Credentials(1000, 100, (10,), "/home")
+    )
+    entry = marshal.loads(marshal.dumps(plan.entry_plan(app)))
+    rebuilt = [MountOperation.from_plan(item) for item in entry["mounts"] + entry["lockdown"]]
+    assert rebuilt == list(plan.mounts + plan.lockdown)
+    assert entry["capabilities"] == caps.mask(["KILL"]) == 1 << 5
+    assert ResolvedApp.from_plan_fields(entry["app"]) == app
+    assert entry["root"] == "rootfs" and entry["overlay"] == (
+        f"lowerdir=lower,upperdir={pod.dir}/stage1/upper,workdir={pod.dir}/stage1/work"
+    )
+
+
+def test_the_entry_imports_only_what_it_needs() -> None:
+    """Every container start pays for the in-unit entry's imports: none of the heavy ones."""
+    command = [sys.executable, "-X", "importtime", "-m", "stage1.namespace"]
+    imported = subprocess.run(command, capture_output=True, text=True, check=False).stderr
+    modules = {line.rsplit("|", 1)[-1].strip() for line in imported.splitlines() if "|" in line}
+    assert "stage1.namespace.launch" in modules
+    assert not {"dataclasses", "typing", "pathlib", "json", "sdrun.spec", "sdrun.pod", "stage1.app"} & modules

@@ -116,18 +116,17 @@ class _Data(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def limit_bounding_set(names: Iterable[str]) -> None:
-    """Drop every capability not named from the bounding set, and clear the ambient set (needs SETPCAP)."""
-    keep = mask(names)
+def limit_bounding_set(keep: int) -> None:
+    """Drop every capability not in the mask `keep` from the bounding set, and clear the ambient
+    set (needs SETPCAP)."""
     for number in range(last_capability() + 1):
         if not keep & (1 << number):
             sc.prctl(sc.PR_CAPBSET_DROP, number)
     sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
 
 
-def set_capabilities(names: Iterable[str]) -> None:
-    """capset(2): effective, permitted and inheritable become exactly `names`."""
-    value = mask(names)
+def set_capabilities(value: int) -> None:
+    """capset(2): effective, permitted and inheritable become exactly the mask `value`."""
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     low, high = value & 0xFFFFFFFF, value >> 32
     data = (_Data * 2)(_Data(low, low, low), _Data(high, high, high))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +41,15 @@ def is_directory_in_root(root: Path, path: str) -> bool:
         return False
 
 
-def find_executable(root: Path, command: str, search_path: str) -> str:
-    """The absolute path inside root that running `command` would execute, like execvp."""
+def find_executable(command: str, search_path: str, is_executable: Callable[[str], bool]) -> str:
+    """The absolute path in the container that running `command` would execute, like execvp;
+    is_executable tells whether a path in the container is an executable file."""
     if "/" in command:
         candidates = [command if command.startswith("/") else f"/{command}"]
     else:
         candidates = [f"{directory.rstrip('/')}/{command}" for directory in search_path.split(":") if directory]
     for candidate in candidates:
-        if is_executable_in_root(root, candidate):
+        if is_executable(candidate):
             return candidate
     raise SpecError(f"'{command}' not found in the container's rootfs", hint=f"searched {':'.join(candidates)}")
 

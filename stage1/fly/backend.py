@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
-from stage1.app import ResolvedApp, exec_app, resolve_app
+from stage1.app import exec_app, resolve_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.interface import Stage1, UnitPlan, entry_command
 
@@ -18,24 +18,18 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
 
 
-def _resolved_early(pod: Pod) -> ResolvedApp | None:
-    """A --rootfs pod's app, resolved now so errors come before the unit exists. An image pod's
-    root is an overlay mounted only inside the unit: the entry resolves its app there."""
-    return resolve_app(Path(pod.spec.rootfs), pod.spec.app) if pod.spec.rootfs else None
-
-
 class Fly(Stage1, name="fly"):
     def plan(self, pod: Pod) -> UnitPlan:
         if pod.spec.service.notify:
             raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-        write_plan(pod, _resolved_early(pod))
+        write_plan(pod)
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
         properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
         return UnitPlan(*entry_command("stage1.fly", pod), properties)
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
-        entry.become_app(entry.read_plan(str(write_plan(pod, _resolved_early(pod)))))
+        entry.become_app(entry.read_plan(str(write_plan(pod))))
 
     def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
         app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)  # the root the app sees, image or not
@@ -47,13 +41,20 @@ class Fly(Stage1, name="fly"):
         exec_app(app, tuple(argv))
 
 
-def write_plan(pod: Pod, app: ResolvedApp | None) -> Path:
-    """Everything the entry needs, resolved: it reads this instead of the pod manifest
-    (an image pod's app is resolved by the entry, once it has mounted the root)."""
+def write_plan(pod: Pod) -> Path:
+    """Everything the entry needs, resolved: it reads this instead of the pod manifest. An image
+    pod's root is an overlay of its layer trees, which the entry mounts (rootfs_overlay)."""
+    app = resolve_pod_app(pod)  # before the unit exists: a bad command or user fails here
+    overlay = None
+    if pod.spec.rootfs is None:
+        from stage1.rootfs import pod_overlay
+
+        target, options = pod_overlay(pod)
+        overlay = [str(target), options]
     plan = {
-        "pod_dir": str(pod.dir),
         "rootfs": pod.spec.rootfs,
-        **(entry.app_fields(app) if app else {}),
+        "rootfs_overlay": overlay,
+        "app": app.plan_fields(),
         "binds": [[path, path, False] for path in entry.HOST_API_FILESYSTEMS]
         + [[volume.source, volume.target, volume.read_only] for volume in pod.spec.app.volumes],
     }

@@ -2,7 +2,6 @@
 
 import sys
 
-from stage1.interface import run_entry
-from stage1.namespace.launch import become_container
+from stage1.namespace.launch import main
 
-run_entry(sys.argv, become_container)
+main(sys.argv)

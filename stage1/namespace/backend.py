@@ -1,32 +1,20 @@
-"""The namespace stage1: nspawn-like isolation with secure defaults and no resident helper.
-
-stage0 calls plan(): it checks what can be checked before the unit exists,
-writes the pod's scratch files (hostname, hosts, resolv.conf, the compiled
-seccomp filter, the overlay's upper layer) and returns a Type=notify unit whose
-entry (`python -m stage1.namespace run POD_DIR`, see launch.py) sets the
-container up and hands systemd its init as MainPID. What systemd can enforce
-without hampering that set-up, it enforces: DevicePolicy=closed with the minimal
-/dev, KillSignal=, TimeoutStopSec=, SELinuxContext=, AppArmorProfile=.
-Capabilities, no_new_privs and seccomp are applied in-process right before the
-exec (as runc does), since CapabilityBoundingSet= or SystemCallFilter= would
-also bind the entry that has to mount and unshare.
-"""
+"""The namespace stage1 as stage0 sees it: plan the unit, and the --scope and enter paths."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
-from stage1.app import resolve_app
+from stage1.app import resolve_pod_app
 from stage1.interface import Stage1, UnitPlan, entry_command
+from stage1.namespace import launch
 from stage1.namespace.container import (
     DEVICE_ALLOW,
     TINI,
-    capabilities_of,
+    container_plan,
     hosts_file,
     seccomp_filter_path,
     stage1_dir,
@@ -43,14 +31,12 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an
 
 class Namespace(Stage1, name="namespace"):
     def plan(self, pod: Pod) -> UnitPlan:
-        prepare(pod)
+        prepare(pod, console=None)  # a service's stdin is /dev/null: no console
         return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
-        from stage1.namespace.launch import launch
-
-        prepare(pod)
-        launch(pod, supervise=True)
+        console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
+        launch.launch(launch.read_plan(str(prepare(pod, console))), supervise=True)
 
     def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
         from stage1.namespace.enter import enter
@@ -84,22 +70,20 @@ def unit_properties(pod: Pod) -> list[Property]:
     return properties
 
 
-def prepare(pod: Pod) -> None:
-    """Check the pod and write its scratch files; raise SpecError before any unit exists."""
+def prepare(pod: Pod, console: str | None) -> Path:
+    """Check the pod, resolve its app, write its scratch files and the entry's plan; raise
+    SpecError before any unit exists. Returns the plan file."""
     spec = pod.spec
-    capabilities = capabilities_of(spec)
-    user_namespace = user_namespace_of(pod)
-    if spec.rootfs:
-        resolve_app(Path(spec.rootfs), spec.app)
-    elif user_namespace is not None:
+    plan = container_plan(pod, console)
+    if plan.user_namespace is not None and not spec.rootfs:
         raise SpecError("--private-users works with --rootfs pods only for now")
-    elif importlib.util.find_spec("stage1.rootfs") is None:
-        raise SpecError("the namespace stage1 cannot mount images yet", hint="use --rootfs DIR")
     if spec.isolation.init and not Path(TINI).exists():
         raise SpecError(f"--init needs {TINI}", hint="apt-get install tini")
+    app = resolve_pod_app(pod)
     scratch = stage1_dir(pod)
-    for directory in (scratch, scratch / "upper", scratch / "work"):
+    for directory in (scratch, scratch / "upper", scratch / "work", scratch / "rootfs-upper", scratch / "rootfs-work"):
         directory.mkdir(mode=0o755, exist_ok=True)
+    user_namespace = user_namespace_of(pod)
     if user_namespace is not None:  # container root owns the top of its writable layer
         os.chown(scratch / "upper", user_namespace.base, user_namespace.base)
     hostname = spec.isolation.hostname or pod.name
@@ -109,9 +93,12 @@ def prepare(pod: Pod) -> None:
     shutil.copyfile(host_resolv_conf if host_resolv_conf.exists() else os.devnull, scratch / "resolv.conf")
     from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
 
-    compiled = seccomp.compiled_filter(spec.isolation.seccomp, capabilities, _seccomp_cache(pod))
+    compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, _seccomp_cache(pod))
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
+    plan_file = scratch / launch.PLAN_FILE
+    launch.write_plan(str(plan_file), plan.entry_plan(app))
+    return plan_file
 
 
 def _seccomp_cache(pod: Pod) -> Path:

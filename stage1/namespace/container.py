@@ -8,10 +8,9 @@ fourteen capabilities, a seccomp allowlist), each overridable from the spec.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdrun.errors import SpecError
 from sdrun.linux import caps
@@ -28,9 +27,12 @@ from sdrun.linux.mounts import (
 from sdrun.net import NETNS_DIR, netns_name, pod_files
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
+from stage1.namespace.launch import INIT_PATH
+from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from stage1.app import ResolvedApp
 
 # Under /proc and /sys, what a container must not read (kernel memory, timers of the
 # host) or write (sysctls, sysrq). The same lists as runc's defaults.
@@ -60,8 +62,6 @@ DEV_LINKS = (
 # systemd's DevicePolicy=closed already allows null, zero, full, random and urandom.
 DEVICE_ALLOW = (("/dev/tty", "rw"), ("/dev/ptmx", "rw"), ("char-pts", "rw"))
 TINI = "/usr/bin/tini-static"
-INIT_PATH = "/dev/init"  # where the container sees tini: under /dev, out of the image's way
-CONTAINER_NOTIFY_SOCKET = "/run/host/notify"  # where systemd-nspawn puts it too
 API_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 USERNS_RANGE = 0x10000  # one 64K range per pod, as systemd-nspawn's --private-users=pick
 USERNS_FIRST_BASE = 0x80000  # leave the first 512K ids to the host, as nspawn does
@@ -83,19 +83,41 @@ class ContainerPlan:
     """Relative paths are relative to the pod's stage1 directory, the entry's working directory:
     a container root in a user namespace could not traverse the pod directory (0700) above it."""
 
-    root: Path  # where the rootfs is mounted in the entry's mount namespace
-    lower: Path | None  # a --rootfs directory (image pods: stage1.rootfs mounts the root)
-    upper: Path  # per-pod writable layer over `lower`
-    work: Path
-    read_only: bool
+    directory: str  # the pod's stage1 directory
+    root: str  # where the rootfs is mounted in the entry's mount namespace
+    lower: str | None  # a --rootfs directory, bound (idmapped under --private-users) at "lower"
+    overlay: str | None  # the root's overlayfs options; None: a read-only bind of lower
     hostname: str
-    mounts: tuple[MountOperation, ...]
+    mounts: tuple[MountOperation, ...]  # what builds the container's tree...
+    lockdown: tuple[MountOperation, ...]  # ... and then what masks and write-protects it
     capabilities: frozenset[str]
-    seccomp_filter: Path | None  # compiled BPF, None = unconfined
+    seccomp_filter: str | None  # compiled BPF, None = unconfined
     user_namespace: UserNamespace | None
     host_network: bool
+    netns: str  # the named network namespace to join, if networking made it
     init: bool
-    notify_socket: str | None = None  # the container's path to systemd's socket, for an app that says READY=1
+    notify: bool  # the app says READY=1 itself, through systemd's socket bound into the container
+
+    def entry_plan(self, app: ResolvedApp) -> dict[str, Any]:
+        """What the in-unit entry carries out (stage1.namespace.launch), as plain values."""
+        userns = self.user_namespace
+        return {
+            "directory": self.directory,
+            "root": self.root,
+            "lower": self.lower,
+            "overlay": self.overlay,
+            "hostname": self.hostname,
+            "mounts": [operation.to_plan() for operation in self.mounts],
+            "lockdown": [operation.to_plan() for operation in self.lockdown],
+            "capabilities": caps.mask(self.capabilities),
+            "seccomp": self.seccomp_filter,
+            "userns": None if userns is None else [userns.base, userns.count],
+            "host_network": self.host_network,
+            "netns": self.netns,
+            "init": self.init,
+            "notify": self.notify,
+            "app": app.plan_fields(),
+        }
 
 
 def stage1_dir(pod: Pod) -> Path:
@@ -155,7 +177,7 @@ def parse_tmpfs(text: str) -> FilesystemMount:
     return FilesystemMount("tmpfs", path, mask, ",".join(data) or "mode=1777")
 
 
-def api_mounts(pod: Pod, user_namespace: UserNamespace | None) -> list[MountOperation]:
+def api_mounts(pod: Pod, user_namespace: UserNamespace | None, console: str | None) -> list[MountOperation]:
     """/proc, /sys and a minimal /dev; the caller mounts them in the container's PID namespace."""
     sysfs: MountOperation = FilesystemMount("sysfs", "/sys", API_FLAGS | sc.MS_RDONLY)
     if user_namespace is not None and pod.spec.net == "host":
@@ -171,18 +193,29 @@ def api_mounts(pod: Pod, user_namespace: UserNamespace | None) -> list[MountOper
         FilesystemMount("tmpfs", "/dev/shm", API_FLAGS, "mode=1777,size=65536k"),
         FilesystemMount("mqueue", "/dev/mqueue", API_FLAGS),
     ]
-    if os.isatty(0):
-        mounts.append(BindMount(os.ttyname(0), "/dev/console"))
+    if console is not None:
+        mounts.append(BindMount(console, "/dev/console"))
     return mounts
 
 
-def container_plan(pod: Pod) -> ContainerPlan:
+def root_mount(pod: Pod) -> tuple[str | None, str | None]:
+    """The root's lower directory and overlay options. A --rootfs directory is shared by every pod
+    that runs it: each pod writes to an upper layer of its own (none at all with --read-only)."""
+    scratch = stage1_dir(pod)
+    if pod.spec.rootfs is None:
+        lowers = image_lowers(pod)
+        return None, overlay_options(lowers, str(scratch / UPPER), str(scratch / WORK))
+    if pod.spec.isolation.read_only:
+        return pod.spec.rootfs, None
+    return pod.spec.rootfs, overlay_options(["lower"], str(scratch / "upper"), str(scratch / "work"))
+
+
+def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
+    """console: the terminal to show as /dev/console (a --scope run's), if any."""
     spec = pod.spec
     isolation = spec.isolation
-    scratch = stage1_dir(pod)
     user_namespace = user_namespace_of(pod)
-    hostname = isolation.hostname or pod.name
-    mounts = api_mounts(pod, user_namespace)
+    mounts = api_mounts(pod, user_namespace, console)
     network_files = pod_files(pod)  # a pod on a network shares the network's hosts file, read-only
     mounts += [
         BindMount(str(network_files.get(name, name)), f"/etc/{name}", read_only=name in network_files)
@@ -192,27 +225,24 @@ def container_plan(pod: Pod) -> ContainerPlan:
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:
         mounts.append(BindMount(TINI, INIT_PATH, read_only=True))
-    host_notify_socket = os.environ.get("NOTIFY_SOCKET", "")
-    notify_socket = CONTAINER_NOTIFY_SOCKET if spec.service.notify and host_notify_socket.startswith("/") else None
-    if notify_socket:
-        mounts.append(BindMount(host_notify_socket, notify_socket))
-    mounts += [MaskPath(path) for path in MASKED_PATHS]
-    mounts += [ReadOnlyPath(path) for path in READ_ONLY_PATHS]
+    lockdown: list[MountOperation] = [MaskPath(path) for path in MASKED_PATHS]
+    lockdown += [ReadOnlyPath(path) for path in READ_ONLY_PATHS]
     if isolation.read_only:
-        mounts.append(ReadOnlyRoot())
-    filter_path = None if isolation.seccomp == "unconfined" else seccomp_filter_path(pod)
+        lockdown.append(ReadOnlyRoot())
+    lower, overlay = root_mount(pod)
     return ContainerPlan(
-        root=Path("rootfs"),
-        lower=Path(spec.rootfs) if spec.rootfs else None,
-        upper=scratch / "upper",
-        work=scratch / "work",
-        read_only=isolation.read_only,
-        hostname=hostname,
+        directory=str(stage1_dir(pod)),
+        root="rootfs",
+        lower=lower,
+        overlay=overlay,
+        hostname=isolation.hostname or pod.name,
         mounts=tuple(mounts),
+        lockdown=tuple(lockdown),
         capabilities=capabilities_of(spec),
-        seccomp_filter=filter_path,
+        seccomp_filter=None if isolation.seccomp == "unconfined" else str(seccomp_filter_path(pod)),
         user_namespace=user_namespace,
         host_network=spec.net == "host",
+        netns=str(NETNS_DIR / netns_name(pod.uuid)),
         init=isolation.init,
-        notify_socket=notify_socket,
+        notify=spec.service.notify,
     )

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from stage1.app import resolve_app
 from stage1.namespace.container import container_plan
@@ -29,12 +30,12 @@ NAMESPACES = (
 
 def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
     plan = container_plan(pod)
-    seccomp_program = plan.seccomp_filter.read_bytes() if plan.seccomp_filter else None
+    seccomp_program = Path(plan.seccomp_filter).read_bytes() if plan.seccomp_filter else None
     app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)
     join_namespaces(leader)
     child = os.fork()
     if child == 0:
-        confine_and_exec(app, plan.capabilities, seccomp_program, tuple(argv))
+        confine_and_exec(app.plan_fields(), caps.mask(plan.capabilities), seccomp_program, argv)
     _, status = os.waitpid(child, 0)
     os._exit(exit_status(status))
 

@@ -1,10 +1,17 @@
-"""Carrying out a ContainerPlan inside the unit, leaving no stage1 process behind.
+"""Carrying out the container plan inside the unit, leaving no stage1 process behind.
+
+stage0 wrote the plan (stage1/namespace.plan, see ContainerPlan.entry_plan):
+the app already resolved, every mount as data, capabilities as a mask, the
+seccomp filter compiled. This module only carries it out, and imports nothing
+it does not need (no dataclasses, no pathlib, no typing): every millisecond
+here delays every container start.
 
 Three processes, each with one job, and only the last one stays:
 
   entry (the unit's first main process)
     - unshares a private mount namespace and mounts the pod's rootfs there
-      (an overlay over --rootfs DIR, idmapped under --private-users);
+      (an overlay over --rootfs DIR, idmapped under --private-users, or over
+      the image's layer trees);
     - writes the uid/gid maps of the user namespace, if any;
     - tells systemd MAINPID=<container init> READY=1 and waits until systemd
       has read it (BARRIER=1), lets the container go, and exits.
@@ -23,29 +30,36 @@ So systemd's MainPID is the app (or tini), and the unit's exit status is its.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import marshal
 import os
 import signal
 import socket
 import struct
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
-from sdrun.linux.mounts import execute_plan
-from stage1.app import ResolvedApp, exec_app, resolve_app
-from stage1.namespace.container import INIT_PATH, ContainerPlan, container_plan, network_namespace, stage1_dir
-from stage1.process import SystemdNotifier
+from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
+from stage1 import entry_pod_dir, fail
+from stage1.process import SystemdNotifier, exec_planned
 
+# Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
+# in-unit entry ~5 ms; mypy honours any constant of this name.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sdrun.pod import Pod
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
+    Plan = dict[str, Any]
+
+PLAN_FILE = "namespace.plan"  # in the pod's stage1 directory; marshal, as the fly stage1's
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+INIT_PATH = "/dev/init"  # where the container sees tini: under /dev, out of the image's way
+CONTAINER_NOTIFY_SOCKET = "/run/host/notify"  # where systemd-nspawn puts it too
 
 
 class Channel:
@@ -73,17 +87,42 @@ class Channel:
         return message
 
 
-def become_container(pod: Pod) -> NoReturn:
-    """The unit's entry: set the container up and hand systemd its init."""
-    launch(pod, supervise=False)
+def read_plan(path: str) -> Plan:
+    with open(path, "rb") as stream:
+        plan: Plan = marshal.load(stream)
+    return plan
 
 
-def launch(pod: Pod, *, supervise: bool) -> NoReturn:
+def write_plan(path: str, plan: Plan) -> None:
+    with open(path, "wb") as stream:
+        marshal.dump(plan, stream)
+
+
+def main(argv: list[str]) -> NoReturn:
+    """`python -m stage1.namespace run --interface=N POD_DIR`: the unit's entry."""
+    pod_dir = entry_pod_dir(argv)
+    try:
+        launch(read_plan(os.path.join(pod_dir, "stage1", PLAN_FILE)), supervise=False)
+    except (SdrunError, OSError) as error:
+        fail(describe(error))
+    except (ValueError, EOFError, TypeError, KeyError) as error:
+        fail(f"{PLAN_FILE} of {pod_dir} is damaged: {error}")
+
+
+def launch(plan: Plan, *, supervise: bool) -> NoReturn:
     """supervise: stay as the container's parent and exit with its status (--scope, where no systemd waits)."""
-    plan = container_plan(pod)
+    notify_socket = os.environ.get("NOTIFY_SOCKET", "")  # the notifier takes it out of our environment
     notifier = SystemdNotifier()  # connect before we leave the host's namespaces
-    seccomp_program = plan.seccomp_filter.read_bytes() if plan.seccomp_filter else None
-    os.chdir(stage1_dir(pod))  # plan paths are relative to it; the container init inherits it
+    if plan["notify"] and notify_socket.startswith("/"):  # the app says READY=1 itself, from inside
+        plan["mounts"].append(BindMount(notify_socket, CONTAINER_NOTIFY_SOCKET).to_plan())
+        plan["app"]["env"]["NOTIFY_SOCKET"] = CONTAINER_NOTIFY_SOCKET
+    else:
+        plan["notify"] = False
+    seccomp_program = None
+    if plan["seccomp"] is not None:
+        with open(plan["seccomp"], "rb") as stream:
+            seccomp_program = stream.read()
+    os.chdir(plan["directory"])  # the plan's relative paths are relative to it; the container init inherits it
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # nothing we mount propagates to the host
     if supervise:
@@ -92,21 +131,20 @@ def launch(pod: Pod, *, supervise: bool) -> NoReturn:
     intermediate = os.fork()
     if intermediate == 0:
         channels = (to_intermediate.reader(), from_intermediate.writer(), ready.writer(), start.reader())
-        _guard(lambda: _intermediate(pod, plan, seccomp_program, *channels))
+        _guard(lambda: _intermediate(plan, seccomp_program, *channels))
     to_intermediate.writer(), from_intermediate.reader(), ready.reader(), start.writer()
     userns_fd = None
-    if plan.user_namespace is not None:
+    if plan["userns"] is not None:
         from_intermediate.receive("creating the user namespace")
-        userns_fd = _map_user_namespace(intermediate, plan)
-    _mount_rootfs(pod, plan, userns_fd)
+        userns_fd = _map_user_namespace(intermediate, plan["userns"])
+    _mount_rootfs(plan, userns_fd)
     to_intermediate.send(b"go")
     init_pid = int(from_intermediate.receive("starting the container init"))
     _, status = os.waitpid(intermediate, 0)
     if status != 0:
         raise SdrunError("container setup failed")
     ready.receive("the container was ready")
-    # An app that reports its own readiness (spec notify) says READY=1 itself, from inside.
-    notifier.notify(f"MAINPID={init_pid}" if plan.notify_socket else f"MAINPID={init_pid}\nREADY=1")
+    notifier.notify(f"MAINPID={init_pid}" if plan["notify"] else f"MAINPID={init_pid}\nREADY=1")
     notifier.barrier()  # systemd knows the init as MainPID before we may exit
     start.send(b"go")
     if not supervise:
@@ -123,16 +161,17 @@ def _guard(step: Callable[[], object]) -> NoReturn:
     os._exit(EXIT_RUNTIME_ERROR)
 
 
-def _map_user_namespace(pid: int, plan: ContainerPlan) -> int:
-    assert plan.user_namespace is not None
+def _map_user_namespace(pid: int, userns: list[int]) -> int:
+    base, count = userns
     for name in ("uid_map", "gid_map"):
-        Path(f"/proc/{pid}/{name}").write_text(plan.user_namespace.map)
+        with open(f"/proc/{pid}/{name}", "w") as stream:
+            stream.write(f"0 {base} {count}\n")
     return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _attach_tree(source: Path, target: Path, userns_fd: int | None) -> None:
+def _attach_tree(source: str, target: str, userns_fd: int | None) -> None:
     """Bind source at target, through the user namespace's id map if given (an idmapped mount)."""
-    target.mkdir(exist_ok=True)
+    _make_directory(target)
     tree = sc.open_tree(source, sc.OPEN_TREE_CLONE)
     try:
         if userns_fd is not None:
@@ -142,76 +181,79 @@ def _attach_tree(source: Path, target: Path, userns_fd: int | None) -> None:
         os.close(tree)
 
 
-def _mount_rootfs(pod: Pod, plan: ContainerPlan, userns_fd: int | None) -> None:
-    """The pod's root at plan.root, in the entry's private mount namespace."""
-    if plan.lower is None:
-        if userns_fd is not None:
-            raise SdrunError("--private-users needs a --rootfs pod for now")
-        from stage1.rootfs import mount_pod_rootfs  # type: ignore[import-not-found,import-untyped,unused-ignore]
+def _make_directory(path: str) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
 
-        _attach_tree(Path(mount_pod_rootfs(pod)), plan.root, None)
+
+def _mount_rootfs(plan: Plan, userns_fd: int | None) -> None:
+    """The pod's root at plan["root"], in the entry's private mount namespace: an overlay with the
+    pod's own upper layer over the --rootfs directory (bound at "lower") or the image's layer trees."""
+    root, lower, overlay = plan["root"], plan["lower"], plan["overlay"]
+    if overlay is None:  # --read-only --rootfs
+        _attach_tree(lower, root, userns_fd)
         return
-    if plan.read_only:
-        _attach_tree(plan.lower, plan.root, userns_fd)
-        return
-    # The directory is shared by every pod that runs it: the pod writes to its own upper layer.
-    lower = Path("lower")
-    _attach_tree(plan.lower, lower, userns_fd)
-    plan.root.mkdir(exist_ok=True)
-    options = f"lowerdir={lower},upperdir={plan.upper},workdir={plan.work}"
-    sc.mount("overlay", plan.root, "overlay", 0, options)
+    if lower is not None:
+        _attach_tree(lower, "lower", userns_fd)
+    _make_directory(root)
+    sc.mount("overlay", root, "overlay", 0, overlay)
 
 
 def _intermediate(
-    pod: Pod,
-    plan: ContainerPlan,
-    seccomp_program: bytes | None,
-    to_intermediate: Channel,
-    from_intermediate: Channel,
-    ready: Channel,
-    start: Channel,
+    plan: Plan, seccomp_program: bytes | None, to_intermediate: Channel, from_intermediate: Channel, *rest: Channel
 ) -> None:
-    netns = network_namespace(pod)
-    if netns is not None:  # before the user namespace: joining needs the host's privileges
-        with open(netns) as stream:
-            sc.setns(stream.fileno(), sc.CLONE_NEWNET)
-    if plan.user_namespace is not None:
+    joined = _join_network_namespace(plan)
+    if plan["userns"] is not None:
         sc.unshare(sc.CLONE_NEWUSER)
         from_intermediate.send(b"u")
     to_intermediate.receive("mounting the rootfs")
-    private_network = not plan.host_network and netns is None
+    private_network = not plan["host_network"] and not joined
     sc.unshare(NAMESPACES | (sc.CLONE_NEWNET if private_network else 0))
     init_pid = os.fork()
     if init_pid == 0:
-        _guard(lambda: _container_init(pod, plan, seccomp_program, ready, start))
+        ready, start = rest
+        _guard(lambda: _container_init(plan, seccomp_program, ready, start))
     from_intermediate.send(str(init_pid).encode())
     os._exit(0)
 
 
-def _container_init(
-    pod: Pod, plan: ContainerPlan, seccomp_program: bytes | None, ready: Channel, start: Channel
-) -> NoReturn:
-    if plan.user_namespace is not None:
+def _join_network_namespace(plan: Plan) -> bool:
+    """Join the named network namespace the networking set-up made for the pod, if any (before the
+    user namespace: joining needs the host's privileges); otherwise a private one, or the host's."""
+    if plan["host_network"]:
+        return False
+    try:
+        fd = os.open(plan["netns"], os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        sc.setns(fd, sc.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, start: Channel) -> NoReturn:
+    if plan["userns"] is not None:
         os.setresgid(0, 0, 0)  # root of the new namespace: setup may then create files as root
         os.setresuid(0, 0, 0)
+    root = plan["root"]
     # A mount made by the entry is locked in a user namespace's copy, and pivot_root refuses a
     # locked root: bind the root onto itself for a mount of our own (as runc does).
-    sc.mount(plan.root, plan.root, None, sc.MS_BIND | sc.MS_REC)
-    app = resolve_app(plan.root, pod.spec.app)
-    execute_plan(plan.mounts, plan.root)
-    sc.sethostname(plan.hostname)
-    if not plan.host_network:
+    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    execute_plan([MountOperation.from_plan(entry) for entry in plan["mounts"] + plan["lockdown"]], root)
+    sc.sethostname(plan["hostname"])
+    if not plan["host_network"]:
         _bring_up_loopback()
-    _pivot_root(plan.root)
+    _pivot_root(root)
     ready.send(b"ready")
     start.receive("systemd accepted the container init")  # now MAINPID is ours: the app may run and exit
-    argv = (INIT_PATH, "--", *app.argv) if plan.init else None
-    if plan.notify_socket:
-        os.environ["NOTIFY_SOCKET"] = plan.notify_socket
-    confine_and_exec(app, plan.capabilities, seccomp_program, argv)
+    app = plan["app"]
+    argv = [INIT_PATH, "--", *app["argv"]] if plan["init"] else None
+    confine_and_exec(app, plan["capabilities"], seccomp_program, argv)
 
 
-def _pivot_root(root: Path) -> None:
+def _pivot_root(root: str) -> None:
     """Make root the process's `/` and detach the host's root from this mount namespace."""
     os.chdir(root)
     sc.pivot_root(".", ".")  # the old root is now stacked under the new one, at "."
@@ -227,19 +269,20 @@ def _bring_up_loopback() -> None:
 
 
 def confine_and_exec(
-    app: ResolvedApp, capabilities: frozenset[str], seccomp_program: bytes | None, argv: tuple[str, ...] | None
+    app: dict[str, Any], capabilities: int, seccomp_program: bytes | None, argv: list[str] | None
 ) -> NoReturn:
-    """Drop to the container's capabilities, set no_new_privs, load seccomp, and exec as the app's user."""
+    """Drop to the container's capabilities (a mask), set no_new_privs, load seccomp, and exec as
+    the app's user: the planned app, or argv instead of its command."""
     caps.limit_bounding_set(capabilities)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
     def as_app_user() -> None:
         # setresuid() to a non-root user has already emptied the permitted set; root keeps the container's set.
-        caps.set_capabilities(capabilities if os.geteuid() == 0 else ())
+        caps.set_capabilities(capabilities if os.geteuid() == 0 else 0)
         if seccomp_program is not None:
             sc.load_seccomp_filter(seccomp_program)  # last: the filter then governs only the app
 
-    exec_app(app, argv, before_exec=as_app_user)
+    exec_planned(app, argv, before_exec=as_app_user)
 
 
 def _supervise(init_pid: int) -> NoReturn:
