@@ -153,3 +153,29 @@ def test_fuzzed_layers_never_write_outside(
             mode = os.lstat(os.path.join(directory, name))
             if stat.S_ISCHR(mode.st_mode):
                 assert mode.st_rdev == 0  # the only device a layer may make: a whiteout
+
+
+def test_archive_members_read_in_parallel_keep_their_own_bytes(tmp_path: Path) -> None:
+    """Layers of an archive are read by parallel downloads: each member's reader must not move another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdrun.image.sources import _TarFiles
+
+    contents = {f"layer{index}.tar": os.urandom(3 << 20) for index in range(4)}
+    archive = tmp_path / "archive.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in contents.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    files = _TarFiles(archive, "test archive")
+
+    def read_in_small_chunks(name: str) -> bytes:
+        with files.open(name) as stream:
+            return b"".join(iter(lambda: stream.read(4096), b""))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert dict(zip(contents, pool.map(read_in_small_chunks, contents), strict=True)) == contents
+    with files.open("layer1.tar") as stream:
+        stream.seek(1000)
+        assert stream.read(10) == contents["layer1.tar"][1000:1010]

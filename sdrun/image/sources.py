@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -124,16 +125,19 @@ class OciLayoutSource:
 
 
 class _TarFiles:
-    """Random access to the regular files of an uncompressed tar, by normalized name."""
+    """Random access to the regular files of an uncompressed tar, by normalized name. Each file
+    opens as a reader of its own over the member's bytes: layers are read by parallel threads,
+    which must not share tarfile's one file object and its position."""
 
     def __init__(self, path: Path, description: str) -> None:
         try:
-            self.archive = tarfile.open(path, "r:")  # noqa: SIM115 - open as long as the source is
-            self.members = {
-                member.name.removeprefix("./"): member for member in self.archive.getmembers() if member.isreg()
-            }
+            with tarfile.open(path, "r:") as archive:
+                self.members = {
+                    member.name.removeprefix("./"): member for member in archive.getmembers() if member.isreg()
+                }
         except (OSError, tarfile.TarError) as error:
             raise SdrunError(f"cannot read {description}: {error}") from None
+        self.path = path
         self.description = description
 
     def read(self, name: str) -> bytes:
@@ -142,10 +146,46 @@ class _TarFiles:
 
     def open(self, name: str) -> IO[bytes]:
         member = self.members.get(name.removeprefix("./"))
-        stream = self.archive.extractfile(member) if member else None
-        if stream is None:
+        if member is None:
             raise NotFound(f"{self.description} has no file '{name}'")
-        return stream
+        if member.issparse():
+            raise SdrunError(f"{self.description}: '{name}' is a sparse file, which no image holds")
+        return io.BufferedReader(_Window(self.path, member.offset_data, member.size))
+
+
+class _Window(io.RawIOBase):
+    """Bytes start..start+size of a file, read through a file descriptor of their own."""
+
+    def __init__(self, path: Path, start: int, size: int) -> None:
+        self._file = path.open("rb", buffering=0)
+        self._start, self._size, self._position = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._size - self._position)
+        if wanted <= 0:
+            return 0
+        data = os.pread(self._file.fileno(), wanted, self._start + self._position)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class OciArchiveSource(OciLayoutSource):
