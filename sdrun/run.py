@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+JOURNAL_POLL_SECONDS = 0.05  # how often a foreground run looks for new lines of its app
 
 
 @dataclass(frozen=True)
@@ -134,29 +135,35 @@ def _first_complaint(pod: Pod) -> str | None:
 
 
 def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, output: BinaryIO) -> int:
-    """Copy the app's journal lines to output until its unit is inactive; return its exit status."""
+    """Copy the app's journal lines to output until its unit is inactive; return its exit status.
+
+    The journal is polled, not watched: journald tells inotify watchers of new lines only
+    ~300 ms after it wrote them (it batches its notifications), a poll sees them at once,
+    and a reader without inotify watches closes ~10 ms faster, which every run pays."""
     from sdrun.systemd import journal
 
     assert log is not None
 
     def copy_new_lines() -> None:
-        log.process_events()
         for entry in log.entries():
             output.write(entry.message + b"\n")
         output.flush()
 
     with SignalProxy(systemd, pod.unit) as proxy, selectors.DefaultSelector() as selector:
         selector.register(systemd.fileno(), selectors.EVENT_READ, systemd.dispatch_pending)
-        selector.register(log.fileno(), selectors.EVENT_READ, copy_new_lines)
         selector.register(proxy.fileno(), selectors.EVENT_READ, proxy.forward_pending)
         machined.register(systemd, pod, wait=False)
-        if not systemd.check_unit_ended(pod.unit):
-            while not systemd.unit_has_ended(pod.unit):
-                for key, _ in selector.select():
-                    key.data()
+        ended = systemd.check_unit_ended(pod.unit)
+        while not ended:
+            for key, _ in selector.select(JOURNAL_POLL_SECONDS):
+                key.data()
+            log.refresh()
+            copy_new_lines()
+            ended = systemd.unit_has_ended(pod.unit)
     main_code = systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
     main_status = systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")
     journal.synchronize()  # the app has exited; make sure its last lines are written
+    log.refresh()
     copy_new_lines()
     log.close()
     return exit_status_of(CLD_CODES.get(main_code, "exited"), str(main_status))
