@@ -12,9 +12,9 @@ APT_PACKAGES := busybox-static gcc pkg-config libsystemd-dev python3-dev dbus sy
 	util-linux iproute2 nftables tini libseccomp2 crun runc podman skopeo umoci docker-registry \
 	qemu-system-x86 linux-image-cloud-amd64 hyperfine bubblewrap zstd apache2-utils
 
-.PHONY: setup apt venv test lint unit demo bench install uninstall clean
+.PHONY: setup apt venv bytecode test lint unit demo bench install uninstall clean
 
-setup: apt venv $(ROOTFS)/bin/busybox
+setup: apt venv bytecode $(ROOTFS)/bin/busybox
 
 apt: build/.apt-stamp
 build/.apt-stamp: Makefile
@@ -34,6 +34,11 @@ $(VENV)/.stamp: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench]' --config-settings editable_mode=compat
 	@touch $@
+
+# Byte-compile sdrun: an editable install leaves that to the first import, which a
+# PYTHONDONTWRITEBYTECODE environment never does, so every command would compile its modules.
+bytecode: venv
+	$(PY) -m compileall -q sdrun stage1
 
 $(ROOTFS)/bin/busybox: tools/mkrootfs.sh | apt
 	rm -rf $(ROOTFS) && tools/mkrootfs.sh $(ROOTFS)

@@ -20,6 +20,7 @@ from bench.runtimes import (
     hide_hybrid_unified_cgroup,
     in_throwaway_systemd,
     make_bundles,
+    private_podman_storage,
     version_of,
 )
 
@@ -105,6 +106,8 @@ def main() -> int:
     notes = [note for note in [hide_hybrid_unified_cgroup()] if note]
     runtimes, missing = available()
     scratch = Path(tempfile.mkdtemp(prefix="sdrun-bench-", dir="/var/tmp"))
+    if any(runtime.executable == "podman" for runtime in runtimes):
+        notes.append(private_podman_storage(scratch))
     context = Bench(PROJECT, rootfs, scratch, args.quick, runtimes, notes)
     try:
         if any(runtime.executable == "crun" for runtime in runtimes):

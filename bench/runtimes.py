@@ -201,6 +201,18 @@ def hide_hybrid_unified_cgroup() -> str | None:
     )
 
 
+def private_podman_storage(scratch: Path) -> str:
+    """podman's storage under the benchmark's scratch directory, through CONTAINERS_STORAGE_CONF
+    (which every podman command started from here inherits): the throwaway systemd's root is an
+    overlayfs, which podman's overlay driver cannot stack on, and the host's store is none of ours."""
+    config = scratch / "podman-storage.conf"
+    config.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{scratch}/podman/storage"\nrunroot = "{scratch}/podman/run"\n'
+    )
+    os.environ["CONTAINERS_STORAGE_CONF"] = str(config)
+    return f"podman keeps its storage in the benchmark's scratch directory ({config})."
+
+
 def in_throwaway_systemd() -> bool:
     try:
         return b"container=sdrun-harness" in Path("/proc/1/environ").read_bytes()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,6 +91,8 @@ def with_systemd(action: Callable[[Systemd], T]) -> T:
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """sdrun: containers as systemd units, with no daemon of their own."""
     if debug:
+        import logging
+
         logging.basicConfig(format="sdrun: %(message)s")
         logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 is chatty
     ctx.obj = Context(Paths.from_env(root), debug)
@@ -214,7 +214,7 @@ def spec_from_run_options(
     args = without_separator(args)
     if args:
         settings["exec"] = tuple(args)
-    default_name = default_name or f"pod-{secrets.token_hex(4)}"
+    default_name = default_name or f"pod-{os.urandom(4).hex()}"
     return build_spec(settings, default_name=default_name, default_stage1=DEFAULT_STAGE1)
 
 
@@ -417,7 +417,10 @@ def entry_point() -> None:
         status = 0
     except SystemExit as exit_:
         status = _exit_status(exit_.code)
-    logging.shutdown()
+    if "logging" in sys.modules:  # --debug, or a library, imported it: flush its handlers
+        import logging
+
+        logging.shutdown()
     try:
         sys.stdout.flush()
         sys.stderr.flush()

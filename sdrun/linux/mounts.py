@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
+from sdrun.debug import debug
 from sdrun.linux import syscalls as sc
 from sdrun.linux.inroot import (
     StrPath,
@@ -29,14 +29,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import ClassVar
-
-
-def _log_debug(message: str) -> None:
-    # Not the logging module: the stage1 entries import this file, and logging costs them ~4 ms.
-    if "logging" in sys.modules:  # --debug configured it
-        import logging
-
-        logging.getLogger("sdrun.mounts").debug("%s", message)
 
 
 class MountOperation:
@@ -112,7 +104,7 @@ class FilesystemMount(MountOperation):
 
 def execute_plan(plan: Sequence[MountOperation], root: StrPath) -> None:
     for operation in plan:
-        _log_debug(operation.describe())
+        debug("mounts", "%s", operation.describe())
         operation.execute(root)
 
 

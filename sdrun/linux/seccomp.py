@@ -17,16 +17,15 @@ binary is killed on its first syscall.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdrun.errors import SpecError
+from sdrun.linux import caps
 
 UNCONFINED = "unconfined"
 DEFAULT = "default"
@@ -184,41 +183,43 @@ def _operator(name: str, origin: str) -> str:
     return name
 
 
-def load_profile(choice: str, capabilities: Collection[str]) -> tuple[Profile, str] | None:
-    """The profile `--seccomp` names (default, unconfined or a JSON file) and a key naming it; None if unconfined."""
+def compiled_filter(choice: str, capabilities: Collection[str], cache: Path) -> Path | None:
+    """The BPF program file for a profile, compiled into cache unless already there; None if unconfined.
+    A cached program is found by its key alone: the profile is built (and compiled) only on a miss."""
     if choice == UNCONFINED:
         return None
-    if choice == DEFAULT:
-        text = DEFAULT
-        profile = default_profile(capabilities)
-    else:
-        try:
-            text = Path(choice).read_text()
-        except OSError as error:
-            raise SpecError(f"cannot read seccomp profile '{choice}': {error.strerror}") from None
-        profile = parse_oci_profile(text, capabilities, choice)
-    key = hashlib.sha256(json.dumps([PROFILE_FORMAT, text, sorted(capabilities)]).encode()).hexdigest()
-    return profile, key
-
-
-def compiled_filter(choice: str, capabilities: Collection[str], cache: Path) -> Path | None:
-    """The BPF program file for a profile, compiled into cache unless already there; None if unconfined."""
-    loaded = load_profile(choice, capabilities)
-    if loaded is None:
-        return None
-    profile, key = loaded
+    key, build = _profile_source(choice, capabilities)
     path = cache / f"{key}.bpf"
     if not path.exists():
+        import tempfile
+
+        program = compile_profile(build())
         cache.mkdir(parents=True, exist_ok=True)
-        program = compile_profile(profile)
         with tempfile.NamedTemporaryFile(dir=cache, prefix=".new-", delete=False) as stream:
             stream.write(program)
         os.rename(stream.name, path)  # atomic: a racing run sees the whole program or none
     return path
 
 
+def _profile_source(choice: str, capabilities: Collection[str]) -> tuple[str, Callable[[], Profile]]:
+    """A cache key naming the profile `--seccomp` chose (default or a JSON file) with the capability
+    set, and how to build it. The default profile is named by the set; a file by a hash of its text."""
+    if choice == DEFAULT:
+        return f"default-{PROFILE_FORMAT}-{caps.mask(capabilities):x}", lambda: default_profile(capabilities)
+    try:
+        text = Path(choice).read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read seccomp profile '{choice}': {error.strerror}") from None
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([PROFILE_FORMAT, text, sorted(capabilities)]).encode()).hexdigest()
+    return key, lambda: parse_oci_profile(text, capabilities, choice)
+
+
 def compile_profile(profile: Profile) -> bytes:
     """libseccomp's BPF for the profile, for this machine's native architecture."""
+    import tempfile
+
     import pyseccomp
 
     def action_code(action: str, errno: int) -> int:

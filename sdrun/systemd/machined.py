@@ -9,15 +9,13 @@ without systemd-machined (package systemd-container) runs pods all the same.
 
 from __future__ import annotations
 
-import logging
 import re
-import uuid as uuidlib
 
+from sdrun.debug import debug
 from sdrun.errors import NotFound, SdrunError
 from sdrun.pod import Pod
 from sdrun.systemd import bus
 
-log = logging.getLogger("sdrun.machined")
 # machined takes hostnames: dot-separated labels of letters, digits and inner hyphens.
 MACHINE_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
@@ -31,15 +29,15 @@ def register(systemd: bus.Systemd, pod: Pod, *, wait: bool = True) -> bool:
     Without wait, machined's answer is not awaited: `sdrun run` does not pay for it."""
     name = machine_name(pod)
     if name is None:
-        log.debug("pod name %r is not a valid machine name: not registered with machined", pod.name)
+        debug("machined", "pod name %r is not a valid machine name: not registered with machined", pod.name)
         return False
     try:
         leader = int(systemd.unit_property(pod.unit, bus.SERVICE, "MainPID") or 0)
         if not leader:
             return False  # the app has already ended
         root = pod.spec.rootfs or ""
-        bus.register_machine(systemd, name, uuidlib.UUID(pod.uuid).bytes, leader, root, wait=wait)
+        bus.register_machine(systemd, name, bytes.fromhex(pod.uuid.replace("-", "")), leader, root, wait=wait)
     except (NotFound, SdrunError) as error:
-        log.debug("not registered with machined: %s", error.message)
+        debug("machined", "not registered with machined: %s", error.message)
         return False
     return True
