@@ -75,16 +75,33 @@ class Pod:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the pod's lock; fails at once if another sdrun command holds it."""
-        fd = os.open(Paths.lock(self.dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Hold the pod's lock; fails at once if another sdrun command holds it. The lock a
+        PodStore.create() took for this process is the first one handed out."""
+        fd = _CREATION_LOCKS.pop(self.dir, None)
+        if fd is None:
+            fd = _try_lock(Paths.lock(self.dir))
+            if fd is None:
+                raise SdrunError(f"pod '{self.name}' is busy: another sdrun command holds its lock")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise SdrunError(f"pod '{self.name}' is busy: another sdrun command holds its lock") from None
             yield
         finally:
             os.close(fd)
+
+
+# Pods this process created, by directory, with the fd that holds their lock since before the
+# directory appeared: a concurrent `sdrun gc` never finds a new pod unlocked (and removes it).
+_CREATION_LOCKS: dict[Path, int] = {}
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding the lock file's flock, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def unit_name(pod_name: str, kind: str) -> str:
@@ -103,15 +120,20 @@ class PodStore:
         final = self.paths.pod_dir(pod_uuid)
         staging = self.paths.pods / f".new-{pod_uuid}"
         staging.mkdir(mode=0o700)
+        lock = _try_lock(Paths.lock(staging))  # held across the rename: the flock follows the file
+        assert lock is not None  # nobody else knows the directory yet
         pod = Pod(pod_uuid, final, spec, time.time())
         manifest = {"version": MANIFEST_VERSION, "uuid": pod_uuid, "created": pod.created, "spec": spec.to_json()}
-        write_file_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
-        staging.rename(final)
         try:
+            write_file_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
+            staging.rename(final)
             self._reserve_name(spec.name, pod_uuid)
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            os.close(lock)
             raise
+        _CREATION_LOCKS[final] = lock
         return pod
 
     def _reserve_name(self, name: str, pod_uuid: str) -> None:
@@ -176,8 +198,9 @@ class PodStore:
         """Half-created pod directories and names whose pod is gone (after a crash)."""
         removed = []
         for entry in self._entries(self.paths.pods):
-            if entry.name.startswith(".new-"):
-                shutil.rmtree(entry.path, ignore_errors=True)
+            if entry.name.startswith(".new-") and (lock := _try_lock(Paths.lock(Path(entry.path)))) is not None:
+                shutil.rmtree(entry.path, ignore_errors=True)  # its creator died: nobody holds its lock
+                os.close(lock)
                 removed.append(entry.path)
         for entry in self._entries(self.paths.names):
             if self._pod_behind(Path(entry.path)) is None:
