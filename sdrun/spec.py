@@ -158,9 +158,10 @@ class PodSpec:
 def parse_memory(value: object) -> int:
     text = str(value).strip().upper().removesuffix("B").removesuffix("I")
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text)
-    if not match or float(match[1]) <= 0:
+    size = int(float(match[1]) * MEMORY_UNITS[match[2]]) if match else 0
+    if size < 1:  # 0.5 is no whole byte: systemd would refuse it only once the unit is made
         raise SpecError(f"invalid memory value '{value}': expected a size like 512K, 256M or 2G")
-    return int(float(match[1]) * MEMORY_UNITS[match[2]])
+    return size
 
 
 def parse_cpus(value: object) -> float:
@@ -282,6 +283,13 @@ def parse_tmpfs(value: str) -> str:
     return _absolute_path(path, "tmpfs path") + sep + options
 
 
+def parse_flag(value: object, key: str) -> bool:
+    """A yes/no setting: a TOML boolean (a CLI flag gives True)."""
+    if not isinstance(value, bool):
+        raise SpecError(f"invalid {key} {value!r}: expected true or false (a TOML boolean, unquoted)")
+    return value
+
+
 def parse_choice(value: object, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise SpecError(f"invalid {what} '{value}': expected one of {', '.join(choices)}")
@@ -321,7 +329,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "pids_limit": parse_pids_limit,
     "restart": parse_restart,
     "label": lambda value: parse_pairs(value, "label"),
-    "scope": bool,
+    "scope": lambda value: parse_flag(value, "scope"),
     "net": parse_network,
     "port": lambda value: tuple(PortMapping.parse(item) for item in _as_list(value, "port")),
     "stop_signal": parse_stop_signal,
@@ -331,9 +339,9 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "cap_drop": lambda value: tuple(_as_list(value, "cap_drop")),
     "seccomp": str,
     "private_users": parse_private_users,
-    "read_only": bool,
+    "read_only": lambda value: parse_flag(value, "read_only"),
     "tmpfs": lambda value: tuple(parse_tmpfs(item) for item in _as_list(value, "tmpfs")),
-    "init": bool,
+    "init": lambda value: parse_flag(value, "init"),
     "selinux_type": str,
     "apparmor": str,
     "kvm_accel": lambda value: parse_choice(value, ("kvm", "tcg", "auto"), "kvm accelerator"),
@@ -342,7 +350,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "restart_sec": parse_seconds,
     "start_limit_interval": parse_seconds,
     "start_limit_burst": parse_count,
-    "notify": bool,
+    "notify": lambda value: parse_flag(value, "notify"),
     "listen": lambda value: tuple(parse_listen(item) for item in _as_list(value, "listen")),
     "healthcheck": lambda value: tuple(_as_list(value, "healthcheck")),
     "healthcheck_interval": parse_seconds,
@@ -386,6 +394,8 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         raise SpecError("give exactly one of --rootfs DIR or an IMAGE")
     if settings.get("port") and settings.get("net", "none") in ("host", "none"):
         raise SpecError("--port needs a network: --net default or --net NAME")
+    if settings.get("scope") and settings.get("restart", "no") != "no":
+        raise SpecError("--restart needs a service: systemd restarts no --scope pod, which runs under the CLI")
     rootfs = settings.get("rootfs")
     if rootfs is not None and not Path(rootfs).is_dir():
         raise SpecError(f"rootfs '{rootfs}' is not a directory")

@@ -37,7 +37,7 @@ def test_memory_sizes(text: str, size: int) -> None:
     assert parse_memory(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "12Q", "-1M", "M", "0", "1.2.3G"])
+@pytest.mark.parametrize("text", ["", "12Q", "-1M", "M", "0", "0.5", "1.2.3G"])
 def test_bad_memory_sizes(text: str) -> None:
     with pytest.raises(SpecError, match="invalid memory value"):
         parse_memory(text)
@@ -49,6 +49,13 @@ def test_volume_parsing(tmp_path: Path) -> None:
     for bad in ("relative:/x", f"{tmp_path}:relative", f"{tmp_path}:/x:rx", "a:b:c:d"):
         with pytest.raises(SpecError):
             Volume.parse(bad)
+
+
+@pytest.mark.parametrize("key", ["scope", "read_only", "init", "notify"])
+def test_flags_in_spec_files_must_be_booleans(key: str) -> None:
+    assert check_settings({key: False}, "web.toml") == {key: False}
+    with pytest.raises(SpecError, match=rf"web\.toml: invalid {key} 'false': expected true or false"):
+        check_settings({key: "false"}, "web.toml")
 
 
 def test_unknown_keys_are_rejected_with_their_origin() -> None:
