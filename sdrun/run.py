@@ -47,6 +47,8 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
         raise SdrunError(
             "listen, healthcheck and wanted_by need an installed unit", hint="sdrun install NAME --spec FILE"
         )
+    if spec.scope and options.detach:
+        raise SdrunError("--scope runs the app attached to this terminal: it cannot be --detach'ed")
     backend = Stage1.named(spec.stage1)
     systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
@@ -238,7 +240,11 @@ def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
     exit_status = os.waitstatus_to_exitcode(status)
-    record = f"exited exited {exit_status}" if exit_status >= 0 else f"signal killed {-exit_status}"
+    # As systemd tells ExecStopPost= for a service: $SERVICE_RESULT $EXIT_CODE $EXIT_STATUS.
+    if exit_status >= 0:
+        record = f"{'success' if exit_status == 0 else 'exit-code'} exited {exit_status}"
+    else:
+        record = f"signal killed {signal.Signals(-exit_status).name.removeprefix('SIG')}"
     write_file_atomically(Paths.exit_record(pod.dir), record + "\n")
     return exit_status if exit_status >= 0 else 128 - exit_status
 

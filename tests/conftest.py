@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Sdrun:
     """The sdrun CLI with a private --root, run as a subprocess like a user would."""
 
     root: Path
+    units_at_start: frozenset[str] = frozenset()
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 60, **kwargs: object
@@ -54,6 +56,25 @@ class Sdrun:
         pods = self.root / "pods"
         return sorted(p.name for p in pods.iterdir()) if pods.exists() else []
 
+    def names(self) -> list[str]:
+        names = self.root / "names"
+        return sorted(p.name for p in names.iterdir()) if names.exists() else []
+
+    def new_units(self) -> set[str]:
+        """sdrun's units that systemd knows now and did not when this fixture began."""
+        return set(sdrun_units() - self.units_at_start)
+
+
+def sdrun_units() -> frozenset[str]:
+    """Every unit of any sdrun root that systemd has loaded, active or not."""
+    listing = subprocess.run(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", "sdrun-*"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return frozenset(line.split()[0] for line in listing.splitlines() if line.strip())
+
 
 @pytest.fixture(scope="session")
 def rootfs() -> Path:
@@ -68,13 +89,22 @@ def rootfs() -> Path:
 def sdrun() -> Iterator[Sdrun]:
     root = STATE_BASE / uuid.uuid4().hex[:12]
     root.mkdir(parents=True)
-    runner = Sdrun(root)
+    runner = Sdrun(root, sdrun_units() if systemd_available() else frozenset())
     yield runner
     if systemd_available():
         runner("gc", check=False)
         for pod in runner.pods():  # anything still running: the test failed half-way
             runner("rm", "-f", pod, check=False)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for(predicate: object, timeout: float = 20.0, interval: float = 0.05) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
 
 
 def unique_name(prefix: str = "t") -> str:

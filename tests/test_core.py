@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SDRUN, Sdrun, needs_systemd, systemctl_show, unique_name
+from sdrun.paths import Paths
+from sdrun.pod import PodStore
+from sdrun.spec import build_spec, check_settings
+from tests.conftest import SDRUN, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
 
 pytestmark = needs_systemd
 FLY = ("--stage1", "fly")  # for the few tests that check what only the fly stage1 shows
@@ -21,15 +24,6 @@ def pod_json(sdrun: Sdrun, name: str) -> dict[str, object]:
     pods = json.loads(sdrun("list", "--json").stdout)
     (found,) = [pod for pod in pods if pod["name"] == name]
     return dict(found)
-
-
-def wait_for(predicate: object, timeout: float = 20.0, interval: float = 0.05) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {getattr(predicate, '__name__', predicate)}")
-        time.sleep(interval)
 
 
 def test_foreground_run_prints_output_and_exits_with_the_apps_status(sdrun: Sdrun, rootfs: Path) -> None:
@@ -102,6 +96,29 @@ def test_detached_pod_lifecycle_stop_kill_rm_gc(sdrun: Sdrun, rootfs: Path) -> N
     assert [pod["name"] for pod in json.loads(sdrun("list", "--json").stdout)] == [second]
     assert f"removed {second}" in sdrun("gc").stdout
     assert sdrun.pods() == []
+
+
+def test_logs_follow_a_pod_until_it_ends(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    script = "for i in 1 2 3; do echo line $i; sleep 0.7; done; echo last"
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sh", "-c", script)
+    followed = sdrun("logs", "-f", name, timeout=30)  # returns by itself once the pod has ended
+    assert followed.stdout.splitlines() == ["line 1", "line 2", "line 3", "last"]
+    past = sdrun("logs", "-f", "--until", "2000-01-01", "--all", timeout=30)
+    assert past.returncode == 0 and past.stdout == ""
+
+
+def test_gc_leaves_a_pod_alone_while_its_creator_holds_it(sdrun: Sdrun, rootfs: Path) -> None:
+    """A `run` creates its pod locked, so that a concurrent gc never takes it for a dead one."""
+    spec = build_spec(check_settings({"rootfs": str(rootfs)}, "test"), default_name="new", default_stage1="fly")
+    store = PodStore(Paths(sdrun.root))
+    pod = store.create(spec)  # this process now holds its lock, as `sdrun run` does while starting it
+    (sdrun.root / "pods" / ".new-crashed").mkdir()  # a creation whose process died
+    assert sdrun("gc").stdout == f"removed {sdrun.root}/pods/.new-crashed\n"
+    assert sdrun.pods() == [pod.uuid] and sdrun.names() == ["new"]
+    with pod.locked():  # the creator's own first lock is the one it already holds
+        assert "is busy" in sdrun("rm", "new", check=False).stderr
+    assert f"removed new ({pod.uuid})" in sdrun("gc").stdout
 
 
 def test_rm_force_kills_a_running_pod(sdrun: Sdrun, rootfs: Path) -> None:
@@ -217,7 +234,11 @@ def test_scope_runs_attached_in_a_transient_scope(sdrun: Sdrun, rootfs: Path) ->
                    "sh", "-c", "grep name=systemd /proc/self/cgroup; exit 5", check=False)  # fmt: skip
     assert result.returncode == 5
     assert result.stdout.strip().endswith(f"/machine.slice/sdrun-{name}.scope")
-    assert pod_json(sdrun, name)["exit_status"] == 5
+    assert (pod_json(sdrun, name)["state"], pod_json(sdrun, name)["exit_status"]) == ("exited", 5)
+    killed = sdrun("run", *FLY, "--scope", "--rootfs", str(rootfs), "--", "sh", "-c", "kill -9 $$", check=False)
+    assert killed.returncode == 137
+    listing = json.loads(sdrun("list", "--json").stdout)
+    assert sorted((pod["state"], pod["exit_status"]) for pod in listing) == [("exited", 5), ("exited", 137)]
 
 
 def test_enter_runs_inside_the_pod_and_its_cgroup(sdrun: Sdrun, rootfs: Path) -> None:
@@ -238,10 +259,8 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("sdrun: "), result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
-    assert sdrun.pods() == []
-    units = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "sdrun-*"],
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert str(sdrun.root) not in units
+    assert sdrun.pods() == [] and sdrun.names() == []
+    assert sdrun.new_units() == set()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from sdrun.net import pod as network_pod
 from sdrun.paths import Paths
 from sdrun.pod import PodStore
 from sdrun.spec import build_spec, check_settings
-from tests.conftest import PROJECT, Sdrun, needs_systemd, unique_name
+from tests.conftest import PROJECT, Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_image_support import umoci_change, umoci_image
 
 pytestmark = needs_systemd
@@ -179,6 +179,8 @@ def test_stop_rm_kill_and_gc_leave_nothing_behind(sdrun: Sdrun, rootfs: Path) ->
     sdrun("stop", names[0])
     sdrun("rm", "-f", names[1])
     sdrun("kill", "-s", "KILL", names[2])
+    # kill returns once the signal is sent; the unit's ExecStopPost then tears the network down.
+    wait_for(lambda: pod_json(sdrun, names[2])["state"] not in ("running", "stopping"))
     sdrun("gc")
     assert_nothing_left(sdrun)
 
@@ -189,6 +191,8 @@ def test_gc_undoes_what_a_crash_left(sdrun: Sdrun, rootfs: Path) -> None:
     spec = build_spec(settings, default_name=unique_name("crashed"), default_stage1="namespace")
     pod = PodStore(Paths(sdrun.root)).create(spec)
     lease = network_pod.setup(sdrun.root, pod)
+    with pod.locked():  # then its creator "crashes": the lock it held since the pod's creation goes
+        pass
     assert lease.netns in host_state() and "table ip sdrun" in host_state()
     removed = sdrun("gc").stdout
     assert f"removed {pod.name} ({pod.uuid}) and its network\n" in removed
