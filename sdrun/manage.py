@@ -78,6 +78,9 @@ def view(systemd: Systemd, pod: Pod) -> PodView:
 
 def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:
     details = view(systemd, pod).to_json()
+    # The app's environment is the stage1's to apply at its exec, not the unit's Environment=
+    # (which would reach sdrun's own processes on the host too): shown here instead.
+    details["env"] = pod.spec.app.env
     details["main_pid"] = None
     if details["state"] in ("running", "starting", "stopping") and not pod.spec.scope:
         with contextlib.suppress(NotFound):

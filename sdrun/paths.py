@@ -43,6 +43,11 @@ class Paths:
     def pod_dir(self, uuid: str) -> Path:
         return self.pods / uuid
 
+    @staticmethod
+    def root_of(pod_dir: Path) -> Path:
+        """The sdrun root a pod directory (<root>/pods/<uuid>) belongs to."""
+        return pod_dir.parent.parent
+
     def name_link(self, name: str) -> Path:
         return self.names / name
 

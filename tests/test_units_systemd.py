@@ -225,5 +225,7 @@ def test_logs_select_by_time_all_pods_and_json(sdrun: Sdrun, rootfs: Path) -> No
     bad = sdrun("logs", "--since", "yesterday-ish", first, check=False)
     assert bad.returncode == 125 and bad.stderr.startswith("sdrun: invalid time")
     pod_uuid = json.loads(sdrun("status", "--json", first).stdout)["uuid"]
+    assert sdrun("logs", "--since", "1h", "-n", "1", "--all").stdout == f"{second} | second line\n"
     sdrun("rm", first)
     assert sdrun("logs", pod_uuid).stdout == "first line\n"  # a removed pod's lines, by UUID
+    assert sdrun("logs", "--all").stdout.splitlines() == [f"{first} | first line", f"{second} | second line"]

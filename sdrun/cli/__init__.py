@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -56,6 +58,9 @@ class SdrunGroup(click.Group):
             die(error.message, error.hint, error.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except BrokenPipeError:  # `sdrun list | head`: the reader left; say nothing more, as cat would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + 13)  # SIGPIPE
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
             raise
         except Exception as error:
@@ -348,39 +353,78 @@ def logs(
 
     if bool(pod_ref) == all_pods:
         raise SdrunError("give one POD, or --all")
-    names = {pod.uuid: pod.name for pod in ctx.store.all()} if all_pods else {}
-    if all_pods and not names:
-        return
-    log = journal.PodJournal(*names) if all_pods else journal.PodJournal(_pod_uuid(ctx, str(pod_ref)))
+    names_by_uuid: Mapping[str, str] | None = None  # --all: each line after its pod's name
+    if all_pods:  # every pod of this root, removed ones too
+        names_by_uuid = {pod.uuid: pod.name for pod in ctx.store.all()}
+        log = journal.PodJournal.of_root(str(ctx.paths.root))
+        pod = None
+    else:
+        pod = _pod_or_none(ctx, str(pod_ref))
+        log = journal.PodJournal(pod.uuid if pod else str(pod_ref))
     until_usec = _journal_time(until) if until else None
-    if lines is not None:
-        log.seek_last(lines)
-    elif since:
+    if since:
         log.seek_realtime(_journal_time(since))
+    elif lines is not None:
+        log.seek_last(lines)
     else:
         log.seek_head()
+    read = log.entries_with_fields if (as_json or all_pods) else log.entries
+    first = read(until_usec)
+    if since and lines is not None:  # the last N of those since TIME, as journalctl -n with --since
+        first = iter(collections.deque(first, maxlen=lines))
+    render = functools.partial(_log_line, as_json=as_json, names=names_by_uuid)
+    _print_entries(first, render)
+    if follow:
+        _follow_logs(log, lambda: read(until_usec), render, until_usec, pod)
+
+
+def _print_entries(entries: Iterable[Any], render: Callable[[Any], bytes]) -> None:
     out = sys.stdout.buffer
+    for entry in entries:
+        out.write(render(entry) + b"\n")
+    out.flush()
+
+
+def _follow_logs(
+    log: Any, new_entries: Callable[[], Iterable[Any]], render: Callable[[Any], bytes], until_usec: int | None,
+    pod: Pod | None,
+) -> None:  # fmt: skip
+    """Print new lines as they come; for one pod, until it has ended (a restarting pod has not:
+    its unit says), or until --until has passed."""
+    import time
+
+    from sdrun.systemd import journal
+    from sdrun.systemd.bus import Systemd
+
+    systemd = Systemd.connect() if pod is not None else None
     while True:
-        for entry in log.entries_with_fields(until_usec) if (as_json or all_pods) else log.entries(until_usec):
-            out.write(_log_line(entry, as_json, names) + b"\n")
-        out.flush()
-        if not follow:
-            return
         log.wait(1_000_000)
+        _print_entries(new_entries(), render)
+        if until_usec is not None and time.time() * 1_000_000 > until_usec:
+            return
+        if pod is not None and systemd is not None and not manage.view(systemd, pod).running:
+            journal.synchronize()  # journald answers once it has written the pod's last lines
+            log.refresh()
+            _print_entries(new_entries(), render)
+            return
 
 
-def _log_line(entry: Any, as_json: bool, names: Mapping[str, str]) -> bytes:
+def _log_line(entry: Any, *, as_json: bool, names: Mapping[str, str] | None) -> bytes:
     if as_json:
         fields = {
             key: value.decode(errors="replace") if isinstance(value, bytes) else str(value)
             for key, value in entry.fields.items()
         }
         return json.dumps({"__REALTIME_TIMESTAMP": str(entry.realtime_usec), **fields}, sort_keys=True).encode()
-    if names:
-        pod = entry.fields.get("SDRUN_POD", b"")
-        pod_uuid = pod.decode() if isinstance(pod, bytes) else str(pod)
-        return names.get(pod_uuid, pod_uuid[:8]).encode() + b" | " + bytes(entry.message)
+    if names is not None:  # a removed pod's name is the journal's SYSLOG_IDENTIFIER
+        pod_uuid = _text(entry.fields.get("SDRUN_POD", b""))
+        name = names.get(pod_uuid) or _text(entry.fields.get("SYSLOG_IDENTIFIER", b"")) or pod_uuid[:8]
+        return name.encode() + b" | " + bytes(entry.message)
     return bytes(entry.message)
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _journal_time(text: str) -> int:
@@ -398,13 +442,13 @@ def _journal_time(text: str) -> int:
         raise SdrunError(f"invalid time '{text}': expected e.g. 2024-05-01T12:00, 10m or 2h") from None
 
 
-def _pod_uuid(ctx: Context, ref: str) -> str:
+def _pod_or_none(ctx: Context, ref: str) -> Pod | None:
+    """The pod ref names; None for the UUID of a removed one, whose lines the journal keeps."""
     try:
-        pod: Pod = ctx.store.get(ref)
-        return pod.uuid
+        return ctx.store.get(ref)
     except NotFound:
         if UUID_PATTERN.fullmatch(ref):
-            return ref  # a removed pod: its lines stay in the journal while journald keeps them
+            return None
         raise
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdrun.paths import Paths
+
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
@@ -45,11 +47,6 @@ def veth_name(pod_uuid: str) -> str:
     return VETH_PREFIX + pod_uuid.replace("-", "")[:12]
 
 
-def root_of(pod_dir: Path) -> Path:
-    """The sdrun root a pod directory (<root>/pods/<uuid>) belongs to."""
-    return pod_dir.parent.parent
-
-
 def network_dir(root: Path, network: str) -> Path:
     return root / "net" / network
 
@@ -60,7 +57,7 @@ def pod_files(pod: Pod) -> dict[str, Path]:
     resolv.conf without the host's loopback resolvers, which a pod cannot reach."""
     if not on_network(pod.spec):
         return {}
-    directory = network_dir(root_of(pod.dir), pod.spec.net)
+    directory = network_dir(Paths.root_of(pod.dir), pod.spec.net)
     return {"hosts": directory / "hosts", "resolv.conf": directory / "resolv.conf"}
 
 
@@ -72,7 +69,7 @@ def scope_network(pod: Pod) -> Iterator[None]:
         return
     from sdrun.net.pod import setup, teardown
 
-    root = root_of(pod.dir)
+    root = Paths.root_of(pod.dir)
     setup(root, pod)
     try:
         yield
@@ -91,7 +88,7 @@ def pod_address(pod: Pod) -> str | None:
     import json
 
     try:
-        address = json.loads(lease_path(root_of(pod.dir), pod.spec.net, pod.uuid).read_text())["address"]
+        address = json.loads(lease_path(Paths.root_of(pod.dir), pod.spec.net, pod.uuid).read_text())["address"]
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
     return str(address)
@@ -100,7 +97,7 @@ def pod_address(pod: Pod) -> str | None:
 def release(pod: Pod) -> bool:
     """Undo what is left of an ended pod's network (its unit's ExecStopPost did not run: a crash);
     True if anything was left."""
-    root = root_of(pod.dir)
+    root = Paths.root_of(pod.dir)
     if not (on_network(pod.spec) and lease_path(root, pod.spec.net, pod.uuid).exists()):
         return False
     from sdrun.net.pod import teardown

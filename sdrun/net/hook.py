@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
-from sdrun.net import root_of
+from sdrun.paths import Paths
 
 USAGE = "usage: python -m sdrun.net.hook setup|teardown POD_DIR\n"
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
             from sdrun.net.pod import setup
             from sdrun.pod import load_pod
 
-            setup(root_of(pod_dir), load_pod(pod_dir))
+            setup(Paths.root_of(pod_dir), load_pod(pod_dir))
         else:
             teardown(pod_dir)
     except (SdrunError, OSError) as error:
@@ -40,7 +40,7 @@ def teardown(pod_dir: Path) -> None:
     from sdrun.net import ipam
     from sdrun.net.pod import teardown as undo
 
-    root = root_of(pod_dir)
+    root = Paths.root_of(pod_dir)
     for lease in ipam.all_leases(root):
         if lease.pod == pod_dir.name:
             undo(root, lease.pod, lease.network)

@@ -18,6 +18,7 @@ from typing import Any
 from systemd import _reader
 
 POD_FIELD = "SDRUN_POD"
+ROOT_FIELD = "SDRUN_ROOT"
 JOURNALD_VARLINK = "/run/systemd/journal/io.systemd.journal"
 JOURNAL_DIRECTORIES = ("/run/log/journal", "/var/log/journal")  # each holds a directory per machine ID
 
@@ -40,7 +41,7 @@ class PodJournal:
     (synchronize_srcu, 5-20 ms here)."""
 
     def __init__(self, *pod_uuids: str) -> None:
-        self._pod_uuids = pod_uuids
+        self._matches = [f"{POD_FIELD}={pod_uuid}" for pod_uuid in pod_uuids]
         self._directories = _journal_directories()
         self._reader = self._open()
 
@@ -55,9 +56,17 @@ class PodJournal:
     def _open(self) -> Any:
         # Not SYSTEM only: journald files the output of an app running as uid N under user-N.journal.
         reader = _reader._Reader(_reader.LOCAL_ONLY)
-        for pod_uuid in self._pod_uuids:
-            reader.add_match(f"{POD_FIELD}={pod_uuid}")
+        for match in self._matches:
+            reader.add_match(match)
         return reader
+
+    @classmethod
+    def of_root(cls, root: str) -> PodJournal:
+        """The entries of every pod of an sdrun root, removed ones too (their units said SDRUN_ROOT)."""
+        journal = cls()
+        journal._matches = [f"{ROOT_FIELD}={root}"]
+        journal._reader = journal._open()
+        return journal
 
     def reopen(self) -> None:
         """Continue on a fresh reader from where this one stands: it sees the files journald has

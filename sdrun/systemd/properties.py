@@ -85,7 +85,8 @@ def logging_properties(pod: Pod) -> list[Property]:
         ("StandardOutput", "s", "journal"),
         ("StandardError", "s", "journal"),
         ("SyslogIdentifier", "s", pod.name),
-        ("LogExtraFields", "aay", [f"SDRUN_POD={pod.uuid}".encode()]),
+        # Every line of the app carries its pod, and its sdrun root for `sdrun logs --all`.
+        ("LogExtraFields", "aay", [f"SDRUN_POD={pod.uuid}".encode(), f"SDRUN_ROOT={Paths.root_of(pod.dir)}".encode()]),
         ("LogRateLimitIntervalUSec", "t", 0),
     ]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
+from sdrun.paths import Paths
 from stage1.app import resolve_pod_app
 from stage1.interface import Stage1, UnitPlan, entry_command
 from stage1.namespace import launch
@@ -103,4 +104,4 @@ def prepare(pod: Pod, console: str | None) -> Path:
 
 def _seccomp_cache(pod: Pod) -> Path:
     """Shared by every pod of the same sdrun root: <root>/cache/seccomp (pod dirs are <root>/pods/<uuid>)."""
-    return pod.dir.parent.parent / "cache" / "seccomp"
+    return Paths.root_of(pod.dir) / "cache" / "seccomp"
