@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 # Debian packages: runtime needs, test peers and the tools tests drive for real.
-APT_PACKAGES := busybox-static gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
+APT_PACKAGES := python3-venv busybox-static gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
 	util-linux iproute2 nftables tini libseccomp2 crun runc podman skopeo umoci docker-registry \
 	qemu-system-x86 linux-image-cloud-amd64 hyperfine bubblewrap zstd apache2-utils
 
