@@ -118,6 +118,20 @@ def wait_for_line(sdrun: Sdrun, name: str, line: str, timeout: float = VM_TIMEOU
         time.sleep(0.2)
 
 
+@needs_vm
+def test_the_probe_takes_only_the_inits_word_for_a_boot(tmp_path: Path) -> None:
+    """Under TCG, so that both outcomes are real: the sdrun initramfs boots to its init; one
+    with no init makes the kernel panic, and qemu exits 0 all the same (-no-reboot, panic=-1)."""
+    kernel = initramfs.find_kernel(None)
+    booting = initramfs.initramfs(kernel, tmp_path)
+    assert machine.probe_booted(machine.run_probe(kernel, booting, "tcg", timeout=VM_TIMEOUT))
+    panicking = tmp_path / "no-init.cpio"
+    panicking.write_bytes(initramfs.cpio_member("TRAILER!!!", 0))
+    panicked = machine.run_probe(kernel, panicking, "tcg", timeout=VM_TIMEOUT)
+    assert panicked is not None and panicked.returncode == 0  # what the probe once took for a boot
+    assert not machine.probe_booted(panicked)
+
+
 # --- what is refused before any unit exists ---
 
 

@@ -36,6 +36,12 @@ MINIMUM_MEMORY = 128 << 20  # the cloud kernel and the init need about 100 MiB
 VM_OVERHEAD = 256 << 20
 TCG_CACHE_MIB = 64
 PROBE_TIMEOUT = 10.0  # seconds: KVM boots the probe in well under one; a broken KVM hangs
+# What the guest init prints on the serial console when it runs as the probe (init.sh). Not a
+# word of the kernel command line, which a kernel may echo on its way to a panic.
+PROBE_MARKER = b"sdrun probe: the guest init runs"
+# Part of the verdict cache's key: verdicts of an earlier probe are not trusted. 2: a boot is
+# the init's PROBE_MARKER, no longer qemu's exit status.
+PROBE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ def choose_accel(wanted: str, kernel: Kernel, initramfs: Path, cache: Path) -> s
     if not usable:
         log.warning("warning: no usable /dev/kvm: the kvm stage1 falls back to TCG emulation (slow)")
         return "tcg"
-    key = hashlib.sha256(f"{platform.release()}\0{kernel.image}\0{kernel.version}".encode()).hexdigest()[:16]
+    key = verdict_key(kernel)
     verdict_file = cache / f"accel-{key}"
     try:
         verdict = verdict_file.read_text().strip()
@@ -138,16 +144,39 @@ def choose_accel(wanted: str, kernel: Kernel, initramfs: Path, cache: Path) -> s
     return verdict
 
 
+def verdict_key(kernel: Kernel) -> str:
+    """The verdict's cache key: the host's kernel (its KVM) and the guest kernel."""
+    identity = f"{PROBE_VERSION}\0{platform.release()}\0{kernel.image}\0{kernel.version}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 def kvm_boots(kernel: Kernel, initramfs: Path) -> bool:
-    """Boot kernel with the initramfs under KVM; the init powers off at once on sdrun.probe."""
+    return probe_booted(run_probe(kernel, initramfs, "kvm"))
+
+
+def run_probe(
+    kernel: Kernel, initramfs: Path, accel: str, timeout: float = PROBE_TIMEOUT
+) -> subprocess.CompletedProcess[bytes] | None:
+    """Boot kernel with the initramfs under accel, its serial console on qemu's stdout; with
+    sdrun.probe on the command line, the init prints PROBE_MARKER and powers off at once.
+    None if the guest did not end within timeout."""
     command = [QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "pc"]
-    command += [*accel_arguments("kvm"), "-m", "256M", "-serial", "none"]
-    command += ["-kernel", str(kernel.image), "-initrd", str(initramfs), "-append", f"{KERNEL_ARGUMENTS} sdrun.probe"]
-    log.debug("probing KVM: %s", shlex.join(command))
+    command += [*accel_arguments(accel), "-m", "256M", "-serial", "stdio"]
+    command += ["-kernel", str(kernel.image), "-initrd", str(initramfs)]
+    command += ["-append", f"{kernel_arguments(accel)} sdrun.probe"]
+    log.debug("probing %s: %s", accel, shlex.join(command))
     try:
-        result = subprocess.run(command, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+        return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return False
+        return None
     except FileNotFoundError:
         raise SdrunError(f"{QEMU} is not installed", hint="apt-get install qemu-system-x86") from None
-    return result.returncode == 0
+
+
+def probe_booted(result: subprocess.CompletedProcess[bytes] | None) -> bool:
+    """Whether the probe guest's init ran. qemu's exit status alone proves nothing: with
+    -no-reboot and panic=-1, a guest that panics or triple-faults ends qemu with 0 as well."""
+    if result is None:
+        return False
+    log.debug("the probe's qemu exited %d", result.returncode)
+    return result.returncode == 0 and PROBE_MARKER in result.stdout
