@@ -111,6 +111,58 @@ def test_enter_runs_in_the_guest_and_stop_shuts_it_down_cleanly(sdrun: Sdrun, ro
     assert systemctl_show(f"sdrun-{name}.service", "ActiveState")["ActiveState"] in ("inactive", "failed", "")
 
 
+@needs_systemd
+@needs_vm
+def test_kill_ends_the_vm_at_once_with_137(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name("kvm")
+    script = 'trap "echo ignored" TERM; echo ready; while :; do sleep 0.1; done'  # only SIGKILL ends it
+    sdrun("run", "-d", "--name", name, *KVM, "--rootfs", str(rootfs), "--", "/bin/sh", "-c", script, timeout=VM_TIMEOUT)
+    wait_for_line(sdrun, name, "ready")
+    sdrun("kill", name)
+    (pod,) = wait_until_ended(sdrun)
+    assert (pod["name"], pod["state"], pod["exit_status"]) == (name, "exited", 137)
+    assert systemctl_show(f"sdrun-{name}.service", "ActiveState")["ActiveState"] in ("inactive", "failed", "")
+
+
+@needs_systemd
+@needs_vm
+def test_auto_falls_back_to_tcg_once_and_the_second_run_reuses_the_caches(sdrun: Sdrun, rootfs: Path) -> None:
+    """The real probe, on a host where KVM boots no guest: one warning line, a cached verdict, and a
+    second run that neither probes again nor rebuilds the initramfs."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm: auto falls back without a probe")
+    auto = ("run", "--rm", "--stage1", "kvm", "--kvm-accel", "auto", "--rootfs", str(rootfs), "--", "/bin/true")
+    first = sdrun(*auto, timeout=VM_TIMEOUT)
+    cache = sdrun.root / "cache" / "kvm"
+    (verdict,) = cache.glob("accel-*")
+    if verdict.read_text() == "kvm\n":
+        pytest.skip("KVM boots a guest on this host")
+    assert first.stderr == f"warning: KVM does not boot a guest on this host (cached in {verdict}): using TCG (slow)\n"
+    (image,) = cache.glob("initramfs-*.cpio")
+    written = {path: identity(path) for path in (verdict, image)}
+    second = sdrun("--debug", *auto, timeout=VM_TIMEOUT)  # --debug: the probe would log its qemu command
+    assert f"cached in {verdict}" in second.stderr and "probing kvm" not in second.stderr, second.stderr
+    assert {path: identity(path) for path in written} == written
+    assert sorted(cache.iterdir()) == sorted(written)
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """What a rewrite (a new file renamed over it) or an update in place would change."""
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns
+
+
+def wait_until_ended(sdrun: Sdrun, timeout: float = VM_TIMEOUT) -> list[dict[str, object]]:
+    """`sdrun list --json` once no pod runs any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pods: list[dict[str, object]] = json.loads(sdrun("list", "--json").stdout)
+        if all(pod["state"] in ("exited", "failed") for pod in pods):
+            return pods
+        assert time.monotonic() < deadline, f"pods still running: {pods}"
+        time.sleep(0.2)
+
+
 def wait_for_line(sdrun: Sdrun, name: str, line: str, timeout: float = VM_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while line not in sdrun("logs", name).stdout.splitlines():
