@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
 from stage1.app import resolve_pod_app
+from stage1.etcfiles import write_etc_files
 from stage1.interface import Stage1, UnitPlan, entry_command
 from stage1.namespace import launch
 from stage1.namespace.container import (
     DEVICE_ALLOW,
     TINI,
     container_plan,
-    hosts_file,
     seccomp_filter_path,
     stage1_dir,
     user_namespace_of,
@@ -87,11 +87,7 @@ def prepare(pod: Pod, console: str | None) -> Path:
     user_namespace = user_namespace_of(pod)
     if user_namespace is not None:  # container root owns the top of its writable layer
         os.chown(scratch / "upper", user_namespace.base, user_namespace.base)
-    hostname = spec.isolation.hostname or pod.name
-    (scratch / "hostname").write_text(hostname + "\n")
-    (scratch / "hosts").write_text(hosts_file(hostname))
-    host_resolv_conf = Path("/etc/resolv.conf")
-    shutil.copyfile(host_resolv_conf if host_resolv_conf.exists() else os.devnull, scratch / "resolv.conf")
+    write_etc_files(pod, scratch)
     from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
 
     compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, _seccomp_cache(pod))

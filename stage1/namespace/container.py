@@ -24,9 +24,10 @@ from sdrun.linux.mounts import (
     ReadOnlyRoot,
     Symlink,
 )
-from sdrun.net import NETNS_DIR, netns_name, pod_files
+from sdrun.net import NETNS_DIR, netns_name
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
+from stage1.etcfiles import etc_mounts, pod_hostname
 from stage1.namespace.launch import INIT_PATH
 from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options
 
@@ -155,10 +156,6 @@ def user_namespace_of(pod: Pod) -> UserNamespace | None:
     return UserNamespace(int(base), int(count))
 
 
-def hosts_file(hostname: str) -> str:
-    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-
-
 def parse_tmpfs(text: str) -> FilesystemMount:
     """--tmpfs PATH[:OPTIONS]: nosuid,nodev,noexec unless told otherwise (as Docker)."""
     path, _, options = text.partition(":")
@@ -216,11 +213,7 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
     isolation = spec.isolation
     user_namespace = user_namespace_of(pod)
     mounts = api_mounts(pod, user_namespace, console)
-    network_files = pod_files(pod)  # a pod on a network shares the network's hosts file, read-only
-    mounts += [
-        BindMount(str(network_files.get(name, name)), f"/etc/{name}", read_only=name in network_files)
-        for name in ("hostname", "hosts", "resolv.conf")
-    ]
+    mounts += etc_mounts(pod)
     mounts += [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes]
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:
@@ -235,7 +228,7 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
         root="rootfs",
         lower=lower,
         overlay=overlay,
-        hostname=isolation.hostname or pod.name,
+        hostname=pod_hostname(pod),
         mounts=tuple(mounts),
         lockdown=tuple(lockdown),
         capabilities=capabilities_of(spec),
