@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SdrunError
+from sdrun.net.ipam import rewrite_in_place
+from sdrun.paths import Paths
 from sdrun.pod import Pod
-from sdrun.spec import AppSpec, PodSpec, Resources
+from sdrun.spec import AppSpec, Isolation, PodSpec, Resources, Volume
+from stage1 import etcfiles
 from stage1.kvm import initramfs, machine
 from tests.conftest import STATE_BASE, Sdrun, needs_systemd, systemctl_show, unique_name
 
@@ -60,8 +63,8 @@ def volume_dirs() -> Iterator[tuple[Path, Path]]:
 
 @needs_systemd
 @needs_vm
-def test_output_exit_status_env_and_a_kernel_of_its_own(sdrun: Sdrun, rootfs: Path) -> None:
-    script = "echo out; echo err >&2; echo FOO=$FOO; uname -r; hostname; exit 3"
+def test_output_exit_status_env_etc_files_and_a_kernel_of_its_own(sdrun: Sdrun, rootfs: Path) -> None:
+    script = "echo out; echo err >&2; echo FOO=$FOO; uname -r; hostname; cat /etc/hostname /etc/hosts; exit 3"
     result = run_vm(
         sdrun, rootfs, "-e", "FOO=bar baz", "--hostname", "guest", "--", "/bin/sh", "-c", script, check=False
     )
@@ -71,7 +74,8 @@ def test_output_exit_status_env_and_a_kernel_of_its_own(sdrun: Sdrun, rootfs: Pa
     guest_release = lines[3]
     assert guest_release != os.uname().release
     assert guest_release == initramfs.find_kernel(None).version
-    assert lines[4:] == ["guest"]  # nothing of the kernel's or the init's messages
+    # As the namespace stage1 gives them (--net none); then nothing of the kernel's or the init's messages.
+    assert lines[4:] == ["guest", "guest", *etcfiles.hosts_file("guest").splitlines()]
 
 
 @needs_systemd
@@ -105,6 +109,11 @@ def test_enter_runs_in_the_guest_and_stop_shuts_it_down_cleanly(sdrun: Sdrun, ro
     entered = sdrun("enter", name, "/bin/sh", "-c", "echo $MARK; uname -r; exit 4", check=False, timeout=VM_TIMEOUT)
     assert entered.returncode == 4, entered.stderr
     assert entered.stdout.splitlines() == ["entered", initramfs.find_kernel(None).version]
+    # A network's hosts file is rewritten in place as pods come and go: the running guest sees it.
+    (pod_dir,) = (sdrun.root / "pods").iterdir()
+    hosts = f"{etcfiles.hosts_file(name)}10.88.0.9\tother-pod\n"
+    rewrite_in_place(Paths.stage1_dir(pod_dir) / "hosts", hosts)
+    wait_for_guest_file(sdrun, name, "/etc/hosts", hosts)
     sdrun("stop", name, timeout=VM_TIMEOUT)
     assert sdrun("logs", name).stdout.splitlines() == ["ready", "stopping"]  # the app got SIGTERM in the guest
     assert re.search(r"exited \(7\)", sdrun("list").stdout)
@@ -161,6 +170,14 @@ def wait_until_ended(sdrun: Sdrun, timeout: float = VM_TIMEOUT) -> list[dict[str
             return pods
         assert time.monotonic() < deadline, f"pods still running: {pods}"
         time.sleep(0.2)
+
+
+def wait_for_guest_file(sdrun: Sdrun, name: str, path: str, text: str, timeout: float = 10) -> None:
+    """Within timeout: virtiofs (cache=auto) may keep a file's old size for a second."""
+    deadline = time.monotonic() + timeout
+    while (seen := sdrun("enter", name, "cat", path, timeout=VM_TIMEOUT).stdout) != text:
+        assert time.monotonic() < deadline, f"the guest's {path} is still {seen!r}"
+        time.sleep(0.5)
 
 
 def wait_for_line(sdrun: Sdrun, name: str, line: str, timeout: float = VM_TIMEOUT) -> None:
@@ -252,6 +269,31 @@ def test_guest_config_survives_the_shell(tmp_path: Path) -> None:
     output = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert output.stdout.startswith("|".join(argv) + "|")
     assert output.stdout.split("|")[-1].splitlines() == ["A=x y", "B='quoted' $(not run)"]
+
+
+def test_a_guest_on_a_network_gets_its_networks_hosts_and_resolv_conf(tmp_path: Path) -> None:
+    """Pure logic, no network made: what the entry binds into the root it shares with the guest,
+    and what the guest's configuration says, for a pod on network "blue" with a volume."""
+    from sdrun.linux.rootfs import Credentials
+    from stage1.app import ResolvedApp
+    from stage1.kvm.launch import guest_config, root_mounts
+    from stage1.kvm.network import GuestNetwork
+
+    app_spec = AppSpec(argv=("/bin/true",), volumes=(Volume("/srv/data", "/data", read_only=True),))
+    spec = PodSpec(name="web", stage1="kvm", rootfs="/", net="blue", app=app_spec, isolation=Isolation(hostname="www"))
+    pod = Pod("u", tmp_path / "pods" / "u", spec, 0.0)
+    network_dir = tmp_path / "net" / "blue"
+    assert [mount.describe() for mount in root_mounts(pod)] == [
+        "bind hostname on /etc/hostname",  # the pod's own, in its stage1 directory
+        f"bind {network_dir}/hosts on /etc/hosts (read-only)",
+        f"bind {network_dir}/resolv.conf on /etc/resolv.conf (read-only)",
+        "bind /srv/data on /data (read-only)",
+    ]
+    app = ResolvedApp("/bin/true", ("/bin/true",), {}, "/", Credentials(0, 0, (), "/root"))
+    network = GuestNetwork(tap_fd=10, mac="02:00:0a:58:00:05", address="10.88.0.5/24", gateway="10.88.0.1")
+    settings = dict(line.split("=", 1) for line in guest_config(pod, app, network).splitlines())
+    assert settings["SDRUN_HOSTNAME"] == "www"
+    assert (settings["SDRUN_NET_ADDRESS"], settings["SDRUN_NET_GATEWAY"]) == ("10.88.0.5/24", "10.88.0.1")
 
 
 def test_memory_and_cpus_map_to_the_vm() -> None:

@@ -95,8 +95,10 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
 
 
 def prepare(pod: Pod) -> None:
-    """Check the pod, pick kernel, initramfs and accelerator, and write the qemu command line."""
+    """Check the pod, pick kernel, initramfs and accelerator; write the qemu command line and the
+    pod's /etc files."""
     from stage1.app import resolve_app
+    from stage1.etcfiles import write_etc_files
     from stage1.kvm import initramfs, machine
 
     spec = pod.spec
@@ -115,6 +117,7 @@ def prepare(pod: Pod) -> None:
     for fifo in machine.FIFOS:
         if not (scratch / fifo).exists():
             os.mkfifo(scratch / fifo, 0o600)
+    write_etc_files(pod, scratch)
     command = machine.qemu_command(spec, kernel, image, accel)
     (scratch / "qemu.json").write_text(json.dumps(command, indent=1) + "\n")
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.linux import syscalls as sc
 from sdrun.linux.inroot import remount_read_only
-from sdrun.linux.mounts import BindMount, execute_plan
+from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
 from stage1.app import ResolvedApp, resolve_app
+from stage1.etcfiles import etc_mounts, pod_hostname
 from stage1.kvm import stage1_dir
 from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
 from stage1.process import SystemdNotifier
@@ -41,8 +42,9 @@ def become_vm(pod: Pod) -> NoReturn:
     root = scratch / "rootfs"
     mount_root(pod, root)
     app = resolve_app(root, pod.spec.app)
-    volumes = [BindMount(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes]
-    execute_plan(volumes, root)  # before virtiofsd copies our mount table
+    execute_plan(root_mounts(pod), root)  # before virtiofsd copies our mount table
+    if pod.spec.isolation.read_only:  # only now: the binds may have made their mount points
+        remount_read_only(root, "/")
     network = attach_network(pod)
     Path("guest.conf").write_text(guest_config(pod, app, network))
     Path("status").write_bytes(b"")  # an earlier start's (Restart=) must not pass for this one's
@@ -55,7 +57,8 @@ def become_vm(pod: Pod) -> NoReturn:
 
 def mount_root(pod: Pod, root: Path) -> None:
     """The pod's root at root: an overlay whose upper layer is the pod's own, so the --rootfs
-    directory, which other pods may run too, is never written; with --read-only, a read-only bind."""
+    directory, which other pods may run too, is never written; with --read-only, a bind (made
+    read-only once root_mounts() are in)."""
     spec = pod.spec
     if spec.rootfs is None:
         from stage1.rootfs import mount_pod_rootfs  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -66,8 +69,15 @@ def mount_root(pod: Pod, root: Path) -> None:
     else:
         sc.mount(spec.rootfs, "lower", None, sc.MS_BIND | sc.MS_REC)
         sc.mount("overlay", root, "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work")
-    if spec.isolation.read_only:
-        remount_read_only(root, "/")
+
+
+def root_mounts(pod: Pod) -> list[MountOperation]:
+    """What the guest sees bound into its root: the pod's /etc files (its network's hosts file
+    and resolv.conf, read-only, on a network), then its volumes. They are bound on the host,
+    into the tree virtiofsd serves, so the guest init has nothing to mount, and a network's
+    hosts file, rewritten in place as pods come and go, stays current in the guest."""
+    volumes = [BindMount(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes]
+    return [*etc_mounts(pod), *volumes]
 
 
 def attach_network(pod: Pod) -> GuestNetwork | None:
@@ -91,7 +101,7 @@ def guest_config(pod: Pod, app: ResolvedApp, network: GuestNetwork | None = None
         "SDRUN_WORKDIR": app.workdir,
         "SDRUN_UID": str(app.credentials.uid),
         "SDRUN_GID": str(app.credentials.gid),
-        "SDRUN_HOSTNAME": spec.isolation.hostname or pod.name,
+        "SDRUN_HOSTNAME": pod_hostname(pod),
         "SDRUN_TMPFS": shlex.join(spec.isolation.tmpfs),
         "SDRUN_NET_ADDRESS": network.address if network else "",
         "SDRUN_NET_GATEWAY": network.gateway if network else "",
