@@ -197,3 +197,24 @@ def test_gc_undoes_what_a_crash_left(sdrun: Sdrun, rootfs: Path) -> None:
     removed = sdrun("gc").stdout
     assert f"removed {pod.name} ({pod.uuid}) and its network\n" in removed
     assert_nothing_left(sdrun)
+
+
+def test_a_kvm_pod_on_a_network_is_reached_by_port_and_address_and_reaches_pods_by_name(
+    clean_host: Sdrun, rootfs: Path
+) -> None:
+    """The VM's NIC takes over the pod's interface (tests/test_kvm.py has the mechanism); here the
+    network is sdrun's own: a published port, the pod's address, and names in the guest's /etc/hosts."""
+    network = unique_name("kvmnet")
+    clean_host("network", "create", network, "--subnet", "10.232.9.0/24")
+    neighbour, vm = unique_name("srv"), unique_name("vm")
+    server(clean_host, rootfs, neighbour, "--net", network)
+    (port,) = free_ports(1)
+    kvm = ("--stage1", "kvm", "--kvm-accel", "tcg")  # KVM boots no guest on these machines: see test_kvm
+    server(clean_host, rootfs, vm, *kvm, "--net", network, "-p", f"127.0.0.1:{port}:8000")
+    assert fetch(f"http://127.0.0.1:{port}/", attempts=600) == f"hello from {vm}\n"  # the guest boots for seconds
+    assert fetch(f"http://{pod_json(clean_host, vm)['ip']}:8000/") == f"hello from {vm}\n"
+    script = f"wget -qO- http://{neighbour}:8000/; {{ echo x >/etc/hosts; }} 2>/dev/null || echo read-only"
+    inside = clean_host("enter", vm, "--", "/bin/sh", "-c", script, timeout=120)
+    assert inside.stdout == f"hello from {neighbour}\nread-only\n"
+    clean_host("rm", "-f", vm, neighbour, timeout=120)
+    clean_host("network", "rm", network)
