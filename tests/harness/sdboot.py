@@ -1,7 +1,7 @@
 """Run a command under a real systemd, booting a throwaway one when the host has none.
 
 On a host where systemd is PID 1 the command simply runs. Otherwise this boots
-systemd as PID 1 of new cgroup+pid+mount namespaces:
+systemd as PID 1 of new cgroup+pid+mount+network namespaces:
 
 * the booting process first moves into a fresh sub-cgroup of every mounted v1
   hierarchy (cpuset excepted: a new cpuset group has no CPUs), so the throwaway
@@ -9,10 +9,13 @@ systemd as PID 1 of new cgroup+pid+mount namespaces:
 * its root is an overlay of `/` with a tmpfs upper, so nothing it writes lands
   on the host, except the project directory, which is bound in read-write;
 * the cgroup hierarchies are remounted inside the cgroup namespace, so systemd
-  sees our sub-cgroup as its root and manages real controllers under it.
+  sees our sub-cgroup as its root and manages real controllers under it;
+* a network namespace of its own (loopback only) keeps the bridges, veths, nft
+  tables and sysctls that tests create off the host, and lets two test runs
+  on one machine each have their `sdrun0`.
 
-The command then runs inside its mount, PID and cgroup namespaces (scopes can
-only be created from there), and systemd is powered off afterwards.
+The command then runs inside its mount, PID, cgroup and network namespaces
+(scopes can only be created from there), and systemd is powered off afterwards.
 
 Usage: python -m tests.harness.sdboot [--shell] -- CMD [ARGS...]
 """
@@ -107,6 +110,8 @@ class ThrowawaySystemd:
         try:
             for hierarchy in self.hierarchies:
                 (hierarchy.subgroup(self.leaf) / "cgroup.procs").write_text("0")
+            sc.unshare(sc.CLONE_NEWNET)
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # before CLONE_NEWPID: its child is PID 1
             sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP)
             pid1 = os.fork()
             if pid1 == 0:
@@ -172,7 +177,7 @@ class ThrowawaySystemd:
 
     def command(self, argv: list[str]) -> list[str]:
         """argv, wrapped to run inside the guest's namespaces, in the project directory."""
-        enter = ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--cgroup", "--root", "--wd"]
+        enter = ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--cgroup", "--net", "--root", "--wd"]
         return [*enter, "/bin/sh", "-c", 'cd "$0" && exec "$@"', str(PROJECT), *argv]
 
     def run(self, argv: list[str], check_exit: bool = True) -> int:
