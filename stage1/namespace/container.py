@@ -177,8 +177,9 @@ def parse_tmpfs(text: str) -> FilesystemMount:
 def api_mounts(pod: Pod, user_namespace: UserNamespace | None, console: str | None) -> list[MountOperation]:
     """/proc, /sys and a minimal /dev; the caller mounts them in the container's PID namespace."""
     sysfs: MountOperation = FilesystemMount("sysfs", "/sys", API_FLAGS | sc.MS_RDONLY)
-    if user_namespace is not None and pod.spec.net == "host":
-        # sysfs may only be mounted by the owner of the network namespace: show the host's, read-only.
+    if user_namespace is not None and pod.spec.net != "none":
+        # sysfs may only be mounted by the owner of the network namespace, and the host's namespace or
+        # one that sdrun.net made before the stage1 ran is not the pod's: show the host's, read-only.
         sysfs = BindMount("/sys", "/sys", read_only=True)
     mounts: list[MountOperation] = [
         FilesystemMount("proc", "/proc", API_FLAGS),

@@ -18,11 +18,12 @@ Three processes, each with one job, and only the last one stays:
   intermediate
     - joins the pod's named network namespace if one was made for it,
       creates the user namespace (it must be single-threaded: hence a fork),
-      then unshares mount, UTS, IPC, cgroup, network and PID namespaces and
-      forks, because a new PID namespace only takes the children; exits.
+      then unshares mount, UTS, IPC, cgroup, network and PID namespaces (and
+      brings up loopback in a network namespace of its own) and forks,
+      because a new PID namespace only takes the children; exits.
   container init (PID 1 of the new PID namespace)
     - mounts /proc, /sys, /dev, volumes... into the rootfs, sets the hostname,
-      brings up loopback, pivot_root()s, waits for the entry's go, then drops
+      pivot_root()s, waits for the entry's go, then drops
       capabilities, sets no_new_privs, loads seccomp and execs the app.
 
 So systemd's MainPID is the app (or tini), and the unit's exit status is its.
@@ -209,6 +210,10 @@ def _intermediate(
     to_intermediate.receive("mounting the rootfs")
     private_network = not plan["host_network"] and not joined
     sc.unshare(NAMESPACES | (sc.CLONE_NEWNET if private_network else 0))
+    if private_network:
+        # Only in a namespace of our own: a joined one's loopback is up already, and in a user
+        # namespace that does not own it the ioctl would be refused.
+        _bring_up_loopback()
     init_pid = os.fork()
     if init_pid == 0:
         ready, start = rest
@@ -243,8 +248,6 @@ def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, s
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     execute_plan([MountOperation.from_plan(entry) for entry in plan["mounts"] + plan["lockdown"]], root)
     sc.sethostname(plan["hostname"])
-    if not plan["host_network"]:
-        _bring_up_loopback()
     _pivot_root(root)
     ready.send(b"ready")
     start.receive("systemd accepted the container init")  # now MAINPID is ours: the app may run and exit
