@@ -392,7 +392,11 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
     """Assemble a PodSpec from checked settings (spec file values overridden by flags)."""
     if bool(settings.get("rootfs")) == bool(settings.get("image")):
         raise SpecError("give exactly one of --rootfs DIR or an IMAGE")
-    if settings.get("port") and settings.get("net", "none") in ("host", "none"):
+    from stage1.interface import default_network
+
+    stage1 = settings.get("stage1", default_stage1)
+    net = settings.get("net") or default_network(stage1)
+    if settings.get("port") and net in ("host", "none"):
         raise SpecError("--port needs a network: --net default or --net NAME")
     if settings.get("scope") and settings.get("restart", "no") != "no":
         raise SpecError("--restart needs a service: systemd restarts no --scope pod, which runs under the CLI")
@@ -414,7 +418,7 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
     resources = Resources(settings.get("memory"), settings.get("cpus"), settings.get("pids_limit"))
     return PodSpec(
         name=settings.get("name", default_name),
-        stage1=settings.get("stage1", default_stage1),
+        stage1=stage1,
         rootfs=rootfs,
         image=settings.get("image"),
         app=app,
@@ -422,7 +426,7 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         restart=settings.get("restart", "no"),
         labels=settings.get("label", {}),
         scope=settings.get("scope", False),
-        net=settings.get("net", "none"),
+        net=net,
         ports=settings.get("port", ()),
         stop_signal=settings.get("stop_signal"),
         stop_timeout=settings.get("stop_timeout"),

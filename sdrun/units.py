@@ -80,7 +80,7 @@ def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
         ("pids_limit", resources.pids),
         ("restart", None if spec.restart == "no" else spec.restart),
         *[("label", f"{key}={value}") for key, value in spec.labels.items()],
-        ("net", None if spec.net == "none" else spec.net),
+        ("net", spec.net),  # always: the stage1's default may be another
         *[("port", str(port)) for port in spec.ports],
         ("stop_signal", spec.stop_signal),
         ("stop_timeout", spec.stop_timeout),

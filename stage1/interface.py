@@ -39,6 +39,7 @@ class UnitPlan:
 class Stage1:
     name: ClassVar[str]
     interface_version: ClassVar[int] = INTERFACE_VERSION
+    default_network: ClassVar[str] = "none"  # a pod's --net when it gives none (see sdrun.net)
     registry: ClassVar[dict[str, type[Stage1]]] = {}
 
     def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
@@ -72,6 +73,11 @@ class Stage1:
 
     def gc(self, pod: Pod) -> None:
         """Release whatever the backend left on the host for a pod that has ended."""
+
+
+def default_network(stage1: str) -> str:
+    """The network a pod of this stage1 gets when it names none."""
+    return Stage1.named(stage1).default_network
 
 
 def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:

@@ -274,6 +274,7 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
         (["-u", "nobody-here", "--rootfs", "{rootfs}", "--", "/bin/true"], "user 'nobody-here' not found"),
         (["--name", "bad/name", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid pod name"),
         (["--stage1", "warp", "--rootfs", "{rootfs}", "--", "/bin/true"], "unknown stage1 'warp'"),
+        (["--stage1", "fly", "--net", "none", "--rootfs", "{rootfs}", "--", "/bin/true"], "fly shares the host's"),
     ],
 )
 def test_bad_run_input(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,10 +48,18 @@ def test_bad_port_mappings_are_refused(text: str) -> None:
 
 def test_ports_need_a_network() -> None:
     settings = check_settings({"rootfs": "/", "port": ["8001:80"]}, "test")
-    with pytest.raises(SpecError, match="--port needs a network"):
-        build_spec(settings, default_name="p", default_stage1="namespace")
-    spec = build_spec(settings | {"net": "default"}, default_name="p", default_stage1="namespace")
-    assert spec.ports == (PortMapping(8001, 80),)
+    for alone in ({"net": "none"}, {"net": "host"}, {"stage1": "fly"}):
+        with pytest.raises(SpecError, match="--port needs a network"):
+            build_spec(settings | alone, default_name="p", default_stage1="namespace")
+    spec = build_spec(settings, default_name="p", default_stage1="namespace")  # the default network
+    assert (spec.net, spec.ports) == ("default", (PortMapping(8001, 80),))
+
+
+def test_each_stage1_has_its_default_network() -> None:
+    settings = check_settings({"rootfs": "/"}, "test")
+    defaults = {name: build_spec(settings | {"stage1": name}, default_name="p", default_stage1="namespace").net
+                for name in ("namespace", "fly", "kvm")}  # fmt: skip
+    assert defaults == {"namespace": "default", "fly": "host", "kvm": "none"}
 
 
 def test_port_clashes_follow_protocol_and_address() -> None:
@@ -123,14 +133,28 @@ def test_nft_accepts_the_rules_in_a_scratch_namespace() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_subnets_are_checked(tmp_path: Path) -> None:
+@pytest.fixture
+def host_route() -> Iterator[str]:
+    """A route of this host's to 10.87.0.0/24, the default network's first candidate: a bridge
+    interface's. (The test harness's network namespace has no routes of its own.)"""
+    interface, subnet = f"sdtb{uuid.uuid4().hex[:8]}", "10.87.0.0/24"
+    subprocess.run(["ip", "link", "add", interface, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "address", "add", "10.87.0.1/24", "dev", interface], check=True)
+        subprocess.run(["ip", "link", "set", interface, "up"], check=True)
+        yield subnet
+    finally:
+        subprocess.run(["ip", "link", "delete", interface], check=True)
+
+
+def test_subnets_are_checked(tmp_path: Path, host_route: str) -> None:
     assert config.parse_subnet("10.89.0.0/24") == "10.89.0.0/24"
     for bad, reason in [("10.89.0.1/24", "host bits"), ("10.89.0.0/30", "at most"), ("127.0.0.0/8", "private")]:
         with pytest.raises(SpecError, match=reason):
             config.parse_subnet(bad)
-    route = config.host_routes()[0]  # the host has at least the route of its own interface
+    assert host_route in map(str, config.host_routes())
     with pytest.raises(SdrunError, match="overlaps the host's route"):
-        config.create(tmp_path, "clash", str(route))
+        config.create(tmp_path, "clash", "10.87.0.128/25")
     config.create(tmp_path, "one", "10.123.0.0/24")
     with pytest.raises(SdrunError, match="overlaps network 'one'"):
         config.create(tmp_path, "two", "10.123.0.128/25")
@@ -138,13 +162,9 @@ def test_subnets_are_checked(tmp_path: Path) -> None:
         config.create(tmp_path, "host", "10.124.0.0/24")
 
 
-def test_the_default_subnet_clashes_with_no_host_route(tmp_path: Path) -> None:
+def test_the_default_subnet_clashes_with_no_host_route(tmp_path: Path, host_route: str) -> None:
     default = config.load(tmp_path, "default")
-    assert default.bridge == "sdrun0"
-    import ipaddress
-
-    subnet = ipaddress.IPv4Network(default.subnet)
-    assert not any(subnet.overlaps(route) for route in config.host_routes(frozenset({default.bridge})))
+    assert (default.bridge, default.subnet) == ("sdrun0", "10.86.0.0/16")  # 10.87.0.0/16 overlaps host_route
     other_root = tmp_path / "other"  # net.toml chooses
     other_root.mkdir()
     (other_root / "net.toml").write_text('subnet = "10.124.0.0/24"\nbridge = "sdrunx"\n')

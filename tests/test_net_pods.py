@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -137,11 +138,20 @@ def test_pods_on_one_network_reach_each_other_by_name(clean_host: Sdrun, rootfs:
     clean_host("network", "rm", network)
 
 
-def test_net_none_has_only_loopback_and_the_default_has_eth0(sdrun: Sdrun, rootfs: Path) -> None:
+def test_net_none_has_only_loopback_and_a_pod_naming_no_network_is_on_the_default(sdrun: Sdrun, rootfs: Path) -> None:
     links = sdrun("run", "--rm", "--net", "none", "--rootfs", str(rootfs), "--", "ip", "-o", "link").stdout
     assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
-    routes = sdrun("run", "--rm", "--net", "default", "--rootfs", str(rootfs), "--", "ip", "route").stdout
+    routes = sdrun("run", "--rm", "--rootfs", str(rootfs), "--", "ip", "route").stdout
     assert routes.startswith("default via ") and " dev eth0" in routes
+    assert_nothing_left(sdrun)
+
+
+def test_a_pod_with_its_own_users_is_on_the_default_network_too(sdrun: Sdrun, rootfs: Path) -> None:
+    """The pod's user namespace does not own the network namespace sdrun.net made for it, so the
+    stage1 cannot mount a sysfs of its own there: it shows the host's, read-only."""
+    script = "id -u; ip route | grep -c '^default via .* dev eth0'; touch /sys/x 2>/dev/null || echo ro"
+    output = sdrun("run", "--rm", "--private-users", "--rootfs", str(rootfs), "--", "/bin/sh", "-c", script).stdout
+    assert output.split() == ["0", "1", "ro"]
     assert_nothing_left(sdrun)
 
 
@@ -218,3 +228,50 @@ def test_a_kvm_pod_on_a_network_is_reached_by_port_and_address_and_reaches_pods_
     assert inside.stdout == f"hello from {neighbour}\nread-only\n"
     clean_host("rm", "-f", vm, neighbour, timeout=120)
     clean_host("network", "rm", network)
+
+
+@pytest.fixture
+def remote_host() -> Iterator[tuple[str, str]]:
+    """Another host on a link of this one: a network namespace of the test's own behind a veth pair.
+    Yields (the namespace, this host's address on the link)."""
+    namespace, link = unique_name("remote"), unique_name("sdtr")
+    host_address, remote_address = "10.232.9.1", "10.232.9.2"
+    steps = (
+        ["netns", "add", namespace],
+        ["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", namespace],
+        ["address", "add", f"{host_address}/24", "dev", link],
+        ["link", "set", link, "up"],
+        ["-n", namespace, "address", "add", f"{remote_address}/24", "dev", "eth0"],
+        ["-n", namespace, "link", "set", "eth0", "up"],
+        ["-n", namespace, "link", "set", "lo", "up"],
+    )
+    try:
+        for step in steps:
+            subprocess.run(["ip", *step], check=True)
+        yield namespace, host_address
+    finally:
+        subprocess.run(["ip", "link", "delete", link], check=False, stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "delete", namespace], check=False)
+
+
+def test_a_published_port_is_reached_from_another_host(
+    clean_host: Sdrun, rootfs: Path, remote_host: tuple[str, str]
+) -> None:
+    """Traffic that arrives on a host interface (not loopback, not a bridge) is forwarded to the pod."""
+    namespace, host_address = remote_host
+    (port,) = free_ports(1)
+    name = unique_name("web")
+    server(clean_host, rootfs, name, "-p", f"{port}:8000")  # on the default network: no --net given
+    url = f"http://{host_address}:{port}/"
+    get = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=2).read().decode(), end='')"
+    fetch_from_remote = ["ip", "netns", "exec", namespace, sys.executable, "-c", get]
+
+    bodies: list[str] = []
+
+    def remote_fetch() -> bool:
+        result = subprocess.run(fetch_from_remote, capture_output=True, text=True, check=False)
+        bodies.append(result.stdout)
+        return result.returncode == 0
+
+    wait_for(remote_fetch, timeout=10)
+    assert bodies[-1] == f"hello from {name}\n"

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 class Fly(Stage1, name="fly"):
+    default_network = "host"  # chroot only: the app shares the host's network, and no other can be had
+
     def plan(self, pod: Pod) -> UnitPlan:
+        if pod.spec.net != "host":
+            raise SpecError(f"--net {pod.spec.net} needs network isolation: fly shares the host's (--net host)")
         if pod.spec.service.notify:
             raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
         write_plan(pod)

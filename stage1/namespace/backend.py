@@ -31,6 +31,8 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an
 
 
 class Namespace(Stage1, name="namespace"):
+    default_network = "default"  # as podman's bridge: an address of its own on sdrun0
+
     def plan(self, pod: Pod) -> UnitPlan:
         prepare(pod, console=None)  # a service's stdin is /dev/null: no console
         return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
