@@ -27,7 +27,19 @@ APP_SCRIPT = f"echo {READY_LINE}; exec sleep 86400"
 
 
 def true_command(bench: Bench, stage1: str) -> list[str]:
-    return [*bench.sdrun, "run", "--rm", "--stage1", stage1, "--rootfs", str(bench.rootfs), "--", "/bin/true"]
+    return [
+        *bench.sdrun,
+        "run",
+        "--rm",
+        "--stage1",
+        stage1,
+        "--net",
+        "none",
+        "--rootfs",
+        str(bench.rootfs),
+        "--",
+        "/bin/true",
+    ]
 
 
 def boot_to_exit(bench: Bench) -> Section:
@@ -55,7 +67,19 @@ def footprint(bench: Bench, stage1: str, pods: int) -> list[Process]:
     names = [bench.unique(f"mem-{stage1}") for _ in range(pods)]
     try:
         for name in names:
-            command = [*bench.sdrun, "run", "-d", "--stage1", stage1, "--name", name, "--rootfs", str(bench.rootfs)]
+            command = [
+                *bench.sdrun,
+                "run",
+                "-d",
+                "--stage1",
+                stage1,
+                "--net",
+                "none",
+                "--name",
+                name,
+                "--rootfs",
+                str(bench.rootfs),
+            ]
             run_command([*command, "--", "/bin/sh", "-c", APP_SCRIPT])
         for name in names:
             wait_until_up(bench, name)

@@ -34,18 +34,42 @@ class Runtime:
     is_sdrun: bool = False
 
 
-def _sdrun(stage1: str) -> Runtime:
+def _sdrun(stage1: str, *flags: str, label: str = "") -> Runtime:
     def oneshot(bench: Bench, name: str) -> Argv:
-        return [*bench.sdrun, "run", "--rm", "--stage1", stage1, "--rootfs", str(bench.rootfs), "--", "/bin/true"]
+        return [
+            *bench.sdrun,
+            "run",
+            "--rm",
+            "--stage1",
+            stage1,
+            *flags,
+            "--rootfs",
+            str(bench.rootfs),
+            "--",
+            "/bin/true",
+        ]
 
     def detached(bench: Bench, name: str) -> Argv:
         rootfs = str(bench.rootfs)
-        return [*bench.sdrun, "run", "-d", "--stage1", stage1, "--name", name, "--rootfs", rootfs, "--", *SLEEP_ARGV]
+        return [
+            *bench.sdrun,
+            "run",
+            "-d",
+            "--stage1",
+            stage1,
+            *flags,
+            "--name",
+            name,
+            "--rootfs",
+            rootfs,
+            "--",
+            *SLEEP_ARGV,
+        ]
 
     def remove(bench: Bench, name: str) -> list[Argv]:
         return [[*bench.sdrun, "rm", "-f", name]]
 
-    return Runtime(f"sdrun {stage1}", "systemctl", "sdrun", oneshot, detached, remove, is_sdrun=True)
+    return Runtime(label or f"sdrun {stage1}", "systemctl", "sdrun", oneshot, detached, remove, is_sdrun=True)
 
 
 def _systemd_run() -> Runtime:
@@ -78,12 +102,12 @@ def _nspawn() -> Runtime:
     )
 
 
-def _podman() -> Runtime:
+def _podman(network: str = "none", label: str = "podman") -> Runtime:
     def command(bench: Bench, name: str, mode: str, argv: tuple[str, ...]) -> Argv:
-        return ["podman", "run", mode, "--network", "none", "--name", name, "--rootfs", str(bench.rootfs), *argv]
+        return ["podman", "run", mode, "--network", network, "--name", name, "--rootfs", str(bench.rootfs), *argv]
 
     return Runtime(
-        "podman",
+        label,
         "podman",
         "podman",
         lambda bench, name: command(bench, name, "--rm", ("/bin/true",)),
@@ -126,9 +150,11 @@ def _bwrap() -> Runtime:
 
 # crun 1.8 refuses cgroupfs when the unified hierarchy of a hybrid setup holds a controller,
 # so it uses systemd's cgroup manager here, as podman does (and as sdrun does by design).
+# Without a network: the peers' containers here have none either (crun's default spec gives a
+# namespace with loopback only; podman gets --network none). bench/network.py compares networks.
 ALL_RUNTIMES: tuple[Runtime, ...] = (
     _sdrun("fly"),
-    _sdrun("namespace"),
+    _sdrun("namespace", "--net", "none"),
     _systemd_run(),
     _nspawn(),
     _podman(),
@@ -227,3 +253,12 @@ def cpu_count() -> int:
 def oneshot_command(bench: Bench, runtime: Runtime) -> Callable[[], Argv]:
     """A maker of one-shot commands, each with a fresh container name."""
     return lambda: runtime.oneshot(bench, bench.unique())
+
+
+# The network case: the same start, on each runtime's bridge network and without one.
+NETWORK_RUNTIMES: tuple[Runtime, ...] = (
+    _sdrun("namespace", "--net", "none", label="sdrun namespace --net none"),
+    _sdrun("namespace", "--net", "default", label="sdrun namespace --net default"),
+    _podman("none", label="podman --network none"),
+    _podman("bridge", label="podman --network bridge"),
+)
