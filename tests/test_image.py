@@ -10,8 +10,9 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,31 +195,99 @@ def test_a_blob_modified_in_the_store_is_refused(sdrun: Sdrun, registry: LocalRe
     assert config["digest"] == digest
 
 
+def registry_manifest(registry: LocalRegistry, reference: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(
+        run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/{reference}")
+    )
+    return manifest
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+PARTIALS: dict[str, Callable[[bytes], bytes]] = {
+    "complete": lambda blob: blob,
+    "prefix": lambda blob: blob[: len(blob) // 2],
+    "corrupt-prefix": lambda blob: flipped(blob[: len(blob) // 2], 100),
+    "corrupt-complete": lambda blob: flipped(blob, len(blob) - 1),
+    "too-long": lambda blob: blob + b"junk",
+}
+
+
+@pytest.mark.parametrize("case", PARTIALS)
+def test_a_partial_blob_is_verified_whole_and_refetched_when_wrong(
+    sdrun: Sdrun, registry: LocalRegistry, case: str
+) -> None:
+    layer = max(registry_manifest(registry, "app:oci")["layers"], key=lambda layer: layer["size"])
+    blob = registry.blob_data(layer["digest"]).read_bytes()
+    sdrun("image", "gc")  # makes the store
+    (sdrun.root / "images/tmp" / f"{layer['digest'][7:]}.partial").write_bytes(PARTIALS[case](blob))
+    pulled = sdrun("--debug", "image", "pull", f"{registry.host}/app:oci")
+    requests = [line for line in pulled.stderr.splitlines() if f"/blobs/{layer['digest']} from byte" in line]
+    refetched = "the partial download did not match: fetching it whole" in pulled.stderr
+    if case == "complete":
+        assert requests == [] and not refetched  # a whole partial is checked and kept: no Range past its end
+    elif case == "prefix":
+        assert requests == [f"sdrun: GET /v2/app/blobs/{layer['digest']} from byte {len(blob) // 2}: 206, "
+                            f"starting at byte {len(blob) // 2}"] and not refetched  # fmt: skip
+    elif case == "too-long":
+        assert requests == [f"sdrun: GET /v2/app/blobs/{layer['digest']} from byte 0: 200, starting at byte 0"]
+    else:  # the resumed copy fails the digest check: thrown away, fetched whole, in the same pull
+        assert refetched and requests[-1].endswith("from byte 0: 200, starting at byte 0"), pulled.stderr
+    assert (sdrun.root / "images/blobs/sha256" / layer["digest"][7:]).read_bytes() == blob
+    assert list((sdrun.root / "images/tmp").glob("*.partial")) == []
+    assert all(item["tree"] for item in inspect(sdrun, f"{registry.host}/app:oci")["layers"])  # type: ignore[attr-defined]
+
+
+def kill_mid_download(sdrun: Sdrun, reference: str, blob: dict[str, Any]) -> int:
+    """Start a pull and SIGKILL it once the blob's partial file is part-way: returns how much it holds."""
+    partial = sdrun.root / "images/tmp" / f"{blob['digest'][7:]}.partial"
+    process = subprocess.Popen([SDRUN, "--root", str(sdrun.root), "image", "pull", "-q", reference])
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and 1 << 20 <= partial.stat().st_size < blob["size"] // 2):
+            assert process.poll() is None, "the pull ended before it could be killed mid-download"
+            assert time.monotonic() < deadline, "the download never got under way"
+            time.sleep(0.001)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    size = partial.stat().st_size
+    assert 0 < size < blob["size"]
+    return size
+
+
 def test_killed_pulls_are_completed_by_the_next_and_cleaned_by_gc(
     sdrun: Sdrun, layout: Path, registry: LocalRegistry
 ) -> None:
     big = WORK / "big"
     shutil.rmtree(big, ignore_errors=True)
     shutil.copytree(layout, big)
-    for layer in range(3):  # incompressible, so the transfer takes a while
-        umoci_change(big, "base" if layer == 0 else "big", "big", f"head -c 12000000 /dev/urandom > blob{layer}")
+    for layer, megabytes in enumerate((64, 8, 8)):  # incompressible, so the transfer takes a while
+        umoci_change(
+            big, "base" if layer == 0 else "big", "big", f"head -c {megabytes * 1000000} /dev/urandom > blob{layer}"
+        )
     registry.push(f"oci:{big}:big", "big:1")
     reference = f"{registry.host}/big:1"
-    for delay in (0.05, 0.2, 0.4, 0.7, 1.0):
+    largest = max(registry_manifest(registry, "big:1")["layers"], key=lambda layer: layer["size"])
+    for delay in (0.05, 0.2, 0.4, 0.7, 1.0):  # killed at any point: gc leaves a clean store
         process = subprocess.Popen([SDRUN, "--root", str(sdrun.root), "image", "pull", "-q", reference])
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
     leftovers = sdrun("image", "gc").stdout
-    assert sdrun("image", "list", "--json").stdout.strip() in ("[]", "") or "big" in sdrun("image", "list").stdout
     assert list((sdrun.root / "images/tmp").iterdir()) == []
     assert all((tree.parent / "rendered").exists() for tree in tree_files(sdrun)), leftovers
-    process = subprocess.Popen([SDRUN, "--root", str(sdrun.root), "image", "pull", "-q", reference])
-    time.sleep(0.3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    digest = sdrun("image", "pull", reference).stdout.strip()  # resumes the partial blobs, re-renders trees
-    assert digest.startswith("sha256:")
+    sdrun("image", "rm", reference, check=False)  # if one of those pulls finished, start from nothing
+    sdrun("image", "gc")
+    assert list((sdrun.root / "images/blobs/sha256").iterdir()) == []
+    held = kill_mid_download(sdrun, reference, largest)
+    resumed = sdrun("--debug", "image", "pull", reference)  # resumes the partial blob where it stopped
+    assert f"/blobs/{largest['digest']} from byte {held}: 206, starting at byte {held}" in resumed.stderr
+    assert "did not match" not in resumed.stderr
+    stored = sdrun.root / "images/blobs/sha256" / largest["digest"][7:]
+    assert stored.read_bytes() == registry.blob_data(largest["digest"]).read_bytes()
     for layer in inspect(sdrun, reference)["layers"]:  # type: ignore[attr-defined]
         assert layer["tree"]
     assert not any(line.startswith("removed tree") for line in sdrun("image", "gc").stdout.splitlines())

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from sdrun.debug import debug
 from sdrun.errors import NotFound, SdrunError
 from sdrun.image import oci
 from sdrun.image.layers import extract_layer
@@ -145,20 +146,70 @@ class ImageStore:
     def put_blob(
         self, digest: str, size: int, open_source: BlobOpener, *, source: str, progress: Progress | None = None
     ) -> None:
-        """Copy a blob in: into tmp/<hex>.partial (resumed if a killed pull left one), verify, fsync, rename."""
+        """Copy a blob in: into tmp/<hex>.partial (resumed if a killed pull left one), verify, fsync, rename.
+
+        What a partial file holds is trusted for nothing: it is hashed with the rest, and the
+        whole file must match the digest. A resumed copy that does not match (a prefix damaged
+        on disk, or written from other content) is thrown away and fetched once more from byte 0;
+        only a mismatch of a copy fetched whole is the source's fault."""
         final = self.blob_path(digest)
         partial = self.tmp / f"{final.name}.partial"
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "r+b") as stream:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX)  # a concurrent pull of the same blob waits here
+        with self._locked_partial(partial) as stream:  # a concurrent pull of the same blob waits here
             if final.exists():
                 return  # the other pull finished it
-            hasher, offset = self._resume(stream, size)
-            if progress and offset:
-                progress(offset)
+            if self._fill(stream, digest, size, open_source, progress, resume=True) is not None:
+                debug("image", "blob %s: the partial download did not match: fetching it whole", digest)
+                wrong = self._fill(stream, digest, size, open_source, progress, resume=False)
+                if wrong is not None:
+                    partial.unlink()
+                    raise TamperedBlob(f"blob {digest} from {source} does not match its descriptor: got {wrong}")
+            os.fsync(stream.fileno())
+            partial.rename(final)
+        fsync_directory(self.blobs)
+
+    @contextlib.contextmanager
+    def _locked_partial(self, partial: Path) -> Iterator[IO[bytes]]:
+        """The partial file, locked. A pull that held the lock may have unlinked the file we opened
+        (a mismatch) or renamed it into blobs/: then the lock is on a dead inode; open the path again."""
+        while True:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            stream = os.fdopen(fd, "r+b")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(partial)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(current, os.fstat(fd)):
+                break
+            stream.close()
+        with stream:
+            yield stream
+
+    @staticmethod
+    def _fill(
+        stream: IO[bytes],
+        digest: str,
+        size: int,
+        open_source: BlobOpener,
+        progress: Progress | None,
+        *,
+        resume: bool,
+    ) -> str | None:
+        """Make the partial file hold the blob: keep (if resume) what it has, fetch the rest. None when
+        the whole file then has the blob's size and digest, else what it has instead."""
+        hasher, offset = ImageStore._hash_partial(stream, size) if resume else (hashlib.sha256(), 0)
+        stream.seek(offset)
+        stream.truncate()
+        if progress and offset:
+            progress(offset)
+        counted = offset
+        if offset < size:  # a complete partial needs no request (a Range past the end is a 416)
+            if offset:
+                debug("image", "blob %s: resuming at byte %d of %d", digest, offset, size)
             source_stream, start = open_source(offset)
             with source_stream:
                 if start != offset:  # the source could not resume: start over
+                    debug("image", "blob %s: the source cannot resume: fetching from byte 0", digest)
                     stream.seek(0)
                     stream.truncate()
                     hasher, offset = hashlib.sha256(), 0
@@ -168,21 +219,20 @@ class ImageStore:
                         break
                     hasher.update(chunk)
                     stream.write(chunk)
+                    counted += len(chunk)
                     if progress:
                         progress(len(chunk))
             stream.flush()
-            actual = f"sha256:{hasher.hexdigest()}"
-            if offset != size or actual != digest:
-                partial.unlink()
-                what = f"{offset if offset <= size else 'more than ' + str(size)} bytes" if offset != size else actual
-                raise TamperedBlob(f"blob {digest} from {source} does not match its descriptor: got {what}")
-            os.fsync(stream.fileno())
-            partial.rename(final)
-        fsync_directory(self.blobs)
+        actual = f"sha256:{hasher.hexdigest()}"
+        if offset == size and actual == digest:
+            return None
+        if progress:
+            progress(-counted)  # the bytes counted so far are fetched again, or not at all
+        return actual if offset == size else f"{offset if offset < size else 'more than ' + str(size)} bytes"
 
     @staticmethod
-    def _resume(stream: IO[bytes], size: int) -> tuple[Any, int]:
-        """The hash of what a partial file already holds, and its length (0 if it cannot be right)."""
+    def _hash_partial(stream: IO[bytes], size: int) -> tuple[Any, int]:
+        """The hash of what a partial file holds, and its length; an empty start if it is too long."""
         hasher = hashlib.sha256()
         stream.seek(0, os.SEEK_END)
         if stream.tell() > size:
