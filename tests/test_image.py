@@ -323,6 +323,45 @@ def test_import_archives_written_by_skopeo(sdrun: Sdrun, layout: Path) -> None:
     assert unnamed.returncode == 125 and "give a NAME" in unnamed.stderr
 
 
+def store_files(sdrun: Sdrun) -> tuple[set[str], set[str]]:
+    images = sdrun.root / "images"
+    blobs = {path.name for path in (images / "blobs/sha256").iterdir()}
+    return blobs, {path.name for path in (images / "trees").iterdir()}
+
+
+def collected(sdrun: Sdrun) -> list[str]:
+    """What `image gc` removed, but for per-tree lock files (which every pull leaves)."""
+    lines = sdrun("image", "gc").stdout.splitlines()
+    return [line for line in lines if not line.endswith(".tree-lock")]
+
+
+def test_rm_takes_one_name_and_the_content_goes_with_the_last(sdrun: Sdrun, layout: Path) -> None:
+    for name in ("local/app:1", "local/app:2"):
+        sdrun("image", "import", f"oci:{layout}:app", name)
+    digest = sdrun("image", "import", f"oci:{layout}:base", "local/base:1").stdout.strip()
+    (app,) = [image for image in json.loads(sdrun("image", "list", "--json").stdout) if image["digest"] != digest]
+    assert sorted(app["names"]) == ["docker.io/local/app:1", "docker.io/local/app:2"]
+    blobs, trees = store_files(sdrun)
+    by_digest = sdrun("image", "rm", app["digest"], check=False)
+    assert by_digest.returncode == 125 and "has 2 names" in by_digest.stderr
+    assert sdrun("image", "rm", "local/app:1").stdout == "untagged docker.io/local/app:1\n"
+    assert inspect(sdrun, "local/app:2")["names"] == ["docker.io/local/app:2"]
+    assert sdrun("image", "inspect", "local/app:1", check=False).returncode == 125
+    assert store_files(sdrun) == (blobs, trees)  # the image is still named: nothing of it goes
+    assert collected(sdrun) == []
+    removed = sdrun("image", "rm", "docker.io/local/app:2").stdout.splitlines()
+    assert removed[0] == "untagged docker.io/local/app:2" and f"removed blob {app['digest']}" in removed
+    base = inspect(sdrun, "local/base:1")
+    manifest = json.loads((sdrun.root / "images/blobs/sha256" / digest[7:]).read_text())
+    base_blobs = {digest[7:], manifest["config"]["digest"][7:]}
+    base_blobs |= {layer["digest"][7:] for layer in base["layers"]}  # type: ignore[attr-defined]
+    base_trees = {Path(layer["tree"]).parent.name for layer in base["layers"]}  # type: ignore[attr-defined]
+    assert store_files(sdrun) == (base_blobs, base_trees)  # the shared base layer stays, with its tree
+    assert collected(sdrun) == []
+    sdrun("image", "rm", "local/base:1")
+    assert store_files(sdrun) == (set(), set())
+
+
 def test_import_a_rootfs_tarball_and_export_it(sdrun: Sdrun, rootfs: Path) -> None:
     tarball = WORK / "rootfs.tar.gz"
     with tarfile.open(tarball, "w:gz") as archive:
@@ -370,9 +409,12 @@ def test_run_image_merges_its_config(sdrun: Sdrun, registry: LocalRegistry) -> N
     spec = json.loads((pod_dir / "pod.json").read_text())["spec"]
     assert spec["labels"]["org.example.team"] == "images" and spec["stop_signal"] == "SIGINT"
     assert "port 8080/tcp" in (pod_dir / "image").read_text()
-    refused = sdrun("image", "rm", reference, check=False)
+    by_digest = f"{registry.host}/app@{inspect(sdrun, reference)['digest']}"
+    sdrun("image", "pull", by_digest)  # a second name for the same image
+    assert sdrun("image", "rm", reference).stdout == f"untagged {reference}\n"  # not its last name: no refusal
+    refused = sdrun("image", "rm", by_digest, check=False)
     assert refused.returncode == 125 and "used by 1 pod(s)" in refused.stderr
-    sdrun("image", "rm", "-f", reference)
+    assert sdrun("image", "rm", "-f", by_digest).stdout == f"untagged {by_digest}\n"  # the pod's content stays
     sdrun("image", "gc")
     assert sdrun("enter", name, "cat", "/hello").stdout == "hi\n"  # its trees were kept
     sdrun("rm", "-f", name)

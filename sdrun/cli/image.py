@@ -166,28 +166,44 @@ def inspect(ctx: Context, name: str) -> None:
 
 
 @image.command()
-@click.option("-f", "--force", is_flag=True, help="Remove the names even while pods use the image.")
+@click.option("-f", "--force", is_flag=True, help="Remove a used image's last name, or all names of a digest.")
 @click.argument("names", metavar="IMAGE...", nargs=-1, required=True)
 @pass_context
 def rm(ctx: Context, force: bool, names: tuple[str, ...]) -> None:
-    """Remove images from the store's index ('image gc' frees their space; pods keep theirs)."""
+    """Remove names (a digest: all of its names); an image left with none is deleted, but for the
+    layers other images or pods use. An image a pod uses keeps its content until 'image gc'."""
     from sdrun.image.usage import usage
 
     store = _store(ctx)
     with store.exclusive():
-        users = usage(ctx.paths).pods_by_image
-        images = [store.get(name) for name in names]
-        for found in images:
-            pods = users.get(found.digest, [])
-            if pods and not force:
+        used = usage(ctx.paths)
+        images: dict[str, Image] = {}
+        dropped: dict[str, set[str]] = {}
+        for text in names:
+            found = store.get(text)
+            name = store.name_of(text)
+            if name is None and len(found.names) > 1 and not force:
                 raise SdrunError(
-                    f"image {found.names[0] if found.names else found.digest} is used by {len(pods)} pod(s): "
+                    f"image {found.digest[:19]} has {len(found.names)} names: {', '.join(found.names)}",
+                    hint="remove them by name, or all at once with 'sdrun image rm -f'",
+                )
+            images[found.digest] = found
+            dropped.setdefault(found.digest, set()).update([name] if name else found.names)
+        for digest, found in images.items():
+            pods = used.pods_by_image.get(digest, [])
+            if pods and not force and dropped[digest] >= set(found.names):
+                raise SdrunError(
+                    f"image {found.names[0] if found.names else digest} is used by {len(pods)} pod(s): "
                     f"{', '.join(sorted(pods)[:5])}",
                     hint="remove the pods first, or 'sdrun image rm -f'",
                 )
-        for found in images:
-            for removed in store.untag(found.digest):
-                click.echo(removed)
+        for digest, found in images.items():
+            for name in sorted(dropped[digest]):
+                store.untag(name)
+                click.echo(f"untagged {name}")
+            if dropped[digest] >= set(found.names):
+                for removed in store.delete_content(found, set(used.pods_by_image), used.trees):
+                    click.echo(f"removed {removed}")
 
 
 @image.command()

@@ -302,11 +302,10 @@ class ImageStore:
         with self._editing_index() as entries:
             entries[:] = [old for old in entries if old.annotations.get(oci.REF_NAME) != name] + [entry]
 
-    def untag(self, digest: str) -> list[str]:
+    def untag(self, name: str) -> None:
+        """Take one name away; the image keeps its others (and its content until nothing names or uses it)."""
         with self._editing_index() as entries:
-            removed = [entry.annotations.get(oci.REF_NAME, "") for entry in entries if entry.digest == digest]
-            entries[:] = [entry for entry in entries if entry.digest != digest]
-        return removed
+            entries[:] = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) != name]
 
     # --- images ---
 
@@ -331,12 +330,25 @@ class ImageStore:
         )
         return self.load(entries[0].digest, names, index_digest)
 
-    def find(self, text: str) -> Image | None:
-        """An image by name (as given or normalized), by digest, or by a unique digest prefix of 8+ digits."""
-        entries = self.index_entries()
+    @staticmethod
+    def _name_candidates(text: str) -> set[str]:
         candidates = {text}
         with contextlib.suppress(BadReference):
             candidates.add(parse_registry_reference(text.removeprefix("docker://")).name)
+        return candidates
+
+    def name_of(self, text: str) -> str | None:
+        """The stored name text means (as given or normalized), if it names an image and is no digest."""
+        candidates = self._name_candidates(text)
+        for entry in self.index_entries():
+            if entry.annotations.get(oci.REF_NAME) in candidates:
+                return entry.annotations[oci.REF_NAME]
+        return None
+
+    def find(self, text: str) -> Image | None:
+        """An image by name (as given or normalized), by digest, or by a unique digest prefix of 8+ digits."""
+        entries = self.index_entries()
+        candidates = self._name_candidates(text)
         by_name = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) in candidates]
         if not by_name:
             hex_part = text.rpartition("@")[2].removeprefix("sha256:")
@@ -375,8 +387,8 @@ class ImageStore:
 
     # --- garbage collection (under the exclusive lock) ---
 
-    def collect_garbage(self, used_images: set[str], used_trees: set[Path]) -> list[str]:
-        """Remove what no named image and no pod uses, and every leftover of an interrupted pull."""
+    def _in_use(self, used_images: set[str], used_trees: set[Path]) -> tuple[set[str], set[str]]:
+        """The blobs (digests) and trees (hex names) that a named image or a pod needs."""
         keep_blobs: set[str] = set()
         keep_trees = {path.parent.name for path in used_trees}
         for digest in {entry.digest for entry in self.index_entries()} | used_images:
@@ -384,6 +396,11 @@ class ImageStore:
                 image = self.load(digest)
                 keep_blobs |= {digest, image.manifest.config.digest, *(layer.digest for layer in image.manifest.layers)}
                 keep_trees |= {diff_id.removeprefix("sha256:") for diff_id in image.diff_ids}
+        return keep_blobs, keep_trees
+
+    def collect_garbage(self, used_images: set[str], used_trees: set[Path]) -> list[str]:
+        """Remove what no named image and no pod uses, and every leftover of an interrupted pull."""
+        keep_blobs, keep_trees = self._in_use(used_images, used_trees)
         removed = []
         for entry in self._scan(self.blobs):
             if f"sha256:{entry.name}" not in keep_blobs:
@@ -396,6 +413,23 @@ class ImageStore:
         for entry in self._scan(self.tmp):
             os.unlink(entry.path)
             removed.append(f"temporary {entry.name}")
+        return removed
+
+    def delete_content(self, image: Image, used_images: set[str], used_trees: set[Path]) -> list[str]:
+        """`image rm` of an image's last name: its blobs and trees go, but for those another image
+        or a pod still uses (layers are shared)."""
+        keep_blobs, keep_trees = self._in_use(used_images, used_trees)
+        removed = []
+        for diff_id in image.diff_ids:
+            tree = self.trees / diff_id.removeprefix("sha256:")
+            if tree.name not in keep_trees and tree.exists():
+                shutil.rmtree(tree)
+                removed.append(f"tree {tree.name}")
+        manifest = image.manifest
+        for digest in dict.fromkeys((manifest.digest, manifest.config.digest, *(x.digest for x in manifest.layers))):
+            if digest not in keep_blobs and self.has_blob(digest):
+                self.blob_path(digest).unlink()
+                removed.append(f"blob {digest}")
         return removed
 
     @staticmethod
