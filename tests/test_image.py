@@ -304,6 +304,60 @@ def test_which_names_the_image_and_layer(sdrun: Sdrun, registry: LocalRegistry) 
     assert [(item["path"], item["layer"]) for item in by_name] == [("/opaque/new", layers[2]["digest"])]  # type: ignore[index]
 
 
+def test_which_sees_the_image_as_overlayfs_does(sdrun: Sdrun) -> None:
+    """Whiteouts of a directory, an opaque directory, a directory replaced by a symlink, and paths
+    through symlinked directories (relative, absolute, with ..), in an image umoci assembles."""
+    layout = WORK / "which"
+    shutil.rmtree(layout, ignore_errors=True)
+    run("umoci", "init", "--layout", str(layout))
+    run("umoci", "new", "--image", f"{layout}:which")
+    directory, symlink = tarfile.DIRTYPE, tarfile.SYMTYPE
+    lower = tar_bytes(
+        *((entry(name, directory, 0o755), b"") for name in ("usr", "usr/lib", "etc", "etc/ssl", "data", "opt")),
+        (entry("opt/tool", directory, 0o755), b""),
+        (entry("usr/lib/libfoo.so.1"), b"lower\n"),
+        (entry("usr/lib/libbaz.so"), b"baz\n"),
+        (entry("lib", symlink, linkname="usr/lib"), b""),
+        (entry("abs", symlink, linkname="/usr/lib"), b""),
+        (entry("etc/ssl/cert.pem"), b"cert\n"),
+        (entry("data/old"), b"old\n"),
+        (entry("opt/tool/bin"), b"tool\n"),
+    )
+    upper = tar_bytes(
+        *((entry(name, directory, 0o755), b"") for name in ("usr", "usr/lib", "etc", "data", "opt")),
+        (entry("etc/.wh.ssl"), b""),
+        (entry("data/.wh..wh..opq"), b""),
+        (entry("data/new"), b"new\n"),
+        (entry("usr/lib/libfoo.so.1"), b"upper\n"),
+        (entry("usr/lib/.wh.libbaz.so"), b""),
+        (entry("opt/tool", symlink, linkname="/usr/lib"), b""),
+    )
+    add_layer(layout, "which", lower)
+    add_layer(layout, "which", upper)
+    sdrun("image", "import", f"oci:{layout}:which", "local/which:1")
+    bottom, top = (layer["digest"] for layer in inspect(sdrun, "local/which:1")["layers"])  # type: ignore[attr-defined]
+
+    def which(path: str) -> list[tuple[str, str, str]]:
+        result = sdrun("image", "which", "--json", path, check=False)
+        found = json.loads(result.stdout)
+        assert result.returncode == (0 if found else 1)
+        return [(item["path"], item["resolved"], item["layer"]) for item in found]
+
+    for hidden in ("/etc/ssl/cert.pem", "/etc/ssl", "/data/old", "/opt/tool/bin", "/usr/lib/libbaz.so"):
+        assert which(hidden) == [], hidden
+    assert which("/data/new") == [("/data/new", "/data/new", top)]
+    foo = "/usr/lib/libfoo.so.1"
+    for through in ("/lib/libfoo.so.1", "/abs/libfoo.so.1", "/abs/../lib/libfoo.so.1", "/opt/tool/libfoo.so.1"):
+        assert which(through) == [(through, foo, top)], through
+    assert which("/lib") == [("/lib", "/lib", bottom)]  # the symlink itself
+    assert which("/opt/tool") == [("/opt/tool", "/opt/tool", top)]
+    for name in ("cert.pem", "old", "bin", "libbaz.so"):
+        assert which(name) == [], name
+    assert which("libfoo.so.1") == [(foo, foo, top)]  # once, from the layer it is visible from
+    text = sdrun("image", "which", "/lib/libfoo.so.1").stdout
+    assert text == f"docker.io/local/which:1  /lib/libfoo.so.1 (at {foo})  layer {top[:19]}\n"
+
+
 # --- imports ---
 
 

@@ -15,6 +15,7 @@ from sdrun.errors import SdrunError
 if TYPE_CHECKING:
     from sdrun.image.store import Image, ImageStore
     from sdrun.image.transfer import PullOptions
+    from sdrun.image.which import Match
 
 
 def _store(ctx: Context) -> ImageStore:
@@ -238,7 +239,7 @@ def export(ctx: Context, name: str, target: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def which(ctx: Context, path: str, as_json: bool) -> None:
-    """Which images (and their pods) ship PATH (absolute) or a file named PATH, and from which layer."""
+    """Which images (and their pods) ship PATH (absolute) or a file named PATH, from which layer; 1 if none."""
     from sdrun.image.usage import usage
     from sdrun.image.which import find_in_images
 
@@ -250,13 +251,18 @@ def which(ctx: Context, path: str, as_json: bool) -> None:
             match.to_json() | {"pods": sorted(users.get(match.image.digest, []))} for match in matches
         ]
         click.echo(json.dumps(rows, indent=2))
-        return
+    else:
+        _print_matches(matches, users)
+    if not matches:
+        sys.exit(1)  # as grep: nothing found
+
+
+def _print_matches(matches: list[Match], users: dict[str, list[str]]) -> None:
     for match in matches:
         pods = users.get(match.image.digest, [])
         in_pods = f"  pods: {', '.join(sorted(pods))}" if pods else ""
-        click.echo(f"{match.image_name}  {match.path}  layer {match.layer_digest[:19]}{in_pods}")
-    if not matches:
-        sys.exit(1)
+        at = f" (at {match.resolved})" if match.resolved != match.path else ""
+        click.echo(f"{match.image_name}  {match.path}{at}  layer {match.layer_digest[:19]}{in_pods}")
 
 
 @image.command()
