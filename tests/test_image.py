@@ -3,6 +3,7 @@ and pushed by skopeo, archives written by skopeo, pods run from images under the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -159,6 +160,67 @@ def test_basic_auth_login_and_refusal(sdrun: Sdrun, auth_registry: LocalRegistry
     docker_config.write_text(json.dumps({"auths": {auth_registry.host: {"auth": "c2RydW46czNjcmV0LXBhc3M="}}}))
     sdrun("image", "rm", reference, env=env)
     sdrun("image", "pull", reference, env=env)
+
+
+def write_policy(sdrun: Sdrun, policy: object) -> None:
+    (sdrun.root / "policy.json").write_text(json.dumps(policy))
+
+
+def refused_by_policy(sdrun: Sdrun, *args: str) -> str:
+    """A pull the policy refuses: one line, exit 125, and nothing new in the store."""
+    before = sorted((sdrun.root / "images").rglob("*")) if (sdrun.root / "images").exists() else []
+    result = sdrun("image", "pull", *args, check=False)
+    assert result.returncode == 125 and len(result.stderr.splitlines()) == 1, result.stderr
+    after = sorted((sdrun.root / "images").rglob("*")) if (sdrun.root / "images").exists() else []
+    new = [path for path in after if path.is_file() and path not in before]
+    assert [path for path in new if path.name not in ("lock", "oci-layout")] == []
+    return result.stderr
+
+
+def test_policy_trusted_registries_and_pinned_digests(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    host = registry.host
+    app = registry_manifest(registry, "app:oci")
+    app_digest = (
+        "sha256:"
+        + hashlib.sha256(
+            run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/app:oci").encode()
+        ).hexdigest()
+    )
+    assert app["layers"]
+    write_policy(sdrun, {"trusted": ["127.0.0.1:1"]})
+    assert f"policy: {host}/app is not in a trusted registry of {sdrun.root}/policy.json" in refused_by_policy(
+        sdrun, f"{host}/app:oci"
+    )
+    write_policy(sdrun, {"trusted": [f"{host}/app"], "pinned": {f"{host}/app": [app_digest]}})
+    assert sdrun("image", "pull", f"{host}/app:oci").stdout.strip() == app_digest  # trusted, and the pinned digest
+    assert "not in a trusted registry" in refused_by_policy(sdrun, f"{host}/multi")
+    v2s2 = refused_by_policy(sdrun, f"{host}/app:v2s2")  # the same image converted: another digest
+    assert f"policy: {host}/app:v2s2 is sha256:" in v2s2 and "does not pin" in v2s2
+    assert sdrun("image", "pull", "--verify", f"{host}/app:oci").stdout.strip() == app_digest
+    index = registry.push(f"docker://{host}/multi:latest", "pinned-multi:1", "--all", "--src-tls-verify=false")
+    index_digest = (
+        "sha256:"
+        + hashlib.sha256(
+            run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{index}").encode()
+        ).hexdigest()
+    )
+    write_policy(sdrun, {"pinned": {f"{host}/pinned-multi": [index_digest]}})  # the index's digest pins each platform
+    sdrun("image", "pull", "--verify", "--platform", "linux/arm64", index)
+    assert "--verify: nothing pins" in refused_by_policy(sdrun, "--verify", f"{host}/multi")
+    assert "refuse" not in sdrun("image", "pull", f"{host}/multi").stderr  # unpinned, but no --verify: fine
+
+
+def test_verify_without_a_policy_needs_a_digest(sdrun: Sdrun, registry: LocalRegistry, layout: Path) -> None:
+    host = registry.host
+    refusal = refused_by_policy(sdrun, "--verify", f"{host}/app:oci")
+    assert f"--verify: nothing pins {host}/app:oci: there is no {sdrun.root}/policy.json" in refusal
+    digest = sdrun("image", "pull", f"{host}/app:oci").stdout.strip()  # no policy, no --verify: anything goes
+    sdrun("image", "rm", f"{host}/app:oci")
+    assert sdrun("image", "pull", "--verify", f"{host}/app@{digest}").stdout.strip() == digest
+    assert "is not from a registry" in refused_by_policy(sdrun, "--verify", f"oci:{layout}:app")
+    for broken in ("{", '{"trusted": "127.0.0.1"}', '{"pinned": {"a/b": ["sha256:12"]}}', '{"signed": true}'):
+        (sdrun.root / "policy.json").write_text(broken)
+        assert "policy.json" in refused_by_policy(sdrun, f"{host}/app:oci")
 
 
 def test_a_tampered_blob_is_refused_and_leaves_nothing(sdrun: Sdrun, layout: Path) -> None:

@@ -24,7 +24,7 @@ def _store(ctx: Context) -> ImageStore:
     return ImageStore(ctx.paths.images)
 
 
-def _pull_options(platform: str | None, tls_verify: bool | None, quiet: bool) -> PullOptions:
+def _pull_options(platform: str | None, tls_verify: bool | None, quiet: bool, verify: bool = False) -> PullOptions:
     from sdrun.image.oci import Platform
     from sdrun.image.transfer import PullOptions, default_progress
 
@@ -32,6 +32,7 @@ def _pull_options(platform: str | None, tls_verify: bool | None, quiet: bool) ->
         platform=Platform.parse(platform) if platform else None,
         tls_verify=tls_verify,
         progress=None if quiet else default_progress(),
+        verify=verify,
     )
 
 
@@ -54,16 +55,24 @@ def image() -> None:
 @platform_option
 @tls_option
 @click.option("--insecure-registry", is_flag=True, help="Same as --tls-verify=false.")
+@click.option("--verify", is_flag=True, help="Refuse an image no digest pins (<root>/policy.json or @sha256:).")
 @quiet_option
 @click.argument("source", metavar="SOURCE")
 @pass_context
 def pull(
-    ctx: Context, platform: str | None, tls_verify: bool | None, insecure_registry: bool, quiet: bool, source: str
+    ctx: Context,
+    platform: str | None,
+    tls_verify: bool | None,
+    insecure_registry: bool,
+    verify: bool,
+    quiet: bool,
+    source: str,
 ) -> None:
-    """Pull an image: [docker://]HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE."""
+    """Pull an image: [docker://]HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE.
+    A registry pull obeys <root>/policy.json (trusted registries, pinned digests) when there is one."""
     from sdrun.image.transfer import pull as pull_image
 
-    options = _pull_options(platform, False if insecure_registry else tls_verify, quiet)
+    options = _pull_options(platform, False if insecure_registry else tls_verify, quiet, verify)
     pulled = pull_image(ctx.paths, source, options)
     click.echo(pulled.digest)
 

@@ -21,6 +21,7 @@ from typing import TextIO
 from sdrun.errors import SdrunError
 from sdrun.image import oci
 from sdrun.image.auth import auth_files, credentials_for
+from sdrun.image.policy import PolicyError, load_policy
 from sdrun.image.reference import FileReference, RegistryReference, parse_reference
 from sdrun.image.registry import RegistryError
 from sdrun.image.sources import (
@@ -43,6 +44,7 @@ class PullOptions:
     platform: oci.Platform | None = None  # None: the host's, and no check of a single-platform image
     tls_verify: bool | None = None  # None: verify, except for registries on loopback
     progress: TextIO | None = None  # where progress goes, when it is a terminal
+    verify: bool = False  # refuse a registry image that no digest pins (sdrun.image.policy)
 
 
 class ProgressLine:
@@ -107,7 +109,18 @@ def rootfs_source(path: Path, platform: oci.Platform | None) -> ImageSource:
     return RootfsTarSource(path, platform or oci.Platform.host())
 
 
-def copy_image(store: ImageStore, source: ImageSource, names: tuple[str, ...], options: PullOptions) -> Image:
+# Called with the digests the source sent (an index's, then the manifest's; or the manifest's) before
+# anything else is fetched: raises to refuse the image.
+Admission = Callable[[tuple[str, ...]], None]
+
+
+def copy_image(
+    store: ImageStore,
+    source: ImageSource,
+    names: tuple[str, ...],
+    options: PullOptions,
+    admit: Admission | None = None,
+) -> Image:
     """Copy the image the source names (its platform's, from an index) into the store, then name it."""
     with store.shared():
         raw, media_type = source.top()
@@ -117,10 +130,14 @@ def copy_image(store: ImageStore, source: ImageSource, names: tuple[str, ...], o
                 oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
             )
             index_digest = digest
+            if admit:
+                admit((index_digest, chosen.digest))
             raw, media_type = source.manifest_by_digest(chosen.digest)
             digest = digest_of(raw)
             if digest != chosen.digest:
                 raise TamperedBlob(f"{source.description}: manifest {chosen.digest} arrived with digest {digest}")
+        elif admit:
+            admit((digest,))
         manifest = oci.parse_manifest(raw, digest, media_type)
         if not store.has_blob(digest) or not _complete(store, digest):
             _copy_content(store, source, manifest, options)
@@ -197,7 +214,23 @@ def _check_platform(config: object, wanted: oci.Platform | None, description: st
 def pull(paths: Paths, text: str, options: PullOptions) -> Image:
     store = ImageStore(paths.images)
     source = source_for(paths, text, tls_verify=options.tls_verify)
-    return copy_image(store, source, source.names(), options)
+    return copy_image(store, source, source.names(), options, _admission(paths, source, options.verify))
+
+
+def policy_file(paths: Paths) -> Path:
+    return paths.root / "policy.json"
+
+
+def _admission(paths: Paths, source: ImageSource, verify: bool) -> Admission | None:
+    """The policy's checks of a registry pull: the registry now, the digests once the registry sends them."""
+    if not isinstance(source, RegistrySource):
+        if verify:
+            raise PolicyError(f"--verify: {source.description} is not from a registry: no policy covers it")
+        return None
+    policy = load_policy(policy_file(paths))
+    reference = source.reference
+    policy.check_registry(reference)
+    return lambda digests: policy.check_digests(reference, digests, verify=verify)
 
 
 def find_or_pull(paths: Paths, text: str, options: PullOptions) -> Image:
