@@ -25,7 +25,9 @@ from tests.test_image_support import (
     local_registry,
     multi_platform,
     run,
+    self_signed,
     tar_bytes,
+    token_server,
     umoci_change,
     umoci_image,
 )
@@ -160,6 +162,44 @@ def test_basic_auth_login_and_refusal(sdrun: Sdrun, auth_registry: LocalRegistry
     docker_config.write_text(json.dumps({"auths": {auth_registry.host: {"auth": "c2RydW46czNjcmV0LXBhc3M="}}}))
     sdrun("image", "rm", reference, env=env)
     sdrun("image", "pull", reference, env=env)
+
+
+def test_https_with_a_self_signed_certificate(sdrun: Sdrun, layout: Path) -> None:
+    keys = self_signed(WORK / "tls")
+    with local_registry(WORK / "tls-registry", tls=keys) as secure:
+        reference = secure.push(f"oci:{layout}:base", "base:1")  # over HTTPS: the registry speaks nothing else
+        refused = sdrun("image", "pull", "--tls-verify=true", reference, check=False)
+        assert refused.returncode == 125 and len(refused.stderr.splitlines()) == 1
+        assert f"{secure.host}: TLS certificate not trusted" in refused.stderr
+        assert "--tls-verify=false" in refused.stderr
+        for options in (["--tls-verify=false"], ["--insecure-registry"], []):  # [] : loopback needs no verification
+            digest = sdrun("image", "pull", *options, reference).stdout.strip()
+            sdrun("image", "rm", reference)
+        trusting = {**os.environ, "SSL_CERT_FILE": str(keys / "cert.pem")}  # the certificate as a CA of the system's
+        assert sdrun("image", "pull", "--tls-verify=true", reference, env=trusting).stdout.strip() == digest
+
+
+def test_bearer_token_auth_with_podmans_auth_file(sdrun: Sdrun, layout: Path, tmp_path: Path) -> None:
+    with (
+        token_server(WORK / "token", CREDENTIALS) as tokens,
+        local_registry(WORK / "token-registry", token=tokens.auth) as registry,
+    ):
+        creds = ":".join(CREDENTIALS)
+        run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{layout}:base",
+            f"docker://{registry.host}/private/base:1")  # fmt: skip
+        reference = f"{registry.host}/private/base:1"
+        env = {**os.environ, "HOME": str(tmp_path), "REGISTRY_AUTH_FILE": str(tmp_path / "podman-auth.json")}
+        env.pop("XDG_RUNTIME_DIR", None)
+        refused = sdrun("image", "pull", reference, check=False, env=env)
+        assert refused.returncode == 125 and f"the token service of {registry.host} refused: 401" in refused.stderr
+        tokens.scopes.clear()
+        run("podman", "login", "--tls-verify=false", "--authfile", str(tmp_path / "podman-auth.json"),
+            "-u", CREDENTIALS[0], "-p", CREDENTIALS[1], registry.host)  # fmt: skip
+        assert "auths" in json.loads((tmp_path / "podman-auth.json").read_text())
+        digest = sdrun("image", "pull", reference, env=env).stdout.strip()
+        assert "repository:private/base:pull" in tokens.scopes  # sdrun asked for a token, and the registry took it
+        assert inspect(sdrun, reference)["digest"] == digest
+        assert not (sdrun.root / "auth.json").exists()  # read from REGISTRY_AUTH_FILE, not copied
 
 
 def write_policy(sdrun: Sdrun, policy: object) -> None:
@@ -476,6 +516,30 @@ def test_rm_takes_one_name_and_the_content_goes_with_the_last(sdrun: Sdrun, layo
     assert collected(sdrun) == []
     sdrun("image", "rm", "local/base:1")
     assert store_files(sdrun) == (set(), set())
+
+
+def test_import_archives_written_by_podman_save(sdrun: Sdrun, layout: Path) -> None:
+    storage = WORK / "podman"
+    shutil.rmtree(storage, ignore_errors=True)
+    podman = ("podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "--storage-driver", "vfs")
+    run(*podman, "pull", "-q", f"oci:{layout}:app")
+    image_id = run(*podman, "images", "-q").split()[0]
+    run(*podman, "tag", image_id, "example.org/podman/app:1")
+    archives = {kind: storage / f"{kind}.tar" for kind in ("docker-archive", "oci-archive")}
+    for kind, path in archives.items():
+        run(*podman, "save", "-q", "--format", kind, "-o", str(path), "example.org/podman/app:1")
+    sdrun("image", "import", f"docker-archive:{archives['docker-archive']}")  # named by its RepoTags
+    sdrun("image", "import", f"oci-archive:{archives['oci-archive']}", "local/podman:oci")
+    names = sorted(name for image in json.loads(sdrun("image", "list", "--json").stdout) for name in image["names"])
+    assert names == ["docker.io/local/podman:oci", "example.org/podman/app:1"]
+    from_docker, from_oci = inspect(sdrun, "example.org/podman/app:1"), inspect(sdrun, "local/podman:oci")
+    diff_ids = [layer["diff_id"] for layer in from_oci["layers"]]  # type: ignore[attr-defined]
+    assert [layer["diff_id"] for layer in from_docker["layers"]] == diff_ids  # type: ignore[attr-defined]
+    assert len(tree_files(sdrun)) == 3  # the same layers, one tree each
+    assert from_docker["config"]["config"]["WorkingDir"] == "/srv"  # type: ignore[index]
+    hello = json.loads(sdrun("image", "which", "--json", "/hello").stdout)
+    assert sorted(item["image"] for item in hello) == names
+    assert sdrun("image", "which", "/bin/ls", check=False).returncode == 1  # the whiteout survived the round trip
 
 
 def test_import_a_rootfs_tarball_and_export_it(sdrun: Sdrun, rootfs: Path) -> None:

@@ -3,16 +3,22 @@ and OCI images built with umoci and pushed with skopeo."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import http.server
 import io
 import json
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,25 +60,51 @@ def run(*argv: str, cwd: Path | None = None) -> str:
     return result.stdout
 
 
+@dataclass(frozen=True)
+class TokenAuth:
+    """Token auth settings for docker-registry: where clients get tokens, and the certificate they are signed with."""
+
+    realm: str
+    service: str
+    issuer: str
+    certificate: Path
+
+
 @contextlib.contextmanager
-def local_registry(directory: Path, credentials: tuple[str, str] | None = None) -> Iterator[LocalRegistry]:
+def local_registry(
+    directory: Path,
+    credentials: tuple[str, str] | None = None,
+    *,
+    tls: Path | None = None,
+    token: TokenAuth | None = None,
+) -> Iterator[LocalRegistry]:
+    """docker-registry on 127.0.0.1: plain HTTP, or HTTPS with tls/cert.pem and tls/key.pem; basic auth with
+    credentials (htpasswd), or token auth."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    listen = f"addr: '127.0.0.1:{port}'"
+    if tls:
+        listen += f", tls: {{certificate: {tls / 'cert.pem'}, key: {tls / 'key.pem'}}}"
     config = [
         "version: 0.1",
         "log: {level: error}",
         f"storage: {{filesystem: {{rootdirectory: {directory / 'storage'}}}, delete: {{enabled: true}}}}",
-        f"http: {{addr: '127.0.0.1:{port}'}}",
+        f"http: {{{listen}}}",
     ]
     if credentials:
         htpasswd = run("htpasswd", "-Bbn", *credentials)
         (directory / "htpasswd").write_text(htpasswd)
         config.append(f"auth: {{htpasswd: {{realm: sdrun-test, path: {directory / 'htpasswd'}}}}}")
+    if token:
+        config.append(
+            f"auth: {{token: {{realm: '{token.realm}', service: {token.service}, issuer: {token.issuer}, "
+            f"rootcertbundle: {token.certificate}}}}}"
+        )
     (directory / "config.yml").write_text("\n".join(config) + "\n")
     log = (directory / "registry.log").open("wb")
     process = subprocess.Popen(["docker-registry", "serve", str(directory / "config.yml")], stdout=log, stderr=log)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/v2/", process)
+        _wait_for(f"{'https' if tls else 'http'}://127.0.0.1:{port}/v2/", process)
         yield LocalRegistry(f"127.0.0.1:{port}", directory / "storage", credentials, process)
     finally:
         process.terminate()
@@ -80,12 +112,101 @@ def local_registry(directory: Path, credentials: tuple[str, str] | None = None) 
         log.close()
 
 
+def self_signed(directory: Path) -> Path:
+    """A key and a self-signed certificate for 127.0.0.1 (directory/key.pem, cert.pem), made by openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(directory / "key.pem"),
+        "-out", str(directory / "cert.pem"))  # fmt: skip
+    return directory
+
+
+@dataclass
+class TokenServer:
+    auth: TokenAuth
+    scopes: list[str]  # the scope of every token it gave out
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@contextlib.contextmanager
+def token_server(directory: Path, credentials: tuple[str, str]) -> Iterator[TokenServer]:
+    """A token service as docker-registry's token auth expects one: GET /token?service=&scope= with Basic
+    credentials answers a JWT (RS256, signed by openssl with a self-signed key whose certificate rides in
+    x5c and is the registry's rootcertbundle) granting what the scope asks."""
+    keys = self_signed(directory)
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(keys / "cert.pem"), "-outform", "DER"], capture_output=True, check=True
+    ).stdout
+    port = free_port()
+    auth = TokenAuth(f"http://127.0.0.1:{port}/token", "sdrun-test", "sdrun-issuer", keys / "cert.pem")
+    served = TokenServer(auth, [])
+    expected = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+
+    def sign(claims: dict[str, object]) -> str:
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(keys / "key.pem")],
+            input=signing_input.encode(),
+            capture_output=True,
+            check=True,
+        ).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            access = []
+            for scope in query.get("scope", []):
+                kind, name, actions = scope.split(":")
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                served.scopes.append(scope)
+            now = int(time.time())
+            claims = {
+                "iss": auth.issuer,
+                "sub": credentials[0],
+                "aud": query.get("service", [""])[0],
+                "exp": now + 300,
+                "nbf": now - 10,
+                "iat": now,
+                "jti": os.urandom(8).hex(),
+                "access": access,
+            }
+            body = json.dumps({"token": sign(claims)}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
     for _ in range(200):
         if process.poll() is not None:
             raise AssertionError(f"docker-registry exited {process.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=1).close()
+            urllib.request.urlopen(url, timeout=1, context=unverified).close()
             return
         except urllib.error.HTTPError:
             return  # 401: up, and asking for credentials
