@@ -14,11 +14,12 @@ import selectors
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
+from sdrun.image.pullsettings import PullSettings
 from sdrun.net import scope_network
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
@@ -39,6 +40,7 @@ JOURNAL_POLL_SECONDS = 0.05  # how often a foreground run looks for new lines of
 class RunOptions:
     detach: bool = False
     remove: bool = False
+    pull: PullSettings = field(default_factory=PullSettings)
 
 
 def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
@@ -55,7 +57,7 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
     if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees
         from sdrun.image.usage import create_image_pod
 
-        pod = create_image_pod(paths, store, spec, sys.stderr)
+        pod = create_image_pod(paths, store, spec, sys.stderr, options.pull)
     else:
         pod = store.create(spec)
     app_started = False

@@ -603,6 +603,34 @@ def test_run_image_merges_its_config(sdrun: Sdrun, registry: LocalRegistry) -> N
 
 
 @needs_systemd
+def test_run_passes_platform_tls_and_verify_to_its_pull(sdrun: Sdrun, registry: LocalRegistry, layout: Path) -> None:
+    multi = f"{registry.host}/multi"
+    cat = ("run", "--rm", "--stage1", "fly")
+    assert sdrun(*cat, multi, "--", "cat", "/platform").stdout == "amd64\n"
+    assert sdrun(*cat, "--platform", "linux/arm64", multi, "--", "cat", "/platform").stdout == "arm64\n"  # pulled
+    assert sdrun(*cat, "--platform", "linux/arm64", multi, "--", "cat", "/platform").stdout == "arm64\n"  # stored
+    other = sdrun(*cat, "--platform", "linux/s390x", multi, "--", "true", check=False)
+    assert other.returncode == 125 and "no image for linux/s390x" in other.stderr
+    unpinned = sdrun(*cat, "--verify", f"{registry.host}/app:oci", "--", "true", check=False)
+    assert unpinned.returncode == 125 and "--verify: nothing pins" in unpinned.stderr
+    write_policy(sdrun, {"trusted": ["127.0.0.1:1"]})
+    untrusted = sdrun(*cat, f"{registry.host}/app:oci", "--", "true", check=False)
+    assert untrusted.returncode == 125 and "not in a trusted registry" in untrusted.stderr
+    (sdrun.root / "policy.json").unlink()
+    keys = self_signed(WORK / "tls-run")
+    with local_registry(WORK / "tls-run-registry", tls=keys) as secure:
+        reference = secure.push(f"oci:{layout}:base", "base:1")
+        refused = sdrun(*cat, "--tls-verify=true", reference, "--", "true", check=False)
+        assert refused.returncode == 125 and "TLS certificate not trusted" in refused.stderr
+        trusting = {**os.environ, "SSL_CERT_FILE": str(keys / "cert.pem")}
+        assert sdrun(*cat, "--tls-verify=true", reference, "--", "echo", "ok", env=trusting).stdout == "ok\n"
+    assert sdrun.pods() == []  # the refused runs left no pod
+    rootfs_run = sdrun("run", "--rootfs", str(PROJECT / "build/rootfs"), "--platform", "linux/arm64", "--", "true",
+                       check=False)  # fmt: skip
+    assert rootfs_run.returncode == 125 and "are for image pods" in rootfs_run.stderr
+
+
+@needs_systemd
 def test_fifty_pods_share_one_copy_of_the_layers(sdrun: Sdrun, registry: LocalRegistry) -> None:
     reference = f"{registry.host}/app:oci"
     sdrun("image", "pull", reference)

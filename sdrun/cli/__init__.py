@@ -179,6 +179,9 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("--kvm-accel", metavar="kvm|tcg|auto", help="kvm stage1: accelerator [auto: KVM if it boots, else TCG].")
 @click.option("--kvm-kernel", metavar="PATH", help="kvm stage1: guest kernel [newest /boot/vmlinuz-*-cloud-amd64].")
 @click.option("--entrypoint", metavar="CMD", help="Image pods: run CMD instead of the image's entrypoint and command.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image pods: the platform to pull, if absent [host's].")
+@click.option("--tls-verify", type=click.BOOL, default=None, help="Image pods: as for 'sdrun image pull'.")
+@click.option("--verify", is_flag=True, help="Image pods: pull only what a digest pins, as 'image pull --verify'.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
@@ -187,15 +190,22 @@ def run(
     spec_file: Path | None,
     detach: bool,
     remove: bool,
+    platform: str | None,
+    tls_verify: bool | None,
+    verify: bool,
     args: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Run a container: sdrun run [OPTIONS] (--rootfs DIR | IMAGE) [-- CMD ARGS...]"""
     from sdrun import run as running
+    from sdrun.image.pullsettings import PullSettings
 
     ctx: Context = click_ctx.obj
     spec = spec_from_run_options(click_ctx, spec_file, args, flags)
-    options = running.RunOptions(detach=detach, remove=remove)
+    if (platform or tls_verify is not None or verify) and not spec.image:
+        raise SdrunError("--platform, --tls-verify and --verify are for image pods")
+    pull = PullSettings(platform, tls_verify, verify)
+    options = running.RunOptions(detach=detach, remove=remove, pull=pull)
     sys.exit(running.run(ctx.paths, spec, options, sys.stdout.buffer))
 
 

@@ -14,7 +14,8 @@ from sdrun.cli import DEFAULT_STAGE1, Context, main, pass_context, spec_from_run
 from sdrun.errors import SdrunError
 from sdrun.spec import PodSpec, check_settings, parse_name
 
-RUN_ONLY = ("detach", "remove", "scope")  # run options that make no sense for an installed unit
+# run options that make no sense for an installed unit (its ExecStartPre does not pull)
+RUN_ONLY = ("detach", "remove", "scope", "platform", "tls_verify", "verify")
 UNIT_SETTINGS = (
     click.option("--requires", multiple=True, metavar="POD", help="Start after POD's unit, and only with it."),
     click.option("--restart-sec", help="Seconds before a restart (RestartSec=)."),

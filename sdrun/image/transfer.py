@@ -238,8 +238,8 @@ def find_or_pull(paths: Paths, text: str, options: PullOptions) -> Image:
     which costs only the manifest's round trip when nothing changed)."""
     if not text.startswith(("oci:", "oci-archive:", "docker-archive:", "docker://")):
         image = ImageStore(paths.images).find(text)
-        if image is not None:
-            return image
+        if image is not None and (options.platform is None or options.platform.matches(image.config)):
+            return image  # (one of another platform than asked for is pulled again, as podman does)
     if options.progress is not None and options.progress.isatty():
         options.progress.write(f"sdrun: {text} is not in the image store: pulling it\n")
     return pull(paths, text, options)

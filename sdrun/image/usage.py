@@ -9,7 +9,9 @@ from typing import TextIO
 
 from sdrun.errors import SdrunError
 from sdrun.image.config import apply_image_config, exposed_ports
+from sdrun.image.oci import Platform
 from sdrun.image.podimage import PodImage, read_pod_image, write_pod_image
+from sdrun.image.pullsettings import PullSettings
 from sdrun.image.store import ImageStore
 from sdrun.image.transfer import PullOptions, find_or_pull
 from sdrun.paths import Paths
@@ -20,13 +22,22 @@ from sdrun.spec import PodSpec
 MAX_LOWERDIR_OPTION = 3800
 
 
-def create_image_pod(paths: Paths, pods: PodStore, spec: PodSpec, progress: TextIO | None) -> Pod:
+def create_image_pod(
+    paths: Paths, pods: PodStore, spec: PodSpec, progress: TextIO | None, pull: PullSettings | None = None
+) -> Pod:
     """Find (or pull) spec.image, fold its config into the spec, create the pod and record its trees.
     The store's shared lock is held throughout: `image gc` cannot take the trees from under the new pod."""
     assert spec.image is not None
+    pull = pull or PullSettings()
+    options = PullOptions(
+        platform=Platform.parse(pull.platform) if pull.platform else None,
+        tls_verify=pull.tls_verify,
+        progress=progress,
+        verify=pull.verify,
+    )
     store = ImageStore(paths.images)
     with store.shared():
-        image = find_or_pull(paths, spec.image, PullOptions(progress=progress))
+        image = find_or_pull(paths, spec.image, options)
         lowers = [str(tree) for tree in store.trees_of(image)]
         if sum(len(lower) + 1 for lower in lowers) > MAX_LOWERDIR_OPTION:
             raise SdrunError(f"{spec.image} has too many layers ({len(lowers)}) for one overlayfs mount")

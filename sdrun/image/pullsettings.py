@@ -1,0 +1,15 @@
+"""How `sdrun run` pulls an image pod's image when the store lacks it: plain data, cheap to import
+(a --rootfs run never loads the image modules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """The command line's side of sdrun.image.transfer.PullOptions."""
+
+    platform: str | None = None  # OS/ARCH[/VARIANT]; a stored image of another platform is pulled again
+    tls_verify: bool | None = None
+    verify: bool = False
