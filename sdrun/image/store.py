@@ -156,7 +156,8 @@ class ImageStore:
         partial = self.tmp / f"{final.name}.partial"
         with self._locked_partial(partial) as stream:  # a concurrent pull of the same blob waits here
             if final.exists():
-                return  # the other pull finished it
+                partial.unlink()  # the other pull finished it; a pull waiting on this file opens the path again
+                return
             if self._fill(stream, digest, size, open_source, progress, resume=True) is not None:
                 debug("image", "blob %s: the partial download did not match: fetching it whole", digest)
                 wrong = self._fill(stream, digest, size, open_source, progress, resume=False)
