@@ -1,5 +1,7 @@
-"""The image store against real peers: Debian's docker-registry on 127.0.0.1, images built by umoci
-and pushed by skopeo, archives written by skopeo, pods run from images under the real systemd."""
+"""The image store against real peers: Debian's docker-registry on 127.0.0.1 (plain HTTP, HTTPS with a
+self-signed certificate, basic and token auth), images built by umoci and pushed by skopeo, archives
+written by skopeo and podman, credentials written by podman login, pods run from images under the real
+systemd."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Real third-party peers for the image tests (no tests here): Debian's docker-registry on 127.0.0.1,
-and OCI images built with umoci and pushed with skopeo."""
+"""Real third-party peers for the image tests (no tests here): Debian's docker-registry on 127.0.0.1
+(over HTTPS with openssl's self-signed certificates, with htpasswd or token auth), a token service
+signing its JWTs with openssl, and OCI images built with umoci and pushed with skopeo."""
 
 from __future__ import annotations
 
