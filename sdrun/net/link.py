@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
+from sdrun.imports import skip_package_init
 
-from sdrun.errors import SdrunError
-from sdrun.net.config import Network
+skip_package_init("pyroute2")  # its __init__ imports NDB, IPDB, conntrack... (~45 ms) that sdrun never uses
+from pyroute2.iproute.linux import IPRoute  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+
+from sdrun.errors import SdrunError  # noqa: E402
+from sdrun.linux import syscalls as sc  # noqa: E402
+from sdrun.net import NETNS_DIR  # noqa: E402
+from sdrun.net.config import Network  # noqa: E402
 
 POD_INTERFACE = "eth0"
 ENODEV = 19
@@ -52,18 +58,71 @@ def ensure_bridge(network: Network) -> None:
 def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str) -> None:
     """A named network namespace whose eth0 is one end of a veth pair; the other end, veth,
     is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
-    netns.create(netns_name)
+    namespace = create_netns(netns_name)
     with IPRoute() as ipr:
-        ipr.link("add", ifname=veth, kind="veth", peer={"ifname": POD_INTERFACE, "net_ns_fd": netns_name})
+        ipr.link("add", ifname=veth, kind="veth", peer={"ifname": POD_INTERFACE, "net_ns_fd": str(namespace)})
         index = _index(ipr, veth)
         ipr.link("set", index=index, ifalias=tag)
         ipr.link("set", index=index, master=_index(ipr, network.bridge), state="up")
-    with IPRoute(netns=netns_name) as inside:
+    with _netlink_in(namespace) as inside:
         interface = _index(inside, POD_INTERFACE)
         inside.addr("add", index=interface, address=address, prefixlen=network.prefixlen)
         inside.link("set", index=interface, state="up")
         inside.link("set", index=_index(inside, "lo"), state="up")
         inside.route("add", dst="0.0.0.0/0", gateway=network.gateway, oif=interface)
+
+
+def create_netns(name: str) -> Path:
+    """A named network namespace, as `ip netns add` makes one: a new namespace bound on a file in
+    /run/netns, a shared mount so that the name shows in every mount namespace. Made by this
+    thread and left again: pyroute2 would fork a helper process for it."""
+    _share_netns_dir()
+    path = NETNS_DIR / name
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    try:
+        with _original_netns():
+            sc.unshare(sc.CLONE_NEWNET)
+            sc.mount("/proc/thread-self/ns/net", path, None, sc.MS_BIND)
+    except BaseException:
+        path.unlink()
+        raise
+    return path
+
+
+def _share_netns_dir() -> None:
+    NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
+    try:
+        sc.mount(None, NETNS_DIR, None, sc.MS_SHARED | sc.MS_REC)
+    except OSError:  # not a mount point yet: bind it onto itself first (as iproute2 does)
+        sc.mount(NETNS_DIR, NETNS_DIR, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, NETNS_DIR, None, sc.MS_SHARED | sc.MS_REC)
+
+
+@contextlib.contextmanager
+def _original_netns() -> Iterator[None]:
+    """Whatever the block does to this thread's network namespace, it is back in its own after."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield
+    finally:
+        try:
+            sc.setns(own, sc.CLONE_NEWNET)
+        finally:
+            os.close(own)
+
+
+@contextlib.contextmanager
+def _netlink_in(namespace: Path) -> Iterator[IPRoute]:
+    """A netlink socket inside the namespace: a socket belongs to the namespace it was opened in."""
+    with _original_netns():
+        fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(fd, sc.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        ipr = IPRoute()
+    with ipr:
+        yield ipr
 
 
 def delete_link(name: str) -> None:

@@ -15,34 +15,18 @@ import (~40 ms of a ~150 ms run) and buy nothing.
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
-import importlib.util
 import os
 import socket
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sdrun.errors import BusUnavailable, NotFound, SdrunError
-
-
-def _skip_package_init(name: str) -> None:
-    """Register a package as a bare namespace over its directory, so that importing its
-    submodules does not run its __init__. dbus-next's imports its asyncio and GLib front-ends
-    (~40 ms); the message layer sdrun uses needs neither."""
-    if name in sys.modules:
-        return
-    found = importlib.util.find_spec(name)  # a top-level package: found, not imported
-    if found is None or found.submodule_search_locations is None:
-        raise ImportError(f"{name} is not installed")
-    bare = importlib.machinery.ModuleSpec(name, None, origin=found.origin, is_package=True)
-    bare.submodule_search_locations = list(found.submodule_search_locations)
-    sys.modules[name] = importlib.util.module_from_spec(bare)
+from sdrun.imports import skip_package_init
 
 
 def _load_message_layer() -> None:
-    _skip_package_init("dbus_next")
+    skip_package_init("dbus_next")  # its __init__ imports its asyncio and GLib front-ends
     # First of all: dbus_next.errors and dbus_next.message import each other, and only this
     # order resolves (the package __init__ would otherwise have set it).
     importlib.import_module("dbus_next.errors")
