@@ -62,6 +62,7 @@ def rm(ctx: Context, names: tuple[str, ...]) -> None:
     import shutil
 
     from sdrun.net import config, ipam, network_dir
+    from sdrun.net.pod import retire
 
     root = ctx.paths.root
     with ipam.locked(root):
@@ -72,5 +73,6 @@ def rm(ctx: Context, names: tuple[str, ...]) -> None:
             if users := ipam.leases(root, name):
                 pods = ", ".join(lease.name for lease in users)
                 raise SdrunError(f"network '{name}' is in use by {pods}", hint="remove those pods first")
+            retire(root, name)  # its bridge and nftables elements, if a pod has used it since the last gc
             shutil.rmtree(network_dir(root, name))
             click.echo(name)

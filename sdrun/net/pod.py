@@ -3,8 +3,9 @@
 setup() runs in the unit's ExecStartPre (or in `sdrun run --scope` itself),
 teardown() in its ExecStopPost and in `sdrun gc`. Both hold the networking
 lock. The order makes every crash recoverable: the lease, which names all the
-pod's objects, is written first and removed last; the network's bridge and its
-nftables elements go with the network's last lease, the table with the last of all.
+pod's objects, is written first and removed last. A network's bridge and its
+nftables elements outlive its last pod, for the next one; `sdrun gc` and
+`sdrun network rm` retire them (and the table with the last network).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from pathlib import Path
 
 from sdrun.errors import SdrunError
@@ -22,6 +24,8 @@ from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
 from sdrun.pod import Pod
+
+VETH_GONE_TIMEOUT = 0.5  # seconds; then the veth is deleted over netlink
 
 
 def alias_tag(root: Path) -> str:
@@ -102,18 +106,35 @@ def teardown(root: Path, pod_uuid: str, network: str) -> bool:
 
 
 def _teardown_locked(root: Path, lease: Lease) -> None:
-    nft.apply(nft.remove_port_commands(lease.address, lease.ports))
+    """Undo one pod's objects. The network's bridge and nftables elements stay for the next pod
+    (as docker0 does): `sdrun gc` and `sdrun network rm` retire a network no pod uses."""
+    if lease.ports:
+        nft.apply(nft.remove_port_commands(lease.address, lease.ports))
     remove_netns(lease.netns)
-    if Path("/sys/class/net", lease.veth).exists():
-        from sdrun.net import link
+    if not _vanishes(Path("/sys/class/net", lease.veth)):
+        from sdrun.net import link  # pyroute2 (~130 ms): only for a veth the kernel keeps
 
         link.delete_link(lease.veth)
     ipam.remove_lease(root, lease)
-    _retire_if_unused(root, lease.network)
+    ipam.update_network_files(root, lease.network)
 
 
-def _retire_if_unused(root: Path, network_name: str) -> None:
-    """A network without leases needs no bridge and no nftables elements; no network, no table."""
+def _vanishes(path: Path, timeout: float = VETH_GONE_TIMEOUT) -> bool:
+    """Whether path goes within timeout. A pod's veth goes with its network namespace: once the
+    last process in it has ended and its name is unmounted, the kernel destroys the namespace,
+    its eth0 and so the peer on the host, a few milliseconds later (unless a process somewhere
+    still holds the namespace open)."""
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def retire(root: Path, network_name: str) -> None:
+    """A network without leases needs no bridge and no nftables elements; no network, no table.
+    Call with the networking lock held."""
     if ipam.leases(root, network_name):
         ipam.update_network_files(root, network_name)
         return
@@ -155,7 +176,7 @@ def gc(root: Path, running: set[str]) -> list[str]:
         removed += _orphans(root, leased, running)
         for network in config.networks(root):
             if not ipam.leases(root, network.name):
-                _retire_if_unused(root, network.name)
+                retire(root, network.name)
     return removed
 
 
