@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 JOURNAL_POLL_SECONDS = 0.05  # how often a foreground run looks for new lines of its app
+LONE_APP_TIMEOUT = 1.0  # seconds `run -d` waits for a stage1 entry to leave the unit to its app
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
                 removal = (paths.name_link(pod.name), pod.dir) if options.remove else ()
                 _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)
                 app_started = True
+                _wait_until_only_the_app_runs(systemd, pod)
                 output.write(f"{pod.uuid}\n".encode())
                 return 0
             systemd.watch_unit(pod.unit)  # before the unit can finish
@@ -112,6 +114,33 @@ def _start_service(
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
         machined.register(systemd, pod, wait=False)  # best effort; machined forgets it when the unit stops
     return done_meanwhile
+
+
+def _wait_until_only_the_app_runs(systemd: Systemd, pod: Pod) -> None:
+    """A stage1 entry that does not become the app tells systemd the app's PID (MAINPID=), and
+    systemd reports the unit started while the entry is still on its way out. Return once it
+    is gone, so that `run -d` leaves nothing of sdrun's beside the app (and its children)."""
+    import time
+
+    main_pid = int(systemd.unit_property(pod.unit, SERVICE, "MainPID"))
+    deadline = time.monotonic() + LONE_APP_TIMEOUT
+    while main_pid and not all(_descends_from(pid, main_pid) for pid in systemd.unit_processes(pod.unit)):
+        if time.monotonic() > deadline:
+            return  # something of the stage1's own design stays: not ours to wait for
+        time.sleep(0.002)
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether pid is ancestor or one of its descendants (a process gone meanwhile counts)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])  # the field after the state: PPid
+        except (OSError, IndexError, ValueError):
+            return True
+    return False
 
 
 def _open_journal(pod: Pod) -> Callable[[], PodJournal]:
