@@ -112,7 +112,7 @@ def _start_service(
     except JobFailed as failure:
         raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
-        machined.register(systemd, pod, wait=False)  # best effort; machined forgets it when the unit stops
+        machined.register(systemd, pod)  # best effort; machined forgets it when the unit stops
     return done_meanwhile
 
 
@@ -185,7 +185,7 @@ def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, ou
     with SignalProxy(systemd, pod.unit) as proxy, selectors.DefaultSelector() as selector:
         selector.register(systemd.fileno(), selectors.EVENT_READ, systemd.dispatch_pending)
         selector.register(proxy.fileno(), selectors.EVENT_READ, proxy.forward_pending)
-        machined.register(systemd, pod, wait=False)
+        machined.register(systemd, pod)
         ended = systemd.check_unit_ended(pod.unit)
         while not ended:
             for key, _ in selector.select(JOURNAL_POLL_SECONDS):

@@ -35,7 +35,7 @@ def _load_message_layer() -> None:
 _load_message_layer()
 from dbus_next._private.unmarshaller import Unmarshaller  # noqa: E402
 from dbus_next.auth import AuthExternal  # noqa: E402
-from dbus_next.constants import MessageFlag, MessageType  # noqa: E402
+from dbus_next.constants import MessageType  # noqa: E402
 from dbus_next.errors import AuthError, InvalidMessageError  # noqa: E402
 from dbus_next.message import Message  # noqa: E402
 from dbus_next.signature import Variant  # noqa: E402
@@ -247,10 +247,6 @@ class Systemd:
             bodies.append(list(reply.body))
         return bodies
 
-    def send_without_reply(self, message: Message) -> None:
-        message.flags = MessageFlag.NO_REPLY_EXPECTED
-        self.connection.send(message)
-
     def dispatch_pending(self) -> None:
         """Handle every signal that has arrived; call when fileno() is readable."""
         while (message := self.connection.receive(block=False)) is not None:
@@ -411,25 +407,50 @@ MACHINED_MANAGER = "org.freedesktop.machine1.Manager"
 
 
 def register_machine(
-    systemd: Systemd, name: str, machine_id: bytes, leader: int, root_directory: str, *, wait: bool = True
+    systemd: Systemd, name: str, machine_id: bytes, leader: int, root_directory: str, interfaces: Sequence[int]
 ) -> None:
-    """RegisterMachine: machined adopts the unit that holds `leader` and forgets the machine when it
-    stops. Without wait, the call is only written to the bus (no reply expected): nothing to wait for."""
-    message = _call(
-        "RegisterMachine",
-        "sayssus",
-        [name, machine_id, "sdrun", "container", leader, root_directory],
+    """RegisterMachineWithNetwork: machined adopts the unit that holds `leader` and forgets the
+    machine when it stops. interfaces: the host-side indexes of the machine's links (machinectl's
+    "Iface:"); its addresses machined reads itself, in the leader's network namespace.
+
+    The reply is awaited: a call written without one is lost when the caller closes its
+    connection first, or while the bus is still starting machined (it is bus-activated)."""
+    systemd.call(
+        "RegisterMachineWithNetwork",
+        "sayssusai",
+        [name, machine_id, "sdrun", "container", leader, root_directory, list(interfaces)],
         path=MACHINED_PATH,
         interface=MACHINED_MANAGER,
         destination=MACHINED,
     )
-    if wait:
-        systemd.call_all([message])
-    else:
-        systemd.send_without_reply(message)
+
+
+MACHINE_EXISTS = "org.freedesktop.machine1.MachineExists"
+
+
+def machine_id(systemd: Systemd, name: str) -> bytes | None:
+    """The id of the machine registered as name; None if there is none."""
+    try:
+        (path,) = systemd.call(
+            "GetMachine", "s", [name], path=MACHINED_PATH, interface=MACHINED_MANAGER, destination=MACHINED
+        )
+        (variant,) = systemd.call(
+            "Get",
+            "ss",
+            ["org.freedesktop.machine1.Machine", "Id"],
+            path=path,
+            interface=PROPERTIES,
+            destination=MACHINED,
+        )
+    except BusError as error:
+        if error.name == "org.freedesktop.machine1.NoSuchMachine":
+            return None
+        raise
+    return bytes(variant.value)
 
 
 def unregister_machine(systemd: Systemd, name: str) -> None:
+    """Forget the machine; its unit and processes are left alone (TerminateMachine would stop them)."""
     systemd.call("UnregisterMachine", "s", [name], path=MACHINED_PATH, interface=MACHINED_MANAGER, destination=MACHINED)
 
 

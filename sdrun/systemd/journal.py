@@ -167,3 +167,21 @@ def synchronize() -> None:
                 reply += chunk
         except OSError:
             return  # an old or absent journald: the last lines may lag, nothing worse
+
+
+JOURNALD_NATIVE = "/run/systemd/journal/socket"
+KMSG = "/dev/kmsg"
+PRIORITY_ERROR = 3
+
+
+def log_error(identifier: str, message: str) -> None:
+    """An error line in the journal for a program whose output reaches no one: a generator runs
+    with PID 1's stderr. journald's own protocol (one datagram of KEY=value lines) at daemon-reload;
+    at boot, before journald runs, the kernel's log, which journald reads once it starts."""
+    one_line = message.replace("\n", " ")
+    fields = f"SYSLOG_IDENTIFIER={identifier}\nPRIORITY={PRIORITY_ERROR}\nMESSAGE={one_line}\n"
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
+        journald.sendto(fields.encode(), JOURNALD_NATIVE)
+        return
+    with contextlib.suppress(OSError), open(KMSG, "w") as kmsg:
+        kmsg.write(f"<{PRIORITY_ERROR}>{identifier}: {one_line}\n")
