@@ -7,23 +7,31 @@ ROOTFS := build/rootfs
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-# Debian packages: runtime needs, test peers and the tools tests drive for real.
-APT_PACKAGES := python3-venv busybox-static gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
-	util-linux iproute2 nftables tini libseccomp2 crun runc podman skopeo umoci docker-registry \
-	qemu-system-x86 linux-image-cloud-amd64 hyperfine bubblewrap zstd apache2-utils
+# Debian packages. What an installed sdrun needs (`make install`): systemd and machined, the bus,
+# netlink and nftables for networks, tini for --init, and what building systemd-python takes.
+RUNTIME_APT_PACKAGES := python3-venv gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
+	util-linux iproute2 nftables tini libseccomp2 zstd
+# ... and for development: the test rootfs, the kvm stage1's guest, the peers tests and benchmarks drive for real.
+APT_PACKAGES := $(RUNTIME_APT_PACKAGES) busybox-static crun runc podman skopeo umoci docker-registry \
+	qemu-system-x86 linux-image-cloud-amd64 hyperfine bubblewrap apache2-utils
 
-.PHONY: setup apt venv bytecode test lint unit demo bench install uninstall clean
+.PHONY: setup apt venv bytecode wheels test lint unit demo bench install uninstall clean
 
 setup: apt venv bytecode $(ROOTFS)/bin/busybox
 
-apt: build/.apt-stamp
-build/.apt-stamp: Makefile
-	@mkdir -p build
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+# Install the Debian packages named in $(1) that are missing.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "apt-get install $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+apt: build/.apt-stamp
+build/.apt-stamp: Makefile
+	@mkdir -p build
+	$(call apt_install,$(APT_PACKAGES))
 	@touch $@
 
 venv: $(VENV)/.stamp
@@ -50,8 +58,17 @@ lint: venv
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy
 
+# sdrun's dependencies as wheels, for tests/test_install.py: `make install` inside the throwaway
+# systemd, whose network namespace reaches no package index.
+wheels: build/wheels/.stamp
+build/wheels/.stamp: pyproject.toml | venv
+	rm -rf build/wheels
+	$(PY) -m pip wheel -q -w build/wheels . 'setuptools>=77' pip
+	rm -f build/wheels/sdrun-*.whl
+	@touch $@
+
 # Everything runs under a real systemd: the host's if it is PID 1, else a throwaway one.
-test: setup lint
+test: setup wheels lint
 	$(BOOT) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
 
 demo: setup
@@ -61,7 +78,9 @@ demo: setup
 bench: setup
 	$(BOOT) $(PY) -m bench $(BENCH_ARGS)
 
-install: setup
+# Only what sdrun needs at run time: no test packages, no dev or bench extras, no test rootfs.
+install:
+	$(call apt_install,$(RUNTIME_APT_PACKAGES))
 	tools/install.sh
 
 uninstall:

@@ -2,13 +2,19 @@
 # Install sdrun on a host (make install), or remove it (make uninstall / tools/install.sh --uninstall).
 #
 #   /opt/sdrun/venv                          a virtualenv with sdrun in it (its interpreter is what units run)
+#   /opt/sdrun/docs                          docs/*.md, which the units name as their Documentation=
 #   /usr/local/bin/sdrun                     -> /opt/sdrun/venv/bin/sdrun
 #   /usr/local/lib/systemd/system-generators/sdrun-generator
 #                                            /etc/sdrun/NAME.toml -> sdrun-NAME.service at each daemon-reload
 #   /usr/local/lib/systemd/system/sdrun-gc.{service,timer}
 #                                            a daily `sdrun gc` (enabled)
+#   /usr/local/lib/systemd/system/sdrun@.service
+#                                            sdrun@NAME: the pod of /etc/sdrun/NAME.toml, by name
+#   /etc/sdrun                               the spec files
 #
-# Idempotent: running it again upgrades in place. PREFIX and SDRUN_HOME override the locations.
+# sdrun alone, with its run-time dependencies: no dev or bench extras. Idempotent: running it
+# again upgrades in place. PREFIX and SDRUN_HOME override the locations; pip's own environment
+# (PIP_INDEX_URL, PIP_FIND_LINKS...) applies.
 set -euo pipefail
 
 SOURCE=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +40,9 @@ install_sdrun() {
 	chmod 0755 "$GENERATOR_DIR/sdrun-generator.new"
 	mv -f "$GENERATOR_DIR/sdrun-generator.new" "$GENERATOR_DIR/sdrun-generator"
 	sed "s|@SDRUN@|$VENV/bin/sdrun|g" "$SOURCE/units/sdrun-gc.service" >"$UNIT_DIR/sdrun-gc.service"
-	install -m 0644 "$SOURCE/units/sdrun-gc.timer" "$UNIT_DIR/sdrun-gc.timer"
+	install -m 0644 "$SOURCE/units/sdrun-gc.timer" "$SOURCE/units/sdrun@.service" "$UNIT_DIR/"
+	install -d "$SDRUN_HOME/docs"  # the units' Documentation=
+	install -m 0644 "$SOURCE"/docs/*.md "$SDRUN_HOME/docs/"
 	if systemd_running; then
 		systemctl daemon-reload
 		systemctl enable --now sdrun-gc.timer
@@ -50,8 +58,9 @@ uninstall_sdrun() {
 	else
 		systemctl disable sdrun-gc.timer >/dev/null 2>&1 || true
 	fi
-	rm -f "$PREFIX/bin/sdrun" "$GENERATOR_DIR/sdrun-generator" "$UNIT_DIR/sdrun-gc.service" "$UNIT_DIR/sdrun-gc.timer"
-	rm -rf "$VENV"
+	rm -f "$PREFIX/bin/sdrun" "$GENERATOR_DIR/sdrun-generator" "$UNIT_DIR/sdrun-gc.service" "$UNIT_DIR/sdrun-gc.timer" \
+		"$UNIT_DIR/sdrun@.service"
+	rm -rf "$VENV" "$SDRUN_HOME/docs"
 	rmdir "$SDRUN_HOME" 2>/dev/null || true
 	if systemd_running; then
 		systemctl daemon-reload
