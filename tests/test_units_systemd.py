@@ -200,3 +200,50 @@ def test_logs_select_by_time_all_pods_and_json(sdrun: Sdrun, rootfs: Path) -> No
     sdrun("rm", first)
     assert sdrun("logs", pod_uuid).stdout == "first line\n"  # a removed pod's lines, by UUID
     assert sdrun("logs", "--all").stdout.splitlines() == [f"{first} | first line", f"{second} | second line"]
+
+
+def machine_show(name: str, *properties: str) -> dict[str, str]:
+    result = subprocess.run(
+        ["machinectl", "show", name, *(f"--property={p}" for p in properties)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def machine_status(name: str) -> str:
+    return subprocess.run(
+        ["machinectl", "status", name, "--no-pager"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_machinectl_shows_detached_pods_with_their_leader_and_address(sdrun: Sdrun, rootfs: Path) -> None:
+    # machined stopped: the first registration bus-activates it, and must not be lost meanwhile.
+    systemctl("stop", "systemd-machined.service")
+    plain, networked = unique_name("plain"), unique_name("netted")
+    app = ["--rootfs", str(rootfs), "--", "sh", "-c", "trap exit TERM; sleep 1000 & wait"]
+    sdrun("run", "-d", "--name", plain, "--net", "none", *app)
+    assert plain in machines()  # registered before `run -d` returned
+    sdrun("run", "-d", "--name", networked, "--net", "default", *app)
+    assert networked in machines()
+
+    pod = json.loads(sdrun("status", "--json", networked).stdout)
+    unit = f"sdrun-{networked}.service"
+    shown = machine_show(networked, "Leader", "Unit", "Class", "Service", "Id")
+    assert shown["Leader"] == state(unit)["MainPID"] and shown["Unit"] == unit
+    assert (shown["Class"], shown["Service"]) == ("container", "sdrun")
+    assert shown["Id"] == pod["uuid"].replace("-", "")
+    status = machine_status(networked)
+    veth = f"sdv{pod['uuid'].replace('-', '')[:12]}"
+    assert f"Iface: {veth}" in status  # the host end of its veth, from RegisterMachineWithNetwork
+    address = pod["ip"]
+    assert address and f"Address: {address}" in status  # machined reads it in the pod's namespace
+    assert f"Leader: {shown['Leader']} (sh)" in status
+    listing = subprocess.run(["machinectl", "list", "--no-legend"], capture_output=True, text=True, check=True)
+    assert any(line.split()[0] == networked and address in line for line in listing.stdout.splitlines())
+    assert "Iface:" not in machine_status(plain) and "Address:" not in machine_status(plain)
+
+    sdrun("stop", plain)
+    sdrun("rm", "-f", networked)
+    wait_for(lambda: not {plain, networked} & set(machines()))  # gone with their units
