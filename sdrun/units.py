@@ -220,11 +220,16 @@ def _socket_unit(spec: PodSpec) -> UnitFile:
 
 
 def _health_service(spec: PodSpec, sdrun: list[str], pod: Pod) -> UnitFile:
+    """The check's own unit. No Requisite=/Requires= on the pod: systemd propagates a restart of
+    the pod to units that require it, and would kill the check that asked for the restart in
+    the middle of its run (and start it again, and again). The check skips a pod that is not
+    active itself. No start limit: the timer starts it every interval, which with a short
+    interval is more than the default 5 starts in 10 s, and a limit hit would stop the checks."""
     unit = UnitFile(tuple(line.format(name=spec.name) for line in HEADER))
     entries = [
         ("Description", "s", f"sdrun pod {spec.name}: health check"),
-        ("Requisite", "as", [pod.unit]),
         ("After", "as", [pod.unit]),
+        ("StartLimitIntervalUSec", "t", 0),
         ("Type", "s", "oneshot"),
         ("ExecStart", "a(sasb)", [properties.start_command([*sdrun, "healthcheck", pod.uuid])]),
     ]
@@ -372,11 +377,14 @@ def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -> None
         PodStore(paths).remove(pod)
 
 
-def healthcheck(systemd: Systemd, pod: Pod) -> int:
-    """Run the pod's health check inside it; on failure queue a restart of its unit. Its exit status."""
+def healthcheck(systemd: Systemd, pod: Pod) -> int | None:
+    """Run the pod's health check inside it; on failure queue a restart of its unit. Its exit
+    status, or None when the pod is not active (starting, stopping, stopped): nothing to check."""
     from sdrun import manage
 
+    if systemd.unit_property(pod.unit, bus.UNIT, "ActiveState") != "active":
+        return None
     status = manage.enter(systemd, pod, list(pod.spec.service.healthcheck))
     if status != 0:
-        bus.restart_unit(systemd, pod.unit)
+        bus.restart_unit(systemd, pod.unit)  # queued: this unit is not part of the restart
     return status

@@ -247,3 +247,37 @@ def test_machinectl_shows_detached_pods_with_their_leader_and_address(sdrun: Sdr
     sdrun("stop", plain)
     sdrun("rm", "-f", networked)
     wait_for(lambda: not {plain, networked} & set(machines()))  # gone with their units
+
+
+def test_a_failing_health_check_restarts_the_pod_and_the_checks_go_on(
+    sdrun: Sdrun, rootfs: Path, installed: list[str]
+) -> None:
+    name = unique_name("health")
+    shared = sdrun.root / "health"
+    shared.mkdir()
+    (shared / "sick").touch()
+    # Every check counts itself; the first fails (and heals the pod), the others pass.
+    check = "echo >> /shared/checks; if [ -e /shared/sick ]; then rm /shared/sick; exit 1; fi"
+    app = ["--", "sh", "-c", "trap exit TERM; sleep 1000 & wait"]
+    volume = ("-v", f"{shared}:/shared")
+    health = ("--healthcheck", f"sh -c '{check}'", "--healthcheck-interval", "1")
+    sdrun("install", "--now", name, "--net", "none", *health, "--rootfs", str(rootfs), *volume, *app)
+    installed.append(name)
+    unit, checker = f"sdrun-{name}.service", f"sdrun-health@{name}.service"
+    first = systemctl_show(unit, "InvocationID", "MainPID")
+
+    wait_for(lambda: systemctl_show(unit, "InvocationID")["InvocationID"] != first["InvocationID"])
+    wait_for(lambda: state(unit)["SubState"] == "running")
+    second = systemctl_show(unit, "InvocationID", "MainPID")
+    assert second["MainPID"] not in ("0", first["MainPID"])
+    # More checks than the default start limit (5 in 10 s) allows: the checks go on, the pod stays.
+    wait_for(lambda: len((shared / "checks").read_text().splitlines()) >= 8, timeout=40)
+    assert systemctl_show(unit, "InvocationID")["InvocationID"] == second["InvocationID"]
+    assert systemctl_show(f"sdrun-health@{name}.timer", "ActiveState")["ActiveState"] == "active"
+
+    subprocess.run(["journalctl", "--sync"], check=True)
+    journal = subprocess.run(["journalctl", "-u", checker, "-o", "cat"], capture_output=True, text=True, check=True)
+    assert f"sdrun: health check of pod '{name}' failed (exit status 1): restarting it" in journal.stdout
+    # The check that asked for the restart ended by itself, not killed by it.
+    assert "code=exited, status=1/FAILURE" in journal.stdout and "code=killed" not in journal.stdout
+    assert "start-limit" not in journal.stdout

@@ -147,6 +147,9 @@ def healthcheck(ctx: Context, pod_uuid: str) -> None:
 
     pod = ctx.store.load(pod_uuid)
     status = with_systemd(lambda systemd: units.healthcheck(systemd, pod))
+    if status is None:
+        click.echo(f"sdrun: pod '{pod.name}' is not active: not checked", err=True)
+        return
     if status:
         click.echo(f"sdrun: health check of pod '{pod.name}' failed (exit status {status}): restarting it", err=True)
     sys.exit(status)
