@@ -222,3 +222,13 @@ def test_every_setting_reaches_the_unit(rootfs: Path) -> None:
     carried = {key for key, _ in spec_settings(full_spec(rootfs))}
     assert carried == set(SETTINGS) - {"env_file", "scope", "image"}  # env files are read into env;
     # scopes are no units; rootfs and image exclude each other
+
+
+def test_generate_needs_a_name_the_output_can_keep(rootfs: Path) -> None:
+    """`run` makes up a random name; a unit's name (and its pod's UUID) must be the same every time."""
+    command = [SDRUN, "--root", "/var/lib/sdrun", "generate", "--net", "none", "--rootfs", str(rootfs)]
+    unnamed = subprocess.run([*command, "--", "true"], capture_output=True, text=True, check=False)
+    assert unnamed.returncode == 125 and unnamed.stdout == ""
+    assert unnamed.stderr == "sdrun: generate: name the pod with --name (or --spec FILE, which its file names)\n"
+    named = [subprocess.run([*command, "--name", "web", "--", "true"], capture_output=True, check=True) for _ in "ab"]
+    assert named[0].stdout == named[1].stdout and b"SyslogIdentifier=web\n" in named[0].stdout

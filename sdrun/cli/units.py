@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from sdrun.cli import DEFAULT_STAGE1, Context, main, pass_context, spec_from_run_options, with_systemd
-from sdrun.errors import SdrunError
+from sdrun.errors import SdrunError, SpecError
 from sdrun.spec import PodSpec, check_settings, parse_name
 
 # run options that make no sense for an installed unit (its ExecStartPre does not pull)
@@ -64,10 +64,16 @@ def _unit_setting_params() -> list[click.Parameter]:
 @main.command(context_settings={"allow_interspersed_args": False})
 @click.pass_context
 def generate(click_ctx: click.Context, /, **options: Any) -> None:
-    """Print a pod's systemd units: sdrun generate [OPTIONS] (--spec FILE | --rootfs DIR | IMAGE) [-- CMD]"""
+    """Print a pod's systemd units: sdrun generate [OPTIONS] (--spec FILE | --name NAME (--rootfs DIR | IMAGE)) [-- CMD]
+
+    The same bytes every time, so the pod needs a name: --name, or the spec file's."""
     from sdrun import units
 
     ctx: Context = click_ctx.obj
+    if options.get("name") is None and options.get("spec_file") is None:
+        # `run` picks a random name; a unit's name is its file's and its pod's UUID's, and the
+        # output must be the same bytes every time.
+        raise SpecError("generate: name the pod with --name (or --spec FILE, which its file names)")
     spec = _spec_from(click_ctx, options)
     rendered = units.pod_units(spec, ctx.paths).rendered()
     for number, (name, text) in enumerate(rendered.items()):
