@@ -90,6 +90,10 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         "--selinux-type": isolation.selinux_type is not None,
         "--apparmor": isolation.apparmor is not None,
         "--net host": spec.net == "host",
+        # The VM's main process says READY=1 once qemu runs, and the guest has no way to the
+        # host's notify socket or to sockets systemd passes us.
+        "notify = true": spec.service.notify,
+        "listen": bool(spec.service.listen),
     }
     for flag, present in given.items():
         if present:
