@@ -76,9 +76,11 @@ def installed(sdrun: Sdrun) -> Iterator[list[str]]:
 def test_dependencies_restarts_machined_and_the_journal(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
     db, api = unique_name("db"), unique_name("api")
     app = ["--", "sh", "-c", "echo $0 up; exec sleep 1000"]
-    sdrun("install", db, "--rootfs", str(rootfs), "--restart", "always", "--restart-sec", "0.1", *app, db)
+    sdrun(
+        "install", db, "--net", "none", "--rootfs", str(rootfs), "--restart", "always", "--restart-sec", "0.1", *app, db
+    )
     installed.append(db)
-    sdrun("install", api, "--rootfs", str(rootfs), "--requires", db, *app, api)
+    sdrun("install", api, "--net", "none", "--rootfs", str(rootfs), "--requires", db, *app, api)
     installed.append(api)
     db_unit, api_unit = f"sdrun-{db}.service", f"sdrun-{api}.service"
     assert state(db_unit)["ActiveState"] == "inactive"
@@ -137,7 +139,20 @@ def test_a_notify_app_is_active_only_once_it_says_ready(
         "time.sleep(1000)\n"
     )
     volumes = (*HOST_USR, "-v", f"{shared}:/shared")
-    sdrun("install", name, "--notify", "--rootfs", str(python_rootfs), *volumes, "--", HOST_PYTHON, "-c", code)
+    sdrun(
+        "install",
+        name,
+        "--notify",
+        "--net",
+        "none",
+        "--rootfs",
+        str(python_rootfs),
+        *volumes,
+        "--",
+        HOST_PYTHON,
+        "-c",
+        code,
+    )
     installed.append(name)
     unit = f"sdrun-{name}.service"
     assert systemctl("start", "--no-block", unit).returncode == 0
@@ -165,6 +180,8 @@ def test_a_socket_activated_app_receives_its_socket(sdrun: Sdrun, python_rootfs:
         name,
         "--listen",
         address,
+        "--net",
+        "none",
         "--rootfs",
         str(python_rootfs),
         *HOST_USR,
