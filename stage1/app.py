@@ -73,7 +73,10 @@ class ContainerTree:
         if not holders:
             return self.rootfs, path
         volume = max(holders, key=lambda item: len(item.target))
-        return Path(volume.source), "/" + path.removeprefix(volume.target).lstrip("/")
+        source = Path(volume.source)
+        if path == volume.target and not source.is_dir():  # a file bound on its own: look in its directory
+            return source.parent, "/" + source.name
+        return source, "/" + path.removeprefix(volume.target).lstrip("/")
 
     def is_executable(self, path: str) -> bool:
         return is_executable_in_root(*self.locate(path))
