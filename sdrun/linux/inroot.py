@@ -33,25 +33,41 @@ def open_in_root(root: StrPath, path: str, flags: int = os.O_RDONLY) -> Iterator
         os.close(fd)
 
 
+MAX_SYMLINK_HOPS = 40  # as the kernel's own limit (ELOOP)
+
+
 def make_mount_point(root: StrPath, target: str, directory: bool) -> None:
-    """Create target (and its parents) inside root unless present; never follows a link out of root."""
-    parts = [part for part in target.split("/") if part]
-    for depth, part in enumerate(parts, start=1):
-        path = "/" + "/".join(parts[:depth])
-        last = depth == len(parts)
+    """Create target (and its parents) inside root unless present; never follows a link out of root.
+
+    A dangling symlink on the way (an image's /etc/resolv.conf -> ../run/resolved/stub.conf,
+    /dev -> /host/dev) is followed inside root, as the kernel would with root as `/`, and what
+    it names is created there."""
+    path, hops = target, 0
+    while True:
         try:
             with open_in_root(root, path, os.O_PATH):
-                continue
+                return
         except FileNotFoundError:
             pass
-        with open_in_root(root, "/" + "/".join(parts[: depth - 1]), os.O_PATH | os.O_DIRECTORY) as parent:
+        parent, _, name = path.rstrip("/").rpartition("/")
+        parent = parent or "/"
+        make_mount_point(root, parent, directory=True)
+        if name in ("", ".", ".."):  # names the parent or its parent, which exist now
+            return
+        with open_in_root(root, parent, os.O_PATH | os.O_DIRECTORY) as parent_fd:
             try:
-                if directory or not last:
-                    os.mkdir(part, 0o755, dir_fd=parent)
+                if directory:
+                    os.mkdir(name, 0o755, dir_fd=parent_fd)
                 else:
-                    os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent))
-            except FileExistsError:  # a symlink whose target is missing: never create through it
-                raise SdrunError(f"cannot mount on '{target}': '{path}' is a dangling symlink in the image") from None
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent_fd))
+                return
+            except FileExistsError:  # a dangling symlink: create what it names, inside root
+                link = os.readlink(name, dir_fd=parent_fd)
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise SdrunError(f"cannot mount on '{target}': too many levels of symlinks in the image")
+        # Relative to the link's directory; `..` above root stays at root (RESOLVE_IN_ROOT).
+        path = link if link.startswith("/") else f"{parent.rstrip('/')}/{link}"
 
 
 def mount_in_root(
