@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sdrun.linux import caps
-from tests.conftest import STATE_BASE, Sdrun, needs_systemd, systemctl_show, unique_name
+from tests.conftest import SDRUN, STATE_BASE, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
+from tests.test_image_support import umoci_image
 
 pytestmark = needs_systemd
-NS = ("--stage1", "namespace")
+# --net none: a private network namespace with loopback only, whatever the default network is.
+NS = ("--stage1", "namespace", "--net", "none")
+NAMESPACE_KINDS = ("mnt", "pid", "uts", "ipc", "cgroup", "net")
+PROGRAMS = Path(__file__).resolve().parent / "programs"
 
 
 def run_in(sdrun: Sdrun, rootfs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -38,9 +44,27 @@ def journal_of(unit: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
+def mount_points() -> list[str]:
+    """The mount points of our mount namespace (the host's, as far as a pod is concerned)."""
+    return sorted(line.split()[4] for line in host_mount_table().splitlines())
+
+
+def probe_results(output: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
 def cap_mask(text: str, field: str) -> int:
     (line,) = [line for line in text.splitlines() if line.startswith(f"{field}:")]
     return int(line.split()[1], 16)
+
+
+@pytest.fixture(scope="session")
+def sysprobe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs/sysprobe.c, linked statically so that it runs in the busybox rootfs."""
+    binary = tmp_path_factory.mktemp("programs") / "sysprobe"
+    source = PROGRAMS / "sysprobe.c"
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True)
+    return binary
 
 
 @pytest.fixture
@@ -91,14 +115,39 @@ def test_user_1000_runs_without_capabilities(sdrun: Sdrun, rootfs: Path) -> None
     assert cap_mask(status, "CapEff") == 0
 
 
-def test_default_seccomp_profile_denies_with_eperm(sdrun: Sdrun, rootfs: Path) -> None:
-    # unshare(CLONE_NEWUSER) needs no capability: only the filter can refuse it.
-    denied = shell(sdrun, rootfs, "unshare -U true 2>&1; echo status=$?")
-    assert "Operation not permitted" in denied
-    assert "status=1" in denied
-    allowed = shell(sdrun, rootfs, "unshare -U true; echo status=$?", "--seccomp", "unconfined")
-    assert "status=0" in allowed
+# Each call succeeds, or fails otherwise than with EPERM, for root in a container without a filter.
+FILTERED_CALLS = {
+    "keyctl": "0",
+    "unshare-user": "0",
+    "clone3": "EINVAL",  # the filter's ENOSYS makes libc fall back to clone, whose flags it can see
+    "userfaultfd": "0",
+    "personality": "0",
+    "process_vm_readv": "0",
+    "name_to_handle_at": "EOVERFLOW",
+}
+
+
+def test_default_seccomp_profile_denies_with_eperm(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    probe = ("-v", f"{sysprobe}:/probe:ro", "--", "/probe", "getpid", *FILTERED_CALLS)
+    confined = run_in(sdrun, rootfs, *probe)  # exit 0: the filter refuses, it does not kill
+    assert probe_results(confined.stdout) == {"getpid": "0"} | {
+        name: "ENOSYS" if name == "clone3" else "EPERM" for name in FILTERED_CALLS
+    }
+    unconfined = run_in(sdrun, rootfs, "--seccomp", "unconfined", *probe)
+    assert probe_results(unconfined.stdout) == {"getpid": "0", **FILTERED_CALLS}
     assert "Seccomp:\t0" in shell(sdrun, rootfs, "cat /proc/self/status", "--seccomp", "unconfined")
+    # The busybox applet the README shows.
+    denied = shell(sdrun, rootfs, "unshare -U true 2>&1; echo status=$?")
+    assert "Operation not permitted" in denied and "status=1" in denied
+
+
+def test_a_capability_brings_back_the_calls_it_guards(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    probe = ("-v", f"{sysprobe}:/probe:ro", "--", "/probe", "mount", "unshare-user", "process_vm_readv", "keyctl")
+    default = probe_results(run_in(sdrun, rootfs, *probe).stdout)
+    assert default == dict.fromkeys(("mount", "unshare-user", "process_vm_readv", "keyctl"), "EPERM")
+    widened = run_in(sdrun, rootfs, "--cap-add", "SYS_ADMIN", "--cap-add", "SYS_PTRACE", *probe)
+    expected = {"mount": "0", "unshare-user": "0", "process_vm_readv": "0", "keyctl": "EPERM"}
+    assert probe_results(widened.stdout) == expected
 
 
 def test_oci_seccomp_profile(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
@@ -266,3 +315,207 @@ def test_bad_capability_is_one_line_and_leaves_nothing(sdrun: Sdrun, rootfs: Pat
 def test_scope_mode(sdrun: Sdrun, rootfs: Path) -> None:
     result = sdrun("run", *NS, "--scope", "--rootfs", str(rootfs), "--", "sh", "-c", "echo $$; exit 4", check=False)
     assert (result.returncode, result.stdout.strip()) == (4, "1")
+
+
+def readlinks(paths: Iterable[str]) -> str:
+    """A script printing the target of each link (busybox readlink takes one)."""
+    return "".join(f"readlink {path}; " for path in paths)
+
+
+def namespaces_of(output: str) -> dict[str, str]:
+    """`readlink /proc/self/ns/KIND...` output, by kind."""
+    links = [line.strip() for line in output.splitlines() if line.strip().endswith("]")]
+    return {link.split(":", 1)[0]: link for link in links}
+
+
+def test_every_namespace_but_the_users_is_new(sdrun: Sdrun, rootfs: Path) -> None:
+    ours = {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in (*NAMESPACE_KINDS, "user")}
+    theirs = namespaces_of(shell(sdrun, rootfs, readlinks(f"/proc/self/ns/{kind}" for kind in ours)))
+    assert set(theirs) == set(ours)
+    assert [kind for kind in NAMESPACE_KINDS if theirs[kind] == ours[kind]] == []
+    assert theirs["user"] == ours["user"]
+    host = namespaces_of(shell(sdrun, rootfs, readlinks(["/proc/self/ns/net", "/proc/self/ns/uts"]), "--net", "host"))
+    assert host["net"] == ours["net"] and host["uts"] != ours["uts"]
+
+
+def test_host_network_shows_the_hosts_interfaces(sdrun: Sdrun, rootfs: Path) -> None:
+    ours = sorted(line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:])
+    output = shell(sdrun, rootfs, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '", "--net", "host")
+    assert sorted(output.split()) == ours
+
+
+def test_ambient_capabilities_of_the_caller_are_cleared(sdrun: Sdrun, rootfs: Path) -> None:
+    """A --scope pod starts from the CLI's credentials: ambient CHOWN (one of the default set) must not pass."""
+    ambient = ["setpriv", "--inh-caps", "+chown", "--ambient-caps", "+chown"]
+    raised = subprocess.run([*ambient, "cat", "/proc/self/status"], capture_output=True, text=True, check=True)
+    assert cap_mask(raised.stdout, "CapAmb") == caps.mask(["CHOWN"])  # the premise: setpriv raised it
+    command = [*ambient, SDRUN, "--root", str(sdrun.root), "run", "--rm", "--scope", *NS, "--rootfs", str(rootfs)]
+    result = subprocess.run([*command, "--", "cat", "/proc/self/status"], capture_output=True, text=True, check=True)
+    assert cap_mask(result.stdout, "CapAmb") == 0
+    assert cap_mask(result.stdout, "CapEff") == caps.mask(caps.DEFAULT_CAPABILITIES)
+
+
+def test_the_pods_mounts_never_reach_the_host_table(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    before = mount_points()
+    name = unique_name()
+    options = ("-d", "--name", name, "--init", "-v", f"{tmp_path}:/data", "-v", f"{tmp_path}:/ro:ro")
+    sdrun("run", *NS, *options, "--tmpfs", "/scratch", "--rootfs", str(rootfs), "--", "sleep", "100")
+    inside = shell(sdrun, rootfs, "cut -d' ' -f5 /proc/self/mountinfo", "--tmpfs", "/scratch")
+    assert {"/", "/proc", "/dev", "/sys", "/scratch", "/proc/keys", "/etc/hostname"} <= set(inside.split())
+    assert mount_points() == before  # while the pod runs
+    sdrun("rm", "-f", name)
+    assert mount_points() == before
+
+
+def test_masked_proc_paths_read_empty_and_refuse_writes(sdrun: Sdrun, rootfs: Path) -> None:
+    present = [path for path in ("/proc/kcore", "/proc/timer_list", "/proc/keys") if Path(path).exists()]
+    assert present, "the host has none of the files the test reads"
+    script = "; ".join(f"wc -c < {path}" for path in present)
+    script += "; ls /sys/firmware | wc -l; { echo 3 > /proc/sys/vm/drop_caches; } 2>&1; true"
+    output = shell(sdrun, rootfs, script).splitlines()
+    assert output[:-1] == ["0"] * (len(present) + 1)
+    assert "Read-only file system" in output[-1]
+
+
+def block_device() -> tuple[int, int]:
+    """Any block device of the host, as major and minor numbers."""
+    first = sorted(os.listdir("/sys/dev/block"))[0]
+    major, minor = first.split(":")
+    return int(major), int(minor)
+
+
+def test_device_policy_stops_a_node_the_app_made_itself(sdrun: Sdrun, rootfs: Path) -> None:
+    """MKNOD is a default capability: only the unit's DevicePolicy keeps the host's disk closed."""
+    major, minor = block_device()
+    name = unique_name()
+    script = f"mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null-ok; mknod /dev/disk b {major} {minor}"
+    output = run_in(sdrun, rootfs, "--name", name, "--", "sh", "-c", f"{script} 2>&1", check=False).stdout
+    assert output.splitlines() == ["null-ok", "mknod: /dev/disk: Operation not permitted"]
+    unit = f"sdrun-{name}.service"
+    sdrun("run", *NS, "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "100")
+    assert systemctl_show(unit, "DevicePolicy")["DevicePolicy"] == "closed"
+    command = ["systemctl", "show", unit, "--property=DeviceAllow"]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout  # a line per entry
+    assert set(shown.splitlines()) == {"DeviceAllow=/dev/tty rw", "DeviceAllow=/dev/ptmx rw", "DeviceAllow=char-pts rw"}
+    sdrun("rm", "-f", name)
+
+
+def test_enter_gets_the_pods_namespaces_capabilities_and_filter(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    name = unique_name()
+    options = ("-d", "--name", name, "--cap-drop", "ALL", "--cap-add", "KILL", "-v", f"{sysprobe}:/probe:ro")
+    sdrun("run", *NS, *options, "--rootfs", str(rootfs), "--", "sleep", "100")
+    links = readlinks(f"/proc/{process}/ns/{kind}" for kind in NAMESPACE_KINDS for process in ("self", "1"))
+    script = f"{links}cat /proc/self/status; /probe keyctl unshare-user"
+    output = sdrun("enter", name, "--", "sh", "-c", script).stdout
+    pairs = [line for line in output.splitlines() if line.endswith("]")]
+    assert len(pairs) == 2 * len(NAMESPACE_KINDS)
+    assert all(pairs[index] == pairs[index + 1] for index in range(0, len(pairs), 2))  # the app's own
+    assert cap_mask(output, "CapEff") == cap_mask(output, "CapBnd") == caps.mask(["KILL"])
+    assert cap_mask(output, "CapAmb") == 0
+    assert "NoNewPrivs:\t1" in output and "Seccomp:\t2" in output
+    assert probe_results(output) == {"keyctl": "EPERM", "unshare-user": "EPERM"}
+    sdrun("rm", "-f", name)
+    other = unique_name()
+    as_user = ("-d", "--name", other, "--user", "1000", "--seccomp", "unconfined")
+    sdrun("run", *NS, *as_user, "--rootfs", str(rootfs), "--", "sleep", "100")
+    output = sdrun("enter", other, "--", "sh", "-c", "id -u; cat /proc/self/status").stdout
+    assert output.splitlines()[0] == "1000"
+    assert "Seccomp:\t0" in output and cap_mask(output, "CapEff") == 0
+    sdrun("rm", "-f", other)
+
+
+def test_user_gets_its_groups(sdrun: Sdrun, rootfs: Path) -> None:
+    assert shell(sdrun, rootfs, "id -u; id -g; id -G", "--user", "1000").split() == ["1000", "1000", "1000", "10"]
+    assert shell(sdrun, rootfs, "id -un; id -g; id -G", "--user", "user:10").split() == ["user", "10", "10"]
+    assert "Seccomp:\t2" in shell(sdrun, rootfs, "cat /proc/self/status", "--user", "1000")
+
+
+def stop_seconds(sdrun: Sdrun, name: str) -> float:
+    started = time.monotonic()
+    sdrun("stop", name)
+    return time.monotonic() - started
+
+
+def test_the_stop_signal_reaches_the_app(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    name = unique_name()
+    app = 'trap "echo got-USR1 > /data/signal; exit 3" USR1; echo up > /data/up; while :; do sleep 0.1; done'
+    options = ("-d", "--name", name, "--stop-signal", "USR1", "--stop-timeout", "20", "-v", f"{tmp_path}:/data")
+    sdrun("run", *NS, *options, "--rootfs", str(rootfs), "--", "sh", "-c", app)
+    wait_for((tmp_path / "up").exists)
+    assert stop_seconds(sdrun, name) < 10  # the app's own trap ended it, not the timeout's SIGKILL
+    assert (tmp_path / "signal").read_text() == "got-USR1\n"
+    sdrun("rm", name)
+
+
+def test_an_app_that_ignores_the_stop_signal_is_killed_after_the_timeout(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    app = "trap '' TERM; while :; do sleep 0.1; done"  # PID 1 with SIGTERM ignored
+    options = ("-d", "--name", name, "--stop-timeout", "2")
+    sdrun("run", *NS, *options, "--rootfs", str(rootfs), "--", "sh", "-c", app)
+    assert 1.8 < stop_seconds(sdrun, name) < 10
+    assert systemctl_show(f"sdrun-{name}.service", "ActiveState")["ActiveState"] in ("inactive", "failed")
+    sdrun("rm", name)
+
+
+def test_an_image_stop_signal_becomes_the_units(sdrun: Sdrun, rootfs: Path) -> None:
+    work = STATE_BASE / f"image-{uuid.uuid4().hex[:8]}"
+    try:
+        reference = umoci_image(work / "layout", "stop", rootfs, "--config.stopsignal=SIGQUIT")
+        name = unique_name()
+        sdrun("run", *NS, "-d", "--name", name, reference, "--", "sleep", "100", timeout=120)
+        assert systemctl_show(f"sdrun-{name}.service", "KillSignal")["KillSignal"] == str(int(signal.SIGQUIT))
+        sdrun("rm", "-f", name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- symlinks in the image never carry a mount out of the rootfs ---
+
+
+def test_relative_escapes_resolve_inside(sdrun: Sdrun, private_rootfs: Path, tmp_path: Path) -> None:
+    (tmp_path / "mark").write_text("volume\n")
+    (private_rootfs / "trap").symlink_to("../../../..")
+    (private_rootfs / "tmp-link").symlink_to("../../../tmp")
+    before = mount_points()
+    options = ("-v", f"{tmp_path}:/trap/etc", "--tmpfs", "/tmp-link")
+    output = shell(sdrun, private_rootfs, "cat /etc/mark; grep -c ' /tmp ' /proc/self/mountinfo", *options)
+    assert output.split() == ["volume", "1"]  # /trap/etc is the container's /etc, /tmp-link its /tmp
+    name = unique_name()
+    result = run_in(sdrun, private_rootfs, "--name", name, "-v", f"{tmp_path}:/trap", "--", "true", check=False)
+    assert result.returncode == 125
+    assert "resolves to the container's root" in journal_of(f"sdrun-{name}.service")
+    assert mount_points() == before
+
+
+def test_dangling_absolute_links_are_followed_inside(sdrun: Sdrun, private_rootfs: Path, tmp_path: Path) -> None:
+    """/dev, a tmpfs target and a volume target as absolute links to paths that exist on the host only:
+    each mount lands on what the link names inside the rootfs, created there."""
+    host = Path(f"/sdrun-escape-{uuid.uuid4().hex[:8]}")  # the harness's / is a throwaway overlay
+    for directory in ("dev", "scratch", "data"):
+        (host / directory).mkdir(parents=True)
+    try:
+        shutil.rmtree(private_rootfs / "dev")
+        (private_rootfs / "dev").symlink_to(host / "dev")
+        (private_rootfs / "scratch-link").symlink_to(host / "scratch")
+        (private_rootfs / "data-link").symlink_to(host / "data" / "volume")
+        (tmp_path / "mark").write_text("volume\n")
+        before = mount_points()
+        options = ("--tmpfs", "/scratch-link", "-v", f"{tmp_path}:/data-link")
+        script = "ls /dev/null /dev/pts >/dev/null && echo dev; echo x > /scratch-link/f && echo tmpfs;"
+        script += "cat /data-link/mark"
+        assert shell(sdrun, private_rootfs, script, *options).split() == ["dev", "tmpfs", "volume"]
+        assert mount_points() == before
+        assert sorted(path.name for path in host.rglob("*")) == ["data", "dev", "scratch"]  # untouched, empty
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
+
+
+def test_a_dev_link_to_the_root_is_refused(sdrun: Sdrun, private_rootfs: Path) -> None:
+    shutil.rmtree(private_rootfs / "dev")
+    (private_rootfs / "dev").symlink_to("/")
+    before = mount_points()
+    name = unique_name()
+    result = run_in(sdrun, private_rootfs, "--name", name, "--", "true", check=False)
+    assert result.returncode == 125
+    assert "mount target '/dev' resolves to the container's root" in journal_of(f"sdrun-{name}.service")
+    assert mount_points() == before
