@@ -16,7 +16,7 @@ import pytest
 
 from sdrun.linux import caps
 from tests.conftest import SDRUN, STATE_BASE, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
-from tests.test_image_support import umoci_image
+from tests.test_image_support import umoci_change, umoci_image
 
 pytestmark = needs_systemd
 # --net none: a private network namespace with loopback only, whatever the default network is.
@@ -519,3 +519,23 @@ def test_a_dev_link_to_the_root_is_refused(sdrun: Sdrun, private_rootfs: Path) -
     assert result.returncode == 125
     assert "mount target '/dev' resolves to the container's root" in journal_of(f"sdrun-{name}.service")
     assert mount_points() == before
+
+
+def test_private_users_with_a_root_owned_image(sdrun: Sdrun, rootfs: Path) -> None:
+    """An image of two layers whose files are owned by root: idmapped, they stay root's inside, a file
+    the top layer deleted stays deleted, and writes (a copy-up too) work."""
+    work = STATE_BASE / f"image-{uuid.uuid4().hex[:8]}"
+    try:
+        umoci_image(work / "layout", "base", rootfs)
+        reference = umoci_change(work / "layout", "base", "top", "echo hi > hello; rm bin/ls")
+        script = (
+            "id -u; stat -c %u /bin/busybox /hello; cat /proc/self/uid_map; test -e /bin/ls || echo ls-deleted;"
+            "echo new > /etc/new && cat /etc/new; echo more >> /hello && cat /hello"
+        )
+        options = ("--private-users=300000:65536", reference, "--", "sh", "-c", script)
+        output = sdrun("run", "--rm", *NS, *options, timeout=120).stdout.splitlines()
+        assert output[:3] == ["0", "0", "0"]
+        assert output[3].split() == ["0", "300000", "65536"]
+        assert output[4:] == ["ls-deleted", "new", "hi", "more"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ from stage1.namespace.container import (
     stage1_dir,
     user_namespace_of,
 )
+from stage1.rootfs import UPPER
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -78,8 +79,6 @@ def prepare(pod: Pod, console: str | None) -> Path:
     SpecError before any unit exists. Returns the plan file."""
     spec = pod.spec
     plan = container_plan(pod, console)
-    if plan.user_namespace is not None and not spec.rootfs:
-        raise SpecError("--private-users works with --rootfs pods only for now")
     if spec.isolation.init and not Path(TINI).exists():
         raise SpecError(f"--init needs {TINI}", hint="apt-get install tini")
     app = resolve_pod_app(pod)
@@ -88,7 +87,7 @@ def prepare(pod: Pod, console: str | None) -> Path:
         directory.mkdir(mode=0o755, exist_ok=True)
     user_namespace = user_namespace_of(pod)
     if user_namespace is not None:  # container root owns the top of its writable layer
-        os.chown(scratch / "upper", user_namespace.base, user_namespace.base)
+        os.chown(scratch / ("upper" if spec.rootfs else UPPER), user_namespace.base, user_namespace.base)
     write_etc_files(pod, scratch)
     from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
 

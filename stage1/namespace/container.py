@@ -86,8 +86,8 @@ class ContainerPlan:
 
     directory: str  # the pod's stage1 directory
     root: str  # where the rootfs is mounted in the entry's mount namespace
-    lower: str | None  # a --rootfs directory, bound (idmapped under --private-users) at "lower"
-    overlay: str | None  # the root's overlayfs options; None: a read-only bind of lower
+    lowers: tuple[tuple[str, str], ...]  # (directory, where): trees bound first (idmapped under --private-users)
+    overlay: str | None  # the root's overlayfs options; None: a read-only bind of the one lower at root
     hostname: str
     mounts: tuple[MountOperation, ...]  # what builds the container's tree...
     lockdown: tuple[MountOperation, ...]  # ... and then what masks and write-protects it
@@ -105,7 +105,7 @@ class ContainerPlan:
         return {
             "directory": self.directory,
             "root": self.root,
-            "lower": self.lower,
+            "lowers": [list(lower) for lower in self.lowers],
             "overlay": self.overlay,
             "hostname": self.hostname,
             "mounts": [operation.to_plan() for operation in self.mounts],
@@ -196,16 +196,25 @@ def api_mounts(pod: Pod, user_namespace: UserNamespace | None, console: str | No
     return mounts
 
 
-def root_mount(pod: Pod) -> tuple[str | None, str | None]:
-    """The root's lower directory and overlay options. A --rootfs directory is shared by every pod
-    that runs it: each pod writes to an upper layer of its own (none at all with --read-only)."""
+def root_mount(pod: Pod, user_namespace: UserNamespace | None) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """The trees to bind before the root is mounted, and the root's overlay options (None: the one
+    tree is the root, read-only). A --rootfs directory is shared by every pod that runs it, an
+    image's layer trees by every pod of the image: each pod writes to an upper layer of its own
+    (none at all with --read-only). In a user namespace each tree is bound idmapped, so that its
+    files owned by root show as the container's root; without one, the overlay takes the layer
+    trees as they are, and saves the binds."""
     scratch = stage1_dir(pod)
     if pod.spec.rootfs is None:
-        lowers = image_lowers(pod)
-        return None, overlay_options(lowers, str(scratch / UPPER), str(scratch / WORK))
+        layers = image_lowers(pod)
+        if user_namespace is not None:
+            lowers = tuple((layer, f"lower{index}") for index, layer in enumerate(layers))
+            layers = [where for _, where in lowers]
+        else:
+            lowers = ()
+        return lowers, overlay_options(layers, str(scratch / UPPER), str(scratch / WORK))
     if pod.spec.isolation.read_only:
-        return pod.spec.rootfs, None
-    return pod.spec.rootfs, overlay_options(["lower"], str(scratch / "upper"), str(scratch / "work"))
+        return ((pod.spec.rootfs, "rootfs"),), None
+    return ((pod.spec.rootfs, "lower"),), overlay_options(["lower"], str(scratch / "upper"), str(scratch / "work"))
 
 
 def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
@@ -223,11 +232,11 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
     lockdown += [ReadOnlyPath(path) for path in READ_ONLY_PATHS]
     if isolation.read_only:
         lockdown.append(ReadOnlyRoot())
-    lower, overlay = root_mount(pod)
+    lowers, overlay = root_mount(pod, user_namespace)
     return ContainerPlan(
         directory=str(stage1_dir(pod)),
         root="rootfs",
-        lower=lower,
+        lowers=lowers,
         overlay=overlay,
         hostname=pod_hostname(pod),
         mounts=tuple(mounts),

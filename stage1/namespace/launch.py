@@ -189,15 +189,14 @@ def _make_directory(path: str) -> None:
 
 def _mount_rootfs(plan: Plan, userns_fd: int | None) -> None:
     """The pod's root at plan["root"], in the entry's private mount namespace: an overlay with the
-    pod's own upper layer over the --rootfs directory (bound at "lower") or the image's layer trees."""
-    root, lower, overlay = plan["root"], plan["lower"], plan["overlay"]
-    if overlay is None:  # --read-only --rootfs
-        _attach_tree(lower, root, userns_fd)
-        return
-    if lower is not None:
-        _attach_tree(lower, "lower", userns_fd)
-    _make_directory(root)
-    sc.mount("overlay", root, "overlay", 0, overlay)
+    pod's own upper layer over the --rootfs directory or the image's layer trees, each bound
+    (idmapped in a user namespace) where the overlay's options name it; with --read-only a
+    --rootfs directory is bound at the root itself."""
+    for source, where in plan["lowers"]:
+        _attach_tree(source, where, userns_fd)
+    if plan["overlay"] is not None:
+        _make_directory(plan["root"])
+        sc.mount("overlay", plan["root"], "overlay", 0, plan["overlay"])
 
 
 def _intermediate(
