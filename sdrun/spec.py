@@ -66,6 +66,7 @@ class AppSpec:
     user: str | None = None  # NAME|UID[:GROUP|GID], resolved against the rootfs
     volumes: tuple[Volume, ...] = ()
     entrypoint: tuple[str, ...] | None = None  # image pods: replaces the image's Entrypoint and drops its Cmd
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT:HARD resource limits (setrlimit), as parse_ulimit writes them
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class PodSpec:
         app = dict(data["app"])
         app["argv"] = tuple(app["argv"])
         app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
+        app["ulimits"] = tuple(app.get("ulimits", ()))
         if app.get("entrypoint") is not None:
             app["entrypoint"] = tuple(app["entrypoint"])
         nested = ("app", "resources", "isolation", "service", "ports")
@@ -250,6 +252,52 @@ def parse_stop_signal(value: object) -> str:
     return name
 
 
+# setrlimit(2)'s resources by their names in Docker's --ulimit (RLIMIT_ and lower case).
+RLIMITS = (
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+)  # fmt: skip (the names of sdrun.linux.syscalls.RLIMIT_NAMES, sorted: stage0 need not load it)
+UNLIMITED = "unlimited"
+
+
+def parse_ulimit(value: object) -> str:
+    """NAME=SOFT[:HARD], as Docker's --ulimit (nofile=1024:4096, core=0); -1 or unlimited for none.
+    Written back as NAME=SOFT:HARD."""
+    text = str(value)
+    name, sep, limits = text.partition("=")
+    soft, _, hard = limits.partition(":")
+    numbers = [_limit(item) for item in (soft, hard or soft)]
+    if not sep or name.lower() not in RLIMITS or None in numbers:
+        hint = f"names: {', '.join(RLIMITS)}; a limit is a number, -1 or unlimited"
+        raise SpecError(f"invalid ulimit '{text}': expected NAME=SOFT[:HARD], e.g. nofile=1024:4096", hint=hint)
+    low, high = (float("inf") if number in (None, -1) else number for number in numbers)
+    if low > high:
+        raise SpecError(f"invalid ulimit '{text}': the soft limit is above the hard one")
+    return f"{name.lower()}=" + ":".join(UNLIMITED if number == -1 else str(number) for number in numbers)
+
+
+def _limit(text: str) -> int | None:
+    """A limit as a number, -1 for none; None if it is neither."""
+    text = text.strip()
+    if text in (UNLIMITED, "-1", "infinity"):
+        return -1
+    return int(text) if text.isdigit() else None
+
+
 def parse_seconds(value: object) -> float:
     try:
         seconds = float(str(value))
@@ -324,6 +372,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "workdir": lambda value: _absolute_path(value, "workdir"),
     "user": str,
     "volume": lambda value: tuple(Volume.parse(item) for item in _as_list(value, "volume")),
+    "ulimit": lambda value: tuple(parse_ulimit(item) for item in _as_list(value, "ulimit")),
     "memory": parse_memory,
     "cpus": parse_cpus,
     "pids_limit": parse_pids_limit,
@@ -414,6 +463,7 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
         user=settings.get("user"),
         volumes=settings.get("volume", ()),
         entrypoint=settings.get("entrypoint"),
+        ulimits=settings.get("ulimit", ()),
     )
     resources = Resources(settings.get("memory"), settings.get("cpus"), settings.get("pids_limit"))
     return PodSpec(

@@ -75,6 +75,7 @@ def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
         ("workdir", app.workdir),
         ("user", app.user),
         *[("volume", str(volume)) for volume in app.volumes],
+        *[("ulimit", limit) for limit in app.ulimits],
         ("memory", resources.memory),
         ("cpus", resources.cpus),
         ("pids_limit", resources.pids),

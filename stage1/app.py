@@ -24,7 +24,7 @@ from sdrun.linux.rootfs import (
     resolve_user,
 )
 from sdrun.paths import Paths
-from sdrun.spec import DEFAULT_PATH, AppSpec, Volume
+from sdrun.spec import DEFAULT_PATH, UNLIMITED, AppSpec, Volume
 from stage1.process import Identity, exec_as
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class ResolvedApp:
     env: dict[str, str]
     workdir: str
     credentials: Credentials
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard), -1 for no limit
 
     def plan_fields(self) -> dict[str, Any]:
         """The app as plain values, for the plan file a stage1 entry reads (stage1.process.exec_planned)."""
@@ -50,12 +51,14 @@ class ResolvedApp:
             "uid": credentials.uid,
             "gid": credentials.gid,
             "groups": list(credentials.groups),
+            "rlimits": [list(limit) for limit in self.rlimits],
         }
 
     @classmethod
     def from_plan_fields(cls, fields: dict[str, Any]) -> ResolvedApp:
         credentials = Credentials(fields["uid"], fields["gid"], tuple(fields["groups"]), fields["env"].get("HOME", "/"))
-        return cls(fields["executable"], tuple(fields["argv"]), fields["env"], fields["workdir"], credentials)
+        rlimits = tuple((number, soft, hard) for number, soft, hard in fields.get("rlimits", ()))
+        return cls(fields["executable"], tuple(fields["argv"]), fields["env"], fields["workdir"], credentials, rlimits)
 
 
 class ContainerTree:
@@ -96,7 +99,24 @@ def resolve_app(rootfs: Path, app: AppSpec, default_argv: tuple[str, ...] = ()) 
     workdir = app.workdir or "/"
     if not tree.is_directory(workdir):
         raise SpecError(f"working directory '{workdir}' does not exist in the container")
-    return ResolvedApp(executable, argv, env, workdir, credentials)
+    return ResolvedApp(executable, argv, env, workdir, credentials, resource_limits(app.ulimits))
+
+
+def resource_limits(ulimits: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
+    """--ulimit NAME=SOFT:HARD (as sdrun.spec.parse_ulimit writes them) as setrlimit(2) arguments.
+    A hard nofile limit above the kernel's fs.nr_open would fail in the unit: refuse it here."""
+    limits = []
+    for text in ulimits:
+        name, _, values = text.partition("=")
+        soft, hard = (sc.RLIM_INFINITY if value == UNLIMITED else int(value) for value in values.split(":"))
+        if name == "nofile" and (hard == sc.RLIM_INFINITY or hard > _nr_open()):
+            raise SpecError(f"ulimit '{text}': the kernel allows at most {_nr_open()} open files (fs.nr_open)")
+        limits.append((sc.RLIMIT_NAMES.index(name), soft, hard))
+    return tuple(limits)
+
+
+def _nr_open() -> int:
+    return int(Path("/proc/sys/fs/nr_open").read_text())
 
 
 def resolve_pod_app(pod: Pod) -> ResolvedApp:
@@ -157,6 +177,8 @@ def exec_app(
 ) -> NoReturn:
     """Become the app: drop to its credentials, enter its workdir, exec. Called after chroot/pivot_root.
     before_exec runs as the app's user right before the exec (a stage1 loads its seccomp filter there)."""
+    for number, soft, hard in app.rlimits:
+        sc.setrlimit(number, soft, hard)
     credentials = app.credentials
     command = argv or app.argv
     executable = app.executable if argv is None else command[0]

@@ -104,11 +104,19 @@ def exec_as(
         os._exit(127 if error.errno == 2 else 126)
 
 
+def set_resource_limits(app: dict[str, Any]) -> None:
+    """setrlimit(2) for each of a planned app's limits. Raising a hard limit takes CAP_SYS_RESOURCE
+    in the host's user namespace: a stage1 that enters a user namespace first sets them before."""
+    for number, soft, hard in app.get("rlimits", ()):
+        syscalls.setrlimit(number, soft, hard)
+
+
 def exec_planned(
     app: dict[str, Any], argv: Sequence[str] | None = None, before_exec: Callable[[], None] | None = None
 ) -> NoReturn:
     """exec_as for an app a stage1 plan carries (stage1.app.ResolvedApp.plan_fields): the planned
     command, or argv (its first word an absolute path in the container) instead."""
+    set_resource_limits(app)  # still privileged: a hard limit may go up as well as down
     identity = Identity(app["uid"], app["gid"], app["groups"])
     command = app["argv"] if argv is None else argv
     executable = app["executable"] if argv is None else command[0]

@@ -211,6 +211,7 @@ def test_the_probe_takes_only_the_inits_word_for_a_boot(tmp_path: Path) -> None:
         (("--kvm-kernel", "/nonexistent/vmlinuz"), "guest kernel '/nonexistent/vmlinuz' does not exist"),
         (("--kvm-kernel", "/etc/hostname"), "is not an x86 Linux kernel image"),
         (("--cap-add", "NET_ADMIN"), "--cap-add does not apply to the kvm stage1"),
+        (("--ulimit", "nofile=100"), "--ulimit is not carried into the kvm stage1's guest"),
         (("--memory", "64M"), "needs --memory of at least 128M"),
         (("--kvm-accel", "hvf"), "invalid kvm accelerator 'hvf'"),
     ],

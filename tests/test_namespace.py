@@ -539,3 +539,57 @@ def test_private_users_with_a_root_owned_image(sdrun: Sdrun, rootfs: Path) -> No
         assert output[4:] == ["ls-deleted", "new", "hi", "more"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def limits_of(output: str, what: str) -> list[str]:
+    """Soft and hard limit of one line of /proc/PID/limits ("Max open files  100  200  files")."""
+    (line,) = [line for line in output.splitlines() if line.startswith(f"Max {what} ")]
+    return line.removeprefix(f"Max {what}").split()[:2]
+
+
+def can_raise_hard_limits() -> bool:
+    """Whether this machine lets root raise a hard limit (CAP_SYS_RESOURCE in our bounding set)."""
+    bounding = cap_mask(Path("/proc/self/status").read_text(), "CapBnd")
+    return bool(bounding & caps.mask(["SYS_RESOURCE"]))
+
+
+@pytest.mark.parametrize("private_users", [(), ("--private-users",)], ids=["host-users", "private-users"])
+@pytest.mark.parametrize("direction", ["lower", "raise"])
+def test_ulimits_are_the_apps(sdrun: Sdrun, rootfs: Path, private_users: tuple[str, ...], direction: str) -> None:
+    """Below the unit's limits, and a hard limit above systemd's default (which root in a user namespace
+    could not raise itself); `sdrun enter` gets the same."""
+    if direction == "raise" and not can_raise_hard_limits():
+        pytest.skip("no CAP_SYS_RESOURCE on this machine: no process can raise a hard limit")
+    hard = int(Path("/proc/sys/fs/nr_open").read_text()) if direction == "raise" else 2000
+    name = unique_name()
+    limits = ("--ulimit", f"nofile=1000:{hard}", "--ulimit", "core=0", "--ulimit", "memlock=65536:65536")
+    sdrun("run", *NS, "-d", "--name", name, *private_users, *limits, "--rootfs", str(rootfs), "--", "sleep", "100")
+    main_pid = systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"]
+    for output in (
+        Path(f"/proc/{main_pid}/limits").read_text(),
+        sdrun("enter", name, "--", "cat", "/proc/self/limits").stdout,
+    ):
+        assert limits_of(output, "open files") == ["1000", str(hard)]
+        assert limits_of(output, "core file size") == ["0", "0"]
+        assert limits_of(output, "locked memory") == ["65536", "65536"]
+    sdrun("rm", "-f", name)
+
+
+def test_a_ulimit_the_kernel_refuses_is_one_line_before_any_unit(sdrun: Sdrun, rootfs: Path) -> None:
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    for limit, complaint in ((f"nofile={nr_open + 1}", "fs.nr_open"), ("nofile=2:1", "soft limit is above")):
+        result = run_in(sdrun, rootfs, "--ulimit", limit, "--", "true", check=False)
+        assert result.returncode == 125 and complaint in result.stderr and len(result.stderr.splitlines()) == 1
+    assert sdrun.pods() == [] and sdrun.new_units() == set()
+
+
+def test_ulimits_in_the_fly_stage1(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    options = ("-d", "--name", name, "--stage1", "fly", "--ulimit", "nofile=900:1900")
+    sdrun("run", *options, "--rootfs", str(rootfs), "--", "sleep", "100")
+    for output in (
+        Path(f"/proc/{systemctl_show(f'sdrun-{name}.service', 'MainPID')['MainPID']}/limits").read_text(),
+        sdrun("enter", name, "--", "cat", "/proc/self/limits").stdout,
+    ):
+        assert limits_of(output, "open files") == ["900", "1900"]
+    sdrun("rm", "-f", name)

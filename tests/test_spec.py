@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SpecError
+from sdrun.linux import syscalls as sc
 from sdrun.pod import Pod, exit_status_of
 from sdrun.spec import (
+    RLIMITS,
     PodSpec,
     Resources,
     Volume,
@@ -16,6 +18,7 @@ from sdrun.spec import (
     check_settings,
     load_spec_file,
     parse_memory,
+    parse_ulimit,
 )
 from sdrun.systemd.bus import unit_object_path
 from sdrun.systemd.properties import escape_variables, resource_properties
@@ -41,6 +44,29 @@ def test_memory_sizes(text: str, size: int) -> None:
 def test_bad_memory_sizes(text: str) -> None:
     with pytest.raises(SpecError, match="invalid memory value"):
         parse_memory(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ("nofile=1024:4096", "nofile=1024:4096"),
+        ("CORE=0", "core=0:0"),
+        ("memlock=-1:unlimited", "memlock=unlimited:unlimited"),
+        ("stack=8192:-1", "stack=8192:unlimited"),
+    ],
+)
+def test_ulimits(text: str, written: str) -> None:
+    assert tuple(sorted(sc.RLIMIT_NAMES)) == RLIMITS
+    assert parse_ulimit(text) == written
+    assert check_settings({"ulimit": [text]}, "test") == {"ulimit": (written,)}
+
+
+@pytest.mark.parametrize(
+    "text", ["nofile", "nofile=", "files=10", "nofile=x", "nofile=10:5", "nofile=unlimited:5", "nofile=1:2:3"]
+)
+def test_bad_ulimits(text: str) -> None:
+    with pytest.raises(SpecError, match="invalid ulimit"):
+        parse_ulimit(text)
 
 
 def test_volume_parsing(tmp_path: Path) -> None:

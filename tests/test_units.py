@@ -172,6 +172,7 @@ def full_spec(rootfs: Path) -> PodSpec:
             user="root:root",
             volumes=(Volume(str(rootfs), "/data", True),),
             entrypoint=("/bin/sh", "-e"),
+            ulimits=("nofile=1024:4096", "core=0:unlimited"),
         ),
         resources=Resources(256 << 20, 1.5, 64),
         restart="always",

@@ -119,6 +119,7 @@ RUN_FLAGS: Mapping[str, str] = {  # click parameter -> spec setting
     "memory": "memory",
     "cpus": "cpus",
     "pids_limit": "pids_limit",
+    "ulimit": "ulimit",
     "restart": "restart",
     "volume": "volume",
     "label": "label",
@@ -159,6 +160,7 @@ assert set(RUN_FLAGS.values()) <= set(SETTINGS)
 @click.option("--memory", help="Memory limit (MemoryMax=), e.g. 256M.")
 @click.option("--cpus", help="CPU limit in CPUs (CPUQuota=), e.g. 0.5.")
 @click.option("--pids-limit", help="Maximum number of tasks (TasksMax=).")
+@click.option("--ulimit", multiple=True, metavar="NAME=SOFT[:HARD]", help="Resource limit, e.g. nofile=1024.")
 @click.option("--restart", help="Restart policy: no, on-failure or always.")
 @click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind a host path into the container.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Attach a label to the pod.")

@@ -59,7 +59,8 @@ def make_mount_point(root: StrPath, target: str, directory: bool) -> None:
                 if directory:
                     os.mkdir(name, 0o755, dir_fd=parent_fd)
                 else:
-                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=parent_fd))
+                    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+                    os.close(os.open(name, flags, 0o644, dir_fd=parent_fd))
                 return
             except FileExistsError:  # a dangling symlink: create what it names, inside root
                 link = os.readlink(name, dir_fd=parent_fd)

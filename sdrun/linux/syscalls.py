@@ -113,6 +113,27 @@ def setgroups(gids: list[int]) -> None:
     _check(_libc.setgroups(ctypes.c_size_t(len(gids)), array), "setgroups")
 
 
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("soft", ctypes.c_ulong), ("hard", ctypes.c_ulong)]
+
+
+RLIM_INFINITY = -1  # as Python's resource module says it: (rlim_t) -1
+# RLIMIT_* by number, as in <asm-generic/resource.h>, named as in Docker's --ulimit.
+RLIMIT_NAMES = (
+    "cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile",
+    "memlock", "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime",
+)  # fmt: skip
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2) without the resource module, which a process that left the host's root could not
+    import any more. -1 is RLIM_INFINITY."""
+    limit = _Rlimit(soft & 0xFFFFFFFFFFFFFFFF, hard & 0xFFFFFFFFFFFFFFFF)
+    shown = ":".join("unlimited" if value == RLIM_INFINITY else str(value) for value in (soft, hard))
+    result = _libc.setrlimit(ctypes.c_int(resource), ctypes.byref(limit))
+    _check(result, "setrlimit", f"{RLIMIT_NAMES[resource]}={shown}")
+
+
 def capset(header: int, data: int) -> None:
     """capset(2) with the addresses of a filled __user_cap_header_struct and its two data structs."""
     _check(_libc.capset(ctypes.c_void_p(header), ctypes.c_void_p(data)), "capset")

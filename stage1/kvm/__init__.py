@@ -98,6 +98,8 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
     for flag, present in given.items():
         if present:
             raise SpecError(f"{flag} does not apply to the kvm stage1: the VM is the pod's boundary")
+    if spec.app.ulimits:
+        raise SpecError("--ulimit is not carried into the kvm stage1's guest", hint="set limits in the app's command")
 
 
 def prepare(pod: Pod) -> None:

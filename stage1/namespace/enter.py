@@ -11,6 +11,7 @@ from sdrun.linux import syscalls as sc
 from stage1.app import resolve_app
 from stage1.namespace.container import container_plan
 from stage1.namespace.launch import confine_and_exec, exit_status
+from stage1.process import set_resource_limits
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -32,6 +33,7 @@ def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
     plan = container_plan(pod)
     seccomp_program = Path(plan.seccomp_filter).read_bytes() if plan.seccomp_filter else None
     app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)
+    set_resource_limits(app.plan_fields())  # before a user namespace takes the right to raise them
     join_namespaces(leader)
     child = os.fork()
     if child == 0:

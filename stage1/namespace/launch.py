@@ -44,7 +44,7 @@ from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
 from stage1 import entry_pod_dir, fail
-from stage1.process import SystemdNotifier, exec_planned
+from stage1.process import SystemdNotifier, exec_planned, set_resource_limits
 
 # Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
 # in-unit entry ~5 ms; mypy honours any constant of this name.
@@ -204,6 +204,7 @@ def _intermediate(
 ) -> None:
     joined = _join_network_namespace(plan)
     if plan["userns"] is not None:
+        set_resource_limits(plan["app"])  # while we may raise them; the app's exec sets the same again
         sc.unshare(sc.CLONE_NEWUSER)
         from_intermediate.send(b"u")
     to_intermediate.receive("mounting the rootfs")
