@@ -593,3 +593,44 @@ def test_ulimits_in_the_fly_stage1(sdrun: Sdrun, rootfs: Path) -> None:
     ):
         assert limits_of(output, "open files") == ["900", "1900"]
     sdrun("rm", "-f", name)
+
+
+def test_an_images_symlinks_keep_its_mounts_inside(sdrun: Sdrun, private_rootfs: Path, tmp_path: Path) -> None:
+    """An image whose /etc is an absolute link (/etc -> /host/etc), with a link to its root: the pod's
+    /etc files land in the image's /host/etc, a volume on the link to / is refused."""
+    host_etc = Path("/host/etc")  # the harness's / is a throwaway overlay
+    host_etc.mkdir(parents=True, exist_ok=True)
+    (private_rootfs / "host").mkdir()
+    (private_rootfs / "etc").rename(private_rootfs / "host" / "etc")
+    (private_rootfs / "etc").symlink_to("/host/etc")
+    (private_rootfs / "trap").symlink_to("../..")
+    work = STATE_BASE / f"image-{uuid.uuid4().hex[:8]}"
+    try:
+        reference = umoci_image(work / "layout", "links", private_rootfs)
+        before = mount_points()
+        script = "cat /etc/hostname; grep -c ' /host/etc/hostname ' /proc/self/mountinfo"
+        output = sdrun("run", "--rm", *NS, "--hostname", "linked", reference, "--", "sh", "-c", script, timeout=120)
+        assert output.stdout.split() == ["linked", "1"]
+        volume = ("-v", f"{tmp_path}:/trap")
+        refused = sdrun("run", "--rm", *NS, *volume, reference, "--", "true", check=False)
+        assert refused.returncode == 125 and "resolves to the container's root" in refused.stderr
+        assert list(host_etc.iterdir()) == []
+        assert mount_points() == before
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree("/host", ignore_errors=True)
+
+
+def zombies(sdrun: Sdrun, name: str) -> list[str]:
+    states = sdrun("enter", name, "--", "ps", "-o", "stat,comm").stdout.splitlines()[1:]
+    return [line for line in states if line.split()[0].startswith("Z")]
+
+
+def test_init_reaps_orphans_that_the_app_would_leave_as_zombies(sdrun: Sdrun, rootfs: Path) -> None:
+    app = ("sh", "-c", "(sleep 0.1 &); exec sleep 100")  # the orphaned sleep's parent becomes PID 1
+    for init, expected in ((), 1), (("--init",), 0):
+        name = unique_name()
+        sdrun("run", *NS, "-d", "--name", name, *init, "--rootfs", str(rootfs), "--", *app)
+        time.sleep(1)
+        assert len(zombies(sdrun, name)) == expected, init
+        sdrun("rm", "-f", name)
