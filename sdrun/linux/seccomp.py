@@ -29,7 +29,7 @@ from sdrun.linux import caps
 
 UNCONFINED = "unconfined"
 DEFAULT = "default"
-PROFILE_FORMAT = 1  # bump when the default profile or the compiler changes: old cache entries then miss
+PROFILE_FORMAT = 2  # bump when the default profile or the compiler changes: old cache entries then miss
 
 EPERM = 1
 ENOSYS = 38
@@ -50,11 +50,13 @@ ALLOWED_SYSCALLS = {
         epoll_pwait2 eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime timerfd_gettime io_setup
         io_destroy io_submit io_cancel io_getevents io_pgetevents""",
     "memory": """brk mmap munmap mremap mprotect madvise mlock mlock2 munlock mlockall munlockall mincore msync
-        remap_file_pages membarrier pkey_alloc pkey_free pkey_mprotect""",
+        remap_file_pages membarrier pkey_alloc pkey_free pkey_mprotect map_shadow_stack cachestat get_mempolicy
+        set_mempolicy mbind""",
     "processes": """fork vfork execve execveat exit exit_group wait4 waitid kill tkill tgkill getpid getppid
         gettid getpgid setpgid getpgrp getsid setsid getuid geteuid getgid getegid getresuid getresgid setuid
         setgid setreuid setregid setresuid setresgid setfsuid setfsgid getgroups setgroups capget capset prctl
-        arch_prctl set_tid_address set_robust_list get_robust_list futex futex_waitv rseq restart_syscall
+        arch_prctl set_tid_address set_robust_list get_robust_list futex futex_waitv futex_wait futex_wake
+        futex_requeue rseq restart_syscall getcpu
         sched_yield sched_getaffinity sched_setaffinity sched_getparam sched_setparam sched_getscheduler
         sched_setscheduler sched_get_priority_max sched_get_priority_min sched_rr_get_interval sched_getattr
         sched_setattr getpriority setpriority ioprio_get ioprio_set getrlimit setrlimit prlimit64 getrusage times
@@ -82,7 +84,7 @@ SYSCALLS_BY_CAPABILITY = {
     "SYS_RAWIO": "iopl ioperm",
     "SYS_PACCT": "acct",
     "SYS_PTRACE": "kcmp process_vm_readv process_vm_writev",
-    "SYS_NICE": "mbind set_mempolicy get_mempolicy move_pages migrate_pages",
+    "SYS_NICE": "move_pages migrate_pages",  # a NUMA policy of its own is any process's (as Docker)
     "SYSLOG": "syslog",
     "PERFMON": "perf_event_open",
     "BPF": "bpf",
