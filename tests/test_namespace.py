@@ -635,3 +635,25 @@ def test_init_reaps_orphans_that_the_app_would_leave_as_zombies(sdrun: Sdrun, ro
         time.sleep(1)
         assert len(zombies(sdrun, name)) == expected, init
         sdrun("rm", "-f", name)
+
+
+def test_init_forwards_a_signal_to_the_app(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    """Sent to tini alone (the unit's MainPID, from the host), USR1 reaches the app's trap."""
+    name = unique_name()
+    app = 'trap "echo got-USR1 > /data/signal" USR1; echo up > /data/up; while :; do sleep 0.1; done'
+    sdrun("run", *NS, "-d", "--name", name, "--init", "-v", f"{tmp_path}:/data", "--rootfs", str(rootfs), "--",
+          "sh", "-c", app)  # fmt: skip
+    wait_for((tmp_path / "up").exists)
+    os.kill(int(systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"]), signal.SIGUSR1)
+    wait_for((tmp_path / "signal").exists)
+    assert (tmp_path / "signal").read_text() == "got-USR1\n"
+    sdrun("rm", "-f", name)
+
+
+def test_mac_labels_pass_through_to_the_unit(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    labels = ("--selinux-type", "system_u:system_r:container_t:s0", "--apparmor", "sdrun-test")
+    sdrun("run", *NS, "-d", "--name", name, *labels, "--rootfs", str(rootfs), "--", "sleep", "100")
+    shown = systemctl_show(f"sdrun-{name}.service", "SELinuxContext", "AppArmorProfile")
+    assert shown == {"SELinuxContext": "system_u:system_r:container_t:s0", "AppArmorProfile": "sdrun-test"}
+    sdrun("rm", "-f", name)

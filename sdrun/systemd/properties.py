@@ -249,7 +249,7 @@ UNIT_KEYS: dict[str, UnitKey] = {
     "TimeoutStopUSec": UnitKey(SERVICE, "TimeoutStopSec", _duration),
     "DevicePolicy": UnitKey(SERVICE, "DevicePolicy", _text),
     "DeviceAllow": UnitKey(SERVICE, "DeviceAllow", lambda devices: [f"{path} {access}" for path, access in devices]),
-    "SELinuxContext": UnitKey(SERVICE, "SELinuxContext", lambda pair: [("-" if pair[0] else "") + pair[1]]),
+    "SELinuxContext": UnitKey(SERVICE, "SELinuxContext", _text),
     "AppArmorProfile": UnitKey(SERVICE, "AppArmorProfile", lambda pair: [("-" if pair[0] else "") + pair[1]]),
 }
 

@@ -67,10 +67,12 @@ def unit_properties(pod: Pod) -> list[Property]:
         properties.append(("KillSignal", "i", int(signal.Signals[spec.stop_signal])))
     stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
     properties.append(("TimeoutStopUSec", "t", round(stop_timeout * USEC)))
+    # As systemd-run sends them: SELinuxContext= as a string (read back as a struct), AppArmorProfile=
+    # as (ignore failure, profile), a struct that dbus-next wants as a list.
     if spec.isolation.selinux_type:
-        properties.append(("SELinuxContext", "(bs)", (False, spec.isolation.selinux_type)))
+        properties.append(("SELinuxContext", "s", spec.isolation.selinux_type))
     if spec.isolation.apparmor:
-        properties.append(("AppArmorProfile", "(bs)", (False, spec.isolation.apparmor)))
+        properties.append(("AppArmorProfile", "(bs)", [False, spec.isolation.apparmor]))
     return properties
 
 
