@@ -657,3 +657,21 @@ def test_mac_labels_pass_through_to_the_unit(sdrun: Sdrun, rootfs: Path) -> None
     shown = systemctl_show(f"sdrun-{name}.service", "SELinuxContext", "AppArmorProfile")
     assert shown == {"SELinuxContext": "system_u:system_r:container_t:s0", "AppArmorProfile": "sdrun-test"}
     sdrun("rm", "-f", name)
+
+
+def read_write_mounts_under(output: str, prefix: str) -> list[str]:
+    """Mount points under prefix whose mount options (mountinfo's sixth field) lack ro."""
+    mounts = [line.split() for line in output.splitlines()]
+    return [fields[4] for fields in mounts if fields[4].startswith(prefix) and "ro" not in fields[5].split(",")]
+
+
+def test_read_only_binds_are_read_only_all_the_way_down(sdrun: Sdrun, rootfs: Path) -> None:
+    """A read-only volume whose source has mounts below it (the host's cgroup hierarchies), and the host's
+    /sys that a pod with --private-users and --net host gets bound: every mount under them is read-only."""
+    assert [line for line in host_mount_table().splitlines() if " /sys/fs/cgroup/" in line]  # the premise
+    volume = shell(sdrun, rootfs, "cat /proc/self/mountinfo", "-v", "/sys/fs/cgroup:/cg:ro")
+    assert len([line for line in volume.splitlines() if " /cg/" in line]) > 1
+    assert read_write_mounts_under(volume, "/cg") == []
+    bound = shell(sdrun, rootfs, "cat /proc/self/mountinfo", "--net", "host", "--private-users")
+    assert len([line for line in bound.splitlines() if " /sys/" in line]) > 1
+    assert read_write_mounts_under(bound, "/sys") == []

@@ -106,10 +106,17 @@ def exists_in_root(root: StrPath, target: str) -> bool:
         return False
 
 
+def make_tree_read_only(root: StrPath, target: str) -> None:
+    """Make the mount at target (in root) and every mount below it read-only."""
+    with open_in_root(root, target, os.O_PATH) as fd:
+        sc.make_tree_read_only(fd)
+
+
 def bind_in_root(source: str, root: StrPath, target: str, read_only: bool = False) -> None:
-    """Bind source (recursively) at target inside root, creating the mount point if needed."""
+    """Bind source (recursively) at target inside root, creating the mount point if needed. Read-only,
+    the mounts that came along under source are read-only too (the host's /sys/fs/cgroup/* under /sys)."""
     make_mount_point(root, target, directory=os.path.isdir(source))
     mount_in_root(source, root, target, None, sc.MS_BIND | sc.MS_REC, None)
     if read_only:
-        # A bind mount ignores MS_RDONLY on creation; remount the new mount (reopened) read-only.
-        remount_read_only(root, target)
+        # A bind mount ignores MS_RDONLY on creation: set it on the new mounts (reopened).
+        make_tree_read_only(root, target)

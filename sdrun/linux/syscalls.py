@@ -151,7 +151,9 @@ def load_seccomp_filter(program: bytes) -> None:
 
 
 OPEN_TREE_CLONE = 0x1
+MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_IDMAP = 0x00100000
+AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_EMPTY_PATH = 0x1000
 
@@ -174,21 +176,30 @@ def open_tree(path: str | os.PathLike[str], flags: int) -> int:
     )
 
 
-def idmap_mount(fd: int, userns_fd: int) -> None:
-    """mount_setattr(2): make the detached mount fd show files through userns_fd's uid/gid maps."""
+def _mount_setattr(fd: int, attr: _MountAttr, flags: int = 0) -> None:
     sys_mount_setattr = 442  # x86_64
-    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
     _check(
         _libc.syscall(
             sys_mount_setattr,
             ctypes.c_int(fd),
             b"",
-            ctypes.c_uint(AT_EMPTY_PATH),
+            ctypes.c_uint(AT_EMPTY_PATH | flags),
             ctypes.byref(attr),
             ctypes.sizeof(attr),
         ),
         "mount_setattr",
     )
+
+
+def idmap_mount(fd: int, userns_fd: int) -> None:
+    """mount_setattr(2): make the detached mount fd show files through userns_fd's uid/gid maps."""
+    _mount_setattr(fd, _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd))
+
+
+def make_tree_read_only(fd: int) -> None:
+    """mount_setattr(2): the mount at fd and every mount below it become read-only, their other flags kept
+    (a remount would change the top one only)."""
+    _mount_setattr(fd, _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0), AT_RECURSIVE)
 
 
 def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
