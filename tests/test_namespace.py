@@ -89,6 +89,10 @@ def test_exit_status_is_the_apps(sdrun: Sdrun, rootfs: Path) -> None:
 def test_hostname_and_etc_files(sdrun: Sdrun, rootfs: Path) -> None:
     output = shell(sdrun, rootfs, "hostname; cat /etc/hostname; grep -c box /etc/hosts", "--hostname", "box")
     assert output.split() == ["box", "box", "1"]
+    host_resolv_conf = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
+    assert shell(sdrun, rootfs, "cat /etc/resolv.conf") == host_resolv_conf  # a copy of the host's
+    name = unique_name()
+    assert shell(sdrun, rootfs, "hostname", "--name", name).strip() == name  # the pod name by default
 
 
 def test_default_capabilities_and_no_new_privs(sdrun: Sdrun, rootfs: Path) -> None:
@@ -622,18 +626,21 @@ def test_an_images_symlinks_keep_its_mounts_inside(sdrun: Sdrun, private_rootfs:
         shutil.rmtree("/host", ignore_errors=True)
 
 
-def zombies(sdrun: Sdrun, name: str) -> list[str]:
-    states = sdrun("enter", name, "--", "ps", "-o", "stat,comm").stdout.splitlines()[1:]
-    return [line for line in states if line.split()[0].startswith("Z")]
+def orphan_states(sdrun: Sdrun, name: str) -> list[str] | None:
+    """The process states of the pod's orphaned `sh` once it has done its work, else None."""
+    if sdrun("enter", name, "--", "test", "-e", "/tmp/orphan-done", check=False).returncode != 0:
+        return None
+    processes = [line.split() for line in sdrun("enter", name, "--", "ps", "-o", "stat,comm").stdout.splitlines()]
+    return [state for state, command in processes[1:] if command == "sh"]
 
 
 def test_init_reaps_orphans_that_the_app_would_leave_as_zombies(sdrun: Sdrun, rootfs: Path) -> None:
-    app = ("sh", "-c", "(sleep 0.1 &); exec sleep 100")  # the orphaned sleep's parent becomes PID 1
-    for init, expected in ((), 1), (("--init",), 0):
+    # The inner sh's parent exits at once: it is re-parented to PID 1, which must reap it.
+    app = ("sh", "-c", "(sh -c 'sleep 0.1; echo > /tmp/orphan-done' &); exec sleep 100")
+    for init, expected in ((), ["Z"]), (("--init",), []):
         name = unique_name()
         sdrun("run", *NS, "-d", "--name", name, *init, "--rootfs", str(rootfs), "--", *app)
-        time.sleep(1)
-        assert len(zombies(sdrun, name)) == expected, init
+        wait_for(lambda: orphan_states(sdrun, name) == expected)  # noqa: B023 - used within the iteration
         sdrun("rm", "-f", name)
 
 
