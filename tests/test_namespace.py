@@ -310,11 +310,25 @@ def test_volume_target_symlinked_to_root_stays_inside(sdrun: Sdrun, private_root
     assert Path("/etc/passwd").exists()
 
 
-def test_bad_capability_is_one_line_and_leaves_nothing(sdrun: Sdrun, rootfs: Path) -> None:
-    result = run_in(sdrun, rootfs, "--cap-add", "NOT_A_CAP", "--", "true", check=False)
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        (("--cap-add", "NOT_A_CAP"), "unknown capability 'NOT_A_CAP'"),
+        (("--seccomp", "/nonexistent.json"), "cannot read seccomp profile '/nonexistent.json'"),
+        (("--seccomp", "/etc/hostname"), "not a valid seccomp profile"),
+        (("--private-users", "0:65536"), "must not start at host uid 0"),
+        (("--tmpfs", "scratch"), "must be an absolute path"),
+        (("--ulimit", "files=10"), "invalid ulimit 'files=10'"),
+    ],
+)
+def test_bad_isolation_input_is_one_line_and_leaves_nothing(
+    sdrun: Sdrun, rootfs: Path, options: tuple[str, ...], complaint: str
+) -> None:
+    result = run_in(sdrun, rootfs, *options, "--", "true", check=False)
     assert result.returncode == 125
     assert result.stderr.startswith("sdrun: ") and len(result.stderr.splitlines()) == 1
-    assert sdrun.pods() == []
+    assert complaint in result.stderr
+    assert sdrun.pods() == [] and sdrun.new_units() == set()
 
 
 def test_scope_mode(sdrun: Sdrun, rootfs: Path) -> None:
