@@ -132,6 +132,11 @@ def test_sections_come_in_systemds_order_keys_in_insertion_order() -> None:
     assert unit.render() == "[Unit]\nA=2\n\n[Service]\nB=1\nA=3\n\n[Install]\nWantedBy=x\n"
 
 
+def test_a_zero_stop_timeout_stays_a_timeout_in_a_unit_file() -> None:
+    """systemd reads TimeoutStopSec=0 as no timeout; --stop-timeout 0 means SIGKILL at once."""
+    assert properties.unit_file_entries([("TimeoutStopUSec", "t", 0)]) == [("Service", "TimeoutStopSec", "1us")]
+
+
 def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
     unknown = [("AddRef", "b", True)]
     with pytest.raises(SdrunError, match="AddRef"):

@@ -192,6 +192,12 @@ def _duration(usec: Any) -> list[Any]:
     return [f"{usec}us"]
 
 
+def _stop_timeout(usec: Any) -> list[Any]:
+    """On D-Bus a zero TimeoutStopUSec kills at once (Docker's --stop-timeout 0); in a unit file
+    TimeoutStopSec=0 means no timeout at all. The shortest one a file can say acts alike."""
+    return _duration(usec or 1)
+
+
 def _cpu_percent(usec: Any) -> list[Any]:
     hundredths = round(usec / CPU_QUOTA_STEP_USEC)
     whole, fraction = divmod(hundredths, 100)
@@ -246,7 +252,7 @@ UNIT_KEYS: dict[str, UnitKey] = {
     "Restart": UnitKey(SERVICE, "Restart", _text),
     "RestartUSec": UnitKey(SERVICE, "RestartSec", _duration),
     "KillSignal": UnitKey(SERVICE, "KillSignal", _signal_name),
-    "TimeoutStopUSec": UnitKey(SERVICE, "TimeoutStopSec", _duration),
+    "TimeoutStopUSec": UnitKey(SERVICE, "TimeoutStopSec", _stop_timeout),
     "DevicePolicy": UnitKey(SERVICE, "DevicePolicy", _text),
     "DeviceAllow": UnitKey(SERVICE, "DeviceAllow", lambda devices: [f"{path} {access}" for path, access in devices]),
     "SELinuxContext": UnitKey(SERVICE, "SELinuxContext", _text),
