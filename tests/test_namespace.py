@@ -699,3 +699,21 @@ def test_read_only_binds_are_read_only_all_the_way_down(sdrun: Sdrun, rootfs: Pa
     bound = shell(sdrun, rootfs, "cat /proc/self/mountinfo", "--net", "host", "--private-users")
     assert len([line for line in bound.splitlines() if " /sys/" in line]) > 1
     assert read_write_mounts_under(bound, "/sys") == []
+
+
+def test_the_app_cannot_reach_into_an_entering_process(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    """Between its fork into the pod and its exec, an `sdrun enter` child is the host's interpreter with
+    host file descriptors (the bus among them): the app, scanning /proc, must see neither. What it
+    sees of the entered command, after the exec, shows that the scan works."""
+    scan = (
+        "while :; do for p in /proc/[0-9]*; do [ $p = /proc/$$ ] && continue; exe=$(readlink $p/exe) || continue;"
+        ' echo "$exe $(ls $p/fd | wc -l)" >> /spy/seen; done; done'
+    )
+    name = unique_name()
+    sdrun("run", *NS, "-d", "--name", name, "-v", f"{tmp_path}:/spy", "--rootfs", str(rootfs), "--", "sh", "-c", scan)
+    for _ in range(15):
+        sdrun("enter", name, "--", "sleep", "0.2")
+    sdrun("rm", "-f", name)
+    seen = {line.split()[0] for line in (tmp_path / "seen").read_text().splitlines()}
+    assert "/bin/busybox" in seen  # the scan saw the entered `sleep`, and the app's own children
+    assert seen <= {"/bin/busybox"}, seen  # never the interpreter: its /proc/PID/exe and fd stay closed

@@ -37,6 +37,10 @@ def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
     join_namespaces(leader)
     child = os.fork()
     if child == 0:
+        # Visible to the app from here (its PID namespace) with host privileges, host fds (the bus)
+        # and the host's interpreter as /proc/PID/exe: not dumpable, so that the app can open none
+        # of them through /proc until the exec, which makes the command dumpable again.
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
         confine_and_exec(app.plan_fields(), caps.mask(plan.capabilities), seccomp_program, argv)
     _, status = os.waitpid(child, 0)
     os._exit(exit_status(status))

@@ -239,6 +239,7 @@ def _join_network_namespace(plan: Plan) -> bool:
 
 
 def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, start: Channel) -> NoReturn:
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)  # until the exec, /proc/1/exe is the host's interpreter: keep it out of reach
     if plan["userns"] is not None:
         os.setresgid(0, 0, 0)  # root of the new namespace: setup may then create files as root
         os.setresuid(0, 0, 0)
