@@ -84,6 +84,7 @@ def test_the_app_is_pid_1_and_sees_only_its_own_processes(sdrun: Sdrun, rootfs: 
 
 def test_exit_status_is_the_apps(sdrun: Sdrun, rootfs: Path) -> None:
     assert run_in(sdrun, rootfs, "--", "sh", "-c", "exit 7", check=False).returncode == 7
+    assert run_in(sdrun, rootfs, "--init", "--", "sh", "-c", "exit 5", check=False).returncode == 5  # through tini
 
 
 def test_hostname_and_etc_files(sdrun: Sdrun, rootfs: Path) -> None:
