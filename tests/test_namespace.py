@@ -718,3 +718,19 @@ def test_the_app_cannot_reach_into_an_entering_process(sdrun: Sdrun, rootfs: Pat
     seen = {line.split()[0] for line in (tmp_path / "seen").read_text().splitlines()}
     assert "/bin/busybox" in seen  # the scan saw the entered `sleep`, and the app's own children
     assert seen <= {"/bin/busybox"}, seen  # never the interpreter: its /proc/PID/exe and fd stay closed
+
+
+def test_a_scope_app_cannot_type_into_the_callers_terminal(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    """--scope runs the app on the caller's terminal: TIOCSTI would queue input for the user's shell to
+    run once the pod ends. The default filter refuses it, with the upper bits of the request set too."""
+
+    def on_a_terminal(*options: str) -> dict[str, str]:
+        command = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "--scope", *NS, *options]
+        command += ["-v", f"{sysprobe}:/probe:ro", "--rootfs", str(rootfs), "--", "/probe", "tcgets", "tiocsti"]
+        command.append("tiocsti-high")
+        script = ["script", "-qec", " ".join(command), "/dev/null"]  # a pseudo-terminal, as a user's
+        output = subprocess.run(script, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
+        return {key.strip(): value.strip() for key, value in probe_results(output.replace("\r", "")).items()}
+
+    assert on_a_terminal("--seccomp", "unconfined") == {"tcgets": "0", "tiocsti": "0", "tiocsti-high": "0"}
+    assert on_a_terminal() == {"tcgets": "0", "tiocsti": "EPERM", "tiocsti-high": "EPERM"}

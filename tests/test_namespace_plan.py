@@ -168,3 +168,16 @@ def test_the_entry_imports_only_what_it_needs() -> None:
     modules = {line.rsplit("|", 1)[-1].strip() for line in imported.splitlines() if "|" in line}
     assert "stage1.namespace.launch" in modules
     assert not {"dataclasses", "typing", "pathlib", "json", "sdrun.spec", "sdrun.pod", "stage1.app"} & modules
+
+
+def test_ioctls_are_allowed_but_the_terminal_input_ones_whatever_the_upper_bits() -> None:
+    refused = seccomp.TERMINAL_INPUT_IOCTLS
+    alternatives = seccomp.allowed_unless(1, refused)
+    assert {condition.operator for condition in alternatives} == {seccomp.MASKED_EQ}
+
+    def allowed(request: int) -> bool:
+        return any(request & condition.value == condition.value_two for condition in alternatives)
+
+    for low in [*range(0x5400, 0x5500), 0, 0x80045430, 0xFFFFFFFF]:
+        for high in (0, 1, 0xFFFFFFFF):
+            assert allowed(high << 32 | low) == (low not in refused), hex(high << 32 | low)

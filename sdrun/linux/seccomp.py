@@ -29,7 +29,7 @@ from sdrun.linux import caps
 
 UNCONFINED = "unconfined"
 DEFAULT = "default"
-PROFILE_FORMAT = 2  # bump when the default profile or the compiler changes: old cache entries then miss
+PROFILE_FORMAT = 3  # bump when the default profile or the compiler changes: old cache entries then miss
 
 EPERM = 1
 ENOSYS = 38
@@ -43,7 +43,7 @@ ALLOWED_SYSCALLS = {
         syncfs sync_file_range truncate ftruncate fallocate fadvise64 readahead getdents getdents64 getcwd chdir
         fchdir chroot rename renameat renameat2 mkdir mkdirat rmdir link linkat unlink unlinkat symlink symlinkat
         readlink readlinkat chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat umask utime utimes
-        utimensat futimesat mknod mknodat ioctl getxattr lgetxattr fgetxattr setxattr lsetxattr fsetxattr
+        utimensat futimesat mknod mknodat getxattr lgetxattr fgetxattr setxattr lsetxattr fsetxattr
         listxattr llistxattr flistxattr removexattr lremovexattr fremovexattr inotify_init inotify_init1
         inotify_add_watch inotify_rm_watch memfd_create""",
     "events": """select pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl epoll_wait epoll_pwait
@@ -130,6 +130,35 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
+# ioctl requests that type into a terminal: TIOCSTI pushes input, TIOCLINUX pastes a console's selection. On
+# the caller's terminal (--scope), what the app typed would run in the user's shell once it ends.
+TERMINAL_INPUT_IOCTLS = (0x5412, 0x541C)
+WORD_BITS = 32  # an ioctl request is an unsigned int: the kernel ignores the upper half of the register
+
+
+def allowed_unless(index: int, refused: Sequence[int]) -> tuple[Condition, ...]:
+    """One-condition alternatives (any matching allows) that together match every 32-bit value of
+    argument `index` but the refused ones, whatever its upper 32 bits. libseccomp takes one comparison
+    per argument in a rule, and a not-equal one would compare all 64 bits, so: a value differing from
+    all refused ones in a bit where those agree matches that bit; those agreeing in all such bits are
+    listed one by one (2^k of them, k the bits where the refused values differ)."""
+    differing = 0
+    for value in refused:
+        differing |= value ^ refused[0]
+    alternatives = [
+        Condition(index, MASKED_EQ, 1 << bit, ~refused[0] & (1 << bit))
+        for bit in range(WORD_BITS)
+        if not differing & (1 << bit)
+    ]
+    spread = [1 << bit for bit in range(WORD_BITS) if differing & (1 << bit)]
+    for combination in range(1 << len(spread)):
+        value = refused[0] & ~differing
+        value |= sum(bit for position, bit in enumerate(spread) if combination & (1 << position))
+        if value not in refused:
+            alternatives.append(Condition(index, MASKED_EQ, (1 << WORD_BITS) - 1, value))
+    return tuple(alternatives)
+
+
 def default_profile(capabilities: Collection[str]) -> Profile:
     rules = [Rule(_names(" ".join(ALLOWED_SYSCALLS.values())), "allow")]
     rules += [Rule(_names(names), "allow") for cap, names in SYSCALLS_BY_CAPABILITY.items() if cap in capabilities]
@@ -143,6 +172,8 @@ def default_profile(capabilities: Collection[str]) -> Profile:
         Rule(("personality",), "allow", conditions=(Condition(0, "SCMP_CMP_EQ", value),))
         for value in PERSONALITY_VALUES
     ]
+    ioctls = allowed_unless(1, TERMINAL_INPUT_IOCTLS)
+    rules += [Rule(("ioctl",), "allow", conditions=(alternative,)) for alternative in ioctls]
     return Profile("errno", EPERM, tuple(rules))
 
 

@@ -11,7 +11,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <termios.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,6 +46,14 @@ static long probe(const char *name) {
         return syscall(SYS_getcpu, NULL, NULL, NULL);
     if (!strcmp(name, "get_mempolicy")) /* allowed: NUMA-aware runtimes ask for their policy */
         return syscall(SYS_get_mempolicy, NULL, NULL, 0, NULL, 0);
+    if (!strcmp(name, "tiocsti")) /* push a space into the input of the terminal on stdin */
+        return ioctl(0, TIOCSTI, " ");
+    if (!strcmp(name, "tiocsti-high")) /* the same, with high bits set that the kernel ignores */
+        return syscall(SYS_ioctl, 0, 0x100000000UL | TIOCSTI, " ");
+    if (!strcmp(name, "tcgets")) { /* an ordinary terminal ioctl */
+        struct termios settings;
+        return ioctl(0, TCGETS, &settings);
+    }
     if (!strcmp(name, "keyctl")) /* KEYCTL_GET_KEYRING_ID of the session keyring, not creating it */
         return syscall(SYS_keyctl, 0, -3, 0);
     if (!strcmp(name, "unshare-user"))
