@@ -734,3 +734,13 @@ def test_a_scope_app_cannot_type_into_the_callers_terminal(sdrun: Sdrun, rootfs:
 
     assert on_a_terminal("--seccomp", "unconfined") == {"tcgets": "0", "tiocsti": "0", "tiocsti-high": "0"}
     assert on_a_terminal() == {"tcgets": "0", "tiocsti": "EPERM", "tiocsti-high": "EPERM"}
+
+
+def test_a_dangling_resolv_conf_link_gets_the_pods_file(sdrun: Sdrun, private_rootfs: Path) -> None:
+    """As in an image of a systemd-resolved system: /etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf."""
+    resolv_conf = private_rootfs / "etc" / "resolv.conf"
+    resolv_conf.unlink(missing_ok=True)
+    resolv_conf.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    host = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
+    assert shell(sdrun, private_rootfs, "cat /run/systemd/resolve/stub-resolv.conf") == host
+    assert not (private_rootfs / "run" / "systemd").exists()  # made in the pod's own layer
