@@ -14,6 +14,7 @@ import pytest
 from sdrun.errors import SpecError
 from sdrun.linux import caps, seccomp
 from sdrun.linux import syscalls as sc
+from sdrun.linux.inroot import make_mount_point
 from sdrun.linux.mounts import MountOperation
 from sdrun.linux.rootfs import Credentials
 from sdrun.pod import Pod
@@ -181,3 +182,20 @@ def test_ioctls_are_allowed_but_the_terminal_input_ones_whatever_the_upper_bits(
     for low in [*range(0x5400, 0x5500), 0, 0x80045430, 0xFFFFFFFF]:
         for high in (0, 1, 0xFFFFFFFF):
             assert allowed(high << 32 | low) == (low not in refused), hex(high << 32 | low)
+
+
+def test_mount_points_are_made_through_dangling_links_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "dev").symlink_to("/host/dev")  # absolute: the host's /host/dev must stay untouched
+    (root / "up").symlink_to("../../../../made")  # `..` above the root stays at the root
+    (root / "etc" / "resolv.conf").symlink_to("../run/resolve/stub.conf")
+    (root / "loop").symlink_to("/loop/inner")
+    make_mount_point(root, "/dev/pts", directory=True)
+    make_mount_point(root, "/up/deeper", directory=True)
+    make_mount_point(root, "/etc/resolv.conf", directory=False)
+    assert (root / "host" / "dev" / "pts").is_dir() and not Path("/host/dev/pts").exists()
+    assert (root / "made" / "deeper").is_dir()
+    assert (root / "run" / "resolve" / "stub.conf").is_file()
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        make_mount_point(root, "/loop", directory=True)
