@@ -417,6 +417,8 @@ def test_device_policy_stops_a_node_the_app_made_itself(sdrun: Sdrun, rootfs: Pa
     command = ["systemctl", "show", unit, "--property=DeviceAllow"]
     shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout  # a line per entry
     assert set(shown.splitlines()) == {"DeviceAllow=/dev/tty rw", "DeviceAllow=/dev/ptmx rw", "DeviceAllow=char-pts rw"}
+    entered = sdrun("enter", name, "--", "mknod", "/dev/disk", "b", str(major), str(minor), check=False)
+    assert "Operation not permitted" in entered.stderr  # `sdrun enter` is in the unit's cgroup too
     sdrun("rm", "-f", name)
 
 
