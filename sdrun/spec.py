@@ -344,6 +344,17 @@ def parse_choice(value: object, choices: tuple[str, ...], what: str) -> str:
     return str(value)
 
 
+HOSTNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the kernel takes 64 bytes at most
+
+
+def parse_hostname(value: object) -> str:
+    """Letters, digits, '.', '-' and '_': it is written into the pod's /etc/hosts too."""
+    text = str(value)
+    if not HOSTNAME_PATTERN.fullmatch(text):
+        raise SpecError(f"invalid hostname '{text}': use letters, digits, '.', '-' and '_' (at most 64)")
+    return text
+
+
 def parse_network(value: object) -> str:
     """host, none, default, or the name of a network made with `sdrun network create`."""
     text = str(value)
@@ -383,7 +394,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "port": lambda value: tuple(PortMapping.parse(item) for item in _as_list(value, "port")),
     "stop_signal": parse_stop_signal,
     "stop_timeout": parse_seconds,
-    "hostname": str,
+    "hostname": parse_hostname,
     "cap_add": lambda value: tuple(_as_list(value, "cap_add")),
     "cap_drop": lambda value: tuple(_as_list(value, "cap_drop")),
     "seccomp": str,

@@ -320,6 +320,8 @@ def test_volume_target_symlinked_to_root_stays_inside(sdrun: Sdrun, private_root
         (("--private-users", "0:65536"), "must not start at host uid 0"),
         (("--tmpfs", "scratch"), "must be an absolute path"),
         (("--ulimit", "files=10"), "invalid ulimit 'files=10'"),
+        (("--hostname", "a" * 65), "invalid hostname"),
+        (("--hostname", "two words"), "invalid hostname 'two words'"),
     ],
 )
 def test_bad_isolation_input_is_one_line_and_leaves_nothing(
