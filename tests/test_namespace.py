@@ -217,8 +217,9 @@ def test_writes_go_to_the_pods_own_layer_not_the_shared_rootfs(sdrun: Sdrun, roo
 def test_no_sdrun_process_remains_and_mounts_stay_out_of_the_host_table(sdrun: Sdrun, rootfs: Path) -> None:
     name = unique_name()
     # sleep as PID 1 ignores SIGTERM (no handler): the stop timeout ends it.
-    options = ("-d", "--name", name, "--stop-timeout", "1")
-    pod_uuid = sdrun("run", *NS, *options, "--rootfs", str(rootfs), "--", "sleep", "100").stdout.strip()
+    options = ("-d", "--name", name, "--stop-timeout", "1", "--net", "default")  # a pod on a network
+    pod_uuid = sdrun("run", "--stage1", "namespace", *options, "--rootfs", str(rootfs), "--", "sleep", "100").stdout
+    pod_uuid = pod_uuid.strip()
     unit = f"sdrun-{name}.service"
     main_pid = int(systemctl_show(unit, "MainPID")["MainPID"])
     assert Path(f"/proc/{main_pid}/comm").read_text().strip() == "sleep"
