@@ -749,3 +749,17 @@ def test_a_dangling_resolv_conf_link_gets_the_pods_file(sdrun: Sdrun, private_ro
     host = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
     assert shell(sdrun, private_rootfs, "cat /run/systemd/resolve/stub-resolv.conf") == host
     assert not (private_rootfs / "run" / "systemd").exists()  # made in the pod's own layer
+
+
+PODMAN_PROFILE = Path("/usr/share/containers/seccomp.json")  # containers-common's, which podman installs
+
+
+def test_podmans_own_seccomp_profile_confines_a_pod(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    """A real OCI profile with includes by capability and architecture: it compiles, the app runs
+    under it, and what it grants only with SYS_ADMIN (mount) stays refused."""
+    options = ("--seccomp", str(PODMAN_PROFILE), "-v", f"{sysprobe}:/probe:ro")
+    result = run_in(sdrun, rootfs, *options, "--", "/probe", "getpid", "mount")
+    assert probe_results(result.stdout) == {"getpid": "0", "mount": "EPERM"}
+    assert "Seccomp:\t2" in shell(sdrun, rootfs, "cat /proc/self/status", "--seccomp", str(PODMAN_PROFILE))
+    widened = run_in(sdrun, rootfs, *options, "--cap-add", "SYS_ADMIN", "--", "/probe", "mount")
+    assert probe_results(widened.stdout) == {"mount": "0"}

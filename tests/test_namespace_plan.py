@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import os
 import subprocess
 import sys
 import time
@@ -199,3 +200,20 @@ def test_mount_points_are_made_through_dangling_links_inside_the_root(tmp_path: 
     assert (root / "run" / "resolve" / "stub.conf").is_file()
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         make_mount_point(root, "/loop", directory=True)
+
+
+def test_docker_profile_rules_for_other_architectures_and_kernels_are_left_out() -> None:
+    """As Docker decides: s390x's clone (flags in its second argument) must not allow ours."""
+    machine = os.uname().machine
+    native = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    rules = [
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["s390", "s390x"]},
+         "args": [{"index": 1, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]},
+        {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": [native, "x32"]}},
+        {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "4.8"}},
+        {"names": ["kcmp"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "999.1"}},
+        {"names": ["uname"], "action": "SCMP_ACT_ALLOW", "excludes": {"arches": [native]}},
+    ]  # fmt: skip
+    text = json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules})
+    profile = seccomp.parse_oci_profile(text, caps.DEFAULT_CAPABILITIES, "docker.json")
+    assert [rule.names for rule in profile.rules] == [("arch_prctl",), ("ptrace",)]

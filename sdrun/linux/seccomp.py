@@ -194,11 +194,39 @@ def _action(name: str, origin: str) -> str:
     return ACTIONS[name]
 
 
+# Docker's profiles name architectures as Go does (amd64); uname(2) says x86_64.
+GO_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
+
+
 def _applies(entry: Mapping[str, Any], capabilities: Collection[str]) -> bool:
-    needed = set((entry.get("includes") or {}).get("caps") or ())
-    excluded = set((entry.get("excludes") or {}).get("caps") or ())
+    """Whether a rule of a Docker profile is for this container, as Docker decides: includes needs every
+    capability and this architecture and kernel, excludes any one of its capabilities or this architecture.
+    (A rule for another architecture can be a hole here: s390x's clone takes its flags second.)"""
+    includes, excludes = entry.get("includes") or {}, entry.get("excludes") or {}
     held = {f"CAP_{name}" for name in capabilities}
-    return needed <= held and not excluded & held
+    machine = os.uname().machine
+    native = {machine, GO_ARCHITECTURES.get(machine, machine)}
+    if not set(includes.get("caps") or ()) <= held or set(excludes.get("caps") or ()) & held:
+        return False
+    if includes.get("arches") and not native & set(includes["arches"]):
+        return False
+    if native & set(excludes.get("arches") or ()):
+        return False
+    return not includes.get("minKernel") or _kernel_version() >= _version(includes["minKernel"])
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """'4.8' or '6.18.44-fc-v1098' as (4, 8) or (6, 18, 44)."""
+    numbers = []
+    for part in text.split("-", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def _kernel_version() -> tuple[int, ...]:
+    return _version(os.uname().release)
 
 
 def _rule(entry: Mapping[str, Any], origin: str) -> Rule:
