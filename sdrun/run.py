@@ -122,12 +122,15 @@ def _wait_until_only_the_app_runs(systemd: Systemd, pod: Pod) -> None:
     is gone, so that `run -d` leaves nothing of sdrun's beside the app (and its children)."""
     import time
 
-    main_pid = int(systemd.unit_property(pod.unit, SERVICE, "MainPID"))
     deadline = time.monotonic() + LONE_APP_TIMEOUT
-    while main_pid and not all(_descends_from(pid, main_pid) for pid in systemd.unit_processes(pod.unit)):
-        if time.monotonic() > deadline:
-            return  # something of the stage1's own design stays: not ours to wait for
-        time.sleep(0.002)
+    try:
+        main_pid = int(systemd.unit_property(pod.unit, SERVICE, "MainPID"))
+        while main_pid and not all(_descends_from(pid, main_pid) for pid in systemd.unit_processes(pod.unit)):
+            if time.monotonic() > deadline:
+                return  # something of the stage1's own design stays: not ours to wait for
+            time.sleep(0.002)
+    except SdrunError:  # the app has ended already, and its unit is gone: nothing is left in it
+        return
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:

@@ -75,6 +75,14 @@ def test_detached_rm_removes_the_pod_when_the_app_ends(sdrun: Sdrun, rootfs: Pat
     wait_for(lambda: sdrun.pods() == [])
 
 
+@pytest.mark.parametrize("stage1", ["namespace", "fly"])
+def test_detached_run_of_an_app_that_ends_at_once(sdrun: Sdrun, rootfs: Path, stage1: str) -> None:
+    """The unit may be gone before `run -d` looks at its processes: that is no error."""
+    for _ in range(5):
+        sdrun("run", "-d", "--rm", "--stage1", stage1, "--rootfs", str(rootfs), "--", "/bin/true")
+    wait_for(lambda: sdrun.pods() == [])
+
+
 def test_detached_pod_lifecycle_stop_kill_rm_gc(sdrun: Sdrun, rootfs: Path) -> None:
     first, second = unique_name("stop"), unique_name("kill")
     for name in (first, second):
