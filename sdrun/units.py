@@ -26,7 +26,7 @@ import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.paths import Paths
@@ -36,6 +36,9 @@ from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
 from sdrun.systemd.unitfile import UnitFile
 from stage1.interface import Stage1, UnitPlan
+
+if TYPE_CHECKING:
+    from sdrun.image.podimage import PodImage
 
 # Installed pods' UUIDs are uuid5(INSTALLED_PODS, name): stable across restarts and reinstalls.
 INSTALLED_PODS = uuidlib.UUID("8d4f9a2e-6b1c-4e57-9a0d-3c2b7e5f1a64")
@@ -162,8 +165,14 @@ def installed_pod(spec: PodSpec, paths: Paths) -> Pod:
 def pod_units(spec: PodSpec, paths: Paths, *, scratch: Path | None = None) -> PodUnits:
     """All units for an installed pod. scratch: where the stage1 may write while planning
     (a generator has only its output directories)."""
-    pod = installed_pod(spec, paths)
-    plan = _plan_without_pod_dir(pod, scratch)
+    image_record = None
+    planned = spec
+    if spec.image:  # the unit's stop signal, say, may come from the image; its settings stay the spec's own
+        from sdrun.image.usage import stored_image_parts
+
+        planned, image_record = stored_image_parts(paths, spec)
+    pod = installed_pod(planned, paths)
+    plan = _plan_without_pod_dir(pod, scratch, image_record)
     sdrun = [sdrun_command(), "--root", str(paths.root)]
     prepare = [*sdrun, "prepare", f"--uuid={pod.uuid}", "--", *spec_arguments(spec)]
     unit_properties = [
@@ -197,13 +206,17 @@ def _companion_dependencies(spec: PodSpec) -> list[Property]:
     return [("Wants", "as", companions)] if companions else []
 
 
-def _plan_without_pod_dir(pod: Pod, scratch: Path | None) -> UnitPlan:
+def _plan_without_pod_dir(pod: Pod, scratch: Path | None, image_record: PodImage | None) -> UnitPlan:
     """The stage1's plan for the pod, made in a scratch pod directory: planning writes the
     stage1's files, which `sdrun prepare` writes again in the real one at each start."""
     backend = Stage1.named(pod.spec.stage1)
     with tempfile.TemporaryDirectory(prefix="sdrun-plan-", dir=scratch) as temporary:
         scratch_dir = Path(temporary) / "pods" / pod.uuid
         scratch_dir.mkdir(parents=True)
+        if image_record is not None:
+            from sdrun.image.podimage import write_pod_image
+
+            write_pod_image(scratch_dir, image_record)
         plan = backend.plan(dataclasses.replace(pod, dir=scratch_dir))
     if str(scratch_dir) in repr(plan.properties):
         raise SdrunError(f"stage1 '{pod.spec.stage1}' names its pod directory in unit properties")
@@ -260,9 +273,14 @@ def prepare(paths: Paths, spec: PodSpec, pod_uuid: str) -> Pod:
         previous = load_pod(paths.pod_dir(pod_uuid))
         Stage1.named(previous.spec.stage1).gc(previous)
         store.remove(previous)
-    pod = store.create(spec, pod_uuid)
+    if spec.image:  # found in the store, or pulled (the first start after an install pulled it)
+        from sdrun.image.usage import create_image_pod
+
+        pod = create_image_pod(paths, store, spec, None, pod_uuid=pod_uuid)
+    else:
+        pod = store.create(spec, pod_uuid)
     try:
-        Stage1.named(spec.stage1).plan(pod)
+        Stage1.named(pod.spec.stage1).plan(pod)
     except BaseException:
         store.remove(pod)
         raise

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name
+from tests.test_image_support import umoci_image
 
 pytestmark = needs_systemd
 HOST_PYTHON = "/usr/bin/python3"
@@ -298,3 +299,31 @@ def test_a_failing_health_check_restarts_the_pod_and_the_checks_go_on(
     # The check that asked for the restart ended by itself, not killed by it.
     assert "code=exited, status=1/FAILURE" in journal.stdout and "code=killed" not in journal.stdout
     assert "start-limit" not in journal.stdout
+
+
+def test_an_installed_image_pod_runs_its_image_and_generate_needs_it_stored(
+    sdrun: Sdrun, rootfs: Path, installed: list[str]
+) -> None:
+    """install pulls (here: imports) what it needs; each start creates the pod from the stored image."""
+    layout = sdrun.root / "layout"
+    reference = umoci_image(
+        layout,
+        "svc",
+        rootfs,
+        "--config.cmd=/bin/sh",
+        "--config.cmd=-c",
+        "--config.cmd=echo from the image; exec sleep 1000",
+    )
+    missing = sdrun("generate", "--name", "nope", "no-such-image", check=False)
+    assert missing.returncode == 125 and "image no-such-image is not in the image store" in missing.stderr
+    assert missing.stdout == ""
+    name = unique_name("img")
+    nameless = sdrun("install", name, "--net", "none", reference, check=False)
+    assert nameless.returncode == 125 and "has no name in the store" in nameless.stderr
+    sdrun("image", "import", reference, f"{name}-image")
+    sdrun("install", name, "--net", "none", f"{name}-image")
+    installed.append(name)
+    unit = f"sdrun-{name}.service"
+    start(unit)
+    assert state(unit)["SubState"] == "running"
+    wait_for(lambda: sdrun("logs", name).stdout == "from the image\n")

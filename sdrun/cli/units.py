@@ -99,6 +99,13 @@ def install(
     if options.get("name") not in (None, pod_name):
         raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
     spec = dataclasses.replace(_spec_from(click_ctx, options), name=parse_name(pod_name))
+    if spec.image:  # pulled now, as `run` would; the unit names it as stored, which its starts then find
+        from sdrun.image.transfer import PullOptions, find_or_pull
+
+        image = find_or_pull(ctx.paths, spec.image, PullOptions(progress=sys.stderr))
+        if not image.names:  # a nameless image is no store entry a unit could find again
+            raise SdrunError(f"{spec.image} has no name in the store", hint=f"sdrun image import {spec.image} NAME")
+        spec = dataclasses.replace(spec, image=image.names[0])
     pod_units = units.pod_units(spec, ctx.paths)
     target = unit_dir or units.DEFAULT_UNIT_DIR
     with_systemd(lambda systemd: units.install(systemd, pod_units, target, enable=enable, now=now))

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from sdrun.errors import SdrunError
+from sdrun.errors import NotFound, SdrunError
 from sdrun.image.config import apply_image_config, exposed_ports
 from sdrun.image.oci import Platform
 from sdrun.image.podimage import PodImage, read_pod_image, write_pod_image
 from sdrun.image.pullsettings import PullSettings
-from sdrun.image.store import ImageStore
+from sdrun.image.store import Image, ImageStore
 from sdrun.image.transfer import PullOptions, find_or_pull
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, load_pod
@@ -23,7 +23,12 @@ MAX_LOWERDIR_OPTION = 3800
 
 
 def create_image_pod(
-    paths: Paths, pods: PodStore, spec: PodSpec, progress: TextIO | None, pull: PullSettings | None = None
+    paths: Paths,
+    pods: PodStore,
+    spec: PodSpec,
+    progress: TextIO | None,
+    pull: PullSettings | None = None,
+    pod_uuid: str | None = None,
 ) -> Pod:
     """Find (or pull) spec.image, fold its config into the spec, create the pod and record its trees.
     The store's shared lock is held throughout: `image gc` cannot take the trees from under the new pod."""
@@ -38,17 +43,35 @@ def create_image_pod(
     store = ImageStore(paths.images)
     with store.shared():
         image = find_or_pull(paths, spec.image, options)
-        lowers = [str(tree) for tree in store.trees_of(image)]
-        if sum(len(lower) + 1 for lower in lowers) > MAX_LOWERDIR_OPTION:
-            raise SdrunError(f"{spec.image} has too many layers ({len(lowers)}) for one overlayfs mount")
-        pod = pods.create(apply_image_config(spec, image.config))
+        merged, record = _image_pod_parts(store, spec, image)
+        pod = pods.create(merged, pod_uuid)
         try:
-            name = image.names[0] if image.names else spec.image
-            write_pod_image(pod.dir, PodImage(image.digest, name, lowers, exposed_ports(image.config)))
+            write_pod_image(pod.dir, record)
         except BaseException:
             pods.remove(pod)
             raise
     return pod
+
+
+def stored_image_parts(paths: Paths, spec: PodSpec) -> tuple[PodSpec, PodImage]:
+    """For planning an installed pod's unit: the spec with its stored image's config folded in, and
+    the image record a pod of it gets. The image must be in the store: a generator cannot pull."""
+    assert spec.image is not None
+    store = ImageStore(paths.images)
+    with store.shared():
+        image = store.find(spec.image)
+        if image is None:
+            raise NotFound(f"image {spec.image} is not in the image store", hint=f"sdrun image pull {spec.image}")
+        return _image_pod_parts(store, spec, image)
+
+
+def _image_pod_parts(store: ImageStore, spec: PodSpec, image: Image) -> tuple[PodSpec, PodImage]:
+    assert spec.image is not None
+    lowers = [str(tree) for tree in store.trees_of(image)]
+    if sum(len(lower) + 1 for lower in lowers) > MAX_LOWERDIR_OPTION:
+        raise SdrunError(f"{spec.image} has too many layers ({len(lowers)}) for one overlayfs mount")
+    name = image.names[0] if image.names else spec.image
+    return apply_image_config(spec, image.config), PodImage(image.digest, name, lowers, exposed_ports(image.config))
 
 
 @dataclass
