@@ -85,6 +85,15 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
+def setns_path(path: str | os.PathLike[str], nstype: int) -> None:
+    """Join the namespace a file names (/run/netns/NAME, /proc/PID/ns/net...)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, nstype)
+    finally:
+        os.close(fd)
+
+
 def syncfs(fd: int) -> None:
     """syncfs(2): write out the whole filesystem fd is on (one call for a tree of many files)."""
     _check(_libc.syncfs(ctypes.c_int(fd)), "syncfs")

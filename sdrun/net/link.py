@@ -115,11 +115,7 @@ def _original_netns() -> Iterator[None]:
 def _netlink_in(namespace: Path) -> Iterator[IPRoute]:
     """A netlink socket inside the namespace: a socket belongs to the namespace it was opened in."""
     with _original_netns():
-        fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sc.setns(fd, sc.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        sc.setns_path(namespace, sc.CLONE_NEWNET)
         ipr = IPRoute()
     with ipr:
         yield ipr

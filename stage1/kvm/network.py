@@ -48,11 +48,7 @@ class GuestNetwork:
 
 def join_and_attach(netns: Path) -> GuestNetwork:
     """Join netns (for good: qemu runs there too) and hand its interface over to a tap."""
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        sc.setns(fd, sc.CLONE_NEWNET)
-    finally:
-        os.close(fd)
+    sc.setns_path(netns, sc.CLONE_NEWNET)
     interface = pod_interface()
     address = next(item for item in interface["addr_info"] if item["family"] == "inet")
     tap_fd = create_tap(TAP_NAME)

@@ -228,13 +228,9 @@ def _join_network_namespace(plan: Plan) -> bool:
     if plan["host_network"]:
         return False
     try:
-        fd = os.open(plan["netns"], os.O_RDONLY | os.O_CLOEXEC)
+        sc.setns_path(plan["netns"], sc.CLONE_NEWNET)
     except FileNotFoundError:
         return False
-    try:
-        sc.setns(fd, sc.CLONE_NEWNET)
-    finally:
-        os.close(fd)
     return True
 
 
