@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.net import collect_garbage, pod_address, release
@@ -22,8 +21,7 @@ UNIT_PATTERNS = ("sdrun-*.service", "sdrun-*.scope")
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
 
 
-@dataclass(frozen=True)
-class PodView:
+class PodView(NamedTuple):
     """A pod as `list` and `status` show it."""
 
     pod: Pod

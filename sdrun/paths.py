@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_ROOT = Path("/var/lib/sdrun")
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     root: Path
 
     @classmethod

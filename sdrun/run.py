@@ -14,9 +14,8 @@ import selectors
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.image.pullsettings import PullSettings
@@ -37,11 +36,10 @@ JOURNAL_POLL_SECONDS = 0.05  # how often a foreground run looks for new lines of
 LONE_APP_TIMEOUT = 1.0  # seconds `run -d` waits for a stage1 entry to leave the unit to its app
 
 
-@dataclass(frozen=True)
-class RunOptions:
+class RunOptions(NamedTuple):
     detach: bool = False
     remove: bool = False
-    pull: PullSettings = field(default_factory=PullSettings)
+    pull: PullSettings = PullSettings()
 
 
 def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:

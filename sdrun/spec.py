@@ -1,20 +1,21 @@
-"""The container spec: what to run and how, as frozen dataclasses.
+"""The container spec: what to run and how, as frozen records.
 
 A spec comes from CLI flags or from a TOML spec file; both are first reduced to
 the same flat mapping of settings (the TOML keys are the long flag names with
 `_` for `-`), so one table of converters validates both and rejects unknown keys.
+
+The records are NamedTuples, as everywhere in sdrun (sdrun.records says why).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from sdrun import records
 from sdrun.errors import SpecError
 from sdrun.net.ports import PortMapping
 
@@ -24,8 +25,7 @@ MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True)
-class Volume:
+class Volume(NamedTuple):
     source: str  # absolute path on the host
     target: str  # absolute path inside the container
     read_only: bool = False
@@ -51,17 +51,15 @@ class Volume:
         return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(NamedTuple):
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids: int | None = None
 
 
-@dataclass(frozen=True)
-class AppSpec:
+class AppSpec(NamedTuple):
     argv: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = {}  # noqa: RUF012 - never mutated: the spec is frozen
     workdir: str | None = None
     user: str | None = None  # NAME|UID[:GROUP|GID], resolved against the rootfs
     volumes: tuple[Volume, ...] = ()
@@ -69,8 +67,7 @@ class AppSpec:
     ulimits: tuple[str, ...] = ()  # NAME=SOFT:HARD resource limits (setrlimit), as parse_ulimit writes them
 
 
-@dataclass(frozen=True)
-class Isolation:
+class Isolation(NamedTuple):
     """How a namespace-isolating stage1 confines the app; docs/stage1.md documents each default."""
 
     hostname: str | None = None  # [the pod name]
@@ -91,8 +88,7 @@ class Isolation:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class ServiceOptions:
+class ServiceOptions(NamedTuple):
     """How systemd runs the pod's service beyond the app itself; docs/units.md documents each."""
 
     requires: tuple[str, ...] = ()  # pods whose units start first and must stay up: Requires=, After=
@@ -112,16 +108,15 @@ class ServiceOptions:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class PodSpec:
+class PodSpec(NamedTuple):
     name: str
     stage1: str
     rootfs: str | None = None
     image: str | None = None
-    app: AppSpec = field(default_factory=AppSpec)
-    resources: Resources = field(default_factory=Resources)
+    app: AppSpec = AppSpec()
+    resources: Resources = Resources()
     restart: str = "no"
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = {}  # noqa: RUF012 - never mutated: the spec is frozen
     scope: bool = False  # run in a transient scope under the CLI instead of a service
     net: str = "none"  # host | none (a private network namespace with loopback only) | default | a network's name
     ports: tuple[PortMapping, ...] = ()  # published ports (a network pod only)
@@ -129,11 +124,12 @@ class PodSpec:
     stop_timeout: float | None = None  # seconds before SIGKILL (TimeoutStopSec=) [systemd's default]
     kvm_accel: str = "auto"  # the kvm stage1's accelerator: kvm, tcg, or auto (KVM if a probe boots, else TCG)
     kvm_kernel: str | None = None  # the kvm stage1's guest kernel [the newest /boot/vmlinuz-*-cloud-amd64]
-    isolation: Isolation = field(default_factory=Isolation)
-    service: ServiceOptions = field(default_factory=ServiceOptions)
+    isolation: Isolation = Isolation()
+    service: ServiceOptions = ServiceOptions()
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        plain: dict[str, Any] = records.plain(self)
+        return plain
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PodSpec:
@@ -416,8 +412,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "healthcheck_interval": parse_seconds,
     "wanted_by": lambda value: tuple(_as_list(value, "wanted_by")),
 }
-ISOLATION_SETTINGS = tuple(item.name for item in dataclasses.fields(Isolation))
-SERVICE_SETTINGS = tuple(item.name for item in dataclasses.fields(ServiceOptions))
+ISOLATION_SETTINGS = Isolation._fields
+SERVICE_SETTINGS = ServiceOptions._fields
 
 
 def check_settings(raw: Mapping[str, object], origin: str) -> dict[str, object]:

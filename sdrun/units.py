@@ -19,14 +19,12 @@ other property comes from the same list a transient run hands to systemd
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import tempfile
 import uuid as uuidlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.paths import Paths
@@ -88,9 +86,9 @@ def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
         *[("port", str(port)) for port in spec.ports],
         ("stop_signal", spec.stop_signal),
         ("stop_timeout", spec.stop_timeout),
-        *_dataclass_settings(spec.isolation),
-        *_dataclass_settings(spec.service),
-        *[pair for pair in _dataclass_settings(spec) if pair[0] in SETTINGS and pair[0] not in SPELLED_OUT],
+        *_record_settings(spec.isolation),
+        *_record_settings(spec.service),
+        *[pair for pair in _record_settings(spec) if pair[0] in SETTINGS and pair[0] not in SPELLED_OUT],
     ]
     if spec.scope:
         raise SpecError("a --scope pod cannot be an installed unit: it runs as a child of the CLI")
@@ -109,14 +107,14 @@ def _entrypoint_settings(entrypoint: tuple[str, ...] | None) -> list[tuple[str, 
     return [("entrypoint", item) for item in entrypoint] or [("entrypoint", "")]
 
 
-def _dataclass_settings(options: Any) -> list[tuple[str, Any]]:
+def _record_settings(options: Any) -> list[tuple[str, Any]]:
     """Fields of Isolation and ServiceOptions (and PodSpec's plain ones) are named as their settings."""
     pairs: list[tuple[str, Any]] = []
-    for field in dataclasses.fields(options):
-        value = getattr(options, field.name)
-        if value == field.default:
+    defaults = options._field_defaults
+    for name, value in options._asdict().items():
+        if name in defaults and value == defaults[name]:
             continue
-        pairs += [(field.name, item) for item in value] if isinstance(value, tuple) else [(field.name, value)]
+        pairs += [(name, item) for item in value] if type(value) is tuple else [(name, value)]
     return pairs
 
 
@@ -146,8 +144,7 @@ def spec_from_arguments(arguments: Sequence[str], default_stage1: str) -> PodSpe
 # --- building the units ---
 
 
-@dataclass(frozen=True)
-class PodUnits:
+class PodUnits(NamedTuple):
     """The units of one installed pod, by file name; `service` is the pod's own."""
 
     service: str
@@ -217,11 +214,11 @@ def _plan_without_pod_dir(pod: Pod, scratch: Path | None, image_record: PodImage
             from sdrun.image.podimage import write_pod_image
 
             write_pod_image(scratch_dir, image_record)
-        plan = backend.plan(dataclasses.replace(pod, dir=scratch_dir))
+        plan = backend.plan(pod._replace(dir=scratch_dir))
     if str(scratch_dir) in repr(plan.properties):
         raise SdrunError(f"stage1 '{pod.spec.stage1}' names its pod directory in unit properties")
     argv = tuple(str(pod.dir) if arg == str(scratch_dir) else arg for arg in plan.argv)
-    return dataclasses.replace(plan, argv=argv)
+    return plan._replace(argv=argv)
 
 
 def _socket_unit(spec: PodSpec) -> UnitFile:

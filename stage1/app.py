@@ -10,9 +10,8 @@ from __future__ import annotations
 import marshal
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from sdrun.errors import SdrunError, SpecError, describe
 from sdrun.linux import syscalls as sc
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
 
 
-@dataclass(frozen=True)
-class ResolvedApp:
+class ResolvedApp(NamedTuple):
     executable: str  # absolute path inside the rootfs
     argv: tuple[str, ...]
     env: dict[str, str]

@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn
 
 from sdrun.errors import SdrunError, SpecError, describe
 from stage1 import INTERFACE_VERSION, entry_pod_dir, fail
@@ -27,13 +26,12 @@ if TYPE_CHECKING:
 BUILTIN_BACKENDS = {"fly": "stage1.fly.backend", "namespace": "stage1.namespace.backend", "kvm": "stage1.kvm"}
 
 
-@dataclass(frozen=True)
-class UnitPlan:
+class UnitPlan(NamedTuple):
     """What a backend asks systemd to run for a pod's service unit."""
 
     executable: str  # absolute path of the unit's main process
     argv: tuple[str, ...]  # its argv, argv[0] included
-    properties: tuple[Property, ...] = field(default=())  # backend-specific unit properties, Type= among them
+    properties: tuple[Property, ...] = ()  # backend-specific unit properties, Type= among them
 
 
 class Stage1:

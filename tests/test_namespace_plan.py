@@ -129,7 +129,7 @@ def test_auto_user_namespace_is_stable_and_clear_of_the_host_range(tmp_path: Pat
     pod = make_pod(tmp_path, private_users="auto")
     first = user_namespace_of(pod)
     assert first is not None and first == user_namespace_of(pod)
-    assert first.base >= 0x80000 and first.count == 65536 and first.map == f"0 {first.base} 65536\n"
+    assert first.base >= 0x80000 and first.size == 65536 and first.map == f"0 {first.base} 65536\n"
 
 
 def test_plan_lists_runc_masks_the_minimal_dev_and_volumes_in_order(tmp_path: Path) -> None:

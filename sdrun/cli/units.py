@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ def _spec_from(click_ctx: click.Context, options: dict[str, Any]) -> PodSpec:
     # As for the generator, a spec file names its pod unless it says otherwise.
     spec = spec_from_run_options(click_ctx, spec_file, args, flags, spec_file.stem if spec_file else None)
     checked: dict[str, Any] = check_settings(settings, "command line")
-    return dataclasses.replace(spec, service=dataclasses.replace(spec.service, **checked)) if checked else spec
+    return spec._replace(service=spec.service._replace(**checked)) if checked else spec
 
 
 def _unit_setting_params() -> list[click.Parameter]:
@@ -98,14 +97,14 @@ def install(
     ctx: Context = click_ctx.obj
     if options.get("name") not in (None, pod_name):
         raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
-    spec = dataclasses.replace(_spec_from(click_ctx, options), name=parse_name(pod_name))
+    spec = _spec_from(click_ctx, options)._replace(name=parse_name(pod_name))
     if spec.image:  # pulled now, as `run` would; the unit names it as stored, which its starts then find
         from sdrun.image.transfer import PullOptions, find_or_pull
 
         image = find_or_pull(ctx.paths, spec.image, PullOptions(progress=sys.stderr))
         if not image.names:  # a nameless image is no store entry a unit could find again
             raise SdrunError(f"{spec.image} has no name in the store", hint=f"sdrun image import {spec.image} NAME")
-        spec = dataclasses.replace(spec, image=image.names[0])
+        spec = spec._replace(image=image.names[0])
     pod_units = units.pod_units(spec, ctx.paths)
     target = unit_dir or units.DEFAULT_UNIT_DIR
     with_systemd(lambda systemd: units.install(systemd, pod_units, target, enable=enable, now=now))

@@ -7,7 +7,6 @@ image's, then the user's over them. WorkingDir, User, StopSignal: the user's if 
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -64,8 +63,7 @@ def apply_image_config(spec: PodSpec, image_config: Mapping[str, Any]) -> PodSpe
     if "PATH" in env and user_env.get("PATH") == DEFAULT_PATH:
         del user_env["PATH"]  # sdrun's default PATH gives way to the image's; a PATH the user set does not
     workdir = config.get("WorkingDir") if isinstance(config.get("WorkingDir"), str) else None
-    app = dataclasses.replace(
-        spec.app,
+    app = spec.app._replace(
         argv=argv,
         env=env | user_env,
         workdir=spec.app.workdir or (workdir if workdir and workdir.startswith("/") else None),
@@ -73,8 +71,7 @@ def apply_image_config(spec: PodSpec, image_config: Mapping[str, Any]) -> PodSpe
         entrypoint=None,
     )
     labels = {str(key): str(value) for key, value in (config.get("Labels") or {}).items()}
-    return dataclasses.replace(
-        spec,
+    return spec._replace(
         app=app,
         labels=labels | spec.labels,
         stop_signal=spec.stop_signal or _stop_signal(config.get("StopSignal")),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.errors import SdrunError
 from sdrun.image.reference import DIGEST_PATTERN
@@ -33,13 +32,12 @@ class ImageFormatError(SdrunError):
     """A manifest, index or config that is not what the OCI spec says it must be."""
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(NamedTuple):
     media_type: str
     digest: str
     size: int
-    annotations: dict[str, str] = field(default_factory=dict)
-    platform: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, str] = {}  # noqa: RUF012 - never mutated: records are frozen
+    platform: dict[str, Any] = {}  # noqa: RUF012 - never mutated: records are frozen
 
     @property
     def hex(self) -> str:
@@ -71,8 +69,7 @@ class Descriptor:
         return data
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """An image manifest: its config and its layers, bottom first."""
 
     digest: str
@@ -128,8 +125,7 @@ def parse_index(raw: bytes, digest: str) -> list[Descriptor]:
     return [Descriptor.from_json(entry, f"index {digest} entry {n}") for n, entry in enumerate(manifests)]
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     os: str
     architecture: str
     variant: str | None = None

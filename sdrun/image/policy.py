@@ -20,8 +20,8 @@ and not to what is already in the store.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sdrun.errors import SdrunError
 from sdrun.image.reference import DIGEST_PATTERN, RegistryReference
@@ -31,12 +31,11 @@ class PolicyError(SdrunError):
     """The policy refuses a pull, or cannot be read."""
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     path: Path
     exists: bool = False
     trusted: tuple[str, ...] | None = None  # None: any registry
-    pinned: dict[str, frozenset[str]] = field(default_factory=dict)  # HOST/REPO -> digests
+    pinned: dict[str, frozenset[str]] = {}  # noqa: RUF012 - never mutated. HOST/REPO -> digests
 
     def check_registry(self, reference: RegistryReference) -> None:
         """Before anything is asked of the registry: is it one the policy trusts?"""

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class PullSettings:
+class PullSettings(NamedTuple):
     """The command line's side of sdrun.image.transfer.PullOptions."""
 
     platform: str | None = None  # OS/ARCH[/VARIANT]; a stored image of another platform is pulled again

@@ -8,8 +8,8 @@ oci:DIR[:REF]   oci-archive:FILE[:REF]   docker-archive:FILE[:NAME[:TAG]]
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sdrun.errors import SdrunError
 
@@ -26,8 +26,7 @@ class BadReference(SdrunError):
     """A reference that does not parse."""
 
 
-@dataclass(frozen=True)
-class RegistryReference:
+class RegistryReference(NamedTuple):
     """HOST/REPO plus a tag or a digest: where a registry keeps an image."""
 
     host: str  # as given, with its port; docker.io for the default registry
@@ -50,8 +49,7 @@ class RegistryReference:
         return self.digest or self.tag or DEFAULT_TAG
 
 
-@dataclass(frozen=True)
-class FileReference:
+class FileReference(NamedTuple):
     """An image in a local OCI layout, OCI archive or docker archive."""
 
     transport: str  # one of FILE_TRANSPORTS

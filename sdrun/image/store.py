@@ -23,9 +23,8 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from sdrun.debug import debug
 from sdrun.errors import NotFound, SdrunError
@@ -46,8 +45,7 @@ class TamperedBlob(SdrunError):
     """A blob whose content does not match its digest or size."""
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """An image in the store: its manifest, parsed config, and the names index.json gives it."""
 
     manifest: oci.Manifest

@@ -14,9 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from sdrun.errors import SdrunError
 from sdrun.image import oci
@@ -39,8 +38,7 @@ PARALLEL_LAYERS = 4
 BLOB_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class PullOptions:
+class PullOptions(NamedTuple):
     platform: oci.Platform | None = None  # None: the host's, and no check of a single-platform image
     tls_verify: bool | None = None  # None: verify, except for registries on loopback
     progress: TextIO | None = None  # where progress goes, when it is a terminal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -74,12 +73,12 @@ def _image_pod_parts(store: ImageStore, spec: PodSpec, image: Image) -> tuple[Po
     return apply_image_config(spec, image.config), PodImage(image.digest, name, lowers, exposed_ports(image.config))
 
 
-@dataclass
 class Usage:
     """Which pods use which image, and every tree some pod stacks."""
 
-    pods_by_image: dict[str, list[str]] = field(default_factory=dict)  # digest -> pod names
-    trees: set[Path] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.pods_by_image: dict[str, list[str]] = {}  # digest -> pod names
+        self.trees: set[Path] = set()
 
 
 def usage(paths: Paths) -> Usage:

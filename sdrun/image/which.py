@@ -17,8 +17,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.image.layers import OPAQUE_XATTR
 from sdrun.image.store import Image, ImageStore
@@ -28,8 +27,7 @@ BENEATH = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
 MAX_SYMLINKS = 40  # the kernel's limit on one path lookup
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     image: Image
     path: str  # as asked (or, for a NAME, as found)
     resolved: str  # the path with the symlinks on the way followed
@@ -96,8 +94,7 @@ def _is_whiteout(entry: os.stat_result) -> bool:
     return stat.S_ISCHR(entry.st_mode) and entry.st_rdev == 0
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     layer: int  # index into the stack, topmost first
     stat: os.stat_result
     below: tuple[int, ...]  # for a directory: the layers whose directories merge into it, topmost first

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sdrun.errors import SpecError
 from sdrun.linux.inroot import open_in_root
@@ -54,8 +54,7 @@ def find_executable(command: str, search_path: str, is_executable: Callable[[str
     raise SpecError(f"'{command}' not found in the container's rootfs", hint=f"searched {':'.join(candidates)}")
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     uid: int
     gid: int
     groups: tuple[int, ...] = ()

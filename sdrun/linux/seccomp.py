@@ -20,9 +20,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.errors import SpecError
 from sdrun.linux import caps
@@ -103,27 +102,24 @@ OPERATORS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_C
 MASKED_EQ = "SCMP_CMP_MASKED_EQ"
 
 
-@dataclass(frozen=True)
-class Condition:
-    index: int
+class Condition(NamedTuple):
+    argument: int  # which of the syscall's arguments (0-5) it tests
     operator: str  # an OPERATORS entry or MASKED_EQ
     value: int
     value_two: int = 0
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     names: tuple[str, ...]
     action: str  # a value of ACTIONS
     errno: int = EPERM
     conditions: tuple[Condition, ...] = ()
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     default_action: str
     default_errno: int = EPERM
-    rules: tuple[Rule, ...] = field(default=())
+    rules: tuple[Rule, ...] = ()
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -302,7 +298,7 @@ def compile_profile(profile: Profile) -> bytes:
         if action == default:
             continue  # libseccomp refuses a rule that repeats the default action
         arguments = [
-            pyseccomp.Arg(condition.index, operators[condition.operator], condition.value, condition.value_two)
+            pyseccomp.Arg(condition.argument, operators[condition.operator], condition.value, condition.value_two)
             for condition in rule.conditions
         ]
         for name in _known_syscalls(pyseccomp, rule.names):

@@ -13,9 +13,10 @@ import json
 import os
 import socket
 import struct
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from sdrun import records
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.net import DEFAULT, HOST, NONE, network_dir
 from sdrun.pod import write_file_atomically
@@ -28,8 +29,7 @@ RESERVED_NAMES = (HOST, NONE)
 MAX_PREFIX = 29  # a gateway and at least a handful of pods
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(NamedTuple):
     name: str
     subnet: str  # e.g. 10.87.0.0/16
     bridge: str
@@ -162,5 +162,5 @@ def _save(root: Path, network: Network) -> Network:
     path = definition_path(root, network.name)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(root / "net", 0o755)  # a pod in a user namespace reads its network's hosts file through it
-    write_file_atomically(path, json.dumps(asdict(network), indent=2) + "\n")
+    write_file_atomically(path, json.dumps(records.plain(network), indent=2) + "\n")
     return network

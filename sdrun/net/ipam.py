@@ -18,9 +18,10 @@ import ipaddress
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+from sdrun import records
 from sdrun.errors import SdrunError
 from sdrun.net import lease_path, network_dir
 from sdrun.net.config import Network
@@ -30,8 +31,7 @@ from sdrun.pod import write_file_atomically
 LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     pod: str  # the pod's UUID
     name: str  # the pod's name: how other pods on the network reach it
     hostname: str
@@ -39,10 +39,10 @@ class Lease:
     address: str
     netns: str
     veth: str
-    ports: tuple[PortMapping, ...] = field(default=())
+    ports: tuple[PortMapping, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps(records.plain(self), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Lease:

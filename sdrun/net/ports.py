@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sdrun.errors import SpecError
 
 PROTOCOLS = ("tcp", "udp")
 
 
-@dataclass(frozen=True)
-class PortMapping:
+class PortMapping(NamedTuple):
     host_port: int
     container_port: int
     protocol: str = "tcp"

@@ -18,8 +18,7 @@ import importlib
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.errors import BusUnavailable, NotFound, SdrunError
 from sdrun.imports import skip_package_init
@@ -73,8 +72,7 @@ class BusError(SdrunError):
         self.name = name
 
 
-@dataclass(frozen=True)
-class UnitStatus:
+class UnitStatus(NamedTuple):
     name: str
     load_state: str
     active_state: str

@@ -12,8 +12,7 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from systemd import _reader
 
@@ -23,8 +22,7 @@ JOURNALD_VARLINK = "/run/systemd/journal/io.systemd.journal"
 JOURNAL_DIRECTORIES = ("/run/log/journal", "/var/log/journal")  # each holds a directory per machine ID
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     message: bytes
     realtime_usec: int
     fields: dict[str, bytes]

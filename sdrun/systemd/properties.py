@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.errors import SdrunError
 from sdrun.net import hook as network_hook
@@ -167,8 +166,7 @@ def property_names(properties: Sequence[Property]) -> list[str]:
 # --- the same properties as unit-file lines ---
 
 
-@dataclass(frozen=True)
-class UnitKey:
+class UnitKey(NamedTuple):
     """How one D-Bus property is written in a unit file: its section, its key, and its values
     in unit-file syntax, one line each (sdrun.systemd.unitfile quotes and escapes them)."""
 

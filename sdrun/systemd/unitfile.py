@@ -12,7 +12,7 @@ What needs escaping, per systemd.unit(5) and systemd.service(5):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sdrun.errors import SdrunError
 
@@ -23,8 +23,7 @@ NO_SPECIFIERS = frozenset({"CPUQuota", "MemoryMax", "TasksMax"})
 C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """An Exec*= command: prefix characters (+, -, :, !), the executable and the full argv."""
 
     executable: str
@@ -32,10 +31,10 @@ class Command:
     prefix: str = ""
 
 
-@dataclass
 class UnitFile:
-    header: tuple[str, ...] = ()  # comment lines at the top
-    sections: dict[str, list[tuple[str, str | Command]]] = field(default_factory=dict)
+    def __init__(self, header: Sequence[str] = ()) -> None:
+        self.header = tuple(header)  # comment lines at the top
+        self.sections: dict[str, list[tuple[str, str | Command]]] = {}
 
     def add(self, section: str, key: str, value: str | Command) -> UnitFile:
         self.sections.setdefault(section, []).append((key, value))

@@ -12,8 +12,8 @@ import lzma
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sdrun.errors import SdrunError
 
@@ -27,8 +27,7 @@ GUEST_MODULES = ("virtio_pci", "virtio_console", "virtiofs", "qemu_fw_cfg", "vir
 DIRECTORIES = ("bin", "dev", "proc", "sys", "run", "root", "lib", "lib/modules", "etc")
 
 
-@dataclass(frozen=True)
-class Kernel:
+class Kernel(NamedTuple):
     image: Path
     version: str
 

@@ -14,8 +14,8 @@ import os
 import platform
 import shlex
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sdrun.errors import SdrunError
 from sdrun.spec import PodSpec
@@ -44,8 +44,7 @@ PROBE_MARKER = b"sdrun probe: the guest init runs"
 PROBE_VERSION = "2"
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(NamedTuple):
     """A virtio-serial port: its name in the guest and the qemu chardev behind it."""
 
     name: str

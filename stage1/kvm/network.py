@@ -16,9 +16,8 @@ import json
 import os
 import struct
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdrun.errors import SdrunError
 from sdrun.linux import syscalls as sc
@@ -30,8 +29,7 @@ TAP_NAME = "sdrun-tap0"
 FIRST_FREE_FD = 10
 
 
-@dataclass(frozen=True)
-class GuestNetwork:
+class GuestNetwork(NamedTuple):
     tap_fd: int
     mac: str
     address: str  # ADDRESS/PREFIX

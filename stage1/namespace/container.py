@@ -8,9 +8,8 @@ fourteen capabilities, a seccomp allowlist), each overridable from the spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdrun.errors import SpecError
 from sdrun.linux import caps
@@ -69,18 +68,16 @@ USERNS_FIRST_BASE = 0x80000  # leave the first 512K ids to the host, as nspawn d
 USERNS_BASES = 0x6FFF  # bases to pick from: up to 0x6FFF0000 + 0x80000
 
 
-@dataclass(frozen=True)
-class UserNamespace:
+class UserNamespace(NamedTuple):
     base: int  # the host uid (and gid) that root in the container is
-    count: int
+    size: int  # how many ids, from base
 
     @property
     def map(self) -> str:
-        return f"0 {self.base} {self.count}\n"
+        return f"0 {self.base} {self.size}\n"
 
 
-@dataclass(frozen=True)
-class ContainerPlan:
+class ContainerPlan(NamedTuple):
     """Relative paths are relative to the pod's stage1 directory, the entry's working directory:
     a container root in a user namespace could not traverse the pod directory (0700) above it."""
 
@@ -112,7 +109,7 @@ class ContainerPlan:
             "lockdown": [operation.to_plan() for operation in self.lockdown],
             "capabilities": caps.mask(self.capabilities),
             "seccomp": self.seccomp_filter,
-            "userns": None if userns is None else [userns.base, userns.count],
+            "userns": None if userns is None else [userns.base, userns.size],
             "host_network": self.host_network,
             "netns": self.netns,
             "init": self.init,
