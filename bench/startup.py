@@ -19,8 +19,13 @@ from bench.core import (
 )
 from bench.stats import Summary, format_number
 
-# What the CLI imports on every start, and what the fly stage1's entry imports inside the unit.
-IMPORTS = {"sdrun CLI (sdrun.cli)": "sdrun.cli", "fly stage1 entry (in the unit)": "stage1.fly.entry"}
+# What `sdrun run` imports on every start (a plain one is read without click: sdrun.cli.runcommand),
+# and what the stage1 entries import inside the unit.
+IMPORTS = {
+    "sdrun run (sdrun.cli.runcommand, sdrun.run)": "sdrun.cli.runcommand, sdrun.run",
+    "namespace stage1 entry (in the unit)": "stage1.namespace.launch",
+    "fly stage1 entry (in the unit, image pods)": "stage1.fly.entry",
+}
 HELP_PEERS = ("podman", "crun", "runc", "systemd-run", "systemd-nspawn", "bwrap")
 
 

@@ -49,6 +49,7 @@ def main() -> None:
 
     import sdrun.cli
     from sdrun import run as running
+    from sdrun.cli import runcommand  # noqa: F401 - the fast path of `run` imports it first
     from sdrun.pod import PodStore
     from sdrun.systemd import bus
 
@@ -76,11 +77,7 @@ def main() -> None:
         return status
 
     running._follow_in_foreground = follow_then_read_unit  # type: ignore[assignment]
-    code = 0
-    try:
-        sdrun.cli.main(args, prog_name="sdrun", standalone_mode=False)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+    code = sdrun.cli.run_command_line(args)
     events.append(("end", time.monotonic_ns()))
     with open(out, "w") as stream:
         json.dump({"events": events, "unit": unit_times, "exit_status": code}, stream)

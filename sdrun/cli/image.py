@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sdrun.cli import Context, main, pass_context
+from sdrun.cli.commands import Context, main, pass_context
 from sdrun.errors import SdrunError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sdrun.cli import Context, main, pass_context
+from sdrun.cli.commands import Context, main, pass_context
 from sdrun.errors import SdrunError
 from sdrun.net import DEFAULT
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from sdrun.cli import DEFAULT_STAGE1, Context, main, pass_context, spec_from_run_options, with_systemd
+from sdrun.cli.commands import Context, given_options, main, pass_context, with_systemd
+from sdrun.cli.runcommand import DEFAULT_STAGE1, spec_from_run_options
 from sdrun.errors import SdrunError, SpecError
 from sdrun.spec import PodSpec, check_settings, parse_name
 
@@ -47,7 +48,8 @@ def _spec_from(click_ctx: click.Context, options: dict[str, Any]) -> PodSpec:
     spec_file, args = options.pop("spec_file"), options.pop("args")
     flags = {key: value for key, value in options.items() if key not in unit_keys}
     # As for the generator, a spec file names its pod unless it says otherwise.
-    spec = spec_from_run_options(click_ctx, spec_file, args, flags, spec_file.stem if spec_file else None)
+    given = given_options(click_ctx, flags)
+    spec = spec_from_run_options(spec_file, args, given, spec_file.stem if spec_file else None)
     checked: dict[str, Any] = check_settings(settings, "command line")
     return spec._replace(service=spec.service._replace(**checked)) if checked else spec
 

@@ -1,0 +1,355 @@
+"""The `sdrun` command line in click: thin verbs over the library. A plain `sdrun run` is read
+without click (sdrun.cli.runcommand); every other command line comes here."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from sdrun import manage
+from sdrun.cli import errors_reported, runcommand
+from sdrun.cli.runcommand import RunOption, without_separator
+from sdrun.errors import NotFound, SdrunError
+from sdrun.net import pod_address
+from sdrun.paths import Paths
+from sdrun.pod import Pod, PodStore
+
+if TYPE_CHECKING:
+    from sdrun.systemd.bus import Systemd
+
+T = TypeVar("T")
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class Context(NamedTuple):
+    paths: Paths
+    debug: bool
+
+    @property
+    def store(self) -> PodStore:
+        return PodStore(self.paths)
+
+
+class SdrunGroup(click.Group):
+    """Turns SdrunError into one line on stderr; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with errors_reported(debug=_debugging(ctx), passed_on=CLICK_EXITS):
+            return super().invoke(ctx)
+
+
+# How click itself leaves (--help, a usage error, ^C at a prompt): click prints those.
+CLICK_EXITS = (click.exceptions.Exit, click.ClickException, click.exceptions.Abort)
+
+
+def _debugging(ctx: click.Context) -> bool:
+    return isinstance(ctx.obj, Context) and ctx.obj.debug
+
+
+def with_systemd(action: Callable[[Systemd], T]) -> T:
+    """Run action with a connection to systemd, closed afterwards."""
+    from sdrun.systemd.bus import Systemd
+
+    systemd = Systemd.connect()
+    try:
+        return action(systemd)
+    finally:
+        systemd.close()
+
+
+@click.group(cls=SdrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(path_type=Path), envvar="SDRUN_ROOT", help="State directory [/var/lib/sdrun].")
+@click.option("--debug", is_flag=True, help="Show tracebacks and what each step does.")
+@click.pass_context
+def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
+    """sdrun: containers as systemd units, with no daemon of their own."""
+    if debug:
+        import logging
+
+        logging.basicConfig(format="sdrun: %(message)s")
+        logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 is chatty
+    ctx.obj = Context(Paths.from_env(root), debug)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+# --- run ---
+
+
+def run_option(option: RunOption) -> Callable[[click.Command], click.Command]:
+    """The click option for one entry of runcommand.RUN_OPTIONS."""
+    kinds: dict[str, dict[str, Any]] = {
+        runcommand.VALUE: {},
+        runcommand.MULTIPLE: {"multiple": True},
+        runcommand.FLAG: {"is_flag": True, "default": None if option.setting else False},
+        runcommand.PATH: {"type": click.Path(path_type=Path)},
+        runcommand.BOOLEAN: {"type": click.BOOL, "default": None},
+        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied},
+    }
+    return click.option(*option.names, option.dest, help=option.help, metavar=option.metavar, **kinds[option.kind])
+
+
+def given_options(click_ctx: click.Context, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options the command line (or the environment) gave, without click's defaults."""
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name: value for name, value in options.items() if click_ctx.get_parameter_source(name) in sources}
+
+
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(runcommand.RUN_OPTIONS):
+        command = run_option(option)(command)  # type: ignore[arg-type]
+    return command
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@with_run_options
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(click_ctx: click.Context, /, args: tuple[str, ...], **options: Any) -> None:
+    """Run a container: sdrun run [OPTIONS] (--rootfs DIR | IMAGE) [-- CMD ARGS...]"""
+    ctx: Context = click_ctx.obj
+    sys.exit(runcommand.run_verb(ctx.paths, given_options(click_ctx, options), args))
+
+
+# --- inspecting ---
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def list_pods(ctx: Context, as_json: bool) -> None:
+    """List pods and their state."""
+
+    pod_views = with_systemd(lambda systemd: manage.views(systemd, ctx.store.all()))
+    if as_json:
+        click.echo(json.dumps([pod_view.to_json() for pod_view in pod_views], indent=2))
+        return
+    rows = [("UUID", "NAME", "STATE", "STAGE1", "SOURCE", "IP", "PORTS", "COMMAND")]
+    for pod_view in pod_views:
+        spec = pod_view.pod.spec
+        state = pod_view.state
+        if (record := pod_view.pod.exit_record()) is not None and state in ("exited", "failed"):
+            state = f"{state} ({record.exit_status})"
+        source = spec.image or spec.rootfs or ""
+        address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
+        command = " ".join(spec.app.argv)
+        rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, address, ports, command))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+@main.command()
+@click.argument("pod_ref", metavar="POD")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
+    """Show a pod's state, unit and exit status."""
+    pod = ctx.store.get(pod_ref)
+    details = with_systemd(lambda systemd: manage.status_details(systemd, pod))
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return
+    for key, value in details.items():
+        if value not in (None, {}, []):
+            click.echo(f"{key}: {value}")
+
+
+# --- changing ---
+
+
+@main.command()
+@click.argument("pod_ref", metavar="POD")
+@pass_context
+def stop(ctx: Context, pod_ref: str) -> None:
+    """Stop a pod: systemd sends the stop signal, then SIGKILL after the timeout."""
+    pod = ctx.store.get(pod_ref)
+    with_systemd(lambda systemd: manage.stop(systemd, pod))
+    click.echo(pod.name)
+
+
+@main.command()
+@click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, help="Signal name or number.")
+@click.argument("pod_ref", metavar="POD")
+@pass_context
+def kill(ctx: Context, signal_name: str, pod_ref: str) -> None:
+    """Send a signal to every process of a pod."""
+    pod = ctx.store.get(pod_ref)
+    with_systemd(lambda systemd: manage.kill(systemd, pod, signal_name))
+    click.echo(pod.name)
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True, help="Kill the pod first if it is running.")
+@click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
+@pass_context
+def rm(ctx: Context, force: bool, pod_refs: tuple[str, ...]) -> None:
+    """Remove pods and everything they left on the host."""
+    pods = [ctx.store.get(ref) for ref in pod_refs]
+
+    def remove_all(systemd: Systemd) -> None:
+        for pod in pods:
+            manage.remove(systemd, ctx.store, pod, force=force)
+            click.echo(pod.name)
+
+    with_systemd(remove_all)
+
+
+@main.command()
+@pass_context
+def gc(ctx: Context) -> None:
+    """Remove every pod that has ended, and what interrupted runs left behind."""
+    for removed in with_systemd(lambda systemd: manage.gc(systemd, ctx.store)):
+        click.echo(f"removed {removed}")
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.argument("pod_ref", metavar="POD")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
+    """Run a command inside a running pod [/bin/sh]."""
+    pod = ctx.store.get(pod_ref)
+    argv = list(without_separator(command)) or ["/bin/sh"]
+    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv)))
+
+
+# --- logs ---
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), help="Show only the last N lines.")
+@click.option("--since", metavar="TIME", help="Lines from TIME: 2024-05-01[T12:00[:00]], or 10m, 2h, 1d ago.")
+@click.option("--until", metavar="TIME", help="Lines up to TIME (same forms as --since).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: every journal field.")
+@click.option("--all", "all_pods", is_flag=True, help="The lines of every pod, each after its pod's name.")
+@click.argument("pod_ref", metavar="POD", required=False)
+@pass_context
+def logs(
+    ctx: Context,
+    follow: bool,
+    lines: int | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    all_pods: bool,
+    pod_ref: str | None,
+) -> None:
+    """Print a pod's output from the journal (also for removed pods, by UUID)."""
+    from sdrun.systemd import journal
+
+    if bool(pod_ref) == all_pods:
+        raise SdrunError("give one POD, or --all")
+    names_by_uuid: Mapping[str, str] | None = None  # --all: each line after its pod's name
+    if all_pods:  # every pod of this root, removed ones too
+        names_by_uuid = {pod.uuid: pod.name for pod in ctx.store.all()}
+        log = journal.PodJournal.of_root(str(ctx.paths.root))
+        pod = None
+    else:
+        pod = _pod_or_none(ctx, str(pod_ref))
+        log = journal.PodJournal(pod.uuid if pod else str(pod_ref))
+    until_usec = _journal_time(until) if until else None
+    if since:
+        log.seek_realtime(_journal_time(since))
+    elif lines is not None:
+        log.seek_last(lines)
+    else:
+        log.seek_head()
+    read = log.entries_with_fields if (as_json or all_pods) else log.entries
+    first = read(until_usec)
+    if since and lines is not None:  # the last N of those since TIME, as journalctl -n with --since
+        first = iter(collections.deque(first, maxlen=lines))
+    render = functools.partial(_log_line, as_json=as_json, names=names_by_uuid)
+    _print_entries(first, render)
+    if follow:
+        _follow_logs(log, lambda: read(until_usec), render, until_usec, pod)
+
+
+def _print_entries(entries: Iterable[Any], render: Callable[[Any], bytes]) -> None:
+    out = sys.stdout.buffer
+    for entry in entries:
+        out.write(render(entry) + b"\n")
+    out.flush()
+
+
+def _follow_logs(
+    log: Any, new_entries: Callable[[], Iterable[Any]], render: Callable[[Any], bytes], until_usec: int | None,
+    pod: Pod | None,
+) -> None:  # fmt: skip
+    """Print new lines as they come; for one pod, until it has ended (a restarting pod has not:
+    its unit says), or until --until has passed."""
+    import time
+
+    from sdrun.systemd import journal
+    from sdrun.systemd.bus import Systemd
+
+    systemd = Systemd.connect() if pod is not None else None
+    while True:
+        log.wait(1_000_000)
+        _print_entries(new_entries(), render)
+        if until_usec is not None and time.time() * 1_000_000 > until_usec:
+            return
+        if pod is not None and systemd is not None and not manage.view(systemd, pod).running:
+            journal.synchronize()  # journald answers once it has written the pod's last lines
+            log.refresh()
+            _print_entries(new_entries(), render)
+            return
+
+
+def _log_line(entry: Any, *, as_json: bool, names: Mapping[str, str] | None) -> bytes:
+    if as_json:
+        fields = {
+            key: value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            for key, value in entry.fields.items()
+        }
+        return json.dumps({"__REALTIME_TIMESTAMP": str(entry.realtime_usec), **fields}, sort_keys=True).encode()
+    if names is not None:  # a removed pod's name is the journal's SYSLOG_IDENTIFIER
+        pod_uuid = _text(entry.fields.get("SDRUN_POD", b""))
+        name = names.get(pod_uuid) or _text(entry.fields.get("SYSLOG_IDENTIFIER", b"")) or pod_uuid[:8]
+        return name.encode() + b" | " + bytes(entry.message)
+    return bytes(entry.message)
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _journal_time(text: str) -> int:
+    """Microseconds since the epoch: an ISO 8601 time (local), or a span ago (30s, 10m, 2h, 1d)."""
+    import time
+    from datetime import datetime
+
+    spans = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    span = text.strip().removesuffix(" ago").removeprefix("-")
+    if span[:-1].isdigit() and span[-1:] in spans:
+        return round((time.time() - int(span[:-1]) * spans[span[-1]]) * 1_000_000)
+    try:
+        return round(datetime.fromisoformat(text).timestamp() * 1_000_000)
+    except ValueError:
+        raise SdrunError(f"invalid time '{text}': expected e.g. 2024-05-01T12:00, 10m or 2h") from None
+
+
+def _pod_or_none(ctx: Context, ref: str) -> Pod | None:
+    """The pod ref names; None for the UUID of a removed one, whose lines the journal keeps."""
+    try:
+        return ctx.store.get(ref)
+    except NotFound:
+        if UUID_PATTERN.fullmatch(ref):
+            return None
+        raise
+
+
+from sdrun.cli import image as _image  # noqa: E402,F401
+from sdrun.cli import network as _network  # noqa: E402,F401
+from sdrun.cli import units as _units  # noqa: E402,F401
