@@ -173,11 +173,12 @@ def pod_units(spec: PodSpec, paths: Paths, *, scratch: Path | None = None) -> Po
     sdrun = [sdrun_command(), "--root", str(paths.root)]
     prepare = [*sdrun, "prepare", f"--uuid={pod.uuid}", "--", *spec_arguments(spec)]
     unit_properties = [
-        *properties.pod_service_properties(pod, plan, start_pre=[properties.exec_command(prepare)]),
+        # Privileged ("+"): sdrun's own commands run as root whatever User= the stage1 gives the app.
+        *properties.pod_service_properties(pod, plan, start_pre=[properties.exec_command(prepare, ["privileged"])]),
         (
             "ExecStartPostEx",
             "a(sasas)",
-            [properties.exec_command([*sdrun, "register-machine", pod.uuid], ["ignore-failure"])],
+            [properties.exec_command([*sdrun, "register-machine", pod.uuid], ["ignore-failure", "privileged"])],
         ),
         *_companion_dependencies(spec),
     ]

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sdrun.errors import SdrunError
+from sdrun.linux.syscalls import RLIMIT_NAMES
 from sdrun.net import hook as network_hook
 from sdrun.net import on_network
 from sdrun.paths import Paths
 from sdrun.pod import Pod, unit_name
 from sdrun.systemd.bus import Property
-from sdrun.systemd.unitfile import Command
+from sdrun.systemd.unitfile import Command, quote_unexpanded
 from stage1.interface import UnitPlan
 
 SLICE = "machine.slice"
@@ -210,6 +211,51 @@ def _commands(flag_prefixes: Callable[[Any], str]) -> Callable[[Any], list[Any]]
     return lambda commands: [Command(command[0], tuple(command[1]), flag_prefixes(command)) for command in commands]
 
 
+def _assignments(assignments: Any) -> list[Any]:
+    """Environment=: one VAR=VALUE a line, quoted (with C escapes) where it needs it."""
+    return [quote_unexpanded(assignment) for assignment in assignments]
+
+
+MS_REC = 0x4000  # BindPaths= flags: a recursive bind
+
+
+def _bind_paths(binds: Any) -> list[Any]:
+    """BindPaths= lines, `[-]SOURCE:DEST:rbind|norbind`, from a(ssbt) (source, dest, ignore-enoent, flags)."""
+    lines = []
+    for source, destination, ignore_missing, flags in binds:
+        if ":" in source + destination:
+            raise SdrunError(f"cannot write bind {source}:{destination} in a unit file: its path has a ':'")
+        option = "rbind" if flags & MS_REC else "norbind"
+        lines.append(quote_unexpanded(f"{'-' if ignore_missing else ''}{source}:{destination}:{option}"))
+    return lines
+
+
+RLIM_INFINITY = (1 << 64) - 1  # (rlim_t) -1, as systemd's Limit*= properties take it
+
+
+def _limit(value: Any) -> list[Any]:
+    """LimitX=: the limit, or SOFT:HARD for the pair _pair_soft_limits makes; infinity for (rlim_t) -1."""
+    values = value if isinstance(value, tuple) else (value,)
+    return [":".join("infinity" if limit == RLIM_INFINITY else str(limit) for limit in values)]
+
+
+def _pair_soft_limits(properties: Sequence[Property]) -> list[Property]:
+    """On D-Bus LimitNOFILE= is the hard limit and LimitNOFILESoft= the soft one; a unit file says
+    both in one LimitNOFILE=SOFT:HARD. Each soft limit joins its hard one as a (soft, hard) pair."""
+    hard = {name for name, _, _ in properties if name in HARD_LIMITS}
+    soft = {base: value for name, _, value in properties if (base := name.removesuffix("Soft")) in hard}
+    paired: list[Property] = []
+    for name, signature, value in properties:
+        if name.endswith("Soft") and name.removesuffix("Soft") in hard:
+            continue  # written with its hard limit
+        if name in soft:
+            paired.append((name, "(tt)", (soft[name], value)))
+        else:
+            paired.append((name, signature, value))
+    return paired
+
+
+HARD_LIMITS = frozenset(f"Limit{name.upper()}" for name in RLIMIT_NAMES)
 EXEC_FLAG_PREFIXES = {"ignore-failure": "-", "privileged": "+", "no-env-expand": ":", "no-setuid": "!"}
 
 
@@ -255,13 +301,24 @@ UNIT_KEYS: dict[str, UnitKey] = {
     "DeviceAllow": UnitKey(SERVICE, "DeviceAllow", lambda devices: [f"{path} {access}" for path, access in devices]),
     "SELinuxContext": UnitKey(SERVICE, "SELinuxContext", _text),
     "AppArmorProfile": UnitKey(SERVICE, "AppArmorProfile", lambda pair: [("-" if pair[0] else "") + pair[1]]),
+    "RootDirectory": UnitKey(SERVICE, "RootDirectory", _text),
+    "RootDirectoryStartOnly": UnitKey(SERVICE, "RootDirectoryStartOnly", _boolean),
+    "MountAPIVFS": UnitKey(SERVICE, "MountAPIVFS", _boolean),
+    "BindPaths": UnitKey(SERVICE, "BindPaths", _bind_paths),
+    "User": UnitKey(SERVICE, "User", _text),
+    "Group": UnitKey(SERVICE, "Group", _text),
+    "SupplementaryGroups": UnitKey(SERVICE, "SupplementaryGroups", lambda groups: [" ".join(groups)]),
+    "WorkingDirectory": UnitKey(SERVICE, "WorkingDirectory", _text),
+    "Environment": UnitKey(SERVICE, "Environment", _assignments),
+    "UnsetEnvironment": UnitKey(SERVICE, "UnsetEnvironment", lambda names: [" ".join(names)]),
+    **{name: UnitKey(SERVICE, name, _limit) for name in HARD_LIMITS},
 }
 
 
 def unit_file_entries(properties: Sequence[Property]) -> list[tuple[str, str, str | Command]]:
     """(section, key, value) for each property, in order."""
     entries: list[tuple[str, str, str | Command]] = []
-    for name, signature, value in properties:
+    for name, signature, value in _pair_soft_limits(properties):
         unit_key = UNIT_KEYS.get(name)
         if unit_key is None:
             raise SdrunError(f"property {name} ({signature}) has no unit-file form", hint="add it to UNIT_KEYS")

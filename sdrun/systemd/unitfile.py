@@ -88,7 +88,11 @@ def command_line(command: Command) -> str:
 
 
 def quote_word(word: str) -> str:
-    word = word.replace("%", "%%")
+    return quote_unexpanded(word.replace("%", "%%"))
+
+
+def quote_unexpanded(word: str) -> str:
+    """A word as quote_word writes it, its `%` left as it is (for a value plain_value escapes)."""
     if word and word != ";" and set(word) <= PLAIN_WORD:
         return word
     escaped = "".join(C_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if _control(char) else char) for char in word)

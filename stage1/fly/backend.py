@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
-from stage1.app import exec_app, resolve_app, resolve_pod_app
+from stage1.app import ResolvedApp, exec_app, resolve_app, resolve_pod_app
 from stage1.fly import entry
+from stage1.fly.native import native_obstacle, native_plan
 from stage1.interface import Stage1, UnitPlan, entry_command
 
 if TYPE_CHECKING:
@@ -26,7 +27,11 @@ class Fly(Stage1, name="fly"):
             raise SpecError(f"--net {pod.spec.net} needs network isolation: fly shares the host's (--net host)")
         if pod.spec.service.notify:
             raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-        write_plan(pod)
+        app = resolve_pod_app(pod)  # before the unit exists: a bad command or user fails here
+        if pod.spec.rootfs is not None and native_obstacle(pod, app) is None:
+            return native_plan(pod.spec.rootfs, app)  # no stage1 process: systemd sets the app up
+        # The other pods (image pods, volumes...: native_obstacle says why) keep the Python entry.
+        write_plan(pod, app)
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
         properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
@@ -45,10 +50,11 @@ class Fly(Stage1, name="fly"):
         exec_app(app, tuple(argv))
 
 
-def write_plan(pod: Pod) -> Path:
+def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:
     """Everything the entry needs, resolved: it reads this instead of the pod manifest. An image
     pod's root is an overlay of its layer trees, which the entry mounts (rootfs_overlay)."""
-    app = resolve_pod_app(pod)  # before the unit exists: a bad command or user fails here
+    if app is None:
+        app = resolve_pod_app(pod)
     overlay = None
     if pod.spec.rootfs is None:
         from stage1.rootfs import pod_overlay
