@@ -108,10 +108,33 @@ def _start_service(
     try:
         systemd.wait_for_job(job, f"starting {pod.unit}")
     except JobFailed as failure:
-        raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
+        if not (("Type", "s", "exec") in plan.properties and _the_app_ran(systemd, pod)):
+            raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
         machined.register(systemd, pod)  # best effort; machined forgets it when the unit stops
     return done_meanwhile
+
+
+# systemd's own exit statuses for a process that failed before its exec (EXIT_CHDIR, EXIT_EXEC,
+# EXIT_USER...: systemd.exec(5), "Process Exit Codes").
+SPAWN_FAILURES = range(200, 244)
+CLD_EXITED = 1
+
+
+def _the_app_ran(systemd: Systemd, pod: Pod) -> bool:
+    """Whether a Type=exec unit whose start job failed did exec its app. systemd 252 handles a main
+    process's exit before the news of its exec when both are pending: an app that fails at once
+    fails its start job too, though it ran (then it is no start failure, as for a stage1 that said
+    READY=1). Only systemd's own statuses tell of a failure before the exec."""
+    try:
+        exited = int(systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")) == CLD_EXITED
+        status = str(systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus"))
+    except SdrunError:  # collected already (run -d): the exit record tells, if the pod is still there
+        record = pod.exit_record()
+        if record is None:
+            return True  # stage0 checked what systemd would (executable, user): the likely case
+        exited, status = record.code == "exited", record.status
+    return not (exited and status.isdigit() and int(status) in SPAWN_FAILURES)
 
 
 def _wait_until_only_the_app_runs(systemd: Systemd, pod: Pod) -> None:
