@@ -12,8 +12,8 @@ included. RootDirectoryStartOnly= keeps that command at the host's root, but
 its BindPaths= are still mounted there, at the host's paths: harmless for
 /proc, /sys and /dev bound onto themselves, not for a volume, whose target
 would be created (and covered) on the host. So pods with volumes, and pods
-whose credentials or environment systemd cannot express (native_obstacle),
-keep the entry.
+whose credentials, environment or mount points systemd cannot handle as the
+entry does (native_obstacle), keep the entry.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import grp
 import os
 import pwd
 import re
+import stat
 from typing import TYPE_CHECKING
 
 from sdrun.linux import syscalls as sc
@@ -52,11 +53,23 @@ def native_obstacle(pod: Pod, app: ResolvedApp) -> str | None:
     """Why systemd alone cannot run this pod's app as the entry would, or None if it can."""
     if pod.spec.rootfs is None:
         return "an image pod's root is an overlay that the entry mounts"
+    if not all(_is_plain_directory(pod.spec.rootfs + path) for path in HOST_API_FILESYSTEMS):
+        return "systemd 252 would follow a link on /proc, /sys or /dev out of the root"
     if pod.spec.app.volumes:
         return "systemd 252 would mount the volumes at the host's paths for ExecStopPost="
     if not all(ENV_NAME.fullmatch(name) for name in app.env):
         return "systemd takes only shell variable names in Environment="
     return _credentials_obstacle(app)
+
+
+def _is_plain_directory(path: str) -> bool:
+    """A mount point systemd can bind on. For one that is missing or a link (even one that stays
+    in the root), 252 creates and mounts on what the link names seen from the host's root: a
+    rootfs with /sys -> ../../../tmp/x would make /tmp/x on the host. The entry keeps them inside."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _credentials_obstacle(app: ResolvedApp) -> str | None:
