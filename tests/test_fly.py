@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +134,21 @@ def test_a_fly_rootfs_whose_sys_links_out_of_it_keeps_the_entry_and_stays_inside
     assert "mm" in result.stdout.split()
     assert not Path("/tmp", escape).exists()
     assert (private_rootfs / "tmp" / escape).is_dir()  # the mount point the entry made, inside the root
+
+
+def test_an_installed_fly_unit_runs_its_app_as_its_user_and_sdrun_as_root(sdrun: Sdrun, rootfs: Path) -> None:
+    """The unit file says User=: sdrun's own ExecStartPre= (prepare) and ExecStartPost= must not run as it."""
+    name = unique_name("fly")
+    unit = f"sdrun-{name}.service"
+    script = "id -u; ulimit -Hn; echo $GREETING; exec sleep 300"
+    options = ("-u", "nobody", "--ulimit", "nofile=900:1900", "-e", "GREETING=a b $c %d")
+    sdrun("install", name, *FLY, *options, "--rootfs", str(rootfs), "--", "sh", "-c", script)
+    try:
+        subprocess.run(["systemctl", "start", unit], check=True, capture_output=True)
+        main_pid = int(systemctl_show(unit, "MainPID")["MainPID"])
+        assert os.path.samestat(os.stat(f"/proc/{main_pid}/exe"), os.stat(rootfs / "bin" / "busybox"))
+        assert os.stat(f"/proc/{main_pid}").st_uid == NOBODY
+        wait_for(lambda: len(sdrun("logs", name).stdout.splitlines()) == 3)
+        assert sdrun("logs", name).stdout.splitlines() == [str(NOBODY), "1900", "a b $c %d"]
+    finally:
+        sdrun("uninstall", name, check=False)
