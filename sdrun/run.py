@@ -140,7 +140,8 @@ def _the_app_ran(systemd: Systemd, pod: Pod) -> bool:
 def _wait_until_only_the_app_runs(systemd: Systemd, pod: Pod) -> None:
     """A stage1 entry that does not become the app tells systemd the app's PID (MAINPID=), and
     systemd reports the unit started while the entry is still on its way out. Return once it
-    is gone, so that `run -d` leaves nothing of sdrun's beside the app (and its children)."""
+    is gone, so that `run -d` leaves nothing of sdrun's beside the app (and its children). A Type=exec
+    unit whose main process is the app (fly's --rootfs pods) passes the first check."""
     import time
 
     deadline = time.monotonic() + LONE_APP_TIMEOUT
