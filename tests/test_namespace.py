@@ -746,6 +746,8 @@ def test_a_dangling_resolv_conf_link_gets_the_pods_file(sdrun: Sdrun, private_ro
     resolv_conf = private_rootfs / "etc" / "resolv.conf"
     resolv_conf.unlink(missing_ok=True)
     resolv_conf.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    # The copy's source is shared: a fly pod run on it leaves systemd's empty /run/systemd/incoming.
+    shutil.rmtree(private_rootfs / "run" / "systemd", ignore_errors=True)
     host = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
     assert shell(sdrun, private_rootfs, "cat /run/systemd/resolve/stub-resolv.conf") == host
     assert not (private_rootfs / "run" / "systemd").exists()  # made in the pod's own layer
