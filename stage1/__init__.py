@@ -1,7 +1,8 @@
 """stage1: the backends that isolate a pod, behind one versioned interface (docs/stage1.md).
 
 This package's own module holds only the exec contract of the in-unit entries,
-`python -m stage1.<backend> run --interface=N POD_DIR`, and imports nothing
+`python -m stage1.<backend> run --interface=N POD_DIR` (units start it as `python -S -P -c`:
+see stage1.interface.entry_command), and imports nothing
 heavy: every unit imports it before its app runs. The interface stage0 uses
 (Stage1, UnitPlan, the registry) lives in stage1.interface.
 """
@@ -25,7 +26,7 @@ EXIT_STAGE1_FAILED = 125  # as sdrun.errors.EXIT_RUNTIME_ERROR: the runtime, not
 def entry_pod_dir(argv: list[str]) -> str:
     """The pod directory an entry was started for; exit 125 with a usage line if argv breaks the contract."""
     if len(argv) != 4 or argv[1] != "run" or argv[2] != f"--interface={INTERFACE_VERSION}":
-        sys.stderr.write(f"usage: {argv[0]} run --interface={INTERFACE_VERSION} POD_DIR\n")
+        sys.stderr.write(f"usage: python -m stage1.BACKEND run --interface={INTERFACE_VERSION} POD_DIR\n")
         sys.exit(EXIT_STAGE1_FAILED)
     return argv[3]
 

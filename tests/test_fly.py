@@ -98,7 +98,7 @@ def test_a_fly_app_whose_ids_the_host_does_not_know_keeps_the_entry(sdrun: Sdrun
         passwd.write("stranger:x:4242:4242:stranger:/:/bin/sh\n")
     name = unique_name("fly")
     main_pid = run_detached(sdrun, name, private_rootfs, "-u", "stranger")
-    assert "-m stage1.fly run" in main_command(name)
+    assert "import stage1.fly.__main__" in main_command(name)
     wait_for(lambda: Path(f"/proc/{main_pid}/cmdline").read_bytes() == b"sleep\x00300\x00")  # the entry exec'd it
     assert os.stat(f"/proc/{main_pid}").st_uid == 4242
     sdrun("rm", "-f", name)

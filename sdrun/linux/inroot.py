@@ -3,15 +3,13 @@
 Every lookup goes through openat2(RESOLVE_IN_ROOT): an absolute symlink in the
 image such as /etc -> /host/etc resolves inside the root, never on the host.
 Mounts land on /proc/self/fd/N of such a lookup, so no symlink can redirect
-them either. This module stays light (no pathlib, no dataclasses): the stage1
+them either. This module stays light (no pathlib, dataclasses or contextlib): the stage1
 entries import it inside every unit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 from sdrun.errors import SdrunError
 from sdrun.linux import syscalls as sc
@@ -19,18 +17,23 @@ from sdrun.linux import syscalls as sc
 StrPath = str | os.PathLike[str]
 
 
-@contextlib.contextmanager
-def open_in_root(root: StrPath, path: str, flags: int = os.O_RDONLY) -> Iterator[int]:
-    """An fd for path looked up inside root, as if root were `/`."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = sc.openat2(root_fd, path, flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
-    finally:
-        os.close(root_fd)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+class open_in_root:
+    """`with open_in_root(root, path) as fd`: an fd for path looked up inside root, as if root were
+    `/`, closed afterwards. A class rather than a contextlib.contextmanager: contextlib (and the
+    collections it imports) would cost every container start its import."""
+
+    def __init__(self, root: StrPath, path: str, flags: int = os.O_RDONLY) -> None:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.fd = sc.openat2(root_fd, path, flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        finally:
+            os.close(root_fd)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
 
 
 MAX_SYMLINK_HOPS = 40  # as the kernel's own limit (ELOOP)
