@@ -28,14 +28,18 @@ CLIENT_STEPS = (
 )
 # systemd's view of the unit, from its monotonic timestamps, against the client's events.
 UNIT_STEPS = (
-    ("StartTransientUnit reply → stage1 process forked", "call:StartTransientUnit<", "ExecMainStartTimestampMonotonic"),
     (
-        "stage1 entry: Python start, imports, set-up → READY=1",
+        "StartTransientUnit reply → main process started (for namespace: MAINPID=, the container's init)",
+        "call:StartTransientUnit<",
+        "ExecMainStartTimestampMonotonic",
+    ),
+    (
+        "main process started → unit active (READY=1; fly: the app's exec)",
         "ExecMainStartTimestampMonotonic",
         "ActiveEnterTimestampMonotonic",
     ),
-    ("READY=1 → sdrun sees the job done", "ActiveEnterTimestampMonotonic", "wait_for_job<"),
-    ("exec /bin/true → it exits", "ActiveEnterTimestampMonotonic", "ExecMainExitTimestampMonotonic"),
+    ("unit active → sdrun sees the job done", "ActiveEnterTimestampMonotonic", "wait_for_job<"),
+    ("unit active → /bin/true has exited", "ActiveEnterTimestampMonotonic", "ExecMainExitTimestampMonotonic"),
     (
         "app exit → ExecStopPost done, unit inactive",
         "ExecMainExitTimestampMonotonic",
