@@ -145,6 +145,32 @@ def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, capture: 
     return stdout.decode(errors="replace") if capture else ""
 
 
+IDLE_SHARE = 0.9  # of the machine's CPU time, over one sample
+IDLE_SAMPLE_SECONDS = 0.2
+IDLE_WAIT_SECONDS = 5.0
+
+
+def wait_until_idle() -> None:
+    """Return once the CPUs were idle for IDLE_SHARE of a sample (or after IDLE_WAIT_SECONDS), so that
+    what the previous runtime left running (podman's cleanup processes, systemd collecting its units,
+    journald writing) does not count against the next one's batch."""
+    deadline = time.monotonic() + IDLE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        before = _cpu_times()
+        time.sleep(IDLE_SAMPLE_SECONDS)
+        after = _cpu_times()
+        busy, idle = (after[0] - before[0]), (after[1] - before[1])
+        if busy + idle and idle / (busy + idle) >= IDLE_SHARE:
+            return
+
+
+def _cpu_times() -> tuple[int, int]:
+    """Busy and idle (with iowait) clock ticks of all CPUs since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, idle
+
+
 def fixed(argv: Sequence[str]) -> Callable[[], Sequence[str]]:
     """A command maker for a command that is the same every time."""
     return lambda: argv

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.core import Bench, BenchError, Section, case, comparison, headline, progress, run_command
+from bench.core import Bench, BenchError, Section, case, comparison, headline, progress, run_command, wait_until_idle
 from bench.runtimes import Runtime, oneshot_command
 
 PARALLELISM = 8
@@ -37,6 +37,7 @@ def _rates(
         for runtime in [*runtimes[shift:], *runtimes[:shift]]:
             if runtime.name in failures:
                 continue
+            wait_until_idle()  # a batch starts on a quiet machine, whoever ran before it
             try:
                 rates[runtime.name].append(_batch_rate(oneshot_command(bench, runtime), runs, workers))
             except BenchError as error:
@@ -59,8 +60,9 @@ def containers_per_minute(bench: Bench) -> list[Section]:
         headers = tuple(header.replace(" ÷ it", " ÷ it (above 1x: sdrun is faster)") for header in headers)
         about = (
             f"One-shot containers (`/bin/true`, removed after) started {label}: {batches} batches of {runs} runs "
-            f"per runtime ({batches * runs} in all), the batches interleaved across runtimes; the rate of each "
-            f"batch is one sample. n counts batches."
+            f"per runtime ({batches * runs} in all), the batches interleaved across runtimes, each started once the "
+            f"CPUs were 90% idle (what the previous batch left running had finished); the rate of each batch is one "
+            f"sample. n counts batches."
         )
         sections.append(
             Section(
