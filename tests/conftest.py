@@ -86,6 +86,15 @@ def rootfs() -> Path:
 
 
 @pytest.fixture
+def private_rootfs(rootfs: Path) -> Iterator[Path]:
+    """A writable copy of the busybox rootfs that a test may booby-trap (on /var/lib/sdrun, a real filesystem)."""
+    copy = STATE_BASE / f"rootfs-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(rootfs, copy, symlinks=True)
+    yield copy
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+@pytest.fixture
 def sdrun() -> Iterator[Sdrun]:
     root = STATE_BASE / uuid.uuid4().hex[:12]
     root.mkdir(parents=True)

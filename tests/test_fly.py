@@ -8,12 +8,9 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import STATE_BASE, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
+from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
 
 pytestmark = needs_systemd
 FLY = ("--stage1", "fly")
@@ -23,15 +20,6 @@ REPORT = (
     " env | grep -v ^PWD= | sort"
 )
 NOBODY = 65534  # in the busybox rootfs and in every host's user database
-
-
-@pytest.fixture
-def private_rootfs(rootfs: Path) -> Iterator[Path]:
-    """A writable copy of the busybox rootfs (on /var/lib/sdrun, a real filesystem)."""
-    copy = STATE_BASE / f"rootfs-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(rootfs, copy, symlinks=True)
-    yield copy
-    shutil.rmtree(copy, ignore_errors=True)
 
 
 def main_command(name: str) -> str:

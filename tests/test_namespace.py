@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -65,15 +65,6 @@ def sysprobe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = PROGRAMS / "sysprobe.c"
     subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True)
     return binary
-
-
-@pytest.fixture
-def private_rootfs(rootfs: Path) -> Iterator[Path]:
-    """A writable copy of the busybox rootfs that a test may booby-trap (on /var/lib/sdrun, a real filesystem)."""
-    copy = STATE_BASE / f"rootfs-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(rootfs, copy, symlinks=True)
-    yield copy
-    shutil.rmtree(copy, ignore_errors=True)
 
 
 def test_the_app_is_pid_1_and_sees_only_its_own_processes(sdrun: Sdrun, rootfs: Path) -> None:
