@@ -266,7 +266,7 @@ RLIMITS = (
     "rttime",
     "sigpending",
     "stack",
-)  # fmt: skip (the names of sdrun.linux.syscalls.RLIMIT_NAMES, sorted: stage0 need not load it)
+)  # fmt: skip (syscalls.RLIMIT_NAMES, sorted: reading a spec, as list and status do, need not load ctypes)
 UNLIMITED = "unlimited"
 
 
