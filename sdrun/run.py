@@ -74,7 +74,12 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
                 output.write(f"{pod.uuid}\n".encode())
                 return 0
             systemd.watch_unit(pod.unit)  # before the unit can finish
-            log = _start_service(systemd, backend, pod, hold=True, meanwhile=_open_journal(pod))
+            # With --rm the pod goes when we return, and we read the exit status from the unit
+            # we hold: an exit record would cost every run a process (systemd's ExecStopPost=).
+            # If this command is killed first, the pod is left without one; `sdrun gc` removes it.
+            log = _start_service(
+                systemd, backend, pod, hold=True, record_exit=not options.remove, meanwhile=_open_journal(pod)
+            )
             app_started = True
             return _follow_in_foreground(systemd, pod, log, output)
     except BaseException:
@@ -95,13 +100,14 @@ def _start_service(
     *,
     hold: bool,
     remove_when_done: Sequence[Path] = (),
+    record_exit: bool = True,
     meanwhile: Callable[[], PodJournal] | None = None,
 ) -> PodJournal | None:
     """Start the pod's service and return once its start job is done (the app runs).
     `meanwhile` runs while systemd starts the unit (on another CPU, as a rule); its result is returned."""
     plan = backend.plan(pod)
     unit_properties = properties.service_properties(
-        pod, plan, keep_until_released=hold, remove_when_done=remove_when_done
+        pod, plan, keep_until_released=hold, remove_when_done=remove_when_done, record_exit=record_exit
     )
     job = systemd.start_transient_unit(pod.unit, unit_properties)
     done_meanwhile = meanwhile() if meanwhile else None

@@ -70,6 +70,14 @@ def test_rm_flag_removes_pod_and_unit(sdrun: Sdrun, rootfs: Path) -> None:
     assert systemctl_show(f"sdrun-{name}.service", "LoadState")["LoadState"] == "not-found"
 
 
+@pytest.mark.parametrize("stage1", ["namespace", "fly"])
+def test_rm_run_exits_with_the_apps_status_read_from_the_unit(sdrun: Sdrun, rootfs: Path, stage1: str) -> None:
+    """A foreground --rm unit writes no exit record: the status comes from the unit stage0 holds."""
+    result = sdrun("run", "--rm", "--stage1", stage1, "--rootfs", str(rootfs), "--", "sh", "-c", "exit 7", check=False)
+    assert result.returncode == 7
+    assert sdrun.pods() == []
+
+
 def test_detached_rm_removes_the_pod_when_the_app_ends(sdrun: Sdrun, rootfs: Path) -> None:
     sdrun("run", "-d", "--rm", "--rootfs", str(rootfs), "--", "sleep", "0.2")
     wait_for(lambda: sdrun.pods() == [])

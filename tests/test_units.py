@@ -160,6 +160,23 @@ def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
     ]
 
 
+def test_only_a_pod_removed_by_its_run_goes_without_an_exit_record(rootfs: Path, tmp_path: Path) -> None:
+    from sdrun.paths import Paths
+    from sdrun.pod import PodStore
+    from stage1.interface import UnitPlan
+
+    spec = PodSpec(name="p", stage1="fly", rootfs=str(rootfs), app=AppSpec(argv=("/bin/true",)))
+    pod = PodStore(Paths(tmp_path)).create(spec)
+    plan = UnitPlan("/bin/true", ("/bin/true",), ())
+
+    def stop_post(*, record_exit: bool = True) -> list[object]:
+        found = properties.service_properties(pod, plan, keep_until_released=True, record_exit=record_exit)
+        return [value for name, _, value in found if name == "ExecStopPostEx"]
+
+    assert stop_post() == [[properties.record_exit_command(pod)]]
+    assert stop_post(record_exit=False) == []
+
+
 def test_cpu_quota_is_what_a_unit_file_can_say() -> None:
     assert properties._cpu_quota(0.333333) == 333_300  # hundredths of a percent, as CPUQuota=33.33%
 

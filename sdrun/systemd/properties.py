@@ -108,14 +108,22 @@ def record_exit_command(pod: Pod) -> list[Any]:
 
 
 def pod_service_properties(
-    pod: Pod, plan: UnitPlan, *, start_pre: Sequence[list[Any]] = (), stop_post: Sequence[list[Any]] = ()
+    pod: Pod,
+    plan: UnitPlan,
+    *,
+    start_pre: Sequence[list[Any]] = (),
+    stop_post: Sequence[list[Any]] = (),
+    record_exit: bool = True,
 ) -> list[Property]:
     """The properties of a pod's service, transient or installed: the stage1's plan, the
-    common ones, and the commands to run before the app starts and after it ended."""
+    common ones, and the commands to run before the app starts and after it ended.
+    record_exit: write the exit record for `sdrun list` once the app has ended."""
     if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
         set_up, tear_down = network_hook.commands(pod.dir)
         start_pre = [*start_pre, exec_command(set_up, ["privileged"])]
         stop_post = [exec_command(tear_down, ["privileged"]), *stop_post]
+    if record_exit:  # first: no tear-down may delay or prevent it
+        stop_post = [record_exit_command(pod), *stop_post]
     properties: list[Property] = [
         ("Description", "s", f"sdrun pod {pod.name} ({pod.uuid})"),
         *[prop for prop in service_option_properties(pod) if prop[0] in ("Requires", "After")],
@@ -125,7 +133,10 @@ def pod_service_properties(
         properties.append(("ExecStartPreEx", "a(sasas)", list(start_pre)))
     properties += [
         ("ExecStart", "a(sasb)", [[plan.executable, *start_command(plan.argv)[1:]]]),
-        ("ExecStopPostEx", "a(sasas)", [record_exit_command(pod), *stop_post]),
+    ]
+    if stop_post:
+        properties.append(("ExecStopPostEx", "a(sasas)", list(stop_post)))
+    properties += [
         ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
         ("CollectMode", "s", "inactive-or-failed"),
         *logging_properties(pod),
@@ -137,15 +148,21 @@ def pod_service_properties(
 
 
 def service_properties(
-    pod: Pod, plan: UnitPlan, *, keep_until_released: bool, remove_when_done: Sequence[Path] = ()
+    pod: Pod,
+    plan: UnitPlan,
+    *,
+    keep_until_released: bool,
+    remove_when_done: Sequence[Path] = (),
+    record_exit: bool = True,
 ) -> list[Property]:
     """All properties of the pod's transient service. keep_until_released adds a reference
     (AddRef=) that stops systemd from collecting the unit before we read its exit status;
-    remove_when_done lists paths to delete once the app has ended (detached --rm)."""
+    remove_when_done lists paths to delete once the app has ended (detached --rm);
+    record_exit=False leaves out the exit record, for a pod removed by the caller itself."""
     stop_post = []
     if remove_when_done:
         stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)], ["privileged"]))
-    properties = pod_service_properties(pod, plan, stop_post=stop_post)
+    properties = pod_service_properties(pod, plan, stop_post=stop_post, record_exit=record_exit)
     if keep_until_released:
         properties.append(("AddRef", "b", True))
     return properties
