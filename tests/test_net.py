@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrun.errors import SdrunError, SpecError
+from sdrun.errors import SdrunError, SpecError, describe
 from sdrun.net import config, ipam, nft
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
@@ -186,3 +186,24 @@ def test_commands_without_a_network_never_import_pyroute2(sdrun: Sdrun, rootfs: 
     assert "pyroute2" not in imported_modules("--root", root, "list")
     assert "pyroute2" not in imported_modules("--root", root, "gc")
     assert "sdrun.net.link" not in imported_modules("--root", root, "network", "list")
+
+
+def test_netlink_requests_are_acknowledged_or_refused_with_the_kernels_errno() -> None:
+    from sdrun.net import link
+
+    network = Network("t", "10.124.0.0/29", f"sdtb{uuid.uuid4().hex[:8]}")
+    link.ensure_bridge(network)
+    try:
+        link.ensure_bridge(network)  # there already, with its address: nothing to do
+        shown = subprocess.check_output(["ip", "-o", "address", "show", network.bridge], text=True)
+        assert "inet 10.124.0.1/29" in shown
+        assert int(Path(f"/sys/class/net/{network.bridge}/flags").read_text(), 16) & 0x1  # IFF_UP
+        with link.Netlink() as netlink, pytest.raises(FileExistsError) as raised:
+            netlink.create_link(network.bridge, "bridge")
+        assert describe(raised.value) == f"create bridge: File exists: {network.bridge}"
+    finally:
+        link.delete_link(network.bridge)
+    assert not link.link_exists(network.bridge)
+    link.delete_link(network.bridge)  # gone already: no error
+    with pytest.raises(SdrunError, match="interface sdtbgone is missing"):
+        link.interface_index("sdtbgone")

@@ -9,7 +9,7 @@ namespace instead of making one. Everything is undone when the unit stops
 (ExecStopPost) and by `sdrun gc` after a crash (docs/networking.md).
 
 This module is what the rest of sdrun imports: names and paths only, nothing
-heavy. Netlink (pyroute2, ~130 ms to import) lives in sdrun.net.link and is
+heavy. Netlink (pyroute2's message classes, ~20 ms to import) lives in sdrun.net.link and is
 imported only by the set-up and tear-down of a pod that has a network.
 """
 

@@ -112,7 +112,7 @@ def _teardown_locked(root: Path, lease: Lease) -> None:
         nft.apply(nft.remove_port_commands(lease.address, lease.ports))
     remove_netns(lease.netns)
     if not _vanishes(Path("/sys/class/net", lease.veth)):
-        from sdrun.net import link  # pyroute2 (~130 ms): only for a veth the kernel keeps
+        from sdrun.net import link  # pyroute2 (~20 ms): only for a veth the kernel keeps
 
         link.delete_link(lease.veth)
     ipam.remove_lease(root, lease)
