@@ -3,6 +3,7 @@ commands, subnet checks, and the promise that commands without a network never i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -116,7 +117,7 @@ def test_files_are_rewritten_in_place(tmp_path: Path) -> None:
 
 def test_nft_commands_add_and_remove_the_same_elements() -> None:
     ports = (PortMapping.parse("8001:8000"), PortMapping.parse("127.0.0.1:9001:9000/udp"))
-    added = nft.add_commands(NETWORK, "10.123.0.2", ports)
+    added = nft.element_commands(NETWORK, "10.123.0.2", ports)
     assert "add element ip sdrun published { tcp . 8001 : 10.123.0.2 . 8000 }" in added
     assert "add element ip sdrun published_at { 127.0.0.1 . udp . 9001 : 10.123.0.2 . 9000 }" in added
     assert 'add element ip sdrun intra { "sdrun7" . "sdrun7" }' in added
@@ -127,10 +128,42 @@ def test_nft_commands_add_and_remove_the_same_elements() -> None:
 
 def test_nft_accepts_the_rules_in_a_scratch_namespace() -> None:
     """`nft -c` checks a ruleset against the kernel without changing anything."""
-    commands = nft.add_commands(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
+    commands = nft.SKELETON + nft.element_commands(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
     commands += nft.remove_port_commands("10.123.0.2", (PortMapping.parse("8001:8000"),))
     result = subprocess.run(["nft", "-c", "-f", "-"], input=commands, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# Run in a network namespace of its own: how many nft transactions each add() took, and whether
+# the table then held the rules and the pod's port.
+NFT_ADD_SCENARIO = """
+import json, subprocess, sys
+from sdrun.net import nft
+from sdrun.net.ports import PortMapping
+from tests.test_net import NETWORK
+
+transactions = []
+apply = nft.apply
+nft.apply = lambda commands: (transactions.append(commands), apply(commands))
+outcome = []
+for before in ([], [], ["flush", "ruleset"], ["delete", "set", "ip", "sdrun", nft.MARK]):
+    if before:
+        subprocess.run(["nft", *before], check=True)
+    transactions.clear()
+    nft.add(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
+    table = subprocess.run(["nft", "list", "table", "ip", "sdrun"], capture_output=True, text=True).stdout
+    outcome.append([len(transactions), "jump publish" in table, "tcp . 8001 : 10.123.0.2 . 8000" in table])
+json.dump(outcome, sys.stdout)
+"""
+
+
+def test_a_pods_elements_go_alone_into_a_table_that_holds_these_rules() -> None:
+    """No table (a new host, `nft flush ruleset`) or one without these rules' mark (another version):
+    the skeleton comes along, in a second transaction. Otherwise the elements go alone."""
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", NFT_ADD_SCENARIO], capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == [[2, True, True], [1, True, True], [2, True, True], [2, True, True]]
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     from sdrun.net import link  # pyroute2: only here
 
     link.ensure_bridge(network)
-    nft.apply(nft.add_commands(network, lease.address, lease.ports))
+    nft.add(network, lease.address, lease.ports)
     link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
     ipam.update_network_files(root, network.name)
 
