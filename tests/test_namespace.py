@@ -716,6 +716,27 @@ def test_the_app_cannot_reach_into_an_entering_process(sdrun: Sdrun, rootfs: Pat
     assert seen <= {"/bin/busybox"}, seen  # never the interpreter: its /proc/PID/exe and fd stay closed
 
 
+@pytest.mark.parametrize("stage1", ["namespace", "fly"])
+def test_enter_and_a_scope_take_none_of_the_callers_descriptors_along(
+    sdrun: Sdrun, rootfs: Path, tmp_path: Path, stage1: str
+) -> None:
+    """A descriptor the caller left open (a directory, here) would hand the pod the host's files;
+    the bus connection of `sdrun enter` itself, the host's systemd. Only stdio goes in."""
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        name = unique_name()
+        options = ("--stage1", stage1, "--net", "none" if stage1 == "namespace" else "host")
+        sdrun("run", *options, "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "100")
+        entered = sdrun("enter", name, "--", "ls", "/proc/self/fd", pass_fds=(held,)).stdout
+        sdrun("rm", "-f", name)
+        scoped = sdrun(
+            "run", "--rm", "--scope", *options, "--rootfs", str(rootfs), "--", "ls", "/proc/self/fd", pass_fds=(held,)
+        ).stdout
+    finally:
+        os.close(held)
+    assert entered.split() == scoped.split() == ["0", "1", "2", "3"]  # 3: the directory ls reads
+
+
 def test_a_scope_app_cannot_type_into_the_callers_terminal(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
     """--scope runs the app on the caller's terminal: TIOCSTI would queue input for the user's shell to
     run once the pod ends. The default filter refuses it, with the upper bits of the request set too."""

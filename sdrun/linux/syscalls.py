@@ -104,6 +104,11 @@ def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]
     _check(_libc.syscall(sys_pivot_root, _encode(new_root), _encode(put_old)), "pivot_root", new_root)
 
 
+def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
+    """close(2) every open descriptor from first to last (the whole table by default)."""
+    _check(_libc.close_range(ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_int(0)), "close_range")
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
