@@ -79,7 +79,7 @@ class Netlink:
                 length, kind, _, number, _ = NLMSG_HEADER.unpack_from(data, offset)
                 if kind == NLMSG_ERROR and number == sequence:
                     return -int(NLMSG_ERROR_CODE.unpack_from(data, offset + NLMSG_HEADER.size)[0])
-                offset += (length + 3) & ~3 or len(data)
+                offset += (length + 3) & ~3 or len(data)  # messages are 4-aligned; a zero length ends the batch
 
     def create_link(self, name: str, kind: str, info_data: dict[str, Any] | None = None) -> None:
         info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
