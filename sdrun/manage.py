@@ -174,6 +174,9 @@ def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
 
 
 def _leader(systemd: Systemd, pod: Pod) -> int:
+    """The process whose namespaces `enter` joins: a service's MainPID (the app, or its init); in a
+    scope, where the stage1 may stay as the app's parent in the host's namespaces (namespace's
+    supervisor), the first process in a PID namespace other than ours, else the first one."""
     if not view(systemd, pod).running:
         raise SdrunError(f"pod '{pod.name}' is not running")
     if not pod.spec.scope:
@@ -183,7 +186,16 @@ def _leader(systemd: Systemd, pod: Pod) -> int:
     processes = systemd.unit_processes(pod.unit)
     if not processes:
         raise SdrunError(f"pod '{pod.name}' has no processes")
-    return processes[0]
+    ours = _pid_namespace("self")
+    return next((pid for pid in processes if _pid_namespace(str(pid)) not in (ours, None)), processes[0])
+
+
+def _pid_namespace(process: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(f"/proc/{process}/ns/pid")
+    except OSError:  # gone meanwhile
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:

@@ -287,9 +287,8 @@ def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         _scope_child(backend, pod, go_read)
     os.close(go_read)
     try:
-        systemd.wait_for_job(
-            systemd.start_transient_unit(pod.unit, properties.scope_properties(pod, child)), f"starting {pod.unit}"
-        )
+        scope = properties.scope_properties(pod, child, backend.scope_properties(pod))
+        systemd.wait_for_job(systemd.start_transient_unit(pod.unit, scope), f"starting {pod.unit}")
     except BaseException:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)

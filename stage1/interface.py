@@ -63,6 +63,11 @@ class Stage1:
         """The main process and properties of the pod's transient service."""
         raise NotImplementedError
 
+    def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
+        """The backend's own properties of the pod's transient scope (`sdrun run --scope`): those
+        of its service's that a scope takes too (devices, stopping); a scope runs no commands."""
+        return ()
+
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
         raise NotImplementedError

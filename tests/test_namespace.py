@@ -416,6 +416,25 @@ def test_device_policy_stops_a_node_the_app_made_itself(sdrun: Sdrun, rootfs: Pa
     sdrun("rm", "-f", name)
 
 
+def test_a_scope_pod_has_the_device_policy_too_and_can_be_entered(sdrun: Sdrun, rootfs: Path) -> None:
+    major, minor = block_device()
+    script = f"mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null-ok; mknod /dev/disk b {major} {minor} 2>&1"
+    scoped = sdrun("run", "--rm", "--scope", *NS, "--rootfs", str(rootfs), "--", "sh", "-c", script, check=False)
+    assert scoped.stdout.splitlines() == ["null-ok", "mknod: /dev/disk: Operation not permitted"]
+    name = unique_name()
+    command = [SDRUN, "--root", str(sdrun.root), "run", "--scope", *NS, "--name", name, "--hostname", "scoped"]
+    app = subprocess.Popen([*command, "--rootfs", str(rootfs), "--", "sleep", "100"], stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: systemctl_show(f"sdrun-{name}.scope", "ActiveState")["ActiveState"] == "active")
+        shown = systemctl_show(f"sdrun-{name}.scope", "DevicePolicy", "Delegate")
+        assert shown == {"DevicePolicy": "closed", "Delegate": "yes"}
+        entered = sdrun("enter", name, "--", "sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '").stdout
+        assert entered.splitlines() == ["scoped", "sleep 100 "]  # the container's, not the supervisor's
+    finally:
+        sdrun("kill", name, check=False)
+        app.wait(timeout=30)
+
+
 def test_enter_gets_the_pods_namespaces_capabilities_and_filter(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
     name = unique_name()
     options = ("-d", "--name", name, "--cap-drop", "ALL", "--cap-add", "KILL", "-v", f"{sysprobe}:/probe:ro")

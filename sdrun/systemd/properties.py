@@ -168,12 +168,16 @@ def service_properties(
     return properties
 
 
-def scope_properties(pod: Pod, pid: int) -> list[Property]:
+def scope_properties(pod: Pod, pid: int, backend_properties: Sequence[Property] = ()) -> list[Property]:
+    """The properties of a pod's transient scope, which adopts pid: the common ones a scope
+    takes, and the stage1's own (Stage1.scope_properties)."""
     return [
         ("Description", "s", f"sdrun pod {pod.name} ({pod.uuid})"),
         ("Slice", "s", SLICE),
         ("PIDs", "au", [pid]),
+        ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
         *[prop for prop in resource_properties(pod) if prop[0] != "Restart"],
+        *backend_properties,
     ]
 
 

@@ -38,6 +38,9 @@ class Namespace(Stage1, name="namespace"):
         prepare(pod, console=None)  # a service's stdin is /dev/null: no console
         return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
 
+    def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
+        return (*device_properties(), *stop_properties(pod))
+
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
         launch.launch(launch.read_plan(str(prepare(pod, console))), supervise=True)
@@ -58,21 +61,32 @@ def unit_properties(pod: Pod) -> list[Property]:
     properties: list[Property] = [
         ("Type", "s", "notify"),
         ("NotifyAccess", "s", "all"),  # MAINPID= comes from the entry, which then exits
-        ("DevicePolicy", "s", "closed"),
-        ("DeviceAllow", "a(ss)", [list(device) for device in DEVICE_ALLOW]),
+        *device_properties(),
+        *stop_properties(pod),
     ]
-    if spec.stop_signal:
-        import signal
-
-        properties.append(("KillSignal", "i", int(signal.Signals[spec.stop_signal])))
-    stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
-    properties.append(("TimeoutStopUSec", "t", round(stop_timeout * USEC)))
     # As systemd-run sends them: SELinuxContext= as a string (read back as a struct), AppArmorProfile=
     # as (ignore failure, profile), a struct that dbus-next wants as a list.
     if spec.isolation.selinux_type:
         properties.append(("SELinuxContext", "s", spec.isolation.selinux_type))
     if spec.isolation.apparmor:
         properties.append(("AppArmorProfile", "(bs)", [False, spec.isolation.apparmor]))
+    return properties
+
+
+def device_properties() -> list[Property]:
+    """The device nodes the app may open: the pseudo-devices systemd always allows, and DEVICE_ALLOW.
+    MKNOD is a default capability: this is what keeps a node of the host's disk closed."""
+    return [("DevicePolicy", "s", "closed"), ("DeviceAllow", "a(ss)", [list(device) for device in DEVICE_ALLOW])]
+
+
+def stop_properties(pod: Pod) -> list[Property]:
+    properties: list[Property] = []
+    if pod.spec.stop_signal:
+        import signal
+
+        properties.append(("KillSignal", "i", int(signal.Signals[pod.spec.stop_signal])))
+    stop_timeout = DEFAULT_STOP_TIMEOUT if pod.spec.stop_timeout is None else pod.spec.stop_timeout
+    properties.append(("TimeoutStopUSec", "t", round(stop_timeout * USEC)))
     return properties
 
 
