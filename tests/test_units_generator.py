@@ -156,6 +156,7 @@ def test_a_notify_spec_is_active_only_after_ready(specs: Specs, rootfs: Path) ->
     name = unique_name("ready")
     shared = STATE / "tests" / name
     shared.mkdir(parents=True)
+    shared.chmod(0o777)  # the app runs as uid 1000: a root app may only notify from a user namespace
     python_rootfs = python_rootfs_at(rootfs, STATE / "tests" / f"{name}-rootfs")
     code = (
         "import os, socket, time\n"
@@ -166,7 +167,9 @@ def test_a_notify_spec_is_active_only_after_ready(specs: Specs, rootfs: Path) ->
     )
     volumes = HOST_USR.replace("]\n", f', "{shared}:/shared"]\n')
     exec_line = f"exec = {toml_list([HOST_PYTHON, '-c', code])}\n"
-    unit = specs.write(name, f'rootfs = "{python_rootfs}"\n{exec_line}{volumes}net = "none"\nnotify = true\n')
+    unit = specs.write(
+        name, f'rootfs = "{python_rootfs}"\n{exec_line}{volumes}net = "none"\nnotify = true\nuser = "1000"\n'
+    )
     specs.reload()
     assert show(unit, "Type", "NotifyAccess") == {"Type": "notify", "NotifyAccess": "all"}
     assert systemctl("start", "--no-block", unit).returncode == 0

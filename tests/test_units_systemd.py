@@ -131,6 +131,7 @@ def test_a_notify_app_is_active_only_once_it_says_ready(
     name = unique_name("ready")
     shared = sdrun.root / "shared"
     shared.mkdir()
+    shared.chmod(0o777)  # the app runs as uid 1000: a root app may only notify from a user namespace
     code = (
         "import os, socket, time\n"
         "open('/shared/waiting', 'w').close()\n"
@@ -144,6 +145,8 @@ def test_a_notify_app_is_active_only_once_it_says_ready(
         "install",
         name,
         "--notify",
+        "--user",
+        "1000",
         "--net",
         "none",
         "--rootfs",
@@ -162,6 +165,15 @@ def test_a_notify_app_is_active_only_once_it_says_ready(
     assert int(state(unit)["MainPID"]) > 0  # the stage1 handed its MainPID over, not READY=1
     (shared / "go").touch()
     wait_for(lambda: state(unit)["ActiveState"] == "active")
+
+
+def test_a_notify_app_as_root_on_the_host_is_refused(sdrun: Sdrun, rootfs: Path) -> None:
+    """systemd would take MAINPID= naming any host process from it: `sdrun stop` would kill that."""
+    result = sdrun("install", unique_name("root"), "--notify", "--rootfs", str(rootfs), "--", "sleep", "1", check=False)
+    assert result.returncode == 125
+    assert result.stderr.startswith("sdrun: notify = true with the app as root needs --private-users")
+    assert result.stderr.count("\n") == 1
+    assert sdrun.pods() == [] and sdrun.new_units() == set()
 
 
 def test_a_socket_activated_app_receives_its_socket(sdrun: Sdrun, python_rootfs: Path, installed: list[str]) -> None:

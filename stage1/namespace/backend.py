@@ -102,6 +102,15 @@ def prepare(pod: Pod, console: str | None) -> Path:
     for directory in (scratch, scratch / "upper", scratch / "work", scratch / "rootfs-upper", scratch / "rootfs-work"):
         directory.mkdir(mode=0o755, exist_ok=True)
     user_namespace = user_namespace_of(pod)
+    if spec.service.notify and user_namespace is None and app.credentials.uid == 0:
+        # systemd takes MAINPID= for any process of the host from a sender of uid 0 (the app could
+        # have `sdrun stop` kill a host service, and `enter` join its namespaces): a root app must
+        # be root of a user namespace of its own to get the socket.
+        raise SpecError(
+            "notify = true with the app as root needs --private-users: root on the host could name any "
+            "process the unit's main one (MAINPID=)",
+            hint="add --private-users, or run the app as another user (--user)",
+        )
     if user_namespace is not None:  # container root owns the top of its writable layer
         os.chown(scratch / ("upper" if spec.rootfs else UPPER), user_namespace.base, user_namespace.base)
     write_etc_files(pod, scratch)
