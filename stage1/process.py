@@ -18,8 +18,15 @@ from sdrun.linux import syscalls
 # in-unit entry ~5 ms; mypy honours any constant of this name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal  # typeshed has no stubs for _signal: the same functions and constants
     from collections.abc import Callable, Sequence
     from typing import Any, NoReturn
+else:
+    import _signal
+
+# The interpreter ignores these at start-up (and systemd ignores SIGPIPE in what it spawns), and an
+# ignored signal stays ignored across execve(): the app would never get SIGPIPE from a closed pipe.
+SIGNALS_PYTHON_IGNORES = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 class Identity:
@@ -97,6 +104,8 @@ def exec_as(
         before_exec()
     env = env | systemd_handover()
     argv = list(argv)
+    for number in SIGNALS_PYTHON_IGNORES:
+        _signal.signal(number, _signal.SIG_DFL)
     try:
         if "/" in executable:
             os.execve(executable, argv, env)

@@ -78,6 +78,30 @@ def test_rm_run_exits_with_the_apps_status_read_from_the_unit(sdrun: Sdrun, root
     assert sdrun.pods() == []
 
 
+SIGPIPE_AND_SIGXFSZ = 1 << 12 | 1 << 24  # bits (signal - 1) of /proc/PID/status's SigIgn
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--stage1", "namespace", "--net", "none"),
+        ("--stage1", "namespace", "--net", "none", "--init"),
+        ("--stage1", "namespace", "--net", "none", "--scope"),
+        ("--stage1", "fly"),  # systemd execs the app
+        ("--stage1", "fly", "-v", "/etc:/host-etc:ro"),  # the fly entry does
+    ],
+    ids=["namespace", "init", "scope", "fly", "fly-entry"],
+)
+def test_the_app_gets_sigpipe_as_from_a_shell(sdrun: Sdrun, rootfs: Path, options: tuple[str, ...]) -> None:
+    """The interpreter of a stage1 ignores SIGPIPE and SIGXFSZ, as systemd does SIGPIPE: an ignored
+    signal stays so across execve(), and `yes | head -n 1` would end with a write error."""
+    script = "yes | head -n 1; grep SigIgn /proc/self/status"
+    result = sdrun("run", "--rm", *options, "--rootfs", str(rootfs), "--", "sh", "-c", script)
+    first, ignored = result.stdout.splitlines()
+    assert first == "y" and result.stderr == ""
+    assert int(ignored.split()[1], 16) & SIGPIPE_AND_SIGXFSZ == 0
+
+
 def test_detached_rm_removes_the_pod_when_the_app_ends(sdrun: Sdrun, rootfs: Path) -> None:
     sdrun("run", "-d", "--rm", "--rootfs", str(rootfs), "--", "sleep", "0.2")
     wait_for(lambda: sdrun.pods() == [])

@@ -332,6 +332,7 @@ UNIT_KEYS: dict[str, UnitKey] = {
     "WorkingDirectory": UnitKey(SERVICE, "WorkingDirectory", _text),
     "Environment": UnitKey(SERVICE, "Environment", _assignments),
     "UnsetEnvironment": UnitKey(SERVICE, "UnsetEnvironment", lambda names: [" ".join(names)]),
+    "IgnoreSIGPIPE": UnitKey(SERVICE, "IgnoreSIGPIPE", _boolean),
     **{name: UnitKey(SERVICE, name, _limit) for name in HARD_LIMITS},
 }
 

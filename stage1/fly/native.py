@@ -109,6 +109,7 @@ def native_plan(rootfs: str, app: ResolvedApp) -> UnitPlan:
         ("WorkingDirectory", "s", "-" + app.workdir),
         ("Environment", "as", [f"{name}={value}" for name, value in app.env.items()]),
         ("UnsetEnvironment", "as", [name for name in SYSTEMD_ENVIRONMENT if name not in app.env]),
+        ("IgnoreSIGPIPE", "b", False),  # systemd's default ignores it: the app gets SIGPIPE, as from the entry
         *limit_properties(app.rlimits),
     ]
     if credentials.groups:  # none: systemd sets none (for gid 0 it asks no user database either)
