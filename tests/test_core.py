@@ -291,6 +291,33 @@ def test_enter_runs_inside_the_pod_and_its_cgroup(sdrun: Sdrun, rootfs: Path) ->
     assert sdrun("enter", name, "--", "sh", "-c", "exit 7", check=False).returncode == 7
 
 
+@pytest.mark.parametrize("stage1", [("--stage1", "namespace", "--net", "none"), FLY], ids=["namespace", "fly"])
+def test_enter_runs_as_the_user_resolved_at_the_start(sdrun: Sdrun, private_rootfs: Path, stage1: tuple[str]) -> None:
+    """An image whose /etc/passwd its app user may write (OpenShift-style): the app makes itself uid 0
+    there; `enter` (and a health check) still runs as the app's uid, not as root with its capabilities."""
+    (private_rootfs / "etc" / "passwd").chmod(0o666)
+    name = unique_name()
+    promote = "sed s/^user:x:1000:1000:/user:x:0:0:/ /etc/passwd > /tmp/p && cat /tmp/p > /etc/passwd; sleep 100"
+    sdrun(
+        "run",
+        *stage1,
+        "-d",
+        "--name",
+        name,
+        "--user",
+        "user",
+        "--rootfs",
+        str(private_rootfs),
+        "--",
+        "sh",
+        "-c",
+        promote,
+    )
+    wait_for(lambda: "user:x:0:0" in sdrun("enter", name, "--", "cat", "/etc/passwd").stdout)
+    assert sdrun("enter", name, "--", "id", "-u").stdout.strip() == "1000"
+    sdrun("rm", "-f", name)
+
+
 # --- bad input: one line, exit 125, nothing left behind ---
 
 

@@ -41,7 +41,6 @@ def test_a_fly_rootfs_pod_has_no_stage1_process(sdrun: Sdrun, rootfs: Path) -> N
     assert os.path.samestat(os.stat(f"/proc/{main_pid}/exe"), os.stat(rootfs / "bin" / "busybox"))
     assert Path(f"/proc/{main_pid}/cmdline").read_bytes() == b"sleep\x00300\x00"
     assert os.path.samestat(os.stat(f"/proc/{main_pid}/root"), os.stat(rootfs))
-    assert not list(sdrun.root.glob("pods/*/stage1/fly.plan"))  # no plan for an entry to read
     unit = systemctl_show(f"sdrun-{name}.service", "Type", "ExecMainPID", "NotifyAccess")
     assert unit == {"Type": "exec", "ExecMainPID": str(main_pid), "NotifyAccess": "none"}
     sdrun("stop", name)

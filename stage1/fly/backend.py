@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
-from stage1.app import ResolvedApp, exec_app, resolve_app, resolve_pod_app
+from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan
 from stage1.interface import Stage1, UnitPlan, entry_command
@@ -28,10 +28,10 @@ class Fly(Stage1, name="fly"):
         if pod.spec.service.notify:
             raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
         app = resolve_pod_app(pod)  # before the unit exists: a bad command or user fails here
+        write_plan(pod, app)  # for the entry, and for `enter`, which runs as the app does
         if pod.spec.rootfs is not None and native_obstacle(pod, app) is None:
             return native_plan(pod.spec.rootfs, app)  # no stage1 process: systemd sets the app up
         # The other pods (image pods, volumes...: native_obstacle says why) keep the Python entry.
-        write_plan(pod, app)
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
         properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
@@ -41,7 +41,8 @@ class Fly(Stage1, name="fly"):
         entry.become_app(entry.read_plan(str(write_plan(pod))))
 
     def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
-        app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)  # the root the app sees, image or not
+        # The app as planned: the root it sees now is the app's to change (its /etc/passwd among it).
+        app = ResolvedApp.from_plan_fields(entry.read_plan(str(Paths.stage1_dir(pod.dir) / entry.PLAN_FILE))["app"])
         root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)
         namespace = os.open(f"/proc/{leader}/ns/mnt", os.O_RDONLY)
         sc.setns(namespace, sc.CLONE_NEWNS)

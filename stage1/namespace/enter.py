@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
-from stage1.app import resolve_app
-from stage1.namespace.container import container_plan
-from stage1.namespace.launch import confine_and_exec, exit_status
+from stage1.namespace.container import stage1_dir
+from stage1.namespace.launch import PLAN_FILE, confine_and_exec, exit_status, read_plan
 from stage1.process import set_resource_limits
 
 if TYPE_CHECKING:
@@ -30,10 +28,12 @@ NAMESPACES = (
 
 
 def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
-    plan = container_plan(pod)
-    seccomp_program = Path(plan.seccomp_filter).read_bytes() if plan.seccomp_filter else None
-    app = resolve_app(Path(f"/proc/{leader}/root"), pod.spec.app)
-    set_resource_limits(app.plan_fields())  # before a user namespace takes the right to raise them
+    # The app as stage0 resolved it, user and groups included: never the container's /etc/passwd of
+    # now, which the app may have rewritten (an app user that named itself uid 0 would enter as root).
+    plan = read_plan(str(stage1_dir(pod) / PLAN_FILE))
+    seccomp_program = Path(plan["seccomp"]).read_bytes() if plan["seccomp"] else None
+    app = plan["app"]
+    set_resource_limits(app)  # before a user namespace takes the right to raise them
     join_namespaces(leader)
     child = os.fork()
     if child == 0:
@@ -41,7 +41,7 @@ def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
         # and the host's interpreter as /proc/PID/exe: not dumpable, so that the app can open none
         # of them through /proc until the exec, which makes the command dumpable again.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        confine_and_exec(app.plan_fields(), caps.mask(plan.capabilities), seccomp_program, argv)
+        confine_and_exec(app, plan["capabilities"], seccomp_program, argv)
     _, status = os.waitpid(child, 0)
     os._exit(exit_status(status))
 
