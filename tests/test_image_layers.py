@@ -100,6 +100,9 @@ def test_metadata_and_hardlinks_are_kept(outer: Path) -> None:
         ([(entry("hard", tarfile.LNKTYPE, linkname="missing"), b"")], "does not contain"),
         ([(entry("dev/sda", tarfile.BLKTYPE), b"")], "device node"),
         ([(entry("file"), b"x"), (entry("file/below"), b"y")], "not a directory"),
+        ([(entry("a/.wh..."), b"")], "names no entry"),  # hides `..`: would replace the tree's parent
+        ([(entry(".wh..."), b"")], "names no entry"),
+        ([(entry("a/.wh.."), b"")], "names no entry"),
     ],
 )
 def test_escapes_are_refused(outer: Path, members: list[tuple[tarfile.TarInfo, bytes]], complaint: str) -> None:

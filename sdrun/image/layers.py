@@ -191,8 +191,8 @@ class Extractor:
             return  # aufs bookkeeping (.wh..wh.plnk and the like): no meaning for overlayfs
         else:
             hidden = name.removeprefix(WHITEOUT_PREFIX)
-            if not hidden:
-                raise LayerError(f"whiteout '{what}' names nothing")
+            if hidden in ("", ".", ".."):  # `.wh...` would replace the parent's parent with a whiteout
+                raise LayerError(f"whiteout '{what}' names no entry of its directory")
             self._replace(parent, hidden, is_directory=False)
             os.mknod(hidden, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
 
