@@ -41,11 +41,10 @@ class Volume(NamedTuple):
             raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:ro|rw]")
         if not (source.startswith("/") and target.startswith("/")):
             raise SpecError(f"invalid volume '{text}': both paths must be absolute")
-        if os.path.normpath(target) == "/":
-            raise SpecError(f"invalid volume '{text}': a volume cannot replace the container's root")
+        _check_mount_target(normal_path(target), f"volume '{text}'")
         if not Path(source).exists():
             raise SpecError(f"volume source '{source}' does not exist")
-        return cls(os.path.normpath(source), os.path.normpath(target), mode == "ro")
+        return cls(normal_path(source), normal_path(target), mode == "ro")
 
     def __str__(self) -> str:
         return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
@@ -315,7 +314,7 @@ def parse_listen(value: str) -> str:
     """A ListenStream= address: PORT, HOST:PORT, [IPv6]:PORT or an absolute socket path."""
     port = value.rpartition(":")[2]
     if value.startswith("/"):
-        return os.path.normpath(value)
+        return normal_path(value)
     if port.isdigit() and 0 < int(port) < 65536 and (":" not in value or value.rpartition(":")[0]):
         return value
     raise SpecError(f"invalid listen address '{value}': expected PORT, HOST:PORT or an absolute socket path")
@@ -324,7 +323,21 @@ def parse_listen(value: str) -> str:
 def parse_tmpfs(value: str) -> str:
     """PATH[:OPTIONS], OPTIONS as mount(8) takes them for tmpfs (size=64m,mode=1777,ro,exec...)."""
     path, sep, options = value.partition(":")
-    return _absolute_path(path, "tmpfs path") + sep + options
+    path = _absolute_path(path, "tmpfs path")
+    _check_mount_target(path, f"tmpfs '{value}'")
+    return path + sep + options
+
+
+KERNEL_INTERFACES = ("/proc", "/sys")  # the stage1 mounts them, masked and read-only where it must be
+
+
+def _check_mount_target(target: str, what: str) -> None:
+    """Volumes and tmpfs go anywhere but over the root, /proc and /sys (and below them). The stage1
+    checks again where a target resolves to, since a link in the image may lead there."""
+    if target == "/":
+        raise SpecError(f"invalid {what}: it cannot replace the container's root")
+    if any(target == path or target.startswith(path + "/") for path in KERNEL_INTERFACES):
+        raise SpecError(f"invalid {what}: nothing may be mounted over the container's /proc or /sys")
 
 
 def parse_flag(value: object, key: str) -> bool:
@@ -363,7 +376,13 @@ def _absolute_path(value: object, what: str) -> str:
     text = str(value)
     if not text.startswith("/"):
         raise SpecError(f"invalid {what} '{text}': must be an absolute path")
-    return os.path.normpath(text)
+    return normal_path(text)
+
+
+def normal_path(path: str) -> str:
+    """An absolute path without `.`, `..`, repeated or trailing slashes: os.path.normpath keeps a
+    leading `//` (POSIX leaves its meaning open), and `//` would pass for another path than `/`."""
+    return "/" + os.path.normpath(path).lstrip("/")
 
 
 # One table: every setting a spec file or the CLI may give, and how to check it.

@@ -548,6 +548,18 @@ def test_dangling_absolute_links_are_followed_inside(sdrun: Sdrun, private_rootf
         shutil.rmtree(host, ignore_errors=True)
 
 
+def test_a_volume_cannot_reach_proc_through_a_link_in_the_image(
+    sdrun: Sdrun, private_rootfs: Path, tmp_path: Path
+) -> None:
+    """A volume over /proc/sys/kernel would fake cap_last_cap, which the bounding set is dropped by."""
+    (tmp_path / "cap_last_cap").write_text("1\n")
+    (private_rootfs / "knobs").symlink_to("/proc/sys/kernel")
+    name = unique_name()
+    result = run_in(sdrun, private_rootfs, "--name", name, "-v", f"{tmp_path}:/knobs", "--", "true", check=False)
+    assert result.returncode == 125
+    assert "mount target '/knobs' resolves into the container's /proc or /sys" in result.stderr
+
+
 def test_a_dev_link_to_the_root_is_refused(sdrun: Sdrun, private_rootfs: Path) -> None:
     shutil.rmtree(private_rootfs / "dev")
     (private_rootfs / "dev").symlink_to("/")

@@ -18,6 +18,7 @@ from sdrun.spec import (
     check_settings,
     load_spec_file,
     parse_memory,
+    parse_tmpfs,
     parse_ulimit,
 )
 from sdrun.systemd.bus import unit_object_path
@@ -75,6 +76,15 @@ def test_volume_parsing(tmp_path: Path) -> None:
     for bad in ("relative:/x", f"{tmp_path}:relative", f"{tmp_path}:/x:rx", "a:b:c:d"):
         with pytest.raises(SpecError):
             Volume.parse(bad)
+
+
+@pytest.mark.parametrize("target", ["/", "//", "/x/..", "/proc", "//proc/sys/kernel", "/sys/fs", "/proc/../sys"])
+def test_volumes_and_tmpfs_go_neither_over_the_root_nor_into_proc_or_sys(tmp_path: Path, target: str) -> None:
+    with pytest.raises(SpecError, match=r"root|/proc or /sys"):
+        Volume.parse(f"{tmp_path}:{target}")
+    with pytest.raises(SpecError, match=r"root|/proc or /sys"):
+        parse_tmpfs(f"{target}:size=1m")
+    assert Volume.parse(f"{tmp_path}://srv//data/").target == parse_tmpfs("//srv//data/") == "/srv/data"
 
 
 @pytest.mark.parametrize("key", ["scope", "read_only", "init", "notify"])

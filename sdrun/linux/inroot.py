@@ -74,12 +74,19 @@ def make_mount_point(root: StrPath, target: str, directory: bool) -> None:
         path = link if link.startswith("/") else f"{parent.rstrip('/')}/{link}"
 
 
+# What the kernel shows a container through /proc and /sys, masked and read-only where it must be:
+# nothing may be mounted over a part of it (a volume over /proc/sys/kernel would fake cap_last_cap).
+KERNEL_INTERFACES = (sc.PROC_SUPER_MAGIC, sc.SYSFS_MAGIC)
+
+
 def mount_in_root(
     source: str | None, root: StrPath, target: str, fstype: str | None, flags: int, options: str | None
 ) -> None:
     with open_in_root(root, target, os.O_PATH) as fd:
-        if target.strip("/") and os.path.samestat(os.fstat(fd), os.stat(root)):
+        if os.path.samestat(os.fstat(fd), os.stat(root)):  # `/`, `//`, or a link in the image to either
             raise SdrunError(f"mount target '{target}' resolves to the container's root")
+        if sc.filesystem_type(fd) in KERNEL_INTERFACES:  # a link in the image to /proc/sys, say
+            raise SdrunError(f"mount target '{target}' resolves into the container's /proc or /sys")
         try:
             sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)
         except OSError as error:  # name the container's path, not /proc/self/fd/N

@@ -104,6 +104,18 @@ def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]
     _check(_libc.syscall(sys_pivot_root, _encode(new_root), _encode(put_old)), "pivot_root", new_root)
 
 
+PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
+STATFS_SIZE = 120  # sizeof(struct statfs) on 64-bit Linux; f_type, a long, comes first
+
+
+def filesystem_type(fd: int) -> int:
+    """f_type of fstatfs(2): the magic number of the filesystem fd is on (os.statvfs has none)."""
+    buffer = ctypes.create_string_buffer(STATFS_SIZE)
+    _check(_libc.fstatfs(ctypes.c_int(fd), buffer), "fstatfs")
+    return ctypes.c_long.from_buffer(buffer).value
+
+
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     """close(2) every open descriptor from first to last (the whole table by default)."""
     _check(_libc.close_range(ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_int(0)), "close_range")
