@@ -88,7 +88,7 @@ SIGPIPE_AND_SIGXFSZ = 1 << 12 | 1 << 24  # bits (signal - 1) of /proc/PID/status
         ("--stage1", "namespace", "--net", "none", "--init"),
         ("--stage1", "namespace", "--net", "none", "--scope"),
         ("--stage1", "fly"),  # systemd execs the app
-        ("--stage1", "fly", "-v", "/etc:/host-etc:ro"),  # the fly entry does
+        ("--stage1", "fly", "-v", "/run:/run:ro"),  # the fly entry does (a volume, on a mount point it has)
     ],
     ids=["namespace", "init", "scope", "fly", "fly-entry"],
 )
