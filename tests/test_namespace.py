@@ -191,12 +191,17 @@ def test_read_only_volume_and_persistent_volume(sdrun: Sdrun, rootfs: Path, tmp_
     assert not (data / "other").exists()
 
 
-def test_read_only_root_and_tmpfs(sdrun: Sdrun, rootfs: Path) -> None:
+def test_read_only_root_and_tmpfs(sdrun: Sdrun, private_rootfs: Path, tmp_path: Path) -> None:
+    """The mount points the rootfs lacks are made in the pod's own layer: the directory, which other
+    pods may run too, is never written, --read-only or not."""
+    (private_rootfs / "etc" / "hostname").unlink(missing_ok=True)
+    before = sorted(str(path.relative_to(private_rootfs)) for path in private_rootfs.rglob("*"))
     output = shell(
-        sdrun, rootfs, "touch /x 2>/dev/null || echo ro; echo ok > /scratch/f && cat /scratch/f",
-        "--read-only", "--tmpfs", "/scratch:size=1m",
+        sdrun, private_rootfs, "touch /x 2>/dev/null || echo ro; echo ok > /scratch/f && cat /scratch/f; ls /new/sub",
+        "--read-only", "--tmpfs", "/scratch:size=1m", "-v", f"{tmp_path}:/new/sub",
     )  # fmt: skip
     assert output.split() == ["ro", "ok"]
+    assert sorted(str(path.relative_to(private_rootfs)) for path in private_rootfs.rglob("*")) == before
 
 
 def test_writes_go_to_the_pods_own_layer_not_the_shared_rootfs(sdrun: Sdrun, rootfs: Path) -> None:

@@ -57,15 +57,13 @@ def become_vm(pod: Pod) -> NoReturn:
 
 def mount_root(pod: Pod, root: Path) -> None:
     """The pod's root at root: an overlay whose upper layer is the pod's own, so the --rootfs
-    directory, which other pods may run too, is never written; with --read-only, a bind (made
-    read-only once root_mounts() are in)."""
+    directory, which other pods may run too, is never written, not even for the mount points
+    of root_mounts() (with --read-only, the root is made read-only once they are in)."""
     spec = pod.spec
     if spec.rootfs is None:
         from stage1.rootfs import mount_pod_rootfs  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         sc.mount(str(mount_pod_rootfs(pod)), root, None, sc.MS_BIND | sc.MS_REC)
-    elif spec.isolation.read_only:
-        sc.mount(spec.rootfs, root, None, sc.MS_BIND | sc.MS_REC)
     else:
         sc.mount(spec.rootfs, "lower", None, sc.MS_BIND | sc.MS_REC)
         sc.mount("overlay", root, "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work")

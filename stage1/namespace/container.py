@@ -84,7 +84,7 @@ class ContainerPlan(NamedTuple):
     directory: str  # the pod's stage1 directory
     root: str  # where the rootfs is mounted in the entry's mount namespace
     lowers: tuple[tuple[str, str], ...]  # (directory, where): trees bound first (idmapped under --private-users)
-    overlay: str | None  # the root's overlayfs options; None: a read-only bind of the one lower at root
+    overlay: str  # the root's overlayfs options
     hostname: str
     mounts: tuple[MountOperation, ...]  # what builds the container's tree...
     lockdown: tuple[MountOperation, ...]  # ... and then what masks and write-protects it
@@ -193,13 +193,13 @@ def api_mounts(pod: Pod, user_namespace: UserNamespace | None, console: str | No
     return mounts
 
 
-def root_mount(pod: Pod, user_namespace: UserNamespace | None) -> tuple[tuple[tuple[str, str], ...], str | None]:
-    """The trees to bind before the root is mounted, and the root's overlay options (None: the one
-    tree is the root, read-only). A --rootfs directory is shared by every pod that runs it, an
-    image's layer trees by every pod of the image: each pod writes to an upper layer of its own
-    (none at all with --read-only). In a user namespace each tree is bound idmapped, so that its
-    files owned by root show as the container's root; without one, the overlay takes the layer
-    trees as they are, and saves the binds."""
+def root_mount(pod: Pod, user_namespace: UserNamespace | None) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The trees to bind before the root is mounted, and the root's overlay options. A --rootfs
+    directory is shared by every pod that runs it, an image's layer trees by every pod of the
+    image: each pod writes to an upper layer of its own, where the mount points of its volumes and
+    /etc files are made too, before --read-only makes the root read-only (ReadOnlyRoot). In a user
+    namespace each tree is bound idmapped, so that its files owned by root show as the container's
+    root; without one, the overlay takes the layer trees as they are, and saves the binds."""
     scratch = stage1_dir(pod)
     if pod.spec.rootfs is None:
         layers = image_lowers(pod)
@@ -209,8 +209,6 @@ def root_mount(pod: Pod, user_namespace: UserNamespace | None) -> tuple[tuple[tu
         else:
             lowers = ()
         return lowers, overlay_options(layers, str(scratch / UPPER), str(scratch / WORK))
-    if pod.spec.isolation.read_only:
-        return ((pod.spec.rootfs, "rootfs"),), None
     return ((pod.spec.rootfs, "lower"),), overlay_options(["lower"], str(scratch / "upper"), str(scratch / "work"))
 
 

@@ -196,13 +196,11 @@ def _make_directory(path: str) -> None:
 def _mount_rootfs(plan: Plan, userns_fd: int | None) -> None:
     """The pod's root at plan["root"], in the entry's private mount namespace: an overlay with the
     pod's own upper layer over the --rootfs directory or the image's layer trees, each bound
-    (idmapped in a user namespace) where the overlay's options name it; with --read-only a
-    --rootfs directory is bound at the root itself."""
+    (idmapped in a user namespace) where the overlay's options name it."""
     for source, where in plan["lowers"]:
         _attach_tree(source, where, userns_fd)
-    if plan["overlay"] is not None:
-        _make_directory(plan["root"])
-        sc.mount("overlay", plan["root"], "overlay", 0, plan["overlay"])
+    _make_directory(plan["root"])
+    sc.mount("overlay", plan["root"], "overlay", 0, plan["overlay"])
 
 
 def _intermediate(
