@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 else:
     import _signal
 
-# The interpreter ignores these at start-up (and systemd ignores SIGPIPE in what it spawns), and an
-# ignored signal stays ignored across execve(): the app would never get SIGPIPE from a closed pipe.
-SIGNALS_PYTHON_IGNORES = (_signal.SIGPIPE, _signal.SIGXFSZ)
-
 
 class Identity:
     """Who the app runs as: numeric ids, already resolved against the container's /etc."""
@@ -104,8 +100,7 @@ def exec_as(
         before_exec()
     env = env | systemd_handover()
     argv = list(argv)
-    for number in SIGNALS_PYTHON_IGNORES:
-        _signal.signal(number, _signal.SIG_DFL)
+    stop_ignoring_signals()
     try:
         if "/" in executable:
             os.execve(executable, argv, env)
@@ -113,6 +108,16 @@ def exec_as(
     except OSError as error:
         os.write(2, f"sdrun: cannot execute '{argv[0]}': {error.strerror}\n".encode())
         os._exit(127 if error.errno == 2 else 126)
+
+
+def stop_ignoring_signals() -> None:
+    """Every signal back at its default action, as for a fresh container's init. An ignored signal
+    stays ignored across execve() (a caught one does not): the interpreter ignores SIGPIPE and
+    SIGXFSZ, systemd SIGPIPE, and whoever started sdrun may have ignored more (nohup SIGHUP, a
+    shell's background job SIGINT), which a shell app could then not even trap."""
+    for number in range(1, _signal.NSIG):
+        if _signal.getsignal(number) == _signal.SIG_IGN:  # None for those the C library keeps
+            _signal.signal(number, _signal.SIG_DFL)
 
 
 def set_resource_limits(app: dict[str, Any]) -> None:
