@@ -293,15 +293,9 @@ def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         raise
-    previous = {number: signal.signal(number, signal.SIG_IGN) for number in FORWARDED_SIGNALS}
-    try:
-        os.write(go_write, b"go")
-        os.close(go_write)
-        _, status = os.waitpid(child, 0)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    exit_status = os.waitstatus_to_exitcode(status)
+    os.write(go_write, b"go")
+    os.close(go_write)
+    exit_status = os.waitstatus_to_exitcode(_wait_passing_signals_on(child))
     # As systemd tells ExecStopPost= for a service: $SERVICE_RESULT $EXIT_CODE $EXIT_STATUS.
     if exit_status >= 0:
         record = f"{'success' if exit_status == 0 else 'exit-code'} exited {exit_status}"
@@ -309,6 +303,24 @@ def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         record = f"signal killed {signal.Signals(-exit_status).name.removeprefix('SIG')}"
     write_file_atomically(Paths.exit_record(pod.dir), record + "\n")
     return exit_status if exit_status >= 0 else 128 - exit_status
+
+
+def _wait_passing_signals_on(child: int) -> int:
+    """waitpid() for the scope's child; SIGINT, SIGTERM and SIGHUP that another process sends us
+    (kill(1), a supervisor) go on to it, as podman's sig-proxy. One our terminal sends (Ctrl-C:
+    si_code SI_KERNEL) reached the child's process group, the child included, already: never twice."""
+    waited = {signal.SIGCHLD, *FORWARDED_SIGNALS}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # pending until sigwaitinfo takes them
+    try:
+        while True:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                return status
+            received = signal.sigwaitinfo(waited)
+            if received.si_signo != signal.SIGCHLD and received.si_code <= 0:  # SI_USER, SI_QUEUE, SI_TKILL
+                os.kill(child, received.si_signo)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:

@@ -440,6 +440,21 @@ def test_a_scope_pod_has_the_device_policy_too_and_can_be_entered(sdrun: Sdrun, 
         app.wait(timeout=30)
 
 
+def test_a_scope_pod_gets_the_signals_sent_to_sdrun_and_its_stop_timeout(sdrun: Sdrun, rootfs: Path) -> None:
+    command = [SDRUN, "--root", str(sdrun.root), "run", "--scope", *NS, "--rootfs", str(rootfs), "--"]
+    trap = 'trap "echo got-TERM; exit 7" TERM; echo up; while :; do sleep 0.1; done'
+    app = subprocess.Popen([*command, "sh", "-c", trap], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert app.stdout is not None and app.stdout.readline() == "up\n"
+    app.send_signal(signal.SIGTERM)  # to sdrun, as kill(1) or a supervisor would
+    assert app.wait(timeout=30) == 7 and app.stdout.read() == "got-TERM\n"
+    name = unique_name()
+    stubborn = subprocess.Popen([*command[:4], "--name", name, "--stop-timeout", "1", *command[4:], "sleep", "100"])
+    wait_for(lambda: systemctl_show(f"sdrun-{name}.scope", "ActiveState")["ActiveState"] == "active")
+    assert systemctl_show(f"sdrun-{name}.scope", "TimeoutStopUSec")["TimeoutStopUSec"] == "1s"
+    assert stop_seconds(sdrun, name) < 10  # sleep, PID 1, ignores SIGTERM: SIGKILL after 1 s
+    assert stubborn.wait(timeout=30) == 137
+
+
 def test_enter_gets_the_pods_namespaces_capabilities_and_filter(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
     name = unique_name()
     options = ("-d", "--name", name, "--cap-drop", "ALL", "--cap-add", "KILL", "-v", f"{sysprobe}:/probe:ro")
