@@ -10,7 +10,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
+from tests.test_core import assert_clean_failure
 
 pytestmark = needs_systemd
 FLY = ("--stage1", "fly")
@@ -139,3 +142,25 @@ def test_an_installed_fly_unit_runs_its_app_as_its_user_and_sdrun_as_root(sdrun:
         assert sdrun("logs", name).stdout.splitlines() == [str(NOBODY), "1900", "a b $c %d"]
     finally:
         sdrun("uninstall", name, check=False)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--hostname", "h"),
+        ("--cap-drop", "ALL"),
+        ("--cap-add", "NET_ADMIN"),
+        ("--seccomp", "unconfined"),
+        ("--private-users",),
+        ("--read-only",),
+        ("--tmpfs", "/tmp"),
+        ("--init",),
+        ("--apparmor", "x"),
+    ],
+    ids=lambda flag: flag[0],
+)
+def test_isolation_flags_are_refused_not_ignored(sdrun: Sdrun, rootfs: Path, flag: tuple[str, ...]) -> None:
+    """fly is a chroot with the host's privileges: `--cap-drop ALL` and the like would be a promise
+    it does not keep."""
+    result = sdrun("run", *FLY, *flag, "--rootfs", str(rootfs), "--", "true", check=False)
+    assert_clean_failure(sdrun, result, f"{flag[0]} needs the namespace stage1")

@@ -17,16 +17,14 @@ from stage1.interface import Stage1, UnitPlan, entry_command
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from sdrun.spec import PodSpec
 
 
 class Fly(Stage1, name="fly"):
     default_network = "host"  # chroot only: the app shares the host's network, and no other can be had
 
     def plan(self, pod: Pod) -> UnitPlan:
-        if pod.spec.net != "host":
-            raise SpecError(f"--net {pod.spec.net} needs network isolation: fly shares the host's (--net host)")
-        if pod.spec.service.notify:
-            raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
+        refuse_what_does_not_apply(pod.spec)
         app = resolve_pod_app(pod)  # before the unit exists: a bad command or user fails here
         write_plan(pod, app)  # for the entry, and for `enter`, which runs as the app does
         if pod.spec.rootfs is not None and native_obstacle(pod, app) is None:
@@ -49,6 +47,34 @@ class Fly(Stage1, name="fly"):
         os.fchdir(root_fd)
         os.chroot(".")
         exec_app(app, tuple(argv))
+
+
+def refuse_what_does_not_apply(spec: PodSpec) -> None:
+    """fly is a chroot with the host's privileges: an isolation flag would be a promise it does not
+    keep, so it is refused, not ignored."""
+    if spec.net != "host":
+        raise SpecError(f"--net {spec.net} needs network isolation: fly shares the host's (--net host)")
+    if spec.service.notify:
+        raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
+    isolation = spec.isolation
+    given = {
+        "--hostname": isolation.hostname is not None,
+        "--cap-add": bool(isolation.cap_add),
+        "--cap-drop": bool(isolation.cap_drop),
+        "--seccomp": isolation.seccomp != "default",
+        "--private-users": isolation.private_users is not None,
+        "--read-only": isolation.read_only,
+        "--tmpfs": bool(isolation.tmpfs),
+        "--init": isolation.init,
+        "--selinux-type": isolation.selinux_type is not None,
+        "--apparmor": isolation.apparmor is not None,
+    }
+    for flag, present in given.items():
+        if present:
+            raise SpecError(
+                f"{flag} needs the namespace stage1: fly runs the app in a chroot with the host's privileges",
+                hint="--stage1 namespace",
+            )
 
 
 def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:
