@@ -152,11 +152,16 @@ def gc(systemd: Systemd, store: PodStore) -> list[str]:
 
 def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
     """Run argv inside a running pod, in its cgroup; return its exit status."""
+    from sdrun.terminal import PseudoTerminal
+
     leader = _leader(systemd, pod)
+    terminal = PseudoTerminal.for_caller()  # never the caller's own: the pod could keep it
     go_read, go_write = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(go_write)
+        if terminal is not None:
+            terminal.become_child_stdio()
         _enter_child(pod, leader, argv, go_read)
     os.close(go_read)
     try:
@@ -166,6 +171,8 @@ def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
         os.close(go_write)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        if terminal is not None:
+            terminal.relay_until_exit(child)
         _, status = os.waitpid(child, 0)
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -453,6 +454,34 @@ def test_a_scope_pod_gets_the_signals_sent_to_sdrun_and_its_stop_timeout(sdrun: 
     assert systemctl_show(f"sdrun-{name}.scope", "TimeoutStopUSec")["TimeoutStopUSec"] == "1s"
     assert stop_seconds(sdrun, name) < 10  # sleep, PID 1, ignores SIGTERM: SIGKILL after 1 s
     assert stubborn.wait(timeout=30) == 137
+
+
+def test_enter_on_a_terminal_gives_the_pod_a_terminal_of_its_own(sdrun: Sdrun, rootfs: Path) -> None:
+    """The pod may keep whatever the entered command had open (a process left behind, or one that
+    copies its descriptors with pidfd_getfd): never the user's terminal, whose keystrokes it would
+    read after `enter` returned."""
+    name = unique_name()
+    sdrun("run", *NS, "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "100")
+    master, slave = os.openpty()
+    users_terminal = os.fstat(slave).st_rdev
+    # The sleep outlives enter: it ignores the SIGHUP the terminal's end sends, before the shell goes on.
+    keep = "(trap '' HUP; touch /tmp/kept; exec sleep 100) & until [ -e /tmp/kept ]; do sleep 0.01; done"
+    script = f"{keep}; test -t 0 && test -t 1 && echo on-a-terminal; exit 3"
+    command = [SDRUN, "--root", str(sdrun.root), "enter", name, "--", "sh", "-c", script]
+    entered = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once sdrun, the last holder of the slave, has exited
+        while chunk := os.read(master, 4096):
+            output += chunk
+    os.close(master)
+    assert entered.wait(timeout=30) == 3
+    assert output == b"on-a-terminal\r\n"
+    group = systemctl_show(f"sdrun-{name}.service", "ControlGroup")["ControlGroup"]
+    left = Path("/sys/fs/cgroup/systemd", group.lstrip("/"), "cgroup.procs").read_text().split()
+    held = [os.stat(f"/proc/{pid}/fd/0").st_rdev for pid in left]
+    assert len(held) == 2 and users_terminal not in held  # the pod's sleep, and the one enter left
+    sdrun("rm", "-f", name)
 
 
 def test_enter_gets_the_pods_namespaces_capabilities_and_filter(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
