@@ -349,6 +349,37 @@ def test_bad_run_input(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: st
     assert_clean_failure(sdrun, result, fragment)
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--memroy", "1G", "--rootfs", "{rootfs}", "--", "/bin/true"],
+         "No such option '--memroy'. (Did you mean one of: '--memory'"),  # begun without click, then click's
+        (["--debug", "run", "--memroy", "1G", "--rootfs", "{rootfs}", "--", "/bin/true"],
+         "No such option '--memroy'"),  # click's from the start; --debug adds no traceback to a usage error
+        (["run", "--requires", "db", "--rootfs", "{rootfs}", "--", "/bin/true"],
+         "sdrun: No such option '--requires'. (hint: 'sdrun run --help')"),
+        (["run", "--rootfs", "{rootfs}", "--name"], "Option '--name' requires an argument. (hint: 'sdrun run --help')"),
+        (["run", "--rm=yes", "--rootfs", "{rootfs}", "--", "/bin/true"], "Option '--rm' does not take a value."),
+        (["run", "--tls-verify=maybe", "img"], "Invalid value for '--tls-verify': 'maybe' is not a valid boolean"),
+        (["network", "create", "x"], "Missing option '--subnet'. (hint: 'sdrun network create --help')"),
+        (["logs", "-n", "abc", "pod"], "Invalid value for '-n' / '--lines'"),
+        (["runn"], "No such command 'runn'. Did you mean 'run'? (hint: 'sdrun --help')"),
+        (["image"], "Missing command. (hint: 'sdrun image --help')"),
+        ([], "Missing command. (hint: 'sdrun --help')"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_too(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: str) -> None:
+    result = sdrun(*[arg.format(rootfs=rootfs) for arg in args], check=False)
+    assert_clean_failure(sdrun, result, fragment)
+    assert result.stdout == ""
+
+
+def test_help_is_no_usage_error(sdrun: Sdrun) -> None:
+    for args in (["--help"], ["run", "--help"], ["run", "-h"], ["image", "--help"], ["network", "create", "--help"]):
+        result = sdrun(*args)
+        assert result.stdout.startswith("Usage: sdrun") and result.stderr == ""
+
+
 def test_unknown_spec_key_names_file_and_key(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
     spec = tmp_path / "bad.toml"
     spec.write_text(f'rootfs = "{rootfs}"\ncolour = "red"\n')

@@ -4,11 +4,12 @@ without click (sdrun.cli.runcommand); every other command line comes here."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -16,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from sdrun import manage
-from sdrun.cli import errors_reported, runcommand
+from sdrun.cli import die, errors_reported, runcommand
 from sdrun.cli.runcommand import RunOption, without_separator
 from sdrun.errors import NotFound, SdrunError
 from sdrun.net import pod_address
@@ -39,16 +40,46 @@ class Context(NamedTuple):
         return PodStore(self.paths)
 
 
-class SdrunGroup(click.Group):
-    """Turns SdrunError into one line on stderr; tracebacks only with --debug."""
+class SdrunCommand(click.Command):
+    """A command whose command line, if click cannot read it, fails as any bad input does."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with usage_errors_reported(ctx):
+            return super().parse_args(ctx, args)
+
+
+class SdrunGroup(SdrunCommand, click.Group):
+    """Turns SdrunError, and click's own usage errors, into one line on stderr; tracebacks only
+    with --debug. Its commands are SdrunCommands, its subgroups (image, network) SdrunGroups."""
+
+    command_class = SdrunCommand
+    group_class = type
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A group given no command is a usage error like any other: left to click, it prints its
+        # whole help on stderr and exits 2 (click >= 8.2), or on stdout with 0 (8.1).
+        super().__init__(*args, **{"no_args_is_help": False, **kwargs})
 
     def invoke(self, ctx: click.Context) -> Any:
-        with errors_reported(debug=_debugging(ctx), passed_on=CLICK_EXITS):
+        with usage_errors_reported(ctx), errors_reported(debug=_debugging(ctx), passed_on=CLICK_EXITS):
             return super().invoke(ctx)
 
 
-# How click itself leaves (--help, a usage error, ^C at a prompt): click prints those.
+# How click itself leaves (--help, a usage error, ^C at a prompt): usage_errors_reported words
+# the usage errors; click prints the others.
 CLICK_EXITS = (click.exceptions.Exit, click.ClickException, click.exceptions.Abort)
+
+
+@contextlib.contextmanager
+def usage_errors_reported(ctx: click.Context) -> Iterator[None]:
+    """A command line click cannot read (an unknown option or command, a missing or bad value)
+    is one line and exit status 125, not click's usage block and 2. No traceback with --debug:
+    it is no bug. ctx names the command for the hint when click's parser did not."""
+    try:
+        yield
+    except click.UsageError as error:
+        command_path = (error.ctx or ctx).command_path
+        die(" ".join(error.format_message().splitlines()), hint=f"'{command_path} --help'")
 
 
 def _debugging(ctx: click.Context) -> bool:
