@@ -13,8 +13,11 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
+
+from sdrun.errors import SdrunError
 
 DEFAULT_ROOT = Path("/var/lib/sdrun")
 
@@ -26,6 +29,18 @@ class Paths(NamedTuple):
     def from_env(cls, root: str | os.PathLike[str] | None = None) -> Paths:
         chosen = root or os.environ.get("SDRUN_ROOT") or DEFAULT_ROOT
         return cls(Path(chosen).absolute())
+
+    def checked(self) -> Paths:
+        """These paths, once the root is known to be a directory or absent (made when first
+        needed): a file there would fail every command later, as a bare NotADirectoryError."""
+        try:
+            if stat.S_ISDIR(self.root.stat().st_mode):
+                return self
+        except FileNotFoundError:
+            return self
+        except NotADirectoryError:  # a file on the way to it
+            pass
+        raise SdrunError(f"root '{self.root}' is not a directory", hint="--root DIR or $SDRUN_ROOT: sdrun's state")
 
     @property
     def pods(self) -> Path:

@@ -387,6 +387,20 @@ def test_unknown_spec_key_names_file_and_key(sdrun: Sdrun, rootfs: Path, tmp_pat
     assert_clean_failure(sdrun, result, f"{spec}: unknown key 'colour'")
 
 
+def test_a_root_that_is_a_file_is_named(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    run = ["run", "--rootfs", str(rootfs), "--", "/bin/true"]
+    for root in (not_a_dir, not_a_dir / "below"):
+        # run read without click and by click (--private-users), and other verbs
+        for verb in (run, ["run", "--private-users", *run[1:]], ["list"], ["status", "x"], ["gc"], ["image", "list"]):
+            result = sdrun("--root", str(root), *verb, check=False)
+            assert_clean_failure(sdrun, result, f"root '{root}' is not a directory")
+    from_env = subprocess.run([SDRUN, *run], env=dict(os.environ, SDRUN_ROOT=str(not_a_dir)), capture_output=True,
+                              text=True, check=False)  # fmt: skip
+    assert_clean_failure(sdrun, from_env, f"root '{not_a_dir}' is not a directory")
+
+
 def test_unknown_pod(sdrun: Sdrun) -> None:
     for verb in (["stop"], ["kill"], ["rm"], ["status"], ["logs"], ["enter"]):
         result = sdrun(*verb, "no-such-pod", check=False)
