@@ -51,6 +51,11 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
         )
     if spec.scope and options.detach:
         raise SdrunError("--scope runs the app attached to this terminal: it cannot be --detach'ed")
+    if options.remove and spec.restart != "no":  # Docker refuses it too
+        raise SdrunError(
+            f"--rm and --restart {spec.restart} conflict: the pod would be removed once its app first ends",
+            hint="drop one of them",
+        )
     backend = Stage1.named(spec.stage1)
     systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)

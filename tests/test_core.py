@@ -342,6 +342,15 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
         (["--name", "bad/name", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid pod name"),
         (["--stage1", "warp", "--rootfs", "{rootfs}", "--", "/bin/true"], "unknown stage1 'warp'"),
         (["--stage1", "fly", "--net", "none", "--rootfs", "{rootfs}", "--", "/bin/true"], "fly shares the host's"),
+        (["--rm", "--restart", "always", "--rootfs", "{rootfs}", "--", "/bin/true"], "--rm and --restart always"),
+        (
+            ["-d", "--rm", "--restart=on-failure", "--rootfs", "{rootfs}", "--", "/bin/true"],
+            "--rm and --restart on-failure conflict",
+        ),
+        (  # read by click, for --private-users
+            ["--private-users", "--rm", "--restart", "always", "--rootfs", "{rootfs}", "--", "/bin/true"],
+            "--rm and --restart always conflict",
+        ),
     ],
 )
 def test_bad_run_input(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: str) -> None:
@@ -399,6 +408,14 @@ def test_a_root_that_is_a_file_is_named(sdrun: Sdrun, rootfs: Path, tmp_path: Pa
     from_env = subprocess.run([SDRUN, *run], env=dict(os.environ, SDRUN_ROOT=str(not_a_dir)), capture_output=True,
                               text=True, check=False)  # fmt: skip
     assert_clean_failure(sdrun, from_env, f"root '{not_a_dir}' is not a directory")
+
+
+def test_rm_refuses_a_restart_policy_of_the_spec_file(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "restarting.toml"
+    spec.write_text(f'rootfs = "{rootfs}"\nexec = ["/bin/true"]\nrestart = "always"\n')
+    result = sdrun("run", "--rm", "--spec", str(spec), check=False)
+    assert_clean_failure(sdrun, result, "--rm and --restart always conflict")
+    assert sdrun("run", "--rm", "--spec", str(spec), "--restart", "no").returncode == 0
 
 
 def test_unknown_pod(sdrun: Sdrun) -> None:
