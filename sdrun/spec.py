@@ -460,7 +460,33 @@ def load_spec_file(path: Path) -> dict[str, object]:
         raise SpecError(f"cannot read spec file '{path}': {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: invalid TOML: {error}") from None
+    _check_command_lists(raw, str(path))
     return check_settings(raw, str(path))
+
+
+# Keys whose value is a command's words. A spec file gives them as a TOML array: a string would
+# be one word, `exec = "echo a b"` a program 'echo a b' not found, a health check never passing.
+# (Not in SETTINGS: a unit's `prepare` gives a one-word command as a string.)
+COMMAND_KEYS = ("exec", "healthcheck")
+
+
+def _check_command_lists(raw: Mapping[str, object], origin: str) -> None:
+    for key in COMMAND_KEYS:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, list):
+            hint = _as_words(key, value) if isinstance(value, str) else None
+            raise SpecError(f"{origin}: invalid {key} {value!r}: expected a list of words", hint=hint)
+
+
+def _as_words(key: str, text: str) -> str | None:
+    """The key as it would be spelled with text's words (as a shell splits them), if it can."""
+    import json
+    import shlex
+
+    try:
+        return f"{key} = {json.dumps(shlex.split(text))}"
+    except ValueError:  # an unbalanced quote
+        return None
 
 
 def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1: str) -> PodSpec:

@@ -418,6 +418,14 @@ def test_rm_refuses_a_restart_policy_of_the_spec_file(sdrun: Sdrun, rootfs: Path
     assert sdrun("run", "--rm", "--spec", str(spec), "--restart", "no").returncode == 0
 
 
+def test_a_spec_files_exec_string_is_refused_by_key(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "words.toml"
+    spec.write_text(f'rootfs = "{rootfs}"\nexec = "echo a b"\n')
+    result = sdrun("run", "--spec", str(spec), check=False)
+    assert_clean_failure(sdrun, result, f"{spec}: invalid exec 'echo a b': expected a list of words")
+    assert '(hint: exec = ["echo", "a", "b"])' in result.stderr
+
+
 def test_unknown_pod(sdrun: Sdrun) -> None:
     for verb in (["stop"], ["kill"], ["rm"], ["status"], ["logs"], ["enter"]):
         result = sdrun(*verb, "no-such-pod", check=False)

@@ -116,6 +116,19 @@ def test_spec_file_round_trips_through_the_manifest(tmp_path: Path) -> None:
     assert PodSpec.from_json(spec.to_json()) == spec
 
 
+def test_a_command_in_a_spec_file_is_a_list(tmp_path: Path) -> None:
+    spec_file = tmp_path / "web.toml"
+    spec_file.write_text('healthcheck = "wget -q http://127.0.0.1/"\n')
+    with pytest.raises(SpecError, match=r"web\.toml: invalid healthcheck 'wget -q http://127.0.0.1/'") as raised:
+        load_spec_file(spec_file)
+    assert raised.value.hint == 'healthcheck = ["wget", "-q", "http://127.0.0.1/"]'
+    spec_file.write_text("exec = 7\n")
+    with pytest.raises(SpecError, match=r"web\.toml: invalid exec 7: expected a list of words"):
+        load_spec_file(spec_file)
+    spec_file.write_text('exec = ["true"]\nhealthcheck = ["true"]\n')
+    assert load_spec_file(spec_file) == {"exec": ("true",), "healthcheck": ("true",)}
+
+
 def test_invalid_toml_is_one_clear_error(tmp_path: Path) -> None:
     spec_file = tmp_path / "broken.toml"
     spec_file.write_text("name = \n")
