@@ -211,12 +211,26 @@ def parse_pairs(values: object, what: str, host_env: Mapping[str, str] | None = 
 
 
 def read_env_file(path: str) -> dict[str, str]:
+    """NAME=VALUE lines, as Docker's --env-file reads them: a bare NAME takes sdrun's own variable
+    (none if it has none), blank lines and # comments are skipped, and anything else is refused,
+    since a name with a space in it (`export A=1`, a stray sentence) can only be a mistake."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as error:
         raise SpecError(f"cannot read env file '{path}': {error.strerror}") from None
-    wanted = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return parse_pairs(wanted, f"line in env file {path}", os.environ)
+    env: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, sep, value = text.partition("=")
+        if not name or any(char.isspace() for char in name):
+            raise SpecError(f"env file {path}, line {number}: expected NAME=VALUE or NAME, not '{text}'")
+        if sep:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env
 
 
 def _as_list(value: object, what: str) -> list[str]:

@@ -254,6 +254,23 @@ def test_env_workdir_user_and_volumes(sdrun: Sdrun, rootfs: Path, tmp_path: Path
     assert numeric.stdout.split() == ["1234", "5"]
 
 
+def test_env_file_bare_names_take_sdruns_variables_and_bad_lines_are_refused(
+    sdrun: Sdrun, rootfs: Path, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("\n  # indented comment\nFROM_SDRUN\nUNSET_IN_SDRUN\nPLAIN=a b\n")
+    env = {key: value for key, value in os.environ.items() if key != "UNSET_IN_SDRUN"} | {"FROM_SDRUN": "passed"}
+    script = 'echo "$FROM_SDRUN|$PLAIN|${UNSET_IN_SDRUN-unset}"'
+    result = sdrun(
+        "run", "--rm", "--env-file", str(env_file), "--rootfs", str(rootfs), "--", "sh", "-c", script, env=env
+    )
+    assert result.stdout == "passed|a b|unset\n"
+    for bad in ("export A=1", "=value", "A B=1", "not a variable"):
+        env_file.write_text(f"A=1\n# fine\n{bad}\n")
+        refused = sdrun("run", "--env-file", str(env_file), "--rootfs", str(rootfs), "--", "true", check=False)
+        assert_clean_failure(sdrun, refused, f"env file {env_file}, line 3: expected NAME=VALUE or NAME, not '{bad}'")
+
+
 def test_spec_file(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
     name = unique_name("spec")
     spec = tmp_path / "web.toml"
