@@ -175,6 +175,21 @@ def test_pod_is_found_by_uuid_prefix(sdrun: Sdrun, rootfs: Path) -> None:
     sdrun("rm", "-f", uuid[:8])
 
 
+def test_status_shows_a_time_a_command_line_and_variables(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    sdrun("run", "-d", "--name", name, "-e", "MODE=a b", "--label", "tier=web", "--rootfs", str(rootfs), "--",
+          "sh", "-c", "echo 'it is'; sleep 300")  # fmt: skip
+    lines = sdrun("status", name).stdout.splitlines()
+    created = json.loads(sdrun("status", "--json", name).stdout)["created"]
+    assert isinstance(created, float)  # --json keeps the epoch, for programs
+    assert f"created: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(created))}" in lines
+    assert """command: sh -c 'echo '"'"'it is'"'"'; sleep 300'""" in lines
+    env = lines[lines.index("env:") + 1 : lines.index("env:") + 3]
+    assert env == ["  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "  MODE='a b'"]
+    assert lines[lines.index("labels:") + 1] == "  tier=web"
+    assert not [line for line in lines if "[" in line or "{" in line]
+
+
 def test_no_sdrun_process_stays_beside_the_app(sdrun: Sdrun, rootfs: Path) -> None:
     name = unique_name()
     sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300")

@@ -191,9 +191,30 @@ def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(details, indent=2))
         return
+    for line in _status_lines(details):
+        click.echo(line)
+
+
+def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
+    """`status` for people: a local time, a command line and NAME=VALUE lines, not the epoch and
+    Python reprs that --json's values would print as (--json keeps them for programs)."""
+    import shlex
+    import time
+
     for key, value in details.items():
-        if value not in (None, {}, []):
-            click.echo(f"{key}: {value}")
+        if value in (None, {}, []):
+            continue
+        if key == "created":
+            yield f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(value))}"
+        elif key == "command":
+            yield f"{key}: {shlex.join(value)}"
+        elif isinstance(value, Mapping):  # env, labels: one per line, quoted as a shell would need
+            yield f"{key}:"
+            yield from (f"  {name}={shlex.quote(str(item))}" for name, item in value.items())
+        elif isinstance(value, list):
+            yield f"{key}: {', '.join(map(str, value))}"
+        else:
+            yield f"{key}: {value}"
 
 
 # --- changing ---
