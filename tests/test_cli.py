@@ -3,6 +3,7 @@ path of every container start imports neither click nor dataclasses. No systemd 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -14,6 +15,8 @@ import pytest
 
 from sdrun.cli import commands, runcommand
 from sdrun.pod import new_uuid
+from stage1.interface import BUILTIN_BACKENDS
+from tests.conftest import PROJECT, SDRUN
 
 PLAIN_RUN_LINES = [
     ["--rm", "--stage1", "fly", "--rootfs", "/srv/root", "--", "/bin/true"],
@@ -94,3 +97,15 @@ def test_new_uuids_are_random_rfc_4122_version_4_ones() -> None:
     for text in made:
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_the_readme_documents_every_run_option_and_stage1() -> None:
+    """Every option `sdrun run --help` lists has a row in one of the README's option tables."""
+    help_text = subprocess.run([SDRUN, "run", "--help"], capture_output=True, text=True, check=True).stdout
+    options = set(re.findall(r"^  (?:-\w, )?(--[\w-]+)", help_text, re.MULTILINE)) - {"--help"}
+    assert "--rootfs" in options and "--verify" in options
+    rows = [line for line in (PROJECT / "README.md").read_text().splitlines() if line.startswith("| `-")]
+    documented = {name for row in rows for name in re.findall(r"`(--[\w-]+)", row.split(" | ")[0])}
+    assert options - documented == set()
+    (stage1_row,) = [row for row in rows if row.startswith("| `--stage1 NAME`")]
+    assert all(f"`{name}`" in stage1_row for name in BUILTIN_BACKENDS)
