@@ -121,7 +121,8 @@ def _start_service(
         systemd.wait_for_job(job, f"starting {pod.unit}")
     except JobFailed as failure:
         if not (("Type", "s", "exec") in plan.properties and _the_app_ran(systemd, pod)):
-            raise SdrunError(f"{pod.unit} failed to start: {_first_complaint(pod) or failure.message}") from None
+            reason = _first_complaint(pod) or _killed(systemd, pod) or failure.message
+            raise SdrunError(f"{pod.unit} failed to start: {reason}", hint=_limits_hint(pod.spec)) from None
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
         machined.register(systemd, pod)  # best effort; machined forgets it when the unit stops
     return done_meanwhile
@@ -189,6 +190,26 @@ def _open_journal(pod: Pod) -> Callable[[], PodJournal]:
         return log
 
     return open_journal
+
+
+def _killed(systemd: Systemd, pod: Pod) -> str | None:
+    """Why a start that logged nothing failed, if a signal did it (the kernel's OOM killer, say)."""
+    try:
+        result = systemd.unit_property(pod.unit, SERVICE, "Result")
+    except SdrunError:  # collected already (run -d)
+        return None
+    if result == "oom-kill":
+        return "its set-up ran out of memory"
+    return "its set-up was killed by a signal" if result == "signal" else None
+
+
+def _limits_hint(spec: PodSpec) -> str | None:
+    """sdrun's own set-up (the network's, the stage1's) runs in the unit, under the pod's limits."""
+    limits = (("--memory", spec.resources.memory), ("--pids-limit", spec.resources.pids))
+    given = [flag for flag, value in limits if value is not None]
+    if not given:
+        return None
+    return f"the pod's set-up runs under its {' and '.join(given)} too: a little more may be what it needs"
 
 
 def _first_complaint(pod: Pod) -> str | None:

@@ -383,6 +383,14 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
             ["--private-users", "--rm", "--restart", "always", "--rootfs", "{rootfs}", "--", "/bin/true"],
             "--rm and --restart always conflict",
         ),
+        (  # the network's set-up, in the unit, is killed by the kernel's OOM killer
+            ["--rm", "--memory", "8M", "--rootfs", "{rootfs}", "--", "/bin/true"],
+            "was killed by a signal (hint: the pod's set-up runs under its --memory too",
+        ),
+        (
+            ["--rm", "--pids-limit", "1", "--net", "none", "--rootfs", "{rootfs}", "--", "/bin/true"],
+            "Resource temporarily unavailable (hint: the pod's set-up runs under its --pids-limit too",
+        ),
     ],
 )
 def test_bad_run_input(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: str) -> None:
