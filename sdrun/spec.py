@@ -80,6 +80,22 @@ class Isolation(NamedTuple):
     selinux_type: str | None = None
     apparmor: str | None = None
 
+    def flags_given(self) -> dict[str, bool]:
+        """Whether each setting differs from its default, by its flag: a stage1 that cannot
+        honour one refuses it rather than ignore it (stage1.interface.refuse_flags)."""
+        return {
+            "--hostname": self.hostname is not None,
+            "--cap-add": bool(self.cap_add),
+            "--cap-drop": bool(self.cap_drop),
+            "--seccomp": self.seccomp != "default",
+            "--private-users": self.private_users is not None,
+            "--read-only": self.read_only,
+            "--tmpfs": bool(self.tmpfs),
+            "--init": self.init,
+            "--selinux-type": self.selinux_type is not None,
+            "--apparmor": self.apparmor is not None,
+        }
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Isolation:
         tuples = ("cap_add", "cap_drop", "tmpfs")

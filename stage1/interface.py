@@ -80,6 +80,13 @@ class Stage1:
         """Release whatever the backend left on the host for a pod that has ended."""
 
 
+def refuse_flags(given: dict[str, bool], why: str, hint: str | None = None) -> None:
+    """Refuse the first flag given (see Isolation.flags_given): `FLAG <why>`."""
+    for flag, present in given.items():
+        if present:
+            raise SpecError(f"{flag} {why}", hint=hint)
+
+
 def default_network(stage1: str) -> str:
     """The network a pod of this stage1 gets when it names none."""
     return Stage1.named(stage1).default_network

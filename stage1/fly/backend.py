@@ -13,7 +13,7 @@ from sdrun.paths import Paths
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan
-from stage1.interface import Stage1, UnitPlan, entry_command
+from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -56,25 +56,8 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         raise SpecError(f"--net {spec.net} needs network isolation: fly shares the host's (--net host)")
     if spec.service.notify:
         raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-    isolation = spec.isolation
-    given = {
-        "--hostname": isolation.hostname is not None,
-        "--cap-add": bool(isolation.cap_add),
-        "--cap-drop": bool(isolation.cap_drop),
-        "--seccomp": isolation.seccomp != "default",
-        "--private-users": isolation.private_users is not None,
-        "--read-only": isolation.read_only,
-        "--tmpfs": bool(isolation.tmpfs),
-        "--init": isolation.init,
-        "--selinux-type": isolation.selinux_type is not None,
-        "--apparmor": isolation.apparmor is not None,
-    }
-    for flag, present in given.items():
-        if present:
-            raise SpecError(
-                f"{flag} needs the namespace stage1: fly runs the app in a chroot with the host's privileges",
-                hint="--stage1 namespace",
-            )
+    why = "needs the namespace stage1: fly runs the app in a chroot with the host's privileges"
+    refuse_flags(spec.isolation.flags_given(), why, hint="--stage1 namespace")
 
 
 def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:

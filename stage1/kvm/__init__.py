@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
-from stage1.interface import Stage1, UnitPlan, entry_command
+from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -79,25 +79,21 @@ def stage1_dir(pod: Pod) -> Path:
     return Paths.stage1_dir(pod.dir)
 
 
+# The guest honours --hostname, --read-only, --tmpfs and --init itself; these mean nothing for a VM.
+REFUSED_ISOLATION = ("--private-users", "--cap-add", "--cap-drop", "--seccomp", "--selinux-type", "--apparmor")
+
+
 def refuse_what_does_not_apply(spec: PodSpec) -> None:
     """Flags of the namespace stage1 that mean nothing for a VM: refuse rather than ignore them."""
-    isolation = spec.isolation
-    given = {
-        "--private-users": isolation.private_users is not None,
-        "--cap-add": bool(isolation.cap_add),
-        "--cap-drop": bool(isolation.cap_drop),
-        "--seccomp": isolation.seccomp != "default",
-        "--selinux-type": isolation.selinux_type is not None,
-        "--apparmor": isolation.apparmor is not None,
+    given = {flag: present for flag, present in spec.isolation.flags_given().items() if flag in REFUSED_ISOLATION}
+    given |= {
         "--net host": spec.net == "host",
         # The VM's main process says READY=1 once qemu runs, and the guest has no way to the
         # host's notify socket or to sockets systemd passes us.
         "notify = true": spec.service.notify,
         "listen": bool(spec.service.listen),
     }
-    for flag, present in given.items():
-        if present:
-            raise SpecError(f"{flag} does not apply to the kvm stage1: the VM is the pod's boundary")
+    refuse_flags(given, "does not apply to the kvm stage1: the VM is the pod's boundary")
     if spec.app.ulimits:
         raise SpecError("--ulimit is not carried into the kvm stage1's guest", hint="set limits in the app's command")
 
