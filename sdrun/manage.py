@@ -27,6 +27,7 @@ class PodView(NamedTuple):
 
     pod: Pod
     unit: UnitStatus | None
+    failure: str | None = None  # systemd's Result of a unit it gave up restarting (start-limit-hit)
 
     @property
     def state(self) -> str:
@@ -34,6 +35,8 @@ class PodView(NamedTuple):
             return {"active": "running", "activating": "starting", "deactivating": "stopping"}.get(
                 self.unit.active_state, self.unit.active_state
             )
+        if self.failure is not None:  # the exit record tells of the last run, not of the give-up
+            return "failed"
         record = self.pod.exit_record()
         if record is None:
             return "failed" if self.unit is not None and self.unit.active_state == "failed" else "created"
@@ -53,6 +56,7 @@ class PodView(NamedTuple):
             "unit": self.pod.unit,
             "sub_state": self.unit.sub_state if self.unit else None,
             "exit_status": record.exit_status if record else None,
+            "result": self.failure or (record.result if record else None),
             "stage1": spec.stage1,
             "image": spec.image,
             "rootfs": spec.rootfs,
@@ -67,12 +71,26 @@ class PodView(NamedTuple):
 
 def views(systemd: Systemd, pods: list[Pod]) -> list[PodView]:
     units = {unit.name: unit for unit in systemd.list_units(UNIT_PATTERNS)}
-    return [PodView(pod, units.get(pod.unit)) for pod in pods]
+    return [_view(systemd, pod, units.get(pod.unit)) for pod in pods]
 
 
 def view(systemd: Systemd, pod: Pod) -> PodView:
     units = systemd.list_units([pod.unit])
-    return PodView(pod, units[0] if units else None)
+    return _view(systemd, pod, units[0] if units else None)
+
+
+def _view(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> PodView:
+    return PodView(pod, unit, _failure(systemd, pod, unit))
+
+
+def _failure(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> str | None:
+    """Why systemd stopped restarting the pod, if it did: only a restarting pod's unit stays
+    failed (properties._collect_mode), and only its Result tells (ExecStopPost= did not run)."""
+    if pod.spec.restart == "no" or unit is None or unit.active_state != "failed":
+        return None
+    with contextlib.suppress(NotFound):
+        return str(systemd.unit_property(unit.name, SERVICE, "Result"))
+    return None  # collected meanwhile
 
 
 def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:

@@ -122,6 +122,8 @@ def _start_service(
     except JobFailed as failure:
         if not (("Type", "s", "exec") in plan.properties and _the_app_ran(systemd, pod)):
             reason = _first_complaint(pod) or _killed(systemd, pod) or failure.message
+            if pod.spec.restart != "no":  # else systemd starts it again, and keeps it once it gives up
+                systemd.stop_unit(pod.unit)
             raise SdrunError(f"{pod.unit} failed to start: {reason}", hint=_limits_hint(pod.spec)) from None
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
         machined.register(systemd, pod)  # best effort; machined forgets it when the unit stops

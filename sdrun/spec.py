@@ -323,13 +323,13 @@ def _limit(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def parse_seconds(value: object) -> float:
+def parse_seconds(value: object, what: str = "timeout") -> float:
     try:
         seconds = float(str(value))
     except ValueError:
         seconds = -1.0
     if seconds < 0:
-        raise SpecError(f"invalid timeout '{value}': expected seconds, e.g. 10 or 0.5")
+        raise SpecError(f"invalid {what} '{value}': expected seconds, e.g. 10 or 0.5")
     return seconds
 
 
@@ -452,8 +452,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "kvm_accel": lambda value: parse_choice(value, ("kvm", "tcg", "auto"), "kvm accelerator"),
     "kvm_kernel": lambda value: str(Path(str(value)).absolute()),
     "requires": lambda value: tuple(parse_name(item) for item in _as_list(value, "requires")),
-    "restart_sec": parse_seconds,
-    "start_limit_interval": parse_seconds,
+    "restart_sec": lambda value: parse_seconds(value, "restart_sec"),
+    "start_limit_interval": lambda value: parse_seconds(value, "start_limit_interval"),
     "start_limit_burst": parse_count,
     "notify": lambda value: parse_flag(value, "notify"),
     "listen": lambda value: tuple(parse_listen(item) for item in _as_list(value, "listen")),

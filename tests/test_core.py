@@ -219,6 +219,35 @@ def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_p
     assert pod_json(sdrun, name)["exit_status"] == 0
 
 
+def test_restarts_systemd_gave_up_show_in_list_and_status_until_rm(sdrun: Sdrun, rootfs: Path) -> None:
+    """An app that ends at once is started 5 times in 10 s, then systemd stops: the record says
+    exited (0), but the pod's unit stays failed with its Result for list and status to show."""
+    name = unique_name()
+    unit = f"sdrun-{name}.service"
+    sdrun("run", "-d", "--name", name, "--restart", "always", "--rootfs", str(rootfs), "--", "/bin/true")
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")
+    pod = pod_json(sdrun, name)
+    assert (pod["result"], pod["exit_status"]) == ("start-limit-hit", 0)
+    assert systemctl_show(unit, "Result", "NRestarts") == {"Result": "start-limit-hit", "NRestarts": "5"}
+    (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
+    assert " failed (0): start-limit-hit " in row
+    assert "\nresult: start-limit-hit (systemd stopped restarting the app" in sdrun("status", name).stdout
+    sdrun("rm", name)
+    assert systemctl_show(unit, "LoadState")["LoadState"] == "not-found"
+
+
+def test_restart_sec_spaces_the_restarts_out(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    unit = f"sdrun-{name}.service"
+    sdrun("run", "-d", "--name", name, "--restart", "on-failure", "--restart-sec", "2.5", "--rootfs", str(rootfs),
+          "--", "/bin/false")  # fmt: skip
+    assert systemctl_show(unit, "RestartUSec")["RestartUSec"] == "2.500000s"
+    time.sleep(3)  # systemd's 0.1 s would have given up by now, after 5 restarts
+    assert int(systemctl_show(unit, "NRestarts")["NRestarts"]) in (1, 2)
+    assert pod_json(sdrun, name)["state"] == "starting"  # waiting to restart
+    sdrun("rm", "-f", name)
+
+
 def test_memory_limit_is_the_units_memorymax_and_is_enforced(sdrun: Sdrun, rootfs: Path) -> None:
     name = unique_name()
     sdrun("run", "-d", "--name", name, "--memory", "64M", "--rootfs", str(rootfs), "--", "sleep", "300")
@@ -368,6 +397,7 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
         (["--rootfs", "/nonexistent", "--", "/bin/true"], "rootfs '/nonexistent' is not a directory"),
         (["--memory", "12Q", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid memory value '12Q'"),
         (["--restart", "sometimes", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart policy"),
+        (["--restart-sec", "soon", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart_sec 'soon'"),
         (["--rootfs", "{rootfs}", "--", "/no/such/program"], "'/no/such/program' not found"),
         (["-v", "/nonexistent:/x", "--rootfs", "{rootfs}", "--", "/bin/true"], "volume source '/nonexistent'"),
         (["-u", "nobody-here", "--rootfs", "{rootfs}", "--", "/bin/true"], "user 'nobody-here' not found"),
@@ -385,6 +415,10 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
         ),
         (  # the network's set-up, in the unit, is killed by the kernel's OOM killer
             ["--rm", "--memory", "8M", "--rootfs", "{rootfs}", "--", "/bin/true"],
+            "was killed by a signal (hint: the pod's set-up runs under its --memory too",
+        ),
+        (  # a restart policy would start it again, and systemd would keep the unit once it gave up
+            ["-d", "--restart", "always", "--memory", "8M", "--rootfs", "{rootfs}", "--", "/bin/true"],
             "was killed by a signal (hint: the pod's set-up runs under its --memory too",
         ),
         (

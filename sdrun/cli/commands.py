@@ -171,6 +171,8 @@ def list_pods(ctx: Context, as_json: bool) -> None:
         state = pod_view.state
         if (record := pod_view.pod.exit_record()) is not None and state in ("exited", "failed"):
             state = f"{state} ({record.exit_status})"
+        if pod_view.failure is not None:  # the restarts stopped: that is what needs doing something about
+            state = f"{state}: {pod_view.failure}"
         source = spec.image or spec.rootfs or ""
         address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
         command = " ".join(spec.app.argv)
@@ -195,6 +197,10 @@ def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
         click.echo(line)
 
 
+# systemd's Results (SERVICE_RESULT) that say more than their name to someone who does not know systemd.
+RESULT_MEANINGS = {"start-limit-hit": "systemd stopped restarting the app: it started too often"}
+
+
 def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
     """`status` for people: a local time, a command line and NAME=VALUE lines, not the epoch and
     Python reprs that --json's values would print as (--json keeps them for programs)."""
@@ -208,6 +214,8 @@ def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
             yield f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(value))}"
         elif key == "command":
             yield f"{key}: {shlex.join(value)}"
+        elif key == "result" and value in RESULT_MEANINGS:
+            yield f"{key}: {value} ({RESULT_MEANINGS[value]})"
         elif isinstance(value, Mapping):  # env, labels: one per line, quoted as a shell would need
             yield f"{key}:"
             yield from (f"  {name}={shlex.quote(str(item))}" for name, item in value.items())

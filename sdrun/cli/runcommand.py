@@ -62,6 +62,7 @@ RUN_OPTIONS = (
     RunOption(("--pids-limit",), "pids_limit", "Maximum number of tasks (TasksMax=)."),
     RunOption(("--ulimit",), "ulimit", "Resource limit, e.g. nofile=1024.", MULTIPLE, "NAME=SOFT[:HARD]"),
     RunOption(("--restart",), "restart", "Restart policy: no, on-failure or always."),
+    RunOption(("--restart-sec",), "restart_sec", "Seconds before a restart (RestartSec=) [0.1].", metavar="SECONDS"),
     RunOption(("-v", "--volume"), "volume", "Bind a host path into the container.", MULTIPLE, "HOST:CTR[:ro]"),
     RunOption(("--label",), "label", "Attach a label to the pod.", MULTIPLE, "KEY=VALUE"),
     RunOption(

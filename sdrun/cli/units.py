@@ -18,7 +18,6 @@ from sdrun.spec import PodSpec, check_settings, parse_name
 RUN_ONLY = ("detach", "remove", "scope", "platform", "tls_verify", "verify")
 UNIT_SETTINGS = (
     click.option("--requires", multiple=True, metavar="POD", help="Start after POD's unit, and only with it."),
-    click.option("--restart-sec", help="Seconds before a restart (RestartSec=)."),
     click.option("--start-limit-interval", help="StartLimitIntervalSec=, in seconds."),
     click.option("--start-limit-burst", help="StartLimitBurst=."),
     click.option("--notify", is_flag=True, default=None, help="The app says READY=1 itself (sd_notify)."),

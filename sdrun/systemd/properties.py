@@ -66,6 +66,14 @@ def _usec(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * USEC)
 
 
+def _collect_mode(pod: Pod) -> str:
+    """A pod's unit goes once it has ended; the exit record keeps how. But systemd gives up
+    restarting a crash-looping app (5 starts in 10 s by default) without running ExecStopPost=,
+    so the record still tells of the last run: a restarting pod's unit stays while it is failed,
+    its Result (start-limit-hit) for `list` and `systemctl status`, until `rm`, `gc` or reset-failed."""
+    return "inactive-or-failed" if pod.spec.restart == "no" else "inactive"
+
+
 def _units(names: Sequence[str]) -> list[str] | None:
     return [unit_name(name, "service") for name in names] or None
 
@@ -138,7 +146,7 @@ def pod_service_properties(
         properties.append(("ExecStopPostEx", "a(sasas)", list(stop_post)))
     properties += [
         ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
-        ("CollectMode", "s", "inactive-or-failed"),
+        ("CollectMode", "s", _collect_mode(pod)),
         *logging_properties(pod),
         *resource_properties(pod),
         *[prop for prop in service_option_properties(pod) if prop[0] not in ("Requires", "After")],
