@@ -23,6 +23,7 @@ from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 
 MANIFEST_VERSION = 1
+MIN_PREFIX = 4  # the shortest UUID prefix that names a pod: fewer is too easily a typo's match
 
 
 class ExitRecord(NamedTuple):
@@ -164,14 +165,23 @@ class PodStore:
 
     def get(self, ref: str) -> Pod:
         """A pod by name, else by a unique prefix of its UUID."""
-        if ref and "/" not in ref and (pod_uuid := self._pod_behind(self.paths.name_link(ref))):
-            return self.load(pod_uuid)
-        matches = [uuid for uuid in self.uuids() if uuid.startswith(ref)] if len(ref) >= 4 else []
+        if (pod := self.named(ref)) is not None:
+            return pod
+        matches = self.uuids_with_prefix(ref)
         if len(matches) > 1:
             raise SdrunError(f"'{ref}' matches {len(matches)} pods: give more of the UUID")
         if not matches:
             raise NotFound(f"no such pod: '{ref}'", hint="'sdrun list' shows the pods")
         return self.load(matches[0])
+
+    def named(self, name: str) -> Pod | None:
+        if name and "/" not in name and (pod_uuid := self._pod_behind(self.paths.name_link(name))):
+            return self.load(pod_uuid)
+        return None
+
+    def uuids_with_prefix(self, prefix: str) -> list[str]:
+        """The UUIDs that start with prefix, if it is long enough to be one (MIN_PREFIX)."""
+        return [uuid for uuid in self.uuids() if uuid.startswith(prefix)] if len(prefix) >= MIN_PREFIX else []
 
     def uuids(self) -> list[str]:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -146,6 +147,46 @@ def test_logs_follow_a_pod_until_it_ends(sdrun: Sdrun, rootfs: Path) -> None:
     assert followed.stdout.splitlines() == ["line 1", "line 2", "line 3", "last"]
     past = sdrun("logs", "-f", "--until", "2000-01-01", "--all", timeout=30)
     assert past.returncode == 0 and past.stdout == ""
+
+
+def test_logs_of_removed_pods_by_name_and_uuid_prefix(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    app = ("--rootfs", str(rootfs), "--", "echo")
+    first = sdrun("run", "-d", "--name", name, *app, "first").stdout.strip()
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "exited")
+    sdrun("rm", name)
+    assert sdrun("logs", name).stdout == "first\n"
+    assert sdrun("logs", first[:8]).stdout == "first\n"  # the prefix `list` showed
+    sdrun("run", "--name", name, *app, "second")
+    assert sdrun("logs", name).stdout == "second\n"  # the pod of that name, while it is there
+    sdrun("rm", name)
+    assert sdrun("logs", name).stdout == "second\n"  # the latest of that name once removed
+    assert sdrun("logs", first[:6]).stdout == "first\n"
+
+    other_root = Sdrun(sdrun.root.with_name(f"{sdrun.root.name}-other"))  # its pods are not this root's
+    other_root("run", "--rm", "--name", f"{name}-elsewhere", *app, "elsewhere")
+    shutil.rmtree(other_root.root)
+    assert_clean_failure(sdrun, sdrun("logs", f"{name}-elsewhere", check=False), f"no such pod: '{name}-elsewhere'")
+
+    sdrun("run", "--rm", "--name", first[:8], *app, "named like a prefix")  # a removed pod's name...
+    ambiguous = sdrun("logs", first[:8], check=False)  # ... and the other's UUID prefix
+    assert_clean_failure(sdrun, ambiguous, f"'{first[:8]}' matches 2 pods: ")
+    assert first in ambiguous.stderr and "(hint: give more of the UUID, or all of it)" in ambiguous.stderr
+    assert sdrun("logs", first).stdout == "first\n"
+
+
+def test_logs_refuse_a_uuid_prefix_two_removed_pods_share(sdrun: Sdrun) -> None:
+    """Two UUIDs with one prefix, which random ones rarely have: lines as a pod's unit tags them."""
+    pods = ["0123abcd-0000-4000-8000-000000000001", "0123abcd-0000-4000-8000-000000000002"]
+    for pod_uuid in pods:
+        fields = f"MESSAGE=from {pod_uuid}\nSYSLOG_IDENTIFIER=p\nSDRUN_POD={pod_uuid}\nSDRUN_ROOT={sdrun.root}\n"
+        subprocess.run(["logger", "--journald"], input=fields, text=True, check=True)
+    subprocess.run(["journalctl", "--sync"], check=True)
+    for prefix in ("0123", pods[0][:-1]):
+        result = sdrun("logs", prefix, check=False)
+        assert_clean_failure(sdrun, result, f"'{prefix}' matches 2 pods: {pods[0]}, {pods[1]}")
+    assert sdrun("logs", pods[0]).stdout == f"from {pods[0]}\n"
+    assert sdrun("logs", "p").stdout == f"from {pods[1]}\n"  # by name: the latest
 
 
 def test_gc_leaves_a_pod_alone_while_its_creator_holds_it(sdrun: Sdrun, rootfs: Path) -> None:

@@ -22,7 +22,7 @@ from sdrun.cli.runcommand import RunOption, without_separator
 from sdrun.errors import NotFound, SdrunError
 from sdrun.net import pod_address
 from sdrun.paths import Paths
-from sdrun.pod import Pod, PodStore
+from sdrun.pod import MIN_PREFIX, Pod, PodStore
 
 if TYPE_CHECKING:
     from sdrun.systemd.bus import Systemd
@@ -306,7 +306,7 @@ def logs(
     all_pods: bool,
     pod_ref: str | None,
 ) -> None:
-    """Print a pod's output from the journal (also for removed pods, by UUID)."""
+    """Print a pod's output from the journal (removed pods' too, by name or UUID)."""
     from sdrun.systemd import journal
 
     if bool(pod_ref) == all_pods:
@@ -317,8 +317,8 @@ def logs(
         log = journal.PodJournal.of_root(str(ctx.paths.root))
         pod = None
     else:
-        pod = _pod_or_none(ctx, str(pod_ref))
-        log = journal.PodJournal(pod.uuid if pod else str(pod_ref))
+        pod, pod_uuid = _logs_target(ctx, str(pod_ref))
+        log = journal.PodJournal(pod_uuid)
     until_usec = _journal_time(until) if until else None
     if since:
         log.seek_realtime(_journal_time(since))
@@ -400,14 +400,32 @@ def _journal_time(text: str) -> int:
         raise SdrunError(f"invalid time '{text}': expected e.g. 2024-05-01T12:00, 10m or 2h") from None
 
 
-def _pod_or_none(ctx: Context, ref: str) -> Pod | None:
-    """The pod ref names; None for the UUID of a removed one, whose lines the journal keeps."""
-    try:
-        return ctx.store.get(ref)
-    except NotFound:
-        if UUID_PATTERN.fullmatch(ref):
-            return None
-        raise
+def _logs_target(ctx: Context, ref: str) -> tuple[Pod | None, str]:
+    """The pod whose lines `logs` prints, and its UUID; no Pod for a removed one, whose lines the
+    journal keeps. A pod's name, else a unique prefix of its UUID, as for every verb; for removed
+    pods of this root the journal has both (SYSLOG_IDENTIFIER, SDRUN_POD): a name then means the
+    latest pod of that name. A whole UUID names any pod's lines, as journalctl's match would."""
+    from sdrun.systemd import journal
+
+    if (pod := ctx.store.named(ref)) is not None:
+        return pod, pod.uuid
+    root = str(ctx.paths.root)
+    candidates = set(ctx.store.uuids_with_prefix(ref))
+    if len(ref) >= MIN_PREFIX:
+        candidates |= set(journal.pods_with_prefix(root, ref))
+    if (named := journal.latest_pod_named(root, ref)) is not None:
+        candidates.add(named)
+    if UUID_PATTERN.fullmatch(ref):
+        candidates.add(ref)
+    if len(candidates) > 1:
+        raise SdrunError(f"'{ref}' matches {len(candidates)} pods: {', '.join(sorted(candidates))}",
+                         hint="give more of the UUID, or all of it")  # fmt: skip
+    if not candidates:
+        raise NotFound(f"no such pod: '{ref}'", hint="'sdrun list' shows the pods")
+    (pod_uuid,) = candidates
+    with contextlib.suppress(NotFound):
+        return ctx.store.load(pod_uuid), pod_uuid
+    return None, pod_uuid  # removed
 
 
 from sdrun.cli import image as _image  # noqa: E402,F401

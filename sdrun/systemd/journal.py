@@ -131,6 +131,49 @@ class PodJournal:
         self._reader.wait(timeout_usec)
 
 
+# --- pods the journal knows: removed ones too ---
+
+IDENTIFIER_FIELD = "SYSLOG_IDENTIFIER"  # a pod's unit tags its lines with the pod's name
+
+
+def pods_with_prefix(root: str, prefix: str) -> list[str]:
+    """The UUIDs that start with prefix of the pods of an sdrun root that have lines in the journal."""
+    reader = _reader._Reader(_reader.LOCAL_ONLY)
+    try:
+        # Every value of the field in the journal files, read from their field index, not their entries.
+        found = {_text(value) for value in reader.query_unique(POD_FIELD)}
+        return sorted(pod for pod in found if pod.startswith(prefix) and _has_lines(reader, pod, root))
+    finally:
+        reader.close()
+
+
+def _has_lines(reader: Any, pod_uuid: str, root: str) -> bool:
+    reader.flush_matches()
+    reader.add_match(f"{POD_FIELD}={pod_uuid}")
+    reader.add_match(f"{ROOT_FIELD}={root}")  # another field: ANDed
+    reader.seek_head()
+    return bool(reader._next())
+
+
+def latest_pod_named(root: str, name: str) -> str | None:
+    """The UUID of the pod of an sdrun root named `name` that logged last; None if none did."""
+    reader = _reader._Reader(_reader.LOCAL_ONLY)
+    try:
+        reader.add_match(f"{IDENTIFIER_FIELD}={name}")
+        reader.add_match(f"{ROOT_FIELD}={root}")
+        reader.seek_tail()
+        while reader._previous():  # the last line first
+            with contextlib.suppress(KeyError):
+                return _text(reader._get(POD_FIELD))
+        return None
+    finally:
+        reader.close()
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def _journal_directories() -> dict[str, int]:
     """The journal directories of this machine, each with its modification time (ns)."""
     found = {}
