@@ -356,12 +356,48 @@ def _link_wants(output: Path, target: str, units: PodUnits) -> None:
 # --- installing and uninstalling, over D-Bus ---
 
 
+def check_install(systemd: Systemd, spec: PodSpec, unit_dir: Path, *, replace: bool) -> None:
+    """Refuse, before anything is pulled or written, to overwrite an installed pod without
+    `replace` (its app and dependencies would change under it unasked), and a requirement on
+    a pod that is no unit file systemd knows."""
+    installed = installed_files(spec.name, unit_dir)
+    _check_ours(installed, "replacing")
+    if installed and not replace:
+        raise SdrunError(
+            f"pod '{spec.name}' is installed already ({installed[0]})",
+            hint=f"'sdrun install --replace {spec.name} ...' replaces it, 'sdrun uninstall {spec.name}' removes it",
+        )
+    for required in spec.service.requires:
+        _check_required(systemd, required)
+
+
+def _check_required(systemd: Systemd, name: str) -> None:
+    """Requires= on a unit systemd cannot load fails every start of the pod; on a transient unit
+    (a pod of `sdrun run`), every start once that pod is gone, as after a reboot. So the pod must
+    be installed, or generated from /etc/sdrun (after a daemon-reload)."""
+    unit = unit_name(name, "service")
+    try:  # the unit's object loads it: an unknown one is "not-found"
+        load_state = systemd.unit_property(unit, bus.UNIT, "LoadState")
+        transient = systemd.unit_property(unit, bus.UNIT, "Transient")
+    except NotFound:
+        load_state, transient = "not-found", False
+    if transient:
+        what = "a pod of 'sdrun run', gone at the next boot"
+    elif load_state != "loaded":
+        what = f"no installed pod ({unit} is {load_state})"
+    else:
+        return
+    raise SdrunError(f"--requires {name}: {what}", hint=f"install it first: 'sdrun install {name} ...'")
+
+
 def install(systemd: Systemd, units: PodUnits, unit_dir: Path, *, enable: bool, now: bool) -> None:
     """Write the units, daemon-reload, then enable and start as asked. A start that fails
-    leaves the units installed (as systemctl would): `sdrun uninstall` removes them."""
-    for path in installed_files(units.service.removeprefix("sdrun-").removesuffix(".service"), unit_dir):
-        if not is_generated(path):
-            raise SdrunError(f"{path} exists and was not written by sdrun: not replacing it")
+    leaves the units installed (as systemctl would): `sdrun uninstall` removes them. Units of a
+    previous install that this one has not (a socket, a health check) go; a pod that runs
+    goes on with its app until it restarts, at once with `now`."""
+    previous = installed_files(units.service.removeprefix("sdrun-").removesuffix(".service"), unit_dir)
+    _check_ours(previous, "replacing")
+    _remove_units(systemd, [path for path in previous if path.name not in units.files])
     write_units(units, unit_dir)
     bus.reload(systemd)
     entry_points = [name for name in units.files if name.endswith(".socket")] or [units.service]
@@ -369,17 +405,25 @@ def install(systemd: Systemd, units: PodUnits, unit_dir: Path, *, enable: bool, 
         bus.enable_unit_files(systemd, entry_points)
         bus.reload(systemd)
     if now:
+        if previous and systemd.unit_property(units.service, bus.UNIT, "ActiveState") in RUNNING_STATES:
+            bus.restart_unit(systemd, units.service, wait=True)  # on the units just written
         for unit in entry_points:
             bus.start_unit(systemd, unit)
 
 
-def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -> None:
-    files = installed_files(name, unit_dir)
-    if not files:
-        raise NotFound(f"no units of pod '{name}' in {unit_dir}")
+RUNNING_STATES = ("active", "activating", "reloading")
+
+
+def _check_ours(files: Sequence[Path], doing: str) -> None:
     foreign = [path for path in files if not is_generated(path)]
     if foreign:
-        raise SdrunError(f"{foreign[0]} was not written by sdrun: not removing it")
+        raise SdrunError(f"{foreign[0]} exists and was not written by sdrun: not {doing} it")
+
+
+def _remove_units(systemd: Systemd, files: Sequence[Path]) -> None:
+    """Stop, disable and remove installed units (the triggers first), and have systemd forget them."""
+    if not files:
+        return
     names = [path.name for path in files]
     for unit in sorted(names, key=lambda unit: not unit.endswith((".socket", ".timer"))):  # triggers first
         systemd.stop_unit(unit)
@@ -388,6 +432,14 @@ def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -> None
     bus.reload(systemd)
     for unit in names:
         systemd.reset_failed_unit(unit)
+
+
+def uninstall(systemd: Systemd, paths: Paths, name: str, unit_dir: Path) -> None:
+    files = installed_files(name, unit_dir)
+    if not files:
+        raise NotFound(f"no units of pod '{name}' in {unit_dir}")
+    _check_ours(files, "removing")
+    _remove_units(systemd, files)
     with contextlib.suppress(NotFound):
         pod = load_pod(paths.pod_dir(installed_pod_uuid(name)))
         Stage1.named(pod.spec.stage1).gc(pod)

@@ -339,3 +339,45 @@ def test_an_installed_image_pod_runs_its_image_and_generate_needs_it_stored(
     start(unit)
     assert state(unit)["SubState"] == "running"
     wait_for(lambda: sdrun("logs", name).stdout == "from the image\n")
+
+
+def refused(result: subprocess.CompletedProcess[str], fragment: str) -> bool:
+    return result.returncode == 125 and result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_install_replaces_an_installed_pod_only_with_replace(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
+    name = unique_name("web")
+    unit, unit_file = f"sdrun-{name}.service", Path("/etc/systemd/system", f"sdrun-{name}.service")
+    app = ("--net", "none", "--rootfs", str(rootfs), "--", "sh", "-c")
+    health = ("--healthcheck", "true", "--healthcheck-interval", "600")
+    sdrun("install", "--now", name, *health, *app, "echo first; exec sleep 1000")
+    installed.append(name)
+    first, written = state(unit), unit_file.read_text()
+    timer = f"sdrun-health@{name}.timer"
+    assert systemctl_show(timer, "ActiveState")["ActiveState"] == "active"
+
+    again = sdrun("install", "--now", name, *app, "echo second; exec sleep 1000", check=False)
+    assert refused(again, f"sdrun: pod '{name}' is installed already ({unit_file}) (hint: 'sdrun install --replace")
+    assert unit_file.read_text() == written and state(unit)["MainPID"] == first["MainPID"]
+
+    # --replace writes the new units, drops those the new install has not (the health check's),
+    # and --now restarts the running pod on them.
+    sdrun("install", "--replace", "--now", name, *app, "echo second; exec sleep 1000")
+    assert "echo second" in unit_file.read_text()
+    assert state(unit)["SubState"] == "running" and state(unit)["MainPID"] != first["MainPID"]
+    wait_for(lambda: sdrun("logs", name).stdout == "first\nsecond\n")
+    assert not Path("/etc/systemd/system", timer).exists()
+    assert systemctl_show(timer, "LoadState")["LoadState"] == "not-found"
+
+
+def test_install_requires_only_installed_pods(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
+    name, transient = unique_name("api"), unique_name("run")
+    app = ("--net", "none", "--rootfs", str(rootfs), "--", "sleep", "1000")
+    missing = sdrun("install", name, "--requires", "nosuchpod", *app, check=False)
+    assert refused(missing, "--requires nosuchpod: no installed pod (sdrun-nosuchpod.service is not-found)")
+    sdrun("run", "-d", "--name", transient, *app)
+    of_run = sdrun("install", name, "--requires", transient, *app, check=False)
+    sdrun("rm", "-f", transient)
+    assert refused(of_run, f"--requires {transient}: a pod of 'sdrun run', gone at the next boot")
+    assert not Path("/etc/systemd/system", f"sdrun-{name}.service").exists()
+    assert sdrun.pods() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,9 @@ from sdrun.cli.commands import Context, given_options, main, pass_context, with_
 from sdrun.cli.runcommand import DEFAULT_STAGE1, spec_from_run_options
 from sdrun.errors import SdrunError, SpecError
 from sdrun.spec import PodSpec, check_settings, parse_name
+
+if TYPE_CHECKING:
+    from sdrun.systemd.bus import Systemd
 
 # run options that make no sense for an installed unit (its ExecStartPre does not pull)
 RUN_ONLY = ("detach", "remove", "scope", "platform", "tls_verify", "verify")
@@ -85,31 +88,48 @@ def generate(click_ctx: click.Context, /, **options: Any) -> None:
 @unit_command
 @main.command()
 @click.option("--enable", is_flag=True, help="Enable the unit (start it at boot).")
-@click.option("--now", is_flag=True, help="Start it now.")
+@click.option("--now", is_flag=True, help="Start it now (restart it, if --replace'd while it runs).")
+@click.option("--replace", is_flag=True, help="Replace the pod's units if it is installed already.")
 @click.option("--unit-dir", type=click.Path(path_type=Path), help="Where to write units [/etc/systemd/system].")
 @click.argument("pod_name", metavar="NAME")
 @click.pass_context
 def install(
-    click_ctx: click.Context, /, enable: bool, now: bool, unit_dir: Path | None, pod_name: str, **options: Any
+    click_ctx: click.Context,
+    /,
+    enable: bool,
+    now: bool,
+    replace: bool,
+    unit_dir: Path | None,
+    pod_name: str,
+    **options: Any,
 ) -> None:
-    """Install a pod as sdrun-NAME.service: sdrun install [--enable] [--now] NAME (--spec FILE | run options)"""
+    """Install a pod as sdrun-NAME.service: sdrun install [--enable] [--now] [--replace] NAME (--spec FILE | OPTIONS)"""
     from sdrun import units
 
     ctx: Context = click_ctx.obj
     if options.get("name") not in (None, pod_name):
         raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
     spec = _spec_from(click_ctx, options)._replace(name=parse_name(pod_name))
-    if spec.image:  # pulled now, as `run` would; the unit names it as stored, which its starts then find
-        from sdrun.image.transfer import PullOptions, find_or_pull
-
-        image = find_or_pull(ctx.paths, spec.image, PullOptions(progress=sys.stderr))
-        if not image.names:  # a nameless image is no store entry a unit could find again
-            raise SdrunError(f"{spec.image} has no name in the store", hint=f"sdrun image import {spec.image} NAME")
-        spec = spec._replace(image=image.names[0])
-    pod_units = units.pod_units(spec, ctx.paths)
     target = unit_dir or units.DEFAULT_UNIT_DIR
-    with_systemd(lambda systemd: units.install(systemd, pod_units, target, enable=enable, now=now))
-    click.echo(pod_units.service)
+
+    def install_pod(systemd: Systemd) -> str:
+        units.check_install(systemd, spec, target, replace=replace)  # before a pull
+        pod_units = units.pod_units(_with_stored_image(ctx, spec) if spec.image else spec, ctx.paths)
+        units.install(systemd, pod_units, target, enable=enable, now=now)
+        return pod_units.service
+
+    click.echo(with_systemd(install_pod))
+
+
+def _with_stored_image(ctx: Context, spec: PodSpec) -> PodSpec:
+    """The image pulled now, as `run` would; the unit names it as stored, which its starts then find."""
+    from sdrun.image.transfer import PullOptions, find_or_pull
+
+    assert spec.image is not None
+    image = find_or_pull(ctx.paths, spec.image, PullOptions(progress=sys.stderr))
+    if not image.names:  # a nameless image is no store entry a unit could find again
+        raise SdrunError(f"{spec.image} has no name in the store", hint=f"sdrun image import {spec.image} NAME")
+    return spec._replace(image=image.names[0])
 
 
 @main.command()

@@ -471,6 +471,8 @@ def start_unit(systemd: Systemd, unit: str, *, wait: bool = True) -> None:
         systemd.wait_for_job(job, f"starting {unit}")
 
 
-def restart_unit(systemd: Systemd, unit: str) -> None:
-    """Queue a restart and return: the caller may be a unit the restart would wait for."""
-    systemd.call("RestartUnit", "ss", [unit, "replace"])
+def restart_unit(systemd: Systemd, unit: str, *, wait: bool = False) -> None:
+    """Queue a restart; without wait, return at once: the caller may be a unit the restart would wait for."""
+    (job,) = systemd.call("RestartUnit", "ss", [unit, "replace"])
+    if wait:
+        systemd.wait_for_job(job, f"restarting {unit}")
