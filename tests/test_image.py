@@ -633,6 +633,24 @@ def test_run_passes_platform_tls_and_verify_to_its_pull(sdrun: Sdrun, registry: 
 
 
 @needs_systemd
+def test_an_image_of_another_platform_runs_only_when_asked_for(sdrun: Sdrun, registry: LocalRegistry) -> None:
+    multi = f"{registry.host}/multi"
+    sdrun("image", "pull", "--platform", "linux/arm64", multi)  # stored under the plain tag
+    cat = ("run", "--rm", "--stage1", "fly")
+    message = f"sdrun: image {multi} is for linux/arm64, not this host's linux/amd64 (hint: "
+    for refused in (
+        sdrun(*cat, multi, "--", "cat", "/platform", check=False),
+        sdrun("generate", "--name", "other", multi, check=False),  # and so install and the generator
+    ):
+        assert refused.returncode == 125 and refused.stderr.startswith(message), refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stdout == ""
+    assert sdrun.pods() == []
+    assert sdrun(*cat, "--platform", "linux/arm64", multi, "--", "cat", "/platform").stdout == "arm64\n"
+    sdrun("image", "pull", multi)  # the host's, under the same tag
+    assert sdrun(*cat, multi, "--", "cat", "/platform").stdout == "amd64\n"
+
+
+@needs_systemd
 def test_fifty_pods_share_one_copy_of_the_layers(sdrun: Sdrun, registry: LocalRegistry) -> None:
     reference = f"{registry.host}/app:oci"
     sdrun("image", "pull", reference)

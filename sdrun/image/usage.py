@@ -8,7 +8,7 @@ from typing import TextIO
 
 from sdrun.errors import NotFound, SdrunError
 from sdrun.image.config import apply_image_config, exposed_ports
-from sdrun.image.oci import Platform
+from sdrun.image.oci import Platform, describe_platform
 from sdrun.image.podimage import PodImage, read_pod_image, write_pod_image
 from sdrun.image.pullsettings import PullSettings
 from sdrun.image.store import Image, ImageStore
@@ -42,7 +42,7 @@ def create_image_pod(
     store = ImageStore(paths.images)
     with store.shared():
         image = find_or_pull(paths, spec.image, options)
-        merged, record = _image_pod_parts(store, spec, image)
+        merged, record = _image_pod_parts(store, spec, image, options.platform)
         pod = pods.create(merged, pod_uuid)
         try:
             write_pod_image(pod.dir, record)
@@ -61,16 +61,36 @@ def stored_image_parts(paths: Paths, spec: PodSpec) -> tuple[PodSpec, PodImage]:
         image = store.find(spec.image)
         if image is None:
             raise NotFound(f"image {spec.image} is not in the image store", hint=f"sdrun image pull {spec.image}")
-        return _image_pod_parts(store, spec, image)
+        return _image_pod_parts(store, spec, image, None)
 
 
-def _image_pod_parts(store: ImageStore, spec: PodSpec, image: Image) -> tuple[PodSpec, PodImage]:
+def _image_pod_parts(
+    store: ImageStore, spec: PodSpec, image: Image, platform: Platform | None
+) -> tuple[PodSpec, PodImage]:
+    """platform: the one the command line asked for (find_or_pull has made sure the image is of it)."""
     assert spec.image is not None
+    if platform is None:
+        _check_host_platform(image, spec.image)
     lowers = [str(tree) for tree in store.trees_of(image)]
     if sum(len(lower) + 1 for lower in lowers) > MAX_LOWERDIR_OPTION:
         raise SdrunError(f"{spec.image} has too many layers ({len(lowers)}) for one overlayfs mount")
     name = image.names[0] if image.names else spec.image
     return apply_image_config(spec, image.config), PodImage(image.digest, name, lowers, exposed_ports(image.config))
+
+
+def _check_host_platform(image: Image, what: str) -> None:
+    """Refuse an image of another OS or architecture than the host's. `image pull --platform` stores
+    one under the plain tag, and its app would then fail with an exec format error at best, or run
+    under qemu-user's binfmt handler without a word. --platform says that is meant. A config that
+    names no os or architecture (OCI requires both; old tools left them out) is given the benefit."""
+    host = Platform.host()
+    wanted = {"os": host.os, "architecture": host.architecture}
+    if any(image.config.get(key) not in (None, value) for key, value in wanted.items()):
+        found = describe_platform(image.config)
+        raise SdrunError(
+            f"image {what} is for {found}, not this host's {host}",
+            hint=f"'sdrun image pull {what}' gets the host's, if any; 'run --platform {found}' runs this one",
+        )
 
 
 class Usage:
