@@ -214,8 +214,10 @@ def parse_pairs(values: object, what: str, host_env: Mapping[str, str] | None = 
     pairs: dict[str, str] = {}
     for item in _as_list(values, what):
         key, sep, value = item.partition("=")
-        if not key:
-            raise SpecError(f"invalid {what} '{item}': expected KEY=VALUE")
+        if not key or any(char.isspace() for char in key):  # `export A=1`, a stray sentence: a mistake
+            raise SpecError(
+                f"invalid {what} '{item}': expected KEY=VALUE" + (" or KEY" if host_env is not None else "")
+            )
         if not sep and host_env is not None:
             if key not in host_env:
                 continue
@@ -228,8 +230,7 @@ def parse_pairs(values: object, what: str, host_env: Mapping[str, str] | None = 
 
 def read_env_file(path: str) -> dict[str, str]:
     """NAME=VALUE lines, as Docker's --env-file reads them: a bare NAME takes sdrun's own variable
-    (none if it has none), blank lines and # comments are skipped, and anything else is refused,
-    since a name with a space in it (`export A=1`, a stray sentence) can only be a mistake."""
+    (none if it has none), blank lines and # comments are skipped, and anything else is refused."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as error:
@@ -237,15 +238,8 @@ def read_env_file(path: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
         text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        name, sep, value = text.partition("=")
-        if not name or any(char.isspace() for char in name):
-            raise SpecError(f"env file {path}, line {number}: expected NAME=VALUE or NAME, not '{text}'")
-        if sep:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
+        if text and not text.startswith("#"):
+            env |= parse_pairs([text], f"line {number} of env file {path}:", os.environ)
     return env
 
 

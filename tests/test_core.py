@@ -353,7 +353,9 @@ def test_env_file_bare_names_take_sdruns_variables_and_bad_lines_are_refused(
     for bad in ("export A=1", "=value", "A B=1", "not a variable"):
         env_file.write_text(f"A=1\n# fine\n{bad}\n")
         refused = sdrun("run", "--env-file", str(env_file), "--rootfs", str(rootfs), "--", "true", check=False)
-        assert_clean_failure(sdrun, refused, f"env file {env_file}, line 3: expected NAME=VALUE or NAME, not '{bad}'")
+        assert_clean_failure(
+            sdrun, refused, f"invalid line 3 of env file {env_file}: '{bad}': expected KEY=VALUE or KEY"
+        )
 
 
 def test_spec_file(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
