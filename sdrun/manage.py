@@ -12,7 +12,6 @@ import signal
 from typing import Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, describe
-from sdrun.linux import syscalls as sc
 from sdrun.net import collect_garbage, pod_address, release
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
@@ -227,9 +226,11 @@ def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
     try:
         if os.read(go_read, 2) != b"go":
             os._exit(125)
+        from stage1.process import close_all_but_stdio
+
         # Nothing of ours may reach the pod: the app sees this process from the moment it joins, and
         # one with CAP_SYS_PTRACE could take the bus connection (root's, on systemd) with pidfd_getfd.
-        sc.close_range(3)
+        close_all_but_stdio()
         Stage1.named(pod.spec.stage1).enter(pod, leader, argv)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         os.write(2, f"sdrun: {describe(error)}\n".encode())

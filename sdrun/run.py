@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.image.pullsettings import PullSettings
-from sdrun.linux import syscalls as sc
 from sdrun.net import scope_network
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
@@ -356,7 +355,9 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
     try:
         if os.read(go_read, 2) != b"go":
             os._exit(EXIT_RUNTIME_ERROR)  # the parent failed to create the scope
-        sc.close_range(3)  # the app gets the terminal, and no other descriptor of ours (the bus...)
+        from stage1.process import close_all_but_stdio
+
+        close_all_but_stdio()  # the app gets the terminal, and no other descriptor of ours (the bus...)
         backend.exec_in_scope(pod)
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
         sys.stderr.write(f"sdrun: {describe(error)}\n")

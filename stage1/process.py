@@ -110,6 +110,12 @@ def exec_as(
         os._exit(127 if error.errno == 2 else 126)
 
 
+def close_all_but_stdio() -> None:
+    """Close every descriptor but 0, 1 and 2 (os.closerange is one close_range(2) on Linux): for a
+    process about to join a pod, which must take none of its caller's along."""
+    os.closerange(3, 2**31 - 1)
+
+
 def stop_ignoring_signals() -> None:
     """Every signal back at its default action, as for a fresh container's init. An ignored signal
     stays ignored across execve() (a caught one does not): the interpreter ignores SIGPIPE and

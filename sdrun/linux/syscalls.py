@@ -116,11 +116,6 @@ def filesystem_type(fd: int) -> int:
     return ctypes.c_long.from_buffer(buffer).value
 
 
-def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
-    """close(2) every open descriptor from first to last (the whole table by default)."""
-    _check(_libc.close_range(ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_int(0)), "close_range")
-
-
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
