@@ -56,6 +56,7 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
             hint="drop one of them",
         )
     backend = Stage1.named(spec.stage1)
+    backend.refuse_unsupported(spec)
     systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
     if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees

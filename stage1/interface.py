@@ -21,6 +21,7 @@ from stage1 import INTERFACE_VERSION, entry_pod_dir, fail
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
 
 # Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
@@ -58,6 +59,10 @@ class Stage1:
         if backend.interface_version > INTERFACE_VERSION:
             raise SpecError(f"stage1 '{name}' needs interface version {backend.interface_version}")
         return backend()
+
+    def refuse_unsupported(self, spec: PodSpec) -> None:
+        """Raise SpecError for a setting the backend cannot honour, before anything exists (the
+        --scope path makes its scope before the backend runs); plan() checks again, for units."""
 
     def plan(self, pod: Pod) -> UnitPlan:
         """The main process and properties of the pod's transient service."""

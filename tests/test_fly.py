@@ -150,7 +150,7 @@ def test_an_installed_fly_unit_runs_its_app_as_its_user_and_sdrun_as_root(sdrun:
         ("--hostname", "h"),
         ("--cap-drop", "ALL"),
         ("--cap-add", "NET_ADMIN"),
-        ("--seccomp", "unconfined"),
+        ("--seccomp", "/usr/share/containers/seccomp.json"),
         ("--private-users",),
         ("--read-only",),
         ("--tmpfs", "/tmp"),
@@ -161,6 +161,12 @@ def test_an_installed_fly_unit_runs_its_app_as_its_user_and_sdrun_as_root(sdrun:
 )
 def test_isolation_flags_are_refused_not_ignored(sdrun: Sdrun, rootfs: Path, flag: tuple[str, ...]) -> None:
     """fly is a chroot with the host's privileges: `--cap-drop ALL` and the like would be a promise
-    it does not keep."""
-    result = sdrun("run", *FLY, *flag, "--rootfs", str(rootfs), "--", "true", check=False)
-    assert_clean_failure(sdrun, result, f"{flag[0]} needs the namespace stage1")
+    it does not keep. --scope too, whose scope exists before the backend runs."""
+    for mode in ((), ("--scope",)):
+        result = sdrun("run", *FLY, *mode, *flag, "--rootfs", str(rootfs), "--", "true", check=False)
+        assert_clean_failure(sdrun, result, f"{flag[0]} needs the namespace stage1")
+
+
+def test_seccomp_unconfined_is_what_fly_is(sdrun: Sdrun, rootfs: Path) -> None:
+    result = sdrun("run", "--rm", *FLY, "--seccomp", "unconfined", "--rootfs", str(rootfs), "--", "true")
+    assert result.returncode == 0

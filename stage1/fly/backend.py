@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 class Fly(Stage1, name="fly"):
     default_network = "host"  # chroot only: the app shares the host's network, and no other can be had
 
+    def refuse_unsupported(self, spec: PodSpec) -> None:
+        refuse_what_does_not_apply(spec)
+
     def plan(self, pod: Pod) -> UnitPlan:
         refuse_what_does_not_apply(pod.spec)
         app = resolve_pod_app(pod)  # before the unit exists: a bad command or user fails here
@@ -56,8 +59,10 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         raise SpecError(f"--net {spec.net} needs network isolation: fly shares the host's (--net host)")
     if spec.service.notify:
         raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
+    given = spec.isolation.flags_given()
+    given["--seccomp"] = spec.isolation.seccomp not in ("default", "unconfined")  # unconfined is what fly is
     why = "needs the namespace stage1: fly runs the app in a chroot with the host's privileges"
-    refuse_flags(spec.isolation.flags_given(), why, hint="--stage1 namespace")
+    refuse_flags(given, why, hint="--stage1 namespace")
 
 
 def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:

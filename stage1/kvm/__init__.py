@@ -35,6 +35,9 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
 class Kvm(Stage1, name="kvm"):
     default_network = "none"  # a VM gets a NIC on a network only: --net default or --net NAME
 
+    def refuse_unsupported(self, spec: PodSpec) -> None:
+        refuse_what_does_not_apply(spec)
+
     def plan(self, pod: Pod) -> UnitPlan:
         prepare(pod)
         return UnitPlan(*entry_command("stage1.kvm", pod), tuple(unit_properties(pod)))
