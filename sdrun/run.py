@@ -9,6 +9,7 @@ Three ways to run, one per function below:
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import signal
@@ -74,7 +75,10 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
                     return _run_in_scope(systemd, backend, pod)
             if options.detach:
                 removal = (paths.name_link(pod.name), pod.dir) if options.remove else ()
-                _start_service(systemd, backend, pod, hold=False, remove_when_done=removal)
+                # A record the removal deletes at once would only cost the unit a process.
+                _start_service(
+                    systemd, backend, pod, hold=False, remove_when_done=removal, record_exit=not options.remove
+                )
                 app_started = True
                 _wait_until_only_the_app_runs(systemd, pod)
                 output.write(f"{pod.uuid}\n".encode())
@@ -121,10 +125,13 @@ def _start_service(
         systemd.wait_for_job(job, f"starting {pod.unit}")
     except JobFailed as failure:
         if not (("Type", "s", "exec") in plan.properties and _the_app_ran(systemd, pod)):
-            reason = _first_complaint(pod) or _killed(systemd, pod) or failure.message
+            complaint, killed = _first_complaint(pod), _killed(systemd, pod)
             if pod.spec.restart != "no":  # else systemd starts it again, and keeps it once it gives up
                 systemd.stop_unit(pod.unit)
-            raise SdrunError(f"{pod.unit} failed to start: {reason}", hint=_limits_hint(pod.spec)) from None
+            hint = _limits_hint(pod.spec) if killed or _out_of_resources(complaint) else None
+            raise SdrunError(
+                f"{pod.unit} failed to start: {complaint or killed or failure.message}", hint=hint
+            ) from None
     if not hold:  # a foreground run registers once it forwards signals: see _follow_in_foreground
         machined.register(systemd, pod)  # best effort; machined forgets it when the unit stops
     return done_meanwhile
@@ -203,6 +210,11 @@ def _killed(systemd: Systemd, pod: Pod) -> str | None:
     if result == "oom-kill":
         return "its set-up ran out of memory"
     return "its set-up was killed by a signal" if result == "signal" else None
+
+
+def _out_of_resources(complaint: str | None) -> bool:
+    """Whether a set-up's complaint is a fork or an allocation refused (EAGAIN, ENOMEM)."""
+    return complaint is not None and any(os.strerror(number) in complaint for number in (errno.EAGAIN, errno.ENOMEM))
 
 
 def _limits_hint(spec: PodSpec) -> str | None:
