@@ -27,20 +27,18 @@ class Paths(NamedTuple):
 
     @classmethod
     def from_env(cls, root: str | os.PathLike[str] | None = None) -> Paths:
-        chosen = root or os.environ.get("SDRUN_ROOT") or DEFAULT_ROOT
-        return cls(Path(chosen).absolute())
-
-    def checked(self) -> Paths:
-        """These paths, once the root is known to be a directory or absent (made when first
-        needed): a file there would fail every command later, as a bare NotADirectoryError."""
+        """The paths of the root the user chose (--root, $SDRUN_ROOT, the default), once it is known
+        to be a directory or absent (made when first needed): a file there would fail every command
+        later, as a bare NotADirectoryError."""
+        chosen = Path(root or os.environ.get("SDRUN_ROOT") or DEFAULT_ROOT).absolute()
         try:
-            if stat.S_ISDIR(self.root.stat().st_mode):
-                return self
+            if stat.S_ISDIR(chosen.stat().st_mode):
+                return cls(chosen)
         except FileNotFoundError:
-            return self
+            return cls(chosen)
         except NotADirectoryError:  # a file on the way to it
             pass
-        raise SdrunError(f"root '{self.root}' is not a directory", hint="--root DIR or $SDRUN_ROOT: sdrun's state")
+        raise SdrunError(f"root '{chosen}' is not a directory", hint="--root DIR or $SDRUN_ROOT: sdrun's state")
 
     @property
     def pods(self) -> Path:

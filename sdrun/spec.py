@@ -41,10 +41,11 @@ class Volume(NamedTuple):
             raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:ro|rw]")
         if not (source.startswith("/") and target.startswith("/")):
             raise SpecError(f"invalid volume '{text}': both paths must be absolute")
-        _check_mount_target(normal_path(target), f"volume '{text}'")
+        target = normal_path(target)
+        _check_mount_target(target, f"volume '{text}'")
         if not Path(source).exists():
             raise SpecError(f"volume source '{source}' does not exist")
-        return cls(normal_path(source), normal_path(target), mode == "ro")
+        return cls(normal_path(source), target, mode == "ro")
 
     def __str__(self) -> str:
         return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"

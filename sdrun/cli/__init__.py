@@ -88,7 +88,7 @@ def _run_without_click(argv: Sequence[str]) -> int | None:
     from sdrun.paths import Paths
 
     with errors_reported(debug=False):
-        return runcommand.run_verb(Paths.from_env(command_line.root).checked(), command_line.options, command_line.args)
+        return runcommand.run_verb(Paths.from_env(command_line.root), command_line.options, command_line.args)
     return None  # not reached: errors_reported leaves by SystemExit  # pragma: no cover
 
 

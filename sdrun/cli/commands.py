@@ -108,7 +108,7 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
 
         logging.basicConfig(format="sdrun: %(message)s")
         logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 is chatty
-    ctx.obj = Context(Paths.from_env(root).checked(), debug)
+    ctx.obj = Context(Paths.from_env(root), debug)
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -76,7 +76,7 @@ def make_mount_point(root: StrPath, target: str, directory: bool) -> None:
 
 # What the kernel shows a container through /proc and /sys, masked and read-only where it must be:
 # nothing may be mounted over a part of it (a volume over /proc/sys/kernel would fake cap_last_cap).
-KERNEL_INTERFACES = (sc.PROC_SUPER_MAGIC, sc.SYSFS_MAGIC)
+KERNEL_FILESYSTEMS = (sc.PROC_SUPER_MAGIC, sc.SYSFS_MAGIC)
 
 
 def mount_in_root(
@@ -85,7 +85,7 @@ def mount_in_root(
     with open_in_root(root, target, os.O_PATH) as fd:
         if os.path.samestat(os.fstat(fd), os.stat(root)):  # `/`, `//`, or a link in the image to either
             raise SdrunError(f"mount target '{target}' resolves to the container's root")
-        if sc.filesystem_type(fd) in KERNEL_INTERFACES:  # a link in the image to /proc/sys, say
+        if sc.filesystem_type(fd) in KERNEL_FILESYSTEMS:  # a link in the image to /proc/sys, say
             raise SdrunError(f"mount target '{target}' resolves into the container's /proc or /sys")
         try:
             sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, options)

@@ -43,7 +43,7 @@ class Fly(Stage1, name="fly"):
 
     def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
         # The app as planned: the root it sees now is the app's to change (its /etc/passwd among it).
-        app = ResolvedApp.from_plan_fields(entry.read_plan(str(Paths.stage1_dir(pod.dir) / entry.PLAN_FILE))["app"])
+        app = ResolvedApp.from_plan_fields(entry.read_plan(str(plan_file(pod)))["app"])
         root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)
         namespace = os.open(f"/proc/{leader}/ns/mnt", os.O_RDONLY)
         sc.setns(namespace, sc.CLONE_NEWNS)
@@ -65,6 +65,11 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
     refuse_flags(given, why, hint="--stage1 namespace")
 
 
+def plan_file(pod: Pod) -> Path:
+    """What stage0 planned for the entry (and for `enter`): entry.PLAN_FILE in the stage1 directory."""
+    return Paths.stage1_dir(pod.dir) / entry.PLAN_FILE
+
+
 def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:
     """Everything the entry needs, resolved: it reads this instead of the pod manifest. An image
     pod's root is an overlay of its layer trees, which the entry mounts (rootfs_overlay)."""
@@ -83,8 +88,7 @@ def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:
         "binds": [[path, path, False] for path in entry.HOST_API_FILESYSTEMS]
         + [[volume.source, volume.target, volume.read_only] for volume in pod.spec.app.volumes],
     }
-    scratch = Paths.stage1_dir(pod.dir)
-    scratch.mkdir(mode=0o700, exist_ok=True)
-    path = scratch / entry.PLAN_FILE
+    path = plan_file(pod)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     path.write_bytes(marshal.dumps(plan))
     return path

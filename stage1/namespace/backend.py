@@ -17,6 +17,7 @@ from stage1.namespace.container import (
     DEVICE_ALLOW,
     TINI,
     container_plan,
+    plan_file,
     seccomp_filter_path,
     stage1_dir,
     user_namespace_of,
@@ -98,9 +99,6 @@ def prepare(pod: Pod, console: str | None) -> Path:
     if spec.isolation.init and not Path(TINI).exists():
         raise SpecError(f"--init needs {TINI}", hint="apt-get install tini")
     app = resolve_pod_app(pod)
-    scratch = stage1_dir(pod)
-    for directory in (scratch, scratch / "upper", scratch / "work", scratch / "rootfs-upper", scratch / "rootfs-work"):
-        directory.mkdir(mode=0o755, exist_ok=True)
     user_namespace = user_namespace_of(pod)
     if spec.service.notify and user_namespace is None and app.credentials.uid == 0:
         # systemd takes MAINPID= for any process of the host from a sender of uid 0 (the app could
@@ -111,6 +109,9 @@ def prepare(pod: Pod, console: str | None) -> Path:
             "process the unit's main one (MAINPID=)",
             hint="add --private-users, or run the app as another user (--user)",
         )
+    scratch = stage1_dir(pod)
+    for directory in (scratch, scratch / "upper", scratch / "work", scratch / "rootfs-upper", scratch / "rootfs-work"):
+        directory.mkdir(mode=0o755, exist_ok=True)
     if user_namespace is not None:  # container root owns the top of its writable layer
         os.chown(scratch / ("upper" if spec.rootfs else UPPER), user_namespace.base, user_namespace.base)
     write_etc_files(pod, scratch)
@@ -119,9 +120,9 @@ def prepare(pod: Pod, console: str | None) -> Path:
     compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, _seccomp_cache(pod))
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
-    plan_file = scratch / launch.PLAN_FILE
-    launch.write_plan(str(plan_file), plan.entry_plan(app))
-    return plan_file
+    path = plan_file(pod)
+    launch.write_plan(str(path), plan.entry_plan(app))
+    return path
 
 
 def _seccomp_cache(pod: Pod) -> Path:

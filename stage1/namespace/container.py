@@ -27,7 +27,7 @@ from sdrun.net import NETNS_DIR, netns_name
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 from stage1.etcfiles import etc_mounts, pod_hostname
-from stage1.namespace.launch import INIT_PATH
+from stage1.namespace.launch import INIT_PATH, PLAN_FILE
 from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options
 
 if TYPE_CHECKING:
@@ -127,6 +127,11 @@ def network_namespace(pod: Pod) -> Path | None:
     creating one; None when there is none (then a private one with loopback only, or the host's)."""
     path = NETNS_DIR / netns_name(pod.uuid)
     return path if pod.spec.net != "host" and path.exists() else None
+
+
+def plan_file(pod: Pod) -> Path:
+    """What stage0 planned for the entry (and for `enter`): launch.PLAN_FILE in the stage1 directory."""
+    return stage1_dir(pod) / PLAN_FILE
 
 
 def seccomp_filter_path(pod: Pod) -> Path:

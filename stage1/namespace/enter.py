@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.linux import syscalls as sc
-from stage1.namespace.container import stage1_dir
-from stage1.namespace.launch import PLAN_FILE, confine_and_exec, exit_status, read_plan
+from stage1.namespace.container import plan_file
+from stage1.namespace.launch import confine_and_exec, exit_status, read_plan
 from stage1.process import set_resource_limits
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ NAMESPACES = (
 def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
     # The app as stage0 resolved it, user and groups included: never the container's /etc/passwd of
     # now, which the app may have rewritten (an app user that named itself uid 0 would enter as root).
-    plan = read_plan(str(stage1_dir(pod) / PLAN_FILE))
+    plan = read_plan(str(plan_file(pod)))
     seccomp_program = Path(plan["seccomp"]).read_bytes() if plan["seccomp"] else None
     app = plan["app"]
     set_resource_limits(app)  # before a user namespace takes the right to raise them
