@@ -405,13 +405,10 @@ def install(systemd: Systemd, units: PodUnits, unit_dir: Path, *, enable: bool, 
         bus.enable_unit_files(systemd, entry_points)
         bus.reload(systemd)
     if now:
-        if previous and systemd.unit_property(units.service, bus.UNIT, "ActiveState") in RUNNING_STATES:
-            bus.restart_unit(systemd, units.service, wait=True)  # on the units just written
+        if previous:  # a pod that runs goes on with the units just written
+            bus.restart_unit(systemd, units.service, wait=True, only_if_running=True)
         for unit in entry_points:
             bus.start_unit(systemd, unit)
-
-
-RUNNING_STATES = ("active", "activating", "reloading")
 
 
 def _check_ours(files: Sequence[Path], doing: str) -> None:

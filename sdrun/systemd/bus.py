@@ -471,8 +471,9 @@ def start_unit(systemd: Systemd, unit: str, *, wait: bool = True) -> None:
         systemd.wait_for_job(job, f"starting {unit}")
 
 
-def restart_unit(systemd: Systemd, unit: str, *, wait: bool = False) -> None:
-    """Queue a restart; without wait, return at once: the caller may be a unit the restart would wait for."""
-    (job,) = systemd.call("RestartUnit", "ss", [unit, "replace"])
+def restart_unit(systemd: Systemd, unit: str, *, wait: bool = False, only_if_running: bool = False) -> None:
+    """Queue a restart (TryRestartUnit with only_if_running: none for a unit that does not run);
+    without wait, return at once: the caller may be a unit the restart would wait for."""
+    (job,) = systemd.call("TryRestartUnit" if only_if_running else "RestartUnit", "ss", [unit, "replace"])
     if wait:
         systemd.wait_for_job(job, f"restarting {unit}")
