@@ -411,10 +411,7 @@ def _logs_target(ctx: Context, ref: str) -> tuple[Pod | None, str]:
         return pod, pod.uuid
     root = str(ctx.paths.root)
     candidates = set(ctx.store.uuids_with_prefix(ref))
-    if len(ref) >= MIN_PREFIX:
-        candidates |= set(journal.pods_with_prefix(root, ref))
-    if (named := journal.latest_pod_named(root, ref)) is not None:
-        candidates.add(named)
+    candidates |= journal.removed_pods_matching(root, ref, by_prefix=len(ref) >= MIN_PREFIX)
     if UUID_PATTERN.fullmatch(ref):
         candidates.add(ref)
     if len(candidates) > 1:

@@ -136,13 +136,19 @@ class PodJournal:
 IDENTIFIER_FIELD = "SYSLOG_IDENTIFIER"  # a pod's unit tags its lines with the pod's name
 
 
-def pods_with_prefix(root: str, prefix: str) -> list[str]:
-    """The UUIDs that start with prefix of the pods of an sdrun root that have lines in the journal."""
+def removed_pods_matching(root: str, ref: str, *, by_prefix: bool) -> set[str]:
+    """The UUIDs of an sdrun root's pods with lines in the journal that ref names: the latest pod
+    named ref, and (by_prefix) those whose UUID starts with ref. One reader for both lookups."""
     reader = _reader._Reader(_reader.LOCAL_ONLY)
     try:
-        # Every value of the field in the journal files, read from their field index, not their entries.
-        found = {_text(value) for value in reader.query_unique(POD_FIELD)}
-        return sorted(pod for pod in found if pod.startswith(prefix) and _has_lines(reader, pod, root))
+        found = set()
+        if by_prefix:  # every value of the field in the journal files, from their field index
+            values = {_text(value) for value in reader.query_unique(POD_FIELD)}
+            found |= {pod for pod in values if pod.startswith(ref) and _has_lines(reader, pod, root)}
+        named = _latest_pod_named(reader, root, ref)
+        if named is not None:
+            found.add(named)
+        return found
     finally:
         reader.close()
 
@@ -155,19 +161,16 @@ def _has_lines(reader: Any, pod_uuid: str, root: str) -> bool:
     return bool(reader._next())
 
 
-def latest_pod_named(root: str, name: str) -> str | None:
-    """The UUID of the pod of an sdrun root named `name` that logged last; None if none did."""
-    reader = _reader._Reader(_reader.LOCAL_ONLY)
-    try:
-        reader.add_match(f"{IDENTIFIER_FIELD}={name}")
-        reader.add_match(f"{ROOT_FIELD}={root}")
-        reader.seek_tail()
-        while reader._previous():  # the last line first
-            with contextlib.suppress(KeyError):
-                return _text(reader._get(POD_FIELD))
-        return None
-    finally:
-        reader.close()
+def _latest_pod_named(reader: Any, root: str, name: str) -> str | None:
+    """The UUID of the pod of the root named `name` that logged last; None if none did."""
+    reader.flush_matches()
+    reader.add_match(f"{IDENTIFIER_FIELD}={name}")
+    reader.add_match(f"{ROOT_FIELD}={root}")
+    reader.seek_tail()
+    while reader._previous():  # the last line first
+        with contextlib.suppress(KeyError):
+            return _text(reader._get(POD_FIELD))
+    return None
 
 
 def _text(value: object) -> str:
