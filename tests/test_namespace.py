@@ -121,11 +121,14 @@ FILTERED_CALLS = {
     "personality": "0",
     "process_vm_readv": "0",
     "name_to_handle_at": "EOVERFLOW",
+    "get_mempolicy": "0",
+    "set_mempolicy": "0",
+    "pidfd_getfd": "0",
 }
 
 
 def test_default_seccomp_profile_denies_with_eperm(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
-    allowed = {"getpid": "0", "getcpu": "0", "get_mempolicy": "0"}
+    allowed = {"getpid": "0", "getcpu": "0", "inet": "0"}
     probe = ("-v", f"{sysprobe}:/probe:ro", "--", "/probe", *allowed, *FILTERED_CALLS)
     confined = run_in(sdrun, rootfs, *probe)  # exit 0: the filter refuses, it does not kill
     assert probe_results(confined.stdout) == allowed | {
@@ -146,6 +149,43 @@ def test_a_capability_brings_back_the_calls_it_guards(sdrun: Sdrun, rootfs: Path
     widened = run_in(sdrun, rootfs, "--cap-add", "SYS_ADMIN", "--cap-add", "SYS_PTRACE", *probe)
     expected = {"mount": "0", "unshare-user": "0", "process_vm_readv": "0", "keyctl": "EPERM"}
     assert probe_results(widened.stdout) == expected
+
+
+def test_ptrace_and_nice_bring_back_pidfd_getfd_and_memory_policies(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    calls = ("pidfd_getfd", "get_mempolicy", "set_mempolicy")
+    probe = ("-v", f"{sysprobe}:/probe:ro", "--", "/probe", *calls)
+    assert probe_results(run_in(sdrun, rootfs, "--cap-add", "SYS_PTRACE", *probe).stdout) == {
+        "pidfd_getfd": "0",
+        "get_mempolicy": "EPERM",
+        "set_mempolicy": "EPERM",
+    }
+    niced = run_in(sdrun, rootfs, "--cap-add", "SYS_NICE", *probe)
+    assert probe_results(niced.stdout) == {"pidfd_getfd": "EPERM", "get_mempolicy": "0", "set_mempolicy": "0"}
+
+
+def test_af_vsock_and_af_alg_sockets_are_refused(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    families = ("vsock", "vsock-high", "alg")
+    probe = ("-v", f"{sysprobe}:/probe:ro", "--", "/probe", "inet", *families)
+    confined = probe_results(run_in(sdrun, rootfs, *probe).stdout)
+    assert confined == {"inet": "0"} | dict.fromkeys(families, "EPERM")
+    unconfined = probe_results(run_in(sdrun, rootfs, "--seccomp", "unconfined", *probe).stdout)
+    assert unconfined["inet"] == "0" and "EPERM" not in {unconfined[family] for family in families}
+
+
+def test_no_raw_sockets_without_cap_add_net_raw(sdrun: Sdrun, rootfs: Path, sysprobe: Path) -> None:
+    """NET_RAW would let a pod forge frames to its neighbours on a bridge (ARP, router adverts)."""
+    probe = ("-v", f"{sysprobe}:/probe:ro", "--", "/probe", "raw-socket", "icmp-socket")
+    assert probe_results(run_in(sdrun, rootfs, *probe).stdout) == {"raw-socket": "EPERM", "icmp-socket": "0"}
+    widened = run_in(sdrun, rootfs, "--cap-add", "NET_RAW", *probe).stdout
+    assert probe_results(widened) == {"raw-socket": "0", "icmp-socket": "0"}
+    # iputils' ping needs no NET_RAW: the pod's ping_group_range lets its groups open ICMP echo sockets.
+    # (busybox's opens a raw socket only: it needs --cap-add NET_RAW.)
+    probed = run_in(sdrun, rootfs, "--user", "1000", "-v", f"{sysprobe}:/probe:ro", "--", "/probe", "icmp-socket")
+    assert probe_results(probed.stdout) == {"icmp-socket": "0"}
+    ranges = shell(sdrun, rootfs, "cat /proc/sys/net/ipv4/ping_group_range", "--private-users").split()
+    assert ranges == ["0", "65535"]  # the groups of its user namespace
+    pinged = shell(sdrun, rootfs, "ping -c 1 -W 5 127.0.0.1 >/dev/null && echo pinged", "--cap-add", "NET_RAW")
+    assert pinged == "pinged\n"
 
 
 def test_oci_seccomp_profile(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
@@ -387,8 +427,21 @@ def test_the_pods_mounts_never_reach_the_host_table(sdrun: Sdrun, rootfs: Path, 
     assert mount_points() == before
 
 
+HOST_KERNEL_FILES = (
+    "/proc/kcore",
+    "/proc/timer_list",
+    "/proc/keys",
+    "/proc/interrupts",
+    "/proc/config.gz",
+    "/proc/vmallocinfo",
+    "/proc/slabinfo",
+    "/proc/pagetypeinfo",
+    "/sys/kernel/vmcoreinfo",
+)
+
+
 def test_masked_proc_paths_read_empty_and_refuse_writes(sdrun: Sdrun, rootfs: Path) -> None:
-    present = [path for path in ("/proc/kcore", "/proc/timer_list", "/proc/keys") if Path(path).exists()]
+    present = [path for path in HOST_KERNEL_FILES if Path(path).exists()]
     assert present, "the host has none of the files the test reads"
     script = "; ".join(f"wc -c < {path}" for path in present)
     script += "; ls /sys/firmware | wc -l; { echo 3 > /proc/sys/vm/drop_caches; } 2>&1; true"
@@ -405,14 +458,17 @@ def block_device() -> tuple[int, int]:
 
 
 def test_device_policy_stops_a_node_the_app_made_itself(sdrun: Sdrun, rootfs: Path) -> None:
-    """MKNOD is a default capability: only the unit's DevicePolicy keeps the host's disk closed."""
+    """With MKNOD given back, only the unit's DevicePolicy keeps the host's disk closed."""
     major, minor = block_device()
     name = unique_name()
     script = f"mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null-ok; mknod /dev/disk b {major} {minor}"
-    output = run_in(sdrun, rootfs, "--name", name, "--", "sh", "-c", f"{script} 2>&1", check=False).stdout
+    denied = run_in(sdrun, rootfs, "--", "sh", "-c", f"{script} 2>&1", check=False).stdout
+    assert denied.splitlines()[0] == "mknod: /dev/null2: Operation not permitted"  # MKNOD is not a default
+    mknod = ("--cap-add", "MKNOD")
+    output = run_in(sdrun, rootfs, "--name", name, *mknod, "--", "sh", "-c", f"{script} 2>&1", check=False).stdout
     assert output.splitlines() == ["null-ok", "mknod: /dev/disk: Operation not permitted"]
     unit = f"sdrun-{name}.service"
-    sdrun("run", *NS, "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "100")
+    sdrun("run", *NS, "-d", "--name", name, *mknod, "--rootfs", str(rootfs), "--", "sleep", "100")
     assert systemctl_show(unit, "DevicePolicy")["DevicePolicy"] == "closed"
     command = ["systemctl", "show", unit, "--property=DeviceAllow"]
     shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout  # a line per entry
@@ -422,10 +478,47 @@ def test_device_policy_stops_a_node_the_app_made_itself(sdrun: Sdrun, rootfs: Pa
     sdrun("rm", "-f", name)
 
 
+@pytest.mark.skipif(not Path("/sys/fs/cgroup/devices").is_dir(), reason="no cgroup v1 devices controller")
+def test_sys_admin_cannot_loosen_the_device_policy_through_a_cgroup_mount(sdrun: Sdrun, rootfs: Path) -> None:
+    """With SYS_ADMIN a pod mounts the devices hierarchy; its root there is a child of the unit's
+    cgroup, so `a *:* rwm` in devices.allow is refused and the host's disk stays closed."""
+    major, minor = block_device()
+    script = (
+        "mkdir /cg && mount -t cgroup -o devices cgroup /cg && echo mounted;"
+        "{ echo 'a *:* rwm' > /cg/devices.allow && echo widened; } 2>&1;"
+        f"mknod /dev/disk b {major} {minor} && head -c 512 /dev/disk | wc -c"
+    )
+    options = ("--cap-add", "SYS_ADMIN", "--cap-add", "MKNOD")
+    output = shell(sdrun, rootfs, f"{script} 2>&1", *options, check=False).splitlines()
+    assert output[0] == "mounted" and "widened" not in output
+    assert "Operation not permitted" in output[1]  # the write, refused: the parent allows no more
+    assert output[2:] == ["mknod: /dev/disk: Operation not permitted"]  # the cgroup's `m`, as much as its `r`
+    name = unique_name()
+    sdrun("run", *NS, "-d", "--name", name, *options, "--rootfs", str(rootfs), "--", "sleep", "100")
+    leader = systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"]
+    devices = [line for line in Path(f"/proc/{leader}/cgroup").read_text().splitlines() if ":devices:" in line]
+    assert len(devices) == 1 and devices[0].endswith(f"/sdrun-{name}.service/payload")
+    sdrun("rm", "-f", name)
+
+
 def test_a_scope_pod_has_the_device_policy_too_and_can_be_entered(sdrun: Sdrun, rootfs: Path) -> None:
     major, minor = block_device()
     script = f"mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null-ok; mknod /dev/disk b {major} {minor} 2>&1"
-    scoped = sdrun("run", "--rm", "--scope", *NS, "--rootfs", str(rootfs), "--", "sh", "-c", script, check=False)
+    scoped = sdrun(
+        "run",
+        "--rm",
+        "--scope",
+        *NS,
+        "--cap-add",
+        "MKNOD",
+        "--rootfs",
+        str(rootfs),
+        "--",
+        "sh",
+        "-c",
+        script,
+        check=False,
+    )
     assert scoped.stdout.splitlines() == ["null-ok", "mknod: /dev/disk: Operation not permitted"]
     name = unique_name()
     command = [SDRUN, "--root", str(sdrun.root), "run", "--scope", *NS, "--name", name, "--hostname", "scoped"]
@@ -761,9 +854,14 @@ def test_mac_labels_pass_through_to_the_unit(sdrun: Sdrun, rootfs: Path) -> None
 
 
 def read_write_mounts_under(output: str, prefix: str) -> list[str]:
-    """Mount points under prefix whose mount options (mountinfo's sixth field) lack ro."""
+    """Mount points under prefix whose mount options (mountinfo's sixth field) lack ro, but the
+    /dev/null binds that mask files (/sys/kernel/vmcoreinfo): they hide, there is nothing to write."""
     mounts = [line.split() for line in output.splitlines()]
-    return [fields[4] for fields in mounts if fields[4].startswith(prefix) and "ro" not in fields[5].split(",")]
+    return [
+        fields[4]
+        for fields in mounts
+        if fields[4].startswith(prefix) and "ro" not in fields[5].split(",") and fields[3] != "/null"
+    ]
 
 
 def test_read_only_binds_are_read_only_all_the_way_down(sdrun: Sdrun, rootfs: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SpecError
-from sdrun.linux import caps, seccomp
+from sdrun.linux import caps, cgroups, seccomp
 from sdrun.linux import syscalls as sc
 from sdrun.linux.inroot import make_mount_point
 from sdrun.linux.mounts import MountOperation
@@ -31,7 +31,8 @@ def make_pod(tmp_path: Path, **settings: object) -> Pod:
 
 
 def test_capabilities_default_add_drop_and_all() -> None:
-    assert len(caps.DEFAULT_CAPABILITIES) == 14
+    assert len(caps.DEFAULT_CAPABILITIES) == 11
+    assert not {"NET_RAW", "MKNOD", "AUDIT_WRITE"} & caps.DEFAULT_CAPABILITIES  # podman's set
     assert caps.resolve(["cap_net_admin"], ["CHOWN"]) == (caps.DEFAULT_CAPABILITIES | {"NET_ADMIN"}) - {"CHOWN"}
     assert caps.resolve([], ["ALL"]) == frozenset()
     assert caps.resolve(["NET_RAW"], ["all"]) == {"NET_RAW"}
@@ -61,8 +62,20 @@ def test_default_seccomp_profile_follows_capabilities() -> None:
     assert default.default_action == "errno" and default.default_errno == seccomp.EPERM
     assert {"read", "execve", "clone", "socket"} <= allowed(default)
     assert not {"mount", "unshare", "setns", "kexec_load", "init_module", "bpf", "reboot"} & allowed(default)
+    assert not {"pidfd_getfd", "mbind", "set_mempolicy", "get_mempolicy"} & allowed(default)
     admin = seccomp.default_profile(caps.DEFAULT_CAPABILITIES | {"SYS_ADMIN"})
     assert {"mount", "unshare", "setns", "clone3"} <= allowed(admin)
+    assert "pidfd_getfd" in allowed(seccomp.default_profile(caps.DEFAULT_CAPABILITIES | {"SYS_PTRACE"}))
+    assert "mbind" in allowed(seccomp.default_profile(caps.DEFAULT_CAPABILITIES | {"SYS_NICE"}))
+
+
+def test_socket_families_are_allowed_but_af_alg_and_af_vsock_whatever_the_upper_bits() -> None:
+    alternatives = seccomp.allowed_unless(0, seccomp.REFUSED_SOCKET_FAMILIES)
+    for low in [*range(64), 0xFFFFFFFF]:
+        for high in (0, 1, 0xFFFFFFFF):
+            family = high << 32 | low
+            allowed = any(family & condition.value == condition.value_two for condition in alternatives)
+            assert allowed == (low not in (38, 40)), hex(family)
 
 
 def test_oci_profile_with_capability_conditions_and_arguments() -> None:
@@ -221,3 +234,28 @@ def test_docker_profile_rules_for_other_architectures_and_kernels_are_left_out()
     text = json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules})
     profile = seccomp.parse_oci_profile(text, caps.DEFAULT_CAPABILITIES, "docker.json")
     assert [rule.names for rule in profile.rules] == [("arch_prctl",), ("ptrace",)]
+
+
+def test_cgroup_hierarchies_are_found_by_their_controllers() -> None:
+    mountinfo = "\n".join(
+        [
+            "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755",
+            "31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate",
+            "32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd",
+            "35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct",
+            "36 30 0:32 / /sys/fs/cgroup/devices rw,nosuid - cgroup cgroup rw,devices",
+            "90 20 0:32 /machine.slice /elsewhere rw - cgroup cgroup rw,devices",  # a subtree: not the hierarchy's
+        ]
+    )
+    mounts = cgroups.cgroup_mounts(mountinfo)
+    assert cgroups.mount_point(mounts, "") == "/sys/fs/cgroup/unified"
+    assert cgroups.mount_point(mounts, "name=systemd") == "/sys/fs/cgroup/systemd"
+    assert cgroups.mount_point(mounts, "cpu,cpuacct") == "/sys/fs/cgroup/cpu,cpuacct"
+    assert cgroups.mount_point(mounts, "devices") == "/sys/fs/cgroup/devices"
+    assert cgroups.mount_point(mounts, "freezer") is None
+
+
+def test_pods_that_may_mount_cgroups_run_in_a_payload_cgroup(tmp_path: Path) -> None:
+    assert not container_plan(make_pod(tmp_path)).payload_cgroup
+    assert container_plan(make_pod(tmp_path, cap_add=["SYS_ADMIN"])).payload_cgroup
+    assert container_plan(make_pod(tmp_path, seccomp="unconfined")).payload_cgroup

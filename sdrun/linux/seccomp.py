@@ -9,9 +9,9 @@ This is the only module that imports pyseccomp, and only inside compile().
 The default profile denies, with EPERM, what a container has no business doing
 even as root in its namespaces: loading kernel modules, kexec and reboot,
 mount and friends, creating namespaces, changing the clock, keyrings, bpf and
-perf events, process_vm_* on other processes, and the like. Some of these come
-back with the capability that guards them (--cap-add SYS_ADMIN re-allows
-mount, unshare, setns...). Only the native architecture is allowed: a 32-bit
+perf events, process_vm_* on other processes, AF_ALG and AF_VSOCK sockets, and
+the like. Some of these come back with the capability that guards them
+(--cap-add SYS_ADMIN re-allows mount, unshare, setns...). Only the native architecture is allowed: a 32-bit
 binary is killed on its first syscall.
 """
 
@@ -28,7 +28,7 @@ from sdrun.linux import caps
 
 UNCONFINED = "unconfined"
 DEFAULT = "default"
-PROFILE_FORMAT = 3  # bump when the default profile or the compiler changes: old cache entries then miss
+PROFILE_FORMAT = 4  # bump when the default profile or the compiler changes: old cache entries then miss
 
 EPERM = 1
 ENOSYS = 38
@@ -49,8 +49,7 @@ ALLOWED_SYSCALLS = {
         epoll_pwait2 eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime timerfd_gettime io_setup
         io_destroy io_submit io_cancel io_getevents io_pgetevents""",
     "memory": """brk mmap munmap mremap mprotect madvise mlock mlock2 munlock mlockall munlockall mincore msync
-        remap_file_pages membarrier pkey_alloc pkey_free pkey_mprotect map_shadow_stack cachestat get_mempolicy
-        set_mempolicy mbind""",
+        remap_file_pages membarrier pkey_alloc pkey_free pkey_mprotect map_shadow_stack cachestat memfd_secret""",
     "processes": """fork vfork execve execveat exit exit_group wait4 waitid kill tkill tgkill getpid getppid
         gettid getpgid setpgid getpgrp getsid setsid getuid geteuid getgid getegid getresuid getresgid setuid
         setgid setreuid setregid setresuid setresgid setfsuid setfsgid getgroups setgroups capget capset prctl
@@ -59,13 +58,13 @@ ALLOWED_SYSCALLS = {
         sched_yield sched_getaffinity sched_setaffinity sched_getparam sched_setparam sched_getscheduler
         sched_setscheduler sched_get_priority_max sched_get_priority_min sched_rr_get_interval sched_getattr
         sched_setattr getpriority setpriority ioprio_get ioprio_set getrlimit setrlimit prlimit64 getrusage times
-        uname sysinfo sethostname setdomainname pidfd_open pidfd_send_signal pidfd_getfd get_thread_area
+        uname sysinfo sethostname setdomainname pidfd_open pidfd_send_signal process_mrelease get_thread_area
         set_thread_area seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self ptrace""",
     "signals": """rt_sigaction rt_sigprocmask rt_sigreturn rt_sigsuspend rt_sigpending rt_sigtimedwait
         rt_sigqueueinfo rt_tgsigqueueinfo sigaltstack pause alarm""",
     "time": """nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time getitimer setitimer
         timer_create timer_settime timer_gettime timer_getoverrun timer_delete""",
-    "network": """socket socketpair bind connect listen accept accept4 getsockname getpeername sendto recvfrom
+    "network": """socketpair bind connect listen accept accept4 getsockname getpeername sendto recvfrom
         sendmsg recvmsg sendmmsg recvmmsg setsockopt getsockopt shutdown""",
     "ipc": """shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl mq_open
         mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr""",
@@ -75,15 +74,17 @@ ALLOWED_SYSCALLS = {
 # Syscalls the default profile allows only when the capability that guards them is kept.
 SYSCALLS_BY_CAPABILITY = {
     "SYS_ADMIN": """mount umount2 pivot_root unshare setns fsopen fsconfig fsmount fspick open_tree move_mount
-        mount_setattr quotactl fanotify_init lookup_dcookie perf_event_open bpf""",
+        mount_setattr quotactl quotactl_fd fanotify_init fanotify_mark lookup_dcookie perf_event_open bpf""",
     "DAC_READ_SEARCH": "open_by_handle_at name_to_handle_at",
     "SYS_BOOT": "reboot kexec_load kexec_file_load",
     "SYS_MODULE": "init_module finit_module delete_module",
     "SYS_TIME": "settimeofday clock_settime adjtimex clock_adjtime",
     "SYS_RAWIO": "iopl ioperm",
     "SYS_PACCT": "acct",
-    "SYS_PTRACE": "kcmp process_vm_readv process_vm_writev",
-    "SYS_NICE": "move_pages migrate_pages",  # a NUMA policy of its own is any process's (as Docker)
+    "SYS_PTRACE": "kcmp pidfd_getfd process_madvise process_vm_readv process_vm_writev",
+    # As in Docker's profile: NUMA memory policies, even a process's own, are for SYS_NICE.
+    "SYS_NICE": "get_mempolicy set_mempolicy set_mempolicy_home_node mbind move_pages migrate_pages",
+    "SYS_TTY_CONFIG": "vhangup",
     "SYSLOG": "syslog",
     "PERFMON": "perf_event_open",
     "BPF": "bpf",
@@ -130,6 +131,9 @@ def _names(text: str) -> tuple[str, ...]:
 # the caller's terminal (--scope), what the app typed would run in the user's shell once it ends.
 TERMINAL_INPUT_IOCTLS = (0x5412, 0x541C)
 WORD_BITS = 32  # an ioctl request is an unsigned int: the kernel ignores the upper half of the register
+# socket() families refused as Docker's profile does: AF_ALG (the kernel's crypto API, CVE-2026-31431) and
+# AF_VSOCK (a VM's host and other guests). socket()'s family is an int: matched on the low 32 bits too.
+REFUSED_SOCKET_FAMILIES = (38, 40)
 
 
 def allowed_unless(index: int, refused: Sequence[int]) -> tuple[Condition, ...]:
@@ -170,6 +174,8 @@ def default_profile(capabilities: Collection[str]) -> Profile:
     ]
     ioctls = allowed_unless(1, TERMINAL_INPUT_IOCTLS)
     rules += [Rule(("ioctl",), "allow", conditions=(alternative,)) for alternative in ioctls]
+    families = allowed_unless(0, REFUSED_SOCKET_FAMILIES)
+    rules += [Rule(("socket",), "allow", conditions=(alternative,)) for alternative in families]
     return Profile("errno", EPERM, tuple(rules))
 
 

@@ -3,11 +3,12 @@
 Nothing here touches the system: `container_plan(pod)` reads the pod's spec and
 returns a ContainerPlan; stage1.namespace.launch carries it out. The defaults
 follow runc's and Docker's (masked and read-only /proc paths, a minimal /dev,
-fourteen capabilities, a seccomp allowlist), each overridable from the spec.
+podman's eleven capabilities, a seccomp allowlist), each overridable from the spec.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -35,10 +36,14 @@ if TYPE_CHECKING:
     from stage1.app import ResolvedApp
 
 # Under /proc and /sys, what a container must not read (kernel memory, timers of the
-# host) or write (sysctls, sysrq). The same lists as runc's defaults.
+# host) or write (sysctls, sysrq). runc's and Docker's lists (Docker's /proc/interrupts and
+# the CPUs' thermal_throttle among them, below), and what tells an attacker about the host's
+# kernel heap and build (slab, vmalloc and page-type statistics, the kernel's config, the
+# crash dump's symbol offsets), which a container's root could otherwise read.
 MASKED_PATHS = (
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -46,9 +51,15 @@ MASKED_PATHS = (
     "/proc/timer_stats",
     "/proc/sched_debug",
     "/proc/scsi",
+    "/proc/config.gz",
+    "/proc/vmallocinfo",
+    "/proc/slabinfo",
+    "/proc/pagetypeinfo",
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
+    "/sys/kernel/vmcoreinfo",
 )
+CPUS = "/sys/devices/system/cpu"
 READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 # The host's device nodes a container gets, bound in (mknod would not work in a user namespace).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -95,6 +106,7 @@ class ContainerPlan(NamedTuple):
     netns: str  # the named network namespace to join, if networking made it
     init: bool
     notify: bool  # the app says READY=1 itself, through systemd's socket bound into the container
+    payload_cgroup: bool  # run the container in a child cgroup of the unit's (sdrun.linux.cgroups)
 
     def entry_plan(self, app: ResolvedApp) -> dict[str, Any]:
         """What the in-unit entry carries out (stage1.namespace.launch), as plain values."""
@@ -114,6 +126,7 @@ class ContainerPlan(NamedTuple):
             "netns": self.netns,
             "init": self.init,
             "notify": self.notify,
+            "payload_cgroup": self.payload_cgroup,
             "app": app.plan_fields(),
         }
 
@@ -140,6 +153,13 @@ def seccomp_filter_path(pod: Pod) -> Path:
 
 def capabilities_of(spec: PodSpec) -> frozenset[str]:
     return caps.resolve(spec.isolation.cap_add, spec.isolation.cap_drop)
+
+
+def may_mount_cgroups(spec: PodSpec) -> bool:
+    """Whether the pod could mount a cgroup filesystem and write to the cgroup at its root there:
+    with SYS_ADMIN, or with a seccomp profile other than sdrun's, which may let it make a user
+    namespace of its own (and cgroup and mount namespaces in that)."""
+    return "SYS_ADMIN" in capabilities_of(spec) or spec.isolation.seccomp != "default"
 
 
 def user_namespace_of(pod: Pod) -> UserNamespace | None:
@@ -174,6 +194,17 @@ def parse_tmpfs(text: str) -> FilesystemMount:
         else:
             data.append(word)
     return FilesystemMount("tmpfs", path, mask, ",".join(data) or "mode=1777")
+
+
+def thermal_throttle_paths() -> list[str]:
+    """Each CPU's thermal_throttle directory the host has, masked as Docker does (the host's
+    counters); listed here in stage0, not by the entry."""
+    try:
+        names = os.listdir(CPUS)
+    except FileNotFoundError:
+        return []
+    paths = [f"{CPUS}/{name}/thermal_throttle" for name in names if name[3:].isdigit() and name.startswith("cpu")]
+    return sorted(path for path in paths if os.path.isdir(path))
 
 
 def api_mounts(pod: Pod, user_namespace: UserNamespace | None, console: str | None) -> list[MountOperation]:
@@ -228,7 +259,7 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:
         mounts.append(BindMount(TINI, INIT_PATH, read_only=True))
-    lockdown: list[MountOperation] = [MaskPath(path) for path in MASKED_PATHS]
+    lockdown: list[MountOperation] = [MaskPath(path) for path in (*MASKED_PATHS, *thermal_throttle_paths())]
     lockdown += [ReadOnlyPath(path) for path in READ_ONLY_PATHS]
     if isolation.read_only:
         lockdown.append(ReadOnlyRoot())
@@ -248,4 +279,5 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
         netns=str(NETNS_DIR / netns_name(pod.uuid)),
         init=isolation.init,
         notify=spec.service.notify,
+        payload_cgroup=may_mount_cgroups(spec),
     )

@@ -65,6 +65,7 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 INIT_PATH = "/dev/init"  # where the container sees tini: under /dev, out of the image's way
 CONTAINER_NOTIFY_SOCKET = "/run/host/notify"  # where systemd-nspawn puts it too
+ALL_GROUPS = "0 2147483647"  # net.ipv4.ping_group_range: every gid
 
 
 class Channel:
@@ -128,6 +129,10 @@ def launch(plan: Plan, *, supervise: bool) -> NoReturn:
         with open(plan["seccomp"], "rb") as stream:
             seccomp_program = stream.read()
     os.chdir(plan["directory"])  # the plan's relative paths are relative to it; the container init inherits it
+    if plan["payload_cgroup"]:  # before the fork: the container's cgroup namespace is rooted where we are
+        from sdrun.linux.cgroups import enter_payload_cgroups
+
+        enter_payload_cgroups()
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # nothing we mount propagates to the host
     if supervise:
@@ -207,6 +212,8 @@ def _intermediate(
     plan: Plan, seccomp_program: bytes | None, to_intermediate: Channel, from_intermediate: Channel, *rest: Channel
 ) -> None:
     joined = _join_network_namespace(plan)
+    if joined:  # with the host's privileges still: a user namespace of ours will not own it
+        _allow_icmp_sockets(ALL_GROUPS)
     if plan["userns"] is not None:
         set_resource_limits(plan["app"])  # while we may raise them; the app's exec sets the same again
         sc.unshare(sc.CLONE_NEWUSER)
@@ -218,6 +225,7 @@ def _intermediate(
         # Only in a namespace of our own: a joined one's loopback is up already, and in a user
         # namespace that does not own it the ioctl would be refused.
         _bring_up_loopback()
+        _allow_icmp_sockets(ALL_GROUPS if plan["userns"] is None else f"0 {plan['userns'][1] - 1}")
     init_pid = os.fork()
     if init_pid == 0:
         ready, start = rest
@@ -263,6 +271,14 @@ def _pivot_root(root: str) -> None:
     sc.pivot_root(".", ".")  # the old root is now stacked under the new one, at "."
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
+
+
+def _allow_icmp_sockets(groups: str) -> None:
+    """Let the pod's groups open ICMP echo sockets in its network namespace (as Docker and podman
+    do): ping without NET_RAW, which the default capabilities leave out. The kernel, not the
+    app, writes those packets' headers. Group ids are the writer's user namespace's."""
+    with open("/proc/sys/net/ipv4/ping_group_range", "w") as stream:  # the opener's network namespace
+        stream.write(groups)
 
 
 def _bring_up_loopback() -> None:

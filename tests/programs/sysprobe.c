@@ -11,7 +11,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <termios.h>
 #include <sys/uio.h>
@@ -39,13 +41,36 @@ static long handle_of_root(void) {
     return syscall(SYS_name_to_handle_at, AT_FDCWD, "/dev", &handle, &mount_id, 0); /* a tmpfs */
 }
 
+static long own_fd_through_pidfd(void) {
+    long pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0)
+        return pidfd;
+    return syscall(SYS_pidfd_getfd, pidfd, 0, 0);
+}
+
 static long probe(const char *name) {
     if (!strcmp(name, "getpid"))
         return syscall(SYS_getpid);
     if (!strcmp(name, "getcpu")) /* allowed: libcs call it when the vDSO cannot answer */
         return syscall(SYS_getcpu, NULL, NULL, NULL);
-    if (!strcmp(name, "get_mempolicy")) /* allowed: NUMA-aware runtimes ask for their policy */
+    if (!strcmp(name, "get_mempolicy")) /* with SYS_NICE only, as in Docker's profile */
         return syscall(SYS_get_mempolicy, NULL, NULL, 0, NULL, 0);
+    if (!strcmp(name, "set_mempolicy")) /* MPOL_DEFAULT */
+        return syscall(SYS_set_mempolicy, 0, NULL, 0);
+    if (!strcmp(name, "pidfd_getfd")) /* a copy of our own stdin: with SYS_PTRACE only */
+        return own_fd_through_pidfd();
+    if (!strcmp(name, "raw-socket")) /* the kernel's check: NET_RAW */
+        return socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+    if (!strcmp(name, "icmp-socket")) /* ping without NET_RAW, where ping_group_range allows */
+        return socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    if (!strcmp(name, "vsock")) /* EAFNOSUPPORT where the kernel has no vsock, when allowed */
+        return socket(40 /* AF_VSOCK */, SOCK_STREAM, 0);
+    if (!strcmp(name, "vsock-high")) /* the same family, with high bits set that the kernel ignores */
+        return syscall(SYS_socket, 0x100000000UL | 40, SOCK_STREAM, 0);
+    if (!strcmp(name, "alg")) /* the kernel's crypto API */
+        return socket(38 /* AF_ALG */, SOCK_SEQPACKET, 0);
+    if (!strcmp(name, "inet")) /* an ordinary socket */
+        return socket(AF_INET, SOCK_STREAM, 0);
     if (!strcmp(name, "tiocsti")) /* push a space into the input of the terminal on stdin */
         return ioctl(0, TIOCSTI, " ");
     if (!strcmp(name, "tiocsti-high")) /* the same, with high bits set that the kernel ignores */
