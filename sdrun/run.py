@@ -220,7 +220,7 @@ def _out_of_resources(complaint: str | None) -> bool:
 def _limits_hint(spec: PodSpec) -> str | None:
     """sdrun's own set-up (the network's, the stage1's) runs in the unit, under the pod's limits."""
     limits = (("--memory", spec.resources.memory), ("--pids-limit", spec.resources.pids))
-    given = [flag for flag, value in limits if value is not None]
+    given = [flag for flag, value in limits if value]  # --pids-limit 0 is no limit at all
     if not given:
         return None
     return f"the pod's set-up runs under its {' and '.join(given)} too: a little more may be what it needs"

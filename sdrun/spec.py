@@ -54,7 +54,7 @@ class Volume(NamedTuple):
 class Resources(NamedTuple):
     memory: int | None = None  # bytes
     cpus: float | None = None
-    pids: int | None = None
+    pids: int | None = None  # None: DEFAULT_PIDS_LIMIT in the unit; NO_PIDS_LIMIT: none
 
 
 class AppSpec(NamedTuple):
@@ -188,10 +188,16 @@ def parse_cpus(value: object) -> float:
     return cpus
 
 
+NO_PIDS_LIMIT = 0  # Resources.pids: no TasksMax= at all (None: sdrun's default)
+NO_PIDS_LIMIT_WORDS = ("0", "-1", "max", "infinity")  # Docker's and podman's 0 and -1, cgroup's max, systemd's
+
+
 def parse_pids_limit(value: object) -> int:
-    text = str(value)
-    if not text.isdigit() or int(text) == 0:
-        raise SpecError(f"invalid pids limit '{value}': expected a positive integer")
+    text = str(value).strip().lower()
+    if text in NO_PIDS_LIMIT_WORDS:
+        return NO_PIDS_LIMIT
+    if not text.isdigit():
+        raise SpecError(f"invalid pids limit '{value}': expected a positive integer", hint="0, -1 or max for no limit")
     return int(text)
 
 

@@ -319,6 +319,32 @@ def test_cpu_and_pids_limits_reach_the_unit(sdrun: Sdrun, rootfs: Path) -> None:
     assert "can't fork" in result.stdout or "Resource temporarily unavailable" in result.stdout
 
 
+def test_pods_have_a_default_pids_limit_that_zero_lifts(sdrun: Sdrun, rootfs: Path) -> None:
+    name, unlimited = unique_name(), unique_name()
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "300")
+    assert systemctl_show(f"sdrun-{name}.service", "TasksMax") == {"TasksMax": "2048"}  # podman's default
+    sdrun("run", "-d", "--name", unlimited, "--pids-limit", "0", "--rootfs", str(rootfs), "--", "sleep", "300")
+    assert systemctl_show(f"sdrun-{unlimited}.service", "TasksMax") == {"TasksMax": "infinity"}
+    sdrun("rm", "-f", name, unlimited)
+
+
+def test_an_apps_output_cannot_choose_its_journal_priority(sdrun: Sdrun, rootfs: Path) -> None:
+    """journald takes a line's `<N>` prefix as its priority unless told otherwise: an app's `<0>`
+    would be stored as an emergency (and shown on every terminal)."""
+    from sdrun.systemd import journal
+
+    name = unique_name()
+    sdrun("run", "--name", name, "--rootfs", str(rootfs), "--", "sh", "-c", "echo '<0>hi'; echo '<1>there' >&2")
+    reader = journal.PodJournal(str(pod_json(sdrun, name)["uuid"]))
+    try:
+        journal.synchronize()
+        stored = {entry.message: entry.fields["PRIORITY"] for entry in reader.entries_with_fields()}
+    finally:
+        reader.close()
+    assert stored == {b"<0>hi": b"6", b"<1>there": b"6"}  # info, the unit's SyslogLevel=, for both streams
+    sdrun("rm", name)
+
+
 def test_env_workdir_user_and_volumes(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
     env_file = tmp_path / "env"
     env_file.write_text("# comment\nFROM_FILE=yes\n")

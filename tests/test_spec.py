@@ -10,6 +10,8 @@ from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.pod import Pod, exit_status_of
 from sdrun.spec import (
+    NO_PIDS_LIMIT,
+    NO_PIDS_LIMIT_WORDS,
     RLIMITS,
     PodSpec,
     Resources,
@@ -18,11 +20,12 @@ from sdrun.spec import (
     check_settings,
     load_spec_file,
     parse_memory,
+    parse_pids_limit,
     parse_tmpfs,
     parse_ulimit,
 )
 from sdrun.systemd.bus import unit_object_path
-from sdrun.systemd.properties import escape_variables, resource_properties
+from sdrun.systemd.properties import DEFAULT_PIDS_LIMIT, TASKS_MAX_INFINITY, escape_variables, resource_properties
 
 
 @pytest.mark.parametrize(
@@ -152,8 +155,15 @@ def test_resource_properties_table(tmp_path: Path) -> None:
         ("TasksMax", "t", 20),
         ("Restart", "s", "no"),
     ]
-    unlimited = Pod("0" * 36, tmp_path, PodSpec(name="web", stage1="fly", rootfs=str(tmp_path)), 0.0)
-    assert resource_properties(unlimited) == [("Restart", "s", "no")]
+    default = Pod("0" * 36, tmp_path, PodSpec(name="web", stage1="fly", rootfs=str(tmp_path)), 0.0)
+    assert resource_properties(default) == [("TasksMax", "t", DEFAULT_PIDS_LIMIT), ("Restart", "s", "no")]
+    for words in NO_PIDS_LIMIT_WORDS:
+        unlimited = PodSpec(name="web", stage1="fly", rootfs=str(tmp_path), resources=Resources(pids=0))
+        assert parse_pids_limit(words) == NO_PIDS_LIMIT == unlimited.resources.pids
+        pod = Pod("0" * 36, tmp_path, unlimited, 0.0)
+        assert resource_properties(pod) == [("TasksMax", "t", TASKS_MAX_INFINITY), ("Restart", "s", "no")]
+    with pytest.raises(SpecError, match="invalid pids limit '-2'"):
+        parse_pids_limit("-2")
 
 
 def test_exit_status_mapping() -> None:

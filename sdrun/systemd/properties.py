@@ -20,6 +20,7 @@ from sdrun.net import hook as network_hook
 from sdrun.net import on_network
 from sdrun.paths import Paths
 from sdrun.pod import Pod, unit_name
+from sdrun.spec import NO_PIDS_LIMIT
 from sdrun.systemd.bus import Property
 from sdrun.systemd.unitfile import Command, quote_unexpanded
 from stage1.interface import UnitPlan
@@ -33,7 +34,7 @@ CPU_QUOTA_STEP_USEC = CPU_PERIOD_USEC // 10_000  # a unit file's CPUQuota= is in
 RESOURCE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
     ("MemoryMax", "t", lambda pod: pod.spec.resources.memory),
     ("CPUQuotaPerSecUSec", "t", lambda pod: _cpu_quota(pod.spec.resources.cpus)),
-    ("TasksMax", "t", lambda pod: pod.spec.resources.pids),
+    ("TasksMax", "t", lambda pod: _tasks_max(pod.spec.resources.pids)),
     ("Restart", "s", lambda pod: pod.spec.restart),
 )
 SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
@@ -60,6 +61,16 @@ def escape_variables(argument: str) -> str:
 def _cpu_quota(cpus: float | None) -> int | None:
     # Rounded to what a unit file can say, so that a transient and an installed unit agree.
     return None if cpus is None else round(cpus * CPU_PERIOD_USEC / CPU_QUOTA_STEP_USEC) * CPU_QUOTA_STEP_USEC
+
+
+DEFAULT_PIDS_LIMIT = 2048  # podman's default: systemd's own DefaultTasksMax= is a share of the host's pid_max
+TASKS_MAX_INFINITY = (1 << 64) - 1  # TasksMax=infinity on D-Bus
+
+
+def _tasks_max(pids: int | None) -> int:
+    if pids is None:
+        return DEFAULT_PIDS_LIMIT
+    return TASKS_MAX_INFINITY if pids == NO_PIDS_LIMIT else pids
 
 
 def _usec(seconds: float | None) -> int | None:
@@ -93,6 +104,9 @@ def logging_properties(pod: Pod) -> list[Property]:
         ("StandardOutput", "s", "journal"),
         ("StandardError", "s", "journal"),
         ("SyslogIdentifier", "s", pod.name),
+        # The app's output never chooses its priority: a line starting `<0>` stays a line, at the
+        # priority of its stream (journald's: stdout info, stderr notice), and reaches no terminal.
+        ("SyslogLevelPrefix", "b", False),
         # Every line of the app carries its pod, and its sdrun root for `sdrun logs --all`.
         ("LogExtraFields", "aay", [f"SDRUN_POD={pod.uuid}".encode(), f"SDRUN_ROOT={Paths.root_of(pod.dir)}".encode()]),
         ("LogRateLimitIntervalUSec", "t", 0),
@@ -317,11 +331,12 @@ UNIT_KEYS: dict[str, UnitKey] = {
     "StandardOutput": UnitKey(SERVICE, "StandardOutput", _text),
     "StandardError": UnitKey(SERVICE, "StandardError", _text),
     "SyslogIdentifier": UnitKey(SERVICE, "SyslogIdentifier", _text),
+    "SyslogLevelPrefix": UnitKey(SERVICE, "SyslogLevelPrefix", _boolean),
     "LogExtraFields": UnitKey(SERVICE, "LogExtraFields", lambda fields: [field.decode() for field in fields]),
     "LogRateLimitIntervalUSec": UnitKey(SERVICE, "LogRateLimitIntervalSec", _duration),
     "MemoryMax": UnitKey(SERVICE, "MemoryMax", _text),
     "CPUQuotaPerSecUSec": UnitKey(SERVICE, "CPUQuota", _cpu_percent),
-    "TasksMax": UnitKey(SERVICE, "TasksMax", _text),
+    "TasksMax": UnitKey(SERVICE, "TasksMax", lambda tasks: ["infinity" if tasks == TASKS_MAX_INFINITY else str(tasks)]),
     "Restart": UnitKey(SERVICE, "Restart", _text),
     "RestartUSec": UnitKey(SERVICE, "RestartSec", _duration),
     "KillSignal": UnitKey(SERVICE, "KillSignal", _signal_name),
