@@ -98,6 +98,29 @@ def test_resources_user_workdir_and_volumes(sdrun: Sdrun, rootfs: Path, volume_d
     assert (read_only / "kept").read_text() == "from the host\n"
 
 
+def process_status(pid: str) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def assert_least_privilege(name: str) -> None:
+    """qemu runs under its own seccomp filter, as the pod's own uid with no capabilities and
+    no_new_privs; virtiofsd (which must stay root to serve root's files) under its own filter."""
+    unit = f"/sdrun-{name}.service"
+    pids = [path.parent.name for path in Path("/proc").glob("[0-9]*/cgroup") if unit in path.read_text()]
+    statuses = [process_status(pid) for pid in pids]
+    (qemu,) = [status for status in statuses if status["Name"] == "qemu-system-x86"]
+    virtiofsds = [status for status in statuses if status["Name"] == "virtiofsd"]
+    assert qemu["Seccomp"] == "2" and qemu["NoNewPrivs"] == "1" and int(qemu["CapEff"], 16) == 0
+    assert qemu["Uid"].split() == [qemu["Uid"].split()[0]] * 4 and int(qemu["Uid"].split()[0]) >= 0x80000
+    assert qemu["Gid"].split()[0] == qemu["Uid"].split()[0]
+    # virtiofsd serves from a child in its namespaces; the parent that waits for it keeps no capability.
+    (monitor,) = [status for status in virtiofsds if status["Pid"] in {other["PPid"] for other in virtiofsds}]
+    (server,) = [status for status in virtiofsds if status["PPid"] == monitor["Pid"]]
+    assert server["Seccomp"] == "2" and not int(server["CapEff"], 16) & (1 << 27)  # no MKNOD
+    assert int(monitor["CapEff"], 16) == 0
+
+
 @needs_systemd
 @needs_vm
 def test_enter_runs_in_the_guest_and_stop_shuts_it_down_cleanly(sdrun: Sdrun, rootfs: Path) -> None:
@@ -106,6 +129,7 @@ def test_enter_runs_in_the_guest_and_stop_shuts_it_down_cleanly(sdrun: Sdrun, ro
     command = ("run", "-d", "--name", name, *KVM, "--rootfs", str(rootfs), "-e", "MARK=entered")
     sdrun(*command, "--", "/bin/sh", "-c", script, timeout=VM_TIMEOUT)
     wait_for_line(sdrun, name, "ready")
+    assert_least_privilege(name)
     entered = sdrun("enter", name, "/bin/sh", "-c", "echo $MARK; uname -r; exit 4", check=False, timeout=VM_TIMEOUT)
     assert entered.returncode == 4, entered.stderr
     assert entered.stdout.splitlines() == ["entered", initramfs.find_kernel(None).version]
@@ -300,8 +324,10 @@ def test_a_guest_on_a_network_gets_its_networks_hosts_and_resolv_conf(tmp_path: 
 def test_memory_and_cpus_map_to_the_vm() -> None:
     kernel = initramfs.Kernel(Path("/boot/vmlinuz"), "1")
     spec = PodSpec(name="p", stage1="kvm", rootfs="/", app=AppSpec(argv=("x",)), resources=Resources(300 << 20, 1.5))
-    command = machine.qemu_command(spec, kernel, Path("initrd"), "tcg")
+    command = machine.qemu_command(spec, kernel, Path("initrd"), "tcg", 600000)
     assert command[command.index("-m") + 1] == "300M" and command[command.index("-smp") + 1] == "2"
+    assert command[command.index("-runas") + 1] == "600000:600000"
+    assert command[command.index("-sandbox") + 1].split(",")[0] == "on"
     assert "memory-backend-memfd,id=ram,size=300M,share=on" in command
     with pytest.raises(SdrunError, match="at least 128M"):
         machine.guest_memory(PodSpec(name="p", stage1="kvm", resources=Resources(memory=64 << 20)))

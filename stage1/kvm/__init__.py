@@ -125,7 +125,10 @@ def prepare(pod: Pod) -> None:
         if not (scratch / fifo).exists():
             os.mkfifo(scratch / fifo, 0o600)
     write_etc_files(pod, scratch)
-    command = machine.qemu_command(spec, kernel, image, accel)
+    from stage1.namespace.container import auto_range_base
+
+    # A uid of the pod's own, out of the host's way: the first of the range --private-users=auto would give it.
+    command = machine.qemu_command(spec, kernel, image, accel, auto_range_base(pod.uuid))
     (scratch / "qemu.json").write_text(json.dumps(command, indent=1) + "\n")
 
 

@@ -52,6 +52,7 @@ def become_vm(pod: Pod) -> NoReturn:
     notifier.notify("READY=1")
     stop_signal = (pod.spec.stop_signal or "SIGTERM").removeprefix("SIG")
     nic = network.qemu_arguments() if network else []
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)  # for vm.sh and qemu: nothing they exec gains a privilege
     os.execv("/bin/sh", ["/bin/sh", str(VM_SCRIPT), stop_signal, *qemu, *nic])
 
 

@@ -162,16 +162,21 @@ def may_mount_cgroups(spec: PodSpec) -> bool:
     return "SYS_ADMIN" in capabilities_of(spec) or spec.isolation.seccomp != "default"
 
 
+def auto_range_base(pod_uuid: str) -> int:
+    """The first host uid of the 64K range --private-users=auto gives a pod: derived from its
+    UUID, so stable across restarts of the same pod."""
+    import hashlib
+
+    index = int(hashlib.sha256(pod_uuid.encode()).hexdigest(), 16) % USERNS_BASES
+    return USERNS_FIRST_BASE + index * USERNS_RANGE
+
+
 def user_namespace_of(pod: Pod) -> UserNamespace | None:
     choice = pod.spec.isolation.private_users
     if choice is None:
         return None
     if choice == "auto":
-        import hashlib
-
-        # A range derived from the pod's UUID: stable across restarts of the same pod.
-        index = int(hashlib.sha256(pod.uuid.encode()).hexdigest(), 16) % USERNS_BASES
-        return UserNamespace(USERNS_FIRST_BASE + index * USERNS_RANGE, USERNS_RANGE)
+        return UserNamespace(auto_range_base(pod.uuid), USERNS_RANGE)
     base, _, count = choice.partition(":")
     if int(base) == 0:
         raise SpecError("--private-users: the range must not start at host uid 0", hint="e.g. 100000:65536")
