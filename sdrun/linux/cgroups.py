@@ -58,7 +58,20 @@ def enter_payload_cgroups() -> list[str]:
             os.mkdir(directory, 0o755)
         except FileExistsError:
             pass  # left by an earlier run of the same unit: systemd removes it with the unit's
+        if "cpuset" in controllers.split(","):
+            _inherit_cpuset(f"{where}{path}", directory)
         with open(f"{directory}/cgroup.procs", "w") as stream:
             stream.write("0")
         entered.append(directory)
     return entered
+
+
+def _inherit_cpuset(parent: str, child: str) -> None:
+    """A new cgroup v1 cpuset has no CPUs and no memory nodes (unless clone_children), and takes no
+    process then: give it its parent's."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        with open(f"{child}/{name}") as stream:
+            if stream.read().strip():
+                continue
+        with open(f"{parent}/{name}") as source, open(f"{child}/{name}", "w") as target:
+            target.write(source.read())
