@@ -91,8 +91,15 @@ def test_a_U_volume_is_chowned_to_the_pods_range_and_links_are_not_followed(
 
 
 def test_a_U_volume_goes_to_the_apps_user(sdrun: Sdrun, rootfs: Path, data: Path) -> None:
-    options = (f"--private-users={RANGE}", "--user", "1000:1000", "-v", f"{data}:/data:rw,U")
-    assert shell(sdrun, rootfs, "echo new > /data/new && stat -c %u:%g /data/new", *options).stdout == "1000:1000\n"
+    """Named through a link, as the bind follows it: the directory it names is chowned, not the link."""
+    link = data.with_name(f"{data.name}-link")
+    link.symlink_to(data)
+    options = (f"--private-users={RANGE}", "--user", "1000:1000", "-v", f"{link}:/data:rw,U")
+    try:
+        output = shell(sdrun, rootfs, "echo new > /data/new && stat -c %u:%g /data/new", *options).stdout
+    finally:
+        link.unlink()
+    assert output == "1000:1000\n"
     assert ((data / "new").stat().st_uid, (data / "root-file").stat().st_gid) == (BASE + 1000, BASE + 1000)
 
 

@@ -138,8 +138,8 @@ def chown_volumes(pod: Pod, uid: int, gid: int, user_namespace: UserNamespace | 
     changed themselves, never followed, and the walk stays on the source's file system."""
     base = 0 if user_namespace is None else user_namespace.base
     for volume in pod.spec.app.volumes:
-        if volume.chown:
-            _chown_tree(volume.source, base + uid, base + gid)
+        if volume.chown:  # the source as the bind sees it: through a link the user named
+            _chown_tree(os.path.realpath(volume.source), base + uid, base + gid)
 
 
 def _chown_tree(top: str, uid: int, gid: int) -> None:
