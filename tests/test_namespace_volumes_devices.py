@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SDRUN, STATE_BASE, Sdrun, needs_systemd, unique_name
+from tests.conftest import SDRUN, STATE_BASE, Sdrun, needs_systemd, unique_name, wait_for
 
 pytestmark = needs_systemd
 NS = ("--stage1", "namespace", "--net", "none")
@@ -180,15 +180,28 @@ def test_a_scope_pod_gets_its_devices(sdrun: Sdrun, rootfs: Path) -> None:
     assert sdrun(*command, "--", "sh", "-c", "echo x > /dev/mynull && echo ok").stdout == "ok\n"
 
 
-def test_a_device_from_a_spec_file_and_an_installed_unit(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
-    spec = tmp_path / "pod.toml"
+def test_a_device_and_a_volume_from_a_spec_file_and_an_installed_unit(
+    sdrun: Sdrun, rootfs: Path, tmp_path: Path, data: Path
+) -> None:
+    spec, own = tmp_path / "pod.toml", data / "own"
+    own.mkdir()
     spec.write_text(f'rootfs = "{rootfs}"\nnet = "none"\ndevice = ["/dev/null:/dev/mynull:rw"]\n'
-                    'exec = ["sh", "-c", "echo x > /dev/mynull && echo ok"]\n')  # fmt: skip
-    assert sdrun("run", "--rm", "--spec", str(spec)).stdout == "ok\n"
+                    f'volume = ["{own}:/data:U"]\nprivate_users = "{RANGE}"\n'
+                    'exec = ["sh", "-c", "echo x > /dev/mynull && echo ok > /data/spec"]\n')  # fmt: skip
+    sdrun("run", "--rm", "--spec", str(spec))
+    assert (own / "spec").stat().st_uid == BASE
     name = unique_name()
-    options = ("--name", name, *NS, "--device", "/dev/null:/dev/mynull", "--rootfs", str(rootfs), "--", "true")
-    generated = sdrun("generate", *options)
-    assert "--device=/dev/null:/dev/mynull:rwm" in generated.stdout
+    unit = f"sdrun-{name}.service"
+    script = "echo x > /dev/mynull && echo new > /data/new && exec sleep 300"
+    options = (*NS, f"--private-users={RANGE}", "--device", "/dev/null:/dev/mynull", "-v", f"{data}:/data")
+    sdrun("install", "--now", name, *options, "--rootfs", str(rootfs), "--", "sh", "-c", script)
+    try:
+        wait_for((data / "new").exists)
+        assert (data / "new").stat().st_uid == 0  # idmapped: the volume is not :U here
+        assert "DeviceAllow=/dev/null rwm" in device_allow(unit)
+        assert f"private_users: {RANGE}" in sdrun("status", name).stdout.splitlines()
+    finally:
+        sdrun("uninstall", name, check=False)
 
 
 @pytest.mark.parametrize(
