@@ -97,6 +97,7 @@ def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:
     # The app's environment is the stage1's to apply at its exec, not the unit's Environment=
     # (which would reach sdrun's own processes on the host too): shown here instead.
     details["env"] = pod.spec.app.env
+    details["private_users"] = _uid_range(pod)
     details["main_pid"] = None
     if details["state"] in ("running", "starting", "stopping") and not pod.spec.scope:
         with contextlib.suppress(NotFound):
@@ -105,6 +106,16 @@ def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:
             details["memory_bytes"] = _known(service.get("MemoryCurrent"))
             details["tasks"] = _known(service.get("TasksCurrent"))
     return details
+
+
+def _uid_range(pod: Pod) -> str | None:
+    """BASE:COUNT, the host uids (and gids) the pod's user namespace maps 0... to; None without one."""
+    if pod.spec.isolation.private_users is None:
+        return None
+    from stage1.namespace.container import user_namespace_of  # the range `auto` picks is the stage1's
+
+    user_namespace = user_namespace_of(pod)
+    return None if user_namespace is None else f"{user_namespace.base}:{user_namespace.size}"
 
 
 def _known(value: Any) -> Any:

@@ -29,26 +29,25 @@ class Volume(NamedTuple):
     source: str  # absolute path on the host
     target: str  # absolute path inside the container
     read_only: bool = False
+    chown: bool = False  # :U, as podman's: the source is chowned to the app's user as the host sees it
 
     @classmethod
     def parse(cls, text: str) -> Volume:
         parts = text.split(":")
-        if len(parts) == 3 and parts[2] in ("ro", "rw"):
-            source, target, mode = parts
-        elif len(parts) == 2:
-            (source, target), mode = parts, "rw"
-        else:
-            raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:ro|rw]")
+        options = parts[2].split(",") if len(parts) == 3 else []
+        if len(parts) not in (2, 3) or not set(options) <= {"ro", "rw", "U"} or {"ro", "rw"} <= set(options):
+            raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:OPTIONS], OPTIONS ro or rw, and U")
+        source, target = parts[:2]
         if not (source.startswith("/") and target.startswith("/")):
             raise SpecError(f"invalid volume '{text}': both paths must be absolute")
         target = normal_path(target)
         _check_mount_target(target, f"volume '{text}'")
         if not Path(source).exists():
             raise SpecError(f"volume source '{source}' does not exist")
-        return cls(normal_path(source), target, mode == "ro")
+        return cls(normal_path(source), target, "ro" in options, "U" in options)
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}{',U' if self.chown else ''}"
 
 
 class Resources(NamedTuple):
@@ -77,6 +76,7 @@ class Isolation(NamedTuple):
     private_users: str | None = None  # auto | UID:COUNT; None = no user namespace
     read_only: bool = False
     tmpfs: tuple[str, ...] = ()  # PATH[:OPTIONS]
+    device: tuple[str, ...] = ()  # HOST:CONTAINER:PERMS, as parse_device writes them
     init: bool = False
     selinux_type: str | None = None
     apparmor: str | None = None
@@ -92,6 +92,7 @@ class Isolation(NamedTuple):
             "--private-users": self.private_users is not None,
             "--read-only": self.read_only,
             "--tmpfs": bool(self.tmpfs),
+            "--device": bool(self.device),
             "--init": self.init,
             "--selinux-type": self.selinux_type is not None,
             "--apparmor": self.apparmor is not None,
@@ -99,7 +100,7 @@ class Isolation(NamedTuple):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Isolation:
-        tuples = ("cap_add", "cap_drop", "tmpfs")
+        tuples = ("cap_add", "cap_drop", "tmpfs", "device")
         values: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in data.items()}
         return cls(**values)
 
@@ -359,6 +360,34 @@ def parse_tmpfs(value: str) -> str:
     return path + sep + options
 
 
+DEVICE_PERMISSIONS = "rwm"  # DeviceAllow='s: read, write, mknod
+
+
+def parse_device(value: str) -> str:
+    """HOST[:CONTAINER][:PERMS], as podman's --device (/dev/fuse, /dev/sda:/dev/xvda:rwm): a device
+    node of the host's /dev, where the container sees it [the same path], and what the app may do
+    with it [rwm]. Written back as HOST:CONTAINER:PERMS."""
+    import stat
+
+    host, _, rest = value.partition(":")
+    target, _, permissions = rest.partition(":") if rest.startswith("/") else ("", "", rest)
+    host = _absolute_path(host, "device")
+    target = normal_path(target) if target else host
+    permissions = permissions or DEVICE_PERMISSIONS
+    if not set(permissions) <= set(DEVICE_PERMISSIONS) or len(set(permissions)) != len(permissions):
+        raise SpecError(f"invalid device '{value}': expected HOST[:CONTAINER][:PERMS], PERMS of r, w and m")
+    _check_mount_target(target, f"device '{value}'")
+    try:
+        mode = os.stat(host).st_mode
+    except OSError as error:
+        raise SpecError(f"device '{host}': {error.strerror}") from None
+    if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        raise SpecError(f"device '{host}' is not a device node")
+    if not os.path.realpath(host).startswith("/dev/"):  # what systemd's DeviceAllow= takes
+        raise SpecError(f"device '{host}' is not under /dev")
+    return f"{host}:{target}:{permissions}"
+
+
 KERNEL_INTERFACES = ("/proc", "/sys")  # the stage1 mounts them, masked and read-only where it must be
 
 
@@ -447,6 +476,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "private_users": parse_private_users,
     "read_only": lambda value: parse_flag(value, "read_only"),
     "tmpfs": lambda value: tuple(parse_tmpfs(item) for item in _as_list(value, "tmpfs")),
+    "device": lambda value: tuple(parse_device(item) for item in _as_list(value, "device")),
     "init": lambda value: parse_flag(value, "init"),
     "selinux_type": str,
     "apparmor": str,

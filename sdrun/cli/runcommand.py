@@ -63,7 +63,7 @@ RUN_OPTIONS = (
     RunOption(("--ulimit",), "ulimit", "Resource limit, e.g. nofile=1024.", MULTIPLE, "NAME=SOFT[:HARD]"),
     RunOption(("--restart",), "restart", "Restart policy: no, on-failure or always."),
     RunOption(("--restart-sec",), "restart_sec", "Seconds before a restart (RestartSec=) [0.1].", metavar="SECONDS"),
-    RunOption(("-v", "--volume"), "volume", "Bind a host path into the container.", MULTIPLE, "HOST:CTR[:ro]"),
+    RunOption(("-v", "--volume"), "volume", "Bind a host path into the container.", MULTIPLE, "HOST:CTR[:ro][,U]"),
     RunOption(("--label",), "label", "Attach a label to the pod.", MULTIPLE, "KEY=VALUE"),
     RunOption(
         ("--net",), "net", "Network: none (loopback only), host, default (the sdrun0 bridge) or a network's name."
@@ -82,6 +82,7 @@ RUN_OPTIONS = (
     ),
     RunOption(("--read-only",), "read_only", "Mount the container's root read-only.", FLAG),
     RunOption(("--tmpfs",), "tmpfs", "Mount a tmpfs inside the container.", MULTIPLE, "PATH[:OPTS]"),
+    RunOption(("--device",), "device", "Give the app a device node of the host.", MULTIPLE, "HOST[:CTR][:PERMS]"),
     RunOption(("--init",), "init", "Run tini as PID 1: reaps zombies, forwards signals.", FLAG),
     RunOption(("--selinux-type",), "selinux_type", "SELinux context for the app (SELinuxContext=)."),
     RunOption(("--apparmor",), "apparmor", "AppArmor profile for the app (AppArmorProfile=).", metavar="PROFILE"),

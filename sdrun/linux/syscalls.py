@@ -213,9 +213,10 @@ def _mount_setattr(fd: int, attr: _MountAttr, flags: int = 0) -> None:
     )
 
 
-def idmap_mount(fd: int, userns_fd: int) -> None:
-    """mount_setattr(2): make the detached mount fd show files through userns_fd's uid/gid maps."""
-    _mount_setattr(fd, _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd))
+def idmap_mount(fd: int, userns_fd: int, *, recursive: bool = False) -> None:
+    """mount_setattr(2): make the detached mount fd (and the mounts under it, if recursive) show
+    files through userns_fd's uid/gid maps."""
+    _mount_setattr(fd, _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd), AT_RECURSIVE if recursive else 0)
 
 
 def make_tree_read_only(fd: int) -> None:

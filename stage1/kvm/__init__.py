@@ -83,7 +83,15 @@ def stage1_dir(pod: Pod) -> Path:
 
 
 # The guest honours --hostname, --read-only, --tmpfs and --init itself; these mean nothing for a VM.
-REFUSED_ISOLATION = ("--private-users", "--cap-add", "--cap-drop", "--seccomp", "--selinux-type", "--apparmor")
+REFUSED_ISOLATION = (
+    "--private-users",
+    "--cap-add",
+    "--cap-drop",
+    "--seccomp",
+    "--device",
+    "--selinux-type",
+    "--apparmor",
+)
 
 
 def refuse_what_does_not_apply(spec: PodSpec) -> None:
@@ -95,6 +103,7 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         # host's notify socket or to sockets systemd passes us.
         "notify = true": spec.service.notify,
         "listen": bool(spec.service.listen),
+        "a volume's :U": any(volume.chown for volume in spec.app.volumes),
     }
     refuse_flags(given, "does not apply to the kvm stage1: the VM is the pod's boundary")
     if spec.app.ulimits:

@@ -16,6 +16,7 @@ from stage1.namespace import launch
 from stage1.namespace.container import (
     DEVICE_ALLOW,
     TINI,
+    UserNamespace,
     container_plan,
     plan_file,
     seccomp_filter_path,
@@ -40,7 +41,7 @@ class Namespace(Stage1, name="namespace"):
         return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
 
     def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
-        return (*device_properties(), *stop_properties(pod))
+        return (*device_properties(pod), *stop_properties(pod))
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
@@ -62,7 +63,7 @@ def unit_properties(pod: Pod) -> list[Property]:
     properties: list[Property] = [
         ("Type", "s", "notify"),
         ("NotifyAccess", "s", "all"),  # MAINPID= comes from the entry, which then exits
-        *device_properties(),
+        *device_properties(pod),
         *stop_properties(pod),
     ]
     # As systemd-run sends them: SELinuxContext= as a string (read back as a struct), AppArmorProfile=
@@ -74,10 +75,15 @@ def unit_properties(pod: Pod) -> list[Property]:
     return properties
 
 
-def device_properties() -> list[Property]:
-    """The device nodes the app may open: the pseudo-devices systemd always allows, and DEVICE_ALLOW.
+def device_properties(pod: Pod) -> list[Property]:
+    """The device nodes the app may open: the pseudo-devices systemd always allows, DEVICE_ALLOW and
+    the pod's --device nodes (by the host's path, which systemd resolves to the node's numbers).
     MKNOD is a default capability: this is what keeps a node of the host's disk closed."""
-    return [("DevicePolicy", "s", "closed"), ("DeviceAllow", "a(ss)", [list(device) for device in DEVICE_ALLOW])]
+    allowed = [list(device) for device in DEVICE_ALLOW]
+    for text in pod.spec.isolation.device:
+        host, _, permissions = text.split(":")
+        allowed.append([os.path.realpath(host), permissions])
+    return [("DevicePolicy", "s", "closed"), ("DeviceAllow", "a(ss)", allowed)]
 
 
 def stop_properties(pod: Pod) -> list[Property]:
@@ -115,6 +121,7 @@ def prepare(pod: Pod, console: str | None) -> Path:
     if user_namespace is not None:  # container root owns the top of its writable layer
         os.chown(scratch / ("upper" if spec.rootfs else UPPER), user_namespace.base, user_namespace.base)
     write_etc_files(pod, scratch)
+    chown_volumes(pod, app.credentials.uid, app.credentials.gid, user_namespace)
     from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
 
     compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, _seccomp_cache(pod))
@@ -123,6 +130,31 @@ def prepare(pod: Pod, console: str | None) -> Path:
     path = plan_file(pod)
     launch.write_plan(str(path), plan.entry_plan(app))
     return path
+
+
+def chown_volumes(pod: Pod, uid: int, gid: int, user_namespace: UserNamespace | None) -> None:
+    """:U, as podman's: each such volume's source, and everything below it, becomes the app's user's
+    and group's as the host sees them (in the pod's range under --private-users). Symbolic links are
+    changed themselves, never followed, and the walk stays on the source's file system."""
+    base = 0 if user_namespace is None else user_namespace.base
+    for volume in pod.spec.app.volumes:
+        if volume.chown:  # the source as the bind sees it: through a link the user named
+            _chown_tree(os.path.realpath(volume.source), base + uid, base + gid)
+
+
+def _chown_tree(top: str, uid: int, gid: int) -> None:
+    """os.fwalk: every name is changed relative to its directory's descriptor, so that a tree being
+    changed meanwhile (another pod sharing the volume) cannot swap a directory for a link out of it."""
+    device = os.lstat(top).st_dev
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for _, subdirectories, files, directory in os.fwalk(top):
+        for name in list(subdirectories):
+            # A mount below the volume is not the volume's to change. (Only a directory's device
+            # tells: an overlay shows a file's as its layer's.)
+            if os.stat(name, dir_fd=directory, follow_symlinks=False).st_dev != device:
+                subdirectories.remove(name)
+        for name in [*subdirectories, *files]:
+            os.chown(name, uid, gid, dir_fd=directory, follow_symlinks=False)
 
 
 def _seccomp_cache(pod: Pod) -> Path:

@@ -95,6 +95,7 @@ class ContainerPlan(NamedTuple):
     directory: str  # the pod's stage1 directory
     root: str  # where the rootfs is mounted in the entry's mount namespace
     lowers: tuple[tuple[str, str], ...]  # (directory, where): trees bound first (idmapped under --private-users)
+    volume_trees: tuple[tuple[str, str, bool], ...]  # (source, where, idmapped): volumes bound by the entry
     overlay: str  # the root's overlayfs options
     hostname: str
     mounts: tuple[MountOperation, ...]  # what builds the container's tree...
@@ -115,6 +116,7 @@ class ContainerPlan(NamedTuple):
             "directory": self.directory,
             "root": self.root,
             "lowers": [list(lower) for lower in self.lowers],
+            "volumes": [list(tree) for tree in self.volume_trees],
             "overlay": self.overlay,
             "hostname": self.hostname,
             "mounts": [operation.to_plan() for operation in self.mounts],
@@ -212,6 +214,30 @@ def thermal_throttle_paths() -> list[str]:
     return sorted(path for path in paths if os.path.isdir(path))
 
 
+def device_mounts(spec: PodSpec) -> list[MountOperation]:
+    """--device HOST:CONTAINER:PERMS: the host's node bound in, as DEVICES are; the unit's DeviceAllow=
+    (backend.device_properties) lets the app open it, as PERMS say."""
+    return [BindMount(host, target) for host, target, _ in (text.split(":") for text in spec.isolation.device)]
+
+
+def volume_mounts(
+    spec: PodSpec, user_namespace: UserNamespace | None
+) -> tuple[list[MountOperation], list[tuple[str, str, bool]]]:
+    """The volumes' mounts, and the trees the entry binds first. In a user namespace the entry binds
+    each source (as host root: the container's root could not even reach a source under a 0700
+    directory) at a place of the stage1 directory, idmapped as the rootfs is, so that a host file of
+    uid N shows as the container's uid N: root's files are the container root's to write, and what it
+    writes is host root's. A :U volume is not idmapped: stage0 chowned it to the pod's range."""
+    if user_namespace is None:
+        return [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes], []
+    mounts: list[MountOperation] = []
+    trees = []
+    for index, volume in enumerate(spec.app.volumes):
+        trees.append((volume.source, f"volume{index}", not volume.chown))
+        mounts.append(BindMount(f"volume{index}", volume.target, volume.read_only))
+    return mounts, trees
+
+
 def api_mounts(pod: Pod, user_namespace: UserNamespace | None, console: str | None) -> list[MountOperation]:
     """/proc, /sys and a minimal /dev; the caller mounts them in the container's PID namespace."""
     sysfs: MountOperation = FilesystemMount("sysfs", "/sys", API_FLAGS | sc.MS_RDONLY)
@@ -259,8 +285,10 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
     isolation = spec.isolation
     user_namespace = user_namespace_of(pod)
     mounts = api_mounts(pod, user_namespace, console)
+    mounts += device_mounts(spec)
     mounts += etc_mounts(pod)
-    mounts += [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes]
+    volumes, volume_trees = volume_mounts(spec, user_namespace)
+    mounts += volumes
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:
         mounts.append(BindMount(TINI, INIT_PATH, read_only=True))
@@ -273,6 +301,7 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
         directory=str(stage1_dir(pod)),
         root="rootfs",
         lowers=lowers,
+        volume_trees=tuple(volume_trees),
         overlay=overlay,
         hostname=pod_hostname(pod),
         mounts=tuple(mounts),

@@ -179,13 +179,17 @@ def _map_user_namespace(pid: int, userns: list[int]) -> int:
     return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _attach_tree(source: str, target: str, userns_fd: int | None) -> None:
-    """Bind source at target, through the user namespace's id map if given (an idmapped mount)."""
-    _make_directory(target)
-    tree = sc.open_tree(source, sc.OPEN_TREE_CLONE)
+def _attach_tree(source: str, target: str, userns_fd: int | None, *, recursive: bool = False) -> None:
+    """Bind source at target, through the user namespace's id map if given (an idmapped mount);
+    recursive: with the mounts under source too (a volume's, as a bind mount takes them)."""
+    if os.path.isdir(source):
+        _make_directory(target)
+    else:  # a file bound on its own: its mount point is a file
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    tree = sc.open_tree(source, sc.OPEN_TREE_CLONE | (sc.AT_RECURSIVE if recursive else 0))
     try:
         if userns_fd is not None:
-            sc.idmap_mount(tree, userns_fd)
+            sc.idmap_mount(tree, userns_fd, recursive=recursive)
         sc.move_mount(tree, target)
     finally:
         os.close(tree)
@@ -204,6 +208,14 @@ def _mount_rootfs(plan: Plan, userns_fd: int | None) -> None:
     (idmapped in a user namespace) where the overlay's options name it."""
     for source, where in plan["lowers"]:
         _attach_tree(source, where, userns_fd)
+    for source, where, idmapped in plan["volumes"]:  # under --private-users only: see container.volume_mounts
+        try:
+            _attach_tree(source, where, userns_fd if idmapped else None, recursive=True)
+        except OSError as error:
+            if not idmapped:
+                raise
+            hint = "its file system (or one mounted below it) may not support idmapped mounts: try HOST:CTR:U"
+            raise SdrunError(f"volume {source}: {error.strerror}; {hint}") from None
     _make_directory(plan["root"])
     sc.mount("overlay", plan["root"], "overlay", 0, plan["overlay"])
 
