@@ -41,6 +41,7 @@ class RunOptions(NamedTuple):
     detach: bool = False
     remove: bool = False
     pull: PullSettings = PullSettings()
+    replace: bool = False  # remove a pod of the same name first
 
 
 def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
@@ -60,6 +61,8 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
     backend.refuse_unsupported(spec)
     systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
     store = PodStore(paths)
+    if options.replace:
+        remove_to_replace(systemd, store, spec.name)
     if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees
         from sdrun.image.usage import create_image_pod
 
@@ -375,3 +378,75 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
         sys.stderr.write(f"sdrun: {describe(error)}\n")
         os._exit(EXIT_RUNTIME_ERROR)
+
+
+# --- a pod that exists: start it again, restart it, replace it ---
+
+
+def start_existing(systemd: Systemd, pod: Pod) -> None:
+    """Start an ended pod again, as `run -d` first started it: its unit is gone (or failed), its
+    directory keeps its spec, UUID, name and writable layer, and the unit is made anew from them.
+    An installed pod's unit file is systemd's to start."""
+    if _installed_unit(systemd, pod):
+        _refuse_running(systemd, pod)
+        from sdrun.systemd import bus
+
+        bus.start_unit(systemd, pod.unit)
+        return
+    if pod.spec.scope:
+        raise SdrunError(
+            f"pod '{pod.name}' ran in a scope, as a child of its 'sdrun run': it cannot be started again",
+            hint=f"'sdrun rm {pod.name}', then run it again",
+        )
+    with pod.locked():
+        _refuse_running(systemd, pod)
+        systemd.reset_failed_unit(pod.unit)  # a restarting pod's unit stays failed once systemd gave up
+        Paths.exit_record(pod.dir).unlink(missing_ok=True)  # of the last run: this one writes its own
+        _start_service(systemd, Stage1.named(pod.spec.stage1), pod, hold=False)
+        _wait_until_only_the_app_runs(systemd, pod)
+
+
+def restart_existing(systemd: Systemd, pod: Pod) -> None:
+    """Stop the pod if it runs, then start it again (an installed one: systemd's RestartUnit)."""
+    if _installed_unit(systemd, pod):
+        from sdrun.systemd import bus
+
+        bus.restart_unit(systemd, pod.unit, wait=True)
+        return
+    systemd.stop_unit(pod.unit)
+    start_existing(systemd, pod)
+
+
+def remove_to_replace(systemd: Systemd, store: PodStore, name: str) -> None:
+    """`run --replace`: remove the pod of that name, if there is one, running or not."""
+    pod = store.named(name)
+    if pod is None:
+        return
+    if _installed_unit(systemd, pod):
+        raise SdrunError(
+            f"pod '{name}' is an installed unit: 'run --replace' does not replace it",
+            hint=f"'sdrun install --replace {name} ...', or 'sdrun uninstall {name}'",
+        )
+    from sdrun import manage
+
+    manage.remove(systemd, store, pod, force=True)
+
+
+def _refuse_running(systemd: Systemd, pod: Pod) -> None:
+    from sdrun import manage
+
+    if manage.view(systemd, pod).running:
+        raise SdrunError(f"pod '{pod.name}' is running", hint=f"'sdrun restart {pod.name}' stops it first")
+
+
+def _installed_unit(systemd: Systemd, pod: Pod) -> bool:
+    """Whether the pod's unit is a unit file systemd loads (sdrun install, the generator), not
+    a transient unit of `sdrun run`, which goes with the pod's end."""
+    from sdrun.errors import NotFound
+    from sdrun.systemd.bus import UNIT
+
+    try:
+        loaded = systemd.unit_property(pod.unit, UNIT, "LoadState") == "loaded"
+        return loaded and not systemd.unit_property(pod.unit, UNIT, "Transient")
+    except NotFound:
+        return False

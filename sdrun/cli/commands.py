@@ -239,6 +239,35 @@ def stop(ctx: Context, pod_ref: str) -> None:
 
 
 @main.command()
+@click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
+@pass_context
+def start(ctx: Context, pod_refs: tuple[str, ...]) -> None:
+    """Start ended pods again, from their spec, as 'run -d' did."""
+    _start_pods(ctx, pod_refs, restart=False)
+
+
+@main.command()
+@click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
+@pass_context
+def restart(ctx: Context, pod_refs: tuple[str, ...]) -> None:
+    """Stop pods that run, then start them again."""
+    _start_pods(ctx, pod_refs, restart=True)
+
+
+def _start_pods(ctx: Context, pod_refs: tuple[str, ...], *, restart: bool) -> None:
+    from sdrun import run as running
+
+    pods = [ctx.store.get(ref) for ref in pod_refs]
+
+    def start_all(systemd: Systemd) -> None:
+        for pod in pods:
+            (running.restart_existing if restart else running.start_existing)(systemd, pod)
+            click.echo(pod.name)
+
+    with_systemd(start_all)
+
+
+@main.command()
 @click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, help="Signal name or number.")
 @click.argument("pod_ref", metavar="POD")
 @pass_context

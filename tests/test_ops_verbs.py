@@ -1,0 +1,120 @@
+"""The verbs a podman user reaches for on pods that exist: start, restart, run --replace; and
+run's -i and -t, --version, list's -q, --filter and --format (issue 17). Real systemd throughout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
+
+pytestmark = needs_systemd
+
+
+def pod_json(sdrun: Sdrun, name: str) -> dict[str, object]:
+    (found,) = [pod for pod in json.loads(sdrun("list", "--json").stdout) if pod["name"] == name]
+    return dict(found)
+
+
+# A counter in the pod's own writable layer: each run adds a line, so a start that re-made the pod
+# from scratch (a new upper layer) would show 1 again.
+COUNTING_APP = ("--", "sh", "-c", "echo run >> /runs; wc -l < /runs; trap exit TERM; sleep 1000 & wait")
+
+
+def test_start_runs_a_stopped_pod_again_with_its_uuid_name_and_files(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name("start")
+    uuid = sdrun("run", "-d", "--name", name, "--net", "none", "--rootfs", str(rootfs), *COUNTING_APP).stdout.strip()
+    sdrun("stop", name)
+    assert pod_json(sdrun, name)["state"] == "exited"
+
+    assert sdrun("start", name).stdout == f"{name}\n"
+    pod = pod_json(sdrun, name)
+    assert (pod["state"], pod["uuid"], pod["exit_status"]) == ("running", uuid, None)
+    assert sdrun("run", "--rm", "--rootfs", str(rootfs), "--", "true").returncode == 0  # other pods unaffected
+    wait_for(lambda: sdrun("logs", name).stdout.split() == ["1", "2"])
+
+    result = sdrun("start", name, check=False)  # running already: one line, non-zero
+    assert result.returncode == 125 and result.stderr.count("\n") == 1 and "is running" in result.stderr
+
+    sdrun("restart", name)
+    assert pod_json(sdrun, name)["state"] == "running"
+    wait_for(lambda: sdrun("logs", name).stdout.split() == ["1", "2", "3"])
+    assert sdrun.pods() == [uuid]
+
+
+def test_start_of_a_pod_systemd_gave_up_restarting(sdrun: Sdrun, rootfs: Path) -> None:
+    """Its unit stays failed (start-limit-hit) until reset: start resets it and starts anew."""
+    name = unique_name("limit")
+    sdrun("run", "-d", "--name", name, "--net", "none", "--restart", "always", "--rootfs", str(rootfs), "--", "true")
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")
+    sdrun("start", name)
+    assert systemctl_show(f"sdrun-{name}.service", "NRestarts")["NRestarts"] == "0"  # a new unit
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")  # and it gives up again
+
+
+def test_start_on_the_default_network_gets_an_address_again(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name("net")
+    sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), *COUNTING_APP)
+    sdrun("stop", name)
+    assert pod_json(sdrun, name)["ip"] is None  # the tear-down released the lease
+    sdrun("start", name)
+    assert pod_json(sdrun, name)["ip"]
+    result = sdrun("enter", name, "--", "ip", "-4", "-o", "addr", "show", "eth0")
+    assert str(pod_json(sdrun, name)["ip"]) in result.stdout
+
+
+@pytest.mark.parametrize("verb", ["start", "restart"])
+def test_start_and_restart_of_an_unknown_pod(sdrun: Sdrun, verb: str) -> None:
+    result = sdrun(verb, "no-such-pod", check=False)
+    assert result.returncode == 125
+    assert result.stderr == "sdrun: no such pod: 'no-such-pod' (hint: 'sdrun list' shows the pods)\n"
+
+
+def test_a_scope_pod_cannot_be_started_again(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name("scope")
+    sdrun("run", "--scope", "--name", name, "--net", "none", "--rootfs", str(rootfs), "--", "true")
+    result = sdrun("start", name, check=False)
+    assert result.returncode == 125 and "ran in a scope" in result.stderr
+
+
+def test_run_replace_removes_the_pod_of_that_name_first(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name("replace")
+    first = sdrun("run", "-d", "--name", name, "--net", "none", "--rootfs", str(rootfs), *COUNTING_APP).stdout
+    refused = sdrun("run", "-d", "--name", name, "--rootfs", str(rootfs), "--", "true", check=False)
+    assert refused.returncode == 125 and "already exists" in refused.stderr
+    for _ in range(2):  # a running pod, then an ended one
+        second = sdrun("run", "--replace", "--name", name, "--net", "none", "--rootfs", str(rootfs), "--", "true")
+        assert second.returncode == 0
+    assert first.strip() not in sdrun.pods() and len(sdrun.pods()) == 1
+    assert pod_json(sdrun, name)["state"] == "exited"
+    # Without a pod of that name, --replace is a plain run (and the fast parser's path, too).
+    sdrun("run", "--rm", "--replace", "--name", unique_name(), "--rootfs", str(rootfs), "--", "true")
+
+
+@pytest.fixture
+def installed(sdrun: Sdrun) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in reversed(names):
+        sdrun("uninstall", name, check=False)
+
+
+def test_start_and_restart_of_an_installed_pod_go_to_its_unit(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
+    name = unique_name("inst")
+    unit = f"sdrun-{name}.service"
+    sdrun("install", "--now", name, "--net", "none", "--rootfs", str(rootfs), *COUNTING_APP)
+    installed.append(name)
+    first = systemctl_show(unit, "InvocationID")["InvocationID"]
+    sdrun("restart", name)
+    second = systemctl_show(unit, "InvocationID", "ActiveState")
+    assert second["InvocationID"] != first and second["ActiveState"] == "active"
+    assert "is running" in sdrun("start", name, check=False).stderr
+    sdrun("stop", name)
+    sdrun("start", name)
+    assert systemctl_show(unit, "ActiveState")["ActiveState"] == "active"
+    assert systemctl_show(unit, "Transient")["Transient"] == "no"  # still the installed unit
+    refused = sdrun("run", "--replace", "--name", name, "--rootfs", str(rootfs), "--", "true", check=False)
+    assert refused.returncode == 125 and "installed unit" in refused.stderr
