@@ -29,7 +29,9 @@ from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
 from stage1.interface import Stage1
 
 if TYPE_CHECKING:
+    from sdrun.systemd.bus import Property
     from sdrun.systemd.journal import PodJournal
+    from sdrun.terminal import TerminalRelay
 
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -42,6 +44,35 @@ class RunOptions(NamedTuple):
     remove: bool = False
     pull: PullSettings = PullSettings()
     replace: bool = False  # remove a pod of the same name first
+    interactive: bool = False  # -i: the app reads our stdin
+    tty: bool = False  # -t: the app gets a terminal, which we relay
+
+
+class Attachment(NamedTuple):
+    """What a foreground run with -i or -t hands the unit besides its spec's properties."""
+
+    properties: tuple[Property, ...] = ()  # StandardInputFileDescriptor=, its "h" an index into fds
+    fds: tuple[int, ...] = ()
+    terminal: int | None = None  # -t: our end of the socket the pod's stage1 sends its terminal on
+
+    @classmethod
+    def of(cls, options: RunOptions) -> Attachment:
+        if options.tty:  # the unit's stdin is a socket; the app's, the terminal that comes over it
+            import socket
+
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            return cls((("StandardInputFileDescriptor", "h", 0),), (theirs.detach(),), ours.detach())
+        if options.interactive:  # our stdin itself: a pipe or a file (refused if it is a terminal)
+            return cls((("StandardInputFileDescriptor", "h", 0),), (0,))
+        return cls()
+
+    def close(self) -> None:
+        for fd in (*self.fds, self.terminal):
+            if fd is not None and fd > 2:
+                os.close(fd)
+
+
+NO_ATTACHMENT = Attachment()
 
 
 def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
@@ -50,19 +81,15 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
         raise SdrunError(
             "listen, healthcheck and wanted_by need an installed unit", hint="sdrun install NAME --spec FILE"
         )
-    if spec.scope and options.detach:
-        raise SdrunError("--scope runs the app attached to this terminal: it cannot be --detach'ed")
-    if options.remove and spec.restart != "no":  # Docker refuses it too
-        raise SdrunError(
-            f"--rm and --restart {spec.restart} conflict: the pod would be removed once its app first ends",
-            hint="drop one of them",
-        )
+    _refuse_conflicts(spec, options)
     backend = Stage1.named(spec.stage1)
     backend.refuse_unsupported(spec)
-    systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
+    attached = (options.interactive or options.tty) and not spec.scope  # a scope's app has our stdio
+    # Before anything is written: no bus, nothing left behind.
+    systemd = Systemd.connect(unix_fds=attached)
     store = PodStore(paths)
     if options.replace:
-        remove_to_replace(systemd, store, spec.name)
+        remove_to_replace(systemd, store, spec.name)  # before the name is taken again
     if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees
         from sdrun.image.usage import create_image_pod
 
@@ -90,11 +117,23 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
             # With --rm the pod goes when we return, and we read the exit status from the unit
             # we hold: an exit record would cost every run a process (systemd's ExecStopPost=).
             # If this command is killed first, the pod is left without one; `sdrun gc` removes it.
-            log = _start_service(
-                systemd, backend, pod, hold=True, record_exit=not options.remove, meanwhile=_open_journal(pod)
-            )
-            app_started = True
-            return _follow_in_foreground(systemd, pod, log, output)
+            attachment = Attachment.of(options) if attached else NO_ATTACHMENT
+            try:
+                log = _start_service(
+                    systemd,
+                    backend,
+                    pod,
+                    hold=True,
+                    record_exit=not options.remove,
+                    meanwhile=_open_journal(pod),
+                    attachment=attachment,
+                )
+                app_started = True
+                return _follow_in_foreground(
+                    systemd, pod, log, output, attachment.terminal, relay_input=options.interactive
+                )
+            finally:
+                attachment.close()
     except BaseException:
         if not app_started:  # nothing ran: leave nothing behind
             systemd.reset_failed_unit(pod.unit)
@@ -106,6 +145,25 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
             store.remove(pod)
 
 
+def _refuse_conflicts(spec: PodSpec, options: RunOptions) -> None:
+    if spec.scope and options.detach:
+        raise SdrunError("--scope runs the app attached to this terminal: it cannot be --detach'ed")
+    if options.remove and spec.restart != "no":  # Docker refuses it too
+        raise SdrunError(
+            f"--rm and --restart {spec.restart} conflict: the pod would be removed once its app first ends",
+            hint="drop one of them",
+        )
+    if (options.interactive or options.tty) and options.detach:
+        raise SdrunError("-i and -t attach the app to this command: not with --detach")
+    if options.tty and spec.restart != "no":
+        raise SdrunError(f"-t and --restart {spec.restart} conflict: a restarted app would have no terminal")
+    if options.interactive and not options.tty and not spec.scope and os.isatty(0):
+        raise SdrunError(
+            "-i: stdin is a terminal, which the pod could keep and read from after the run",
+            hint="'-it' gives the app a terminal of its own, relayed to this one",
+        )
+
+
 def _start_service(
     systemd: Systemd,
     backend: Stage1,
@@ -115,14 +173,15 @@ def _start_service(
     remove_when_done: Sequence[Path] = (),
     record_exit: bool = True,
     meanwhile: Callable[[], PodJournal] | None = None,
+    attachment: Attachment = NO_ATTACHMENT,
 ) -> PodJournal | None:
     """Start the pod's service and return once its start job is done (the app runs).
     `meanwhile` runs while systemd starts the unit (on another CPU, as a rule); its result is returned."""
-    plan = backend.plan(pod)
+    plan = backend.plan(pod) if attachment.terminal is None else backend.terminal_plan(pod)
     unit_properties = properties.service_properties(
         pod, plan, keep_until_released=hold, remove_when_done=remove_when_done, record_exit=record_exit
     )
-    job = systemd.start_transient_unit(pod.unit, unit_properties)
+    job = systemd.start_transient_unit(pod.unit, [*unit_properties, *attachment.properties], attachment.fds)
     done_meanwhile = meanwhile() if meanwhile else None
     try:
         systemd.wait_for_job(job, f"starting {pod.unit}")
@@ -242,8 +301,17 @@ def _first_complaint(pod: Pod) -> str | None:
     return first.message.decode(errors="replace").strip() if first else None
 
 
-def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, output: BinaryIO) -> int:
+def _follow_in_foreground(
+    systemd: Systemd,
+    pod: Pod,
+    log: PodJournal | None,
+    output: BinaryIO,
+    terminal: int | None = None,
+    *,
+    relay_input: bool = False,
+) -> int:
     """Copy the app's journal lines to output until its unit is inactive; return its exit status.
+    terminal (-t): the socket the pod's terminal comes on, relayed to ours (our stdin with relay_input).
 
     The journal is polled, not watched: journald tells inotify watchers of new lines only
     ~300 ms after it wrote them (it batches its notifications), a poll sees them at once,
@@ -260,14 +328,19 @@ def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, ou
     with SignalProxy(systemd, pod.unit) as proxy, selectors.DefaultSelector() as selector:
         selector.register(systemd.fileno(), selectors.EVENT_READ, systemd.dispatch_pending)
         selector.register(proxy.fileno(), selectors.EVENT_READ, proxy.forward_pending)
+        relay = _TerminalAttachment(selector, terminal, relay_input=relay_input) if terminal is not None else None
         machined.register(systemd, pod)
-        ended = systemd.check_unit_ended(pod.unit)
-        while not ended:
-            for key, _ in selector.select(JOURNAL_POLL_SECONDS):
-                key.data()
-            log.refresh()
-            copy_new_lines()
-            ended = systemd.unit_has_ended(pod.unit)
+        try:
+            ended = systemd.check_unit_ended(pod.unit)
+            while not ended:
+                for key, _ in selector.select(JOURNAL_POLL_SECONDS):
+                    key.data()
+                log.refresh()
+                copy_new_lines()
+                ended = systemd.unit_has_ended(pod.unit)
+        finally:
+            if relay is not None:
+                relay.close()
     main_code = systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
     main_status = systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")
     journal.synchronize()  # the app has exited; make sure its last lines are written
@@ -275,6 +348,49 @@ def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, ou
     copy_new_lines()
     log.close()
     return exit_status_of(CLD_CODES.get(main_code, "exited"), str(main_status))
+
+
+class _TerminalAttachment:
+    """`run -t` in the foreground loop: once the pod's stage1 sends its terminal's master, relay
+    it to our stdout (and our stdin to it, with relay_input) until the app has ended."""
+
+    def __init__(self, selector: selectors.BaseSelector, channel: int, *, relay_input: bool) -> None:
+        self.selector = selector
+        self.channel = channel
+        self.relay_input = relay_input
+        self.relay: TerminalRelay | None = None
+        selector.register(channel, selectors.EVENT_READ, self._take_terminal)
+
+    def _take_terminal(self) -> None:
+        from sdrun.terminal import TerminalRelay, receive_terminal
+
+        self.selector.unregister(self.channel)
+        master = receive_terminal(self.channel)
+        if master is None:
+            return
+        self.relay = TerminalRelay(master).__enter__()
+        self.selector.register(master, selectors.EVENT_READ, self._copy_output)
+        if self.relay_input:
+            try:
+                self.selector.register(0, selectors.EVENT_READ, self._copy_input)
+            except PermissionError:  # a regular file, which epoll cannot wait on: it is all there
+                while self.relay.copy_input():
+                    pass
+
+    def _copy_output(self) -> None:
+        assert self.relay is not None
+        if not self.relay.copy_output():
+            self.selector.unregister(self.relay.master)
+
+    def _copy_input(self) -> None:
+        assert self.relay is not None
+        if not self.relay.copy_input():
+            self.selector.unregister(0)
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.copy_output()  # what the app wrote last
+            self.relay.__exit__()
 
 
 class SignalProxy:

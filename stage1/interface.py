@@ -68,6 +68,11 @@ class Stage1:
         """The main process and properties of the pod's transient service."""
         raise NotImplementedError
 
+    def terminal_plan(self, pod: Pod) -> UnitPlan:
+        """plan() for `run -t`: the unit's stdin is a socket, on which the app's stage1 sends the
+        master of a pseudo-terminal that it made the app's controlling terminal and stdio."""
+        raise SpecError(f"-t: the {self.name} stage1 cannot give the app a terminal", hint="--stage1 namespace")
+
     def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
         """The backend's own properties of the pod's transient scope (`sdrun run --scope`): those
         of its service's that a scope takes too (devices, stopping); a scope runs no commands."""

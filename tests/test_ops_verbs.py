@@ -118,3 +118,98 @@ def test_start_and_restart_of_an_installed_pod_go_to_its_unit(sdrun: Sdrun, root
     assert systemctl_show(unit, "Transient")["Transient"] == "no"  # still the installed unit
     refused = sdrun("run", "--replace", "--name", name, "--rootfs", str(rootfs), "--", "true", check=False)
     assert refused.returncode == 125 and "installed unit" in refused.stderr
+
+
+# --- run -i and -t ---
+
+
+def test_run_i_gives_the_app_stdin_and_its_exit_status(sdrun: Sdrun, rootfs: Path) -> None:
+    result = sdrun("run", "--rm", "-i", "--rootfs", str(rootfs), "--", "sh", input="echo hi; exit 4", check=False)
+    assert (result.returncode, result.stdout) == (4, "hi\n")
+    # The output still goes through the journal, for `logs` to show.
+    name = unique_name("stdin")
+    result = sdrun("run", "-i", "--name", name, "--rootfs", str(rootfs), "--", "tr", "a-z", "A-Z", input="abc\n")
+    assert result.stdout == "ABC\n"
+    assert sdrun("logs", name).stdout == "ABC\n"
+
+
+def test_without_i_the_app_reads_nothing(sdrun: Sdrun, rootfs: Path) -> None:
+    result = sdrun("run", "--rm", "--rootfs", str(rootfs), "--", "sh", input="echo hi; exit 4", check=False)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["-d", "-i"], "not with --detach"),
+        (["-t", "--restart", "always"], "a restarted app would have no terminal"),
+        (["-t", "--stage1", "fly"], "cannot give the app a terminal"),
+    ],
+)
+def test_bad_attachments_are_refused_and_leave_nothing(
+    sdrun: Sdrun, rootfs: Path, args: list[str], fragment: str
+) -> None:
+    result = sdrun("run", *args, "--rootfs", str(rootfs), "--", "true", check=False)
+    assert result.returncode == 125 and fragment in result.stderr and result.stderr.count("\n") == 1
+    assert sdrun.pods() == [] and sdrun.new_units() == set()
+
+
+def run_on_a_terminal(argv: list[str], typed: bytes, rows: int = 33, columns: int = 77) -> tuple[int, bytes]:
+    """Run argv with a pseudo-terminal of the given size as its stdin, stdout and stderr, type
+    `typed` once it has started; what it wrote, and its exit status."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    output = b""
+    deadline = time.monotonic() + 60
+    sent = False
+    while time.monotonic() < deadline:
+        import select
+
+        readable, _, _ = select.select([master], [], [], 0.1)
+        if readable:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every process has closed the terminal
+                break
+            output += chunk
+            if not sent and b"READY" in output:
+                os.write(master, typed)
+                sent = True
+        elif process.poll() is not None:
+            break
+    status = process.wait(timeout=30)
+    os.close(master)
+    return status, output
+
+
+def test_run_t_gives_the_app_a_terminal_of_the_pods_own(sdrun: Sdrun, rootfs: Path) -> None:
+    from tests.conftest import SDRUN
+
+    script = "echo READY; read line; echo got:$line; tty; stty size; [ -t 0 ] && [ -t 1 ] && exit 5"
+    argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-it", "--rootfs", str(rootfs), "--", "sh", "-c", script]
+    status, output = run_on_a_terminal(argv, b"hello\r")
+    text = output.decode(errors="replace")
+    assert status == 5, text
+    assert "got:hello" in text
+    assert "\n/dev/pts/0\r\n" in text  # the container's devpts: the first terminal of its own instance
+    assert "33 77" in text
+    assert sdrun.pods() == []
+
+
+def test_run_t_turns_ctrl_c_into_sigint_for_the_app(sdrun: Sdrun, rootfs: Path) -> None:
+    from tests.conftest import SDRUN
+
+    script = "trap 'echo INTERRUPTED; exit 7' INT; echo READY; while :; do sleep 0.1; done"
+    argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-it", "--rootfs", str(rootfs), "--", "sh", "-c", script]
+    status, output = run_on_a_terminal(argv, b"\x03")
+    assert status == 7 and b"INTERRUPTED" in output, output

@@ -52,6 +52,8 @@ RUN_OPTIONS = (
     RunOption(("--stage1",), "stage1", f"Isolation backend [{DEFAULT_STAGE1}]."),
     RunOption(("-d", "--detach"), "detach", "Start and return; print the pod UUID.", FLAG, setting=False),
     RunOption(("--rm",), "remove", "Remove the pod when the app ends.", FLAG, setting=False),
+    RunOption(("-i", "--interactive"), "interactive", "Give the app this command's stdin.", FLAG, setting=False),
+    RunOption(("-t", "--tty"), "tty", "Give the app a terminal, relayed to this one.", FLAG, setting=False),
     RunOption(("--replace",), "replace", "Remove a pod of the same name first.", FLAG, setting=False),
     RunOption(("--scope",), "scope", "Run as our child in a transient scope, on this terminal.", FLAG),
     RunOption(("-e", "--env"), "env", "Set an environment variable.", MULTIPLE, "KEY=VALUE"),
@@ -233,5 +235,7 @@ def run_verb(paths: Paths, options: Mapping[str, Any], args: tuple[str, ...]) ->
         remove=bool(options.get("remove")),
         pull=pull,
         replace=bool(options.get("replace")),
+        interactive=bool(options.get("interactive")),
+        tty=bool(options.get("tty")),
     )
     return running.run(paths, spec, run_options, sys.stdout.buffer)

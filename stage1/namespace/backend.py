@@ -39,6 +39,10 @@ class Namespace(Stage1, name="namespace"):
         prepare(pod, console=None)  # a service's stdin is /dev/null: no console
         return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
 
+    def terminal_plan(self, pod: Pod) -> UnitPlan:
+        prepare(pod, console=None, terminal=True)
+        return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
+
     def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
         return (*device_properties(), *stop_properties(pod))
 
@@ -91,9 +95,10 @@ def stop_properties(pod: Pod) -> list[Property]:
     return properties
 
 
-def prepare(pod: Pod, console: str | None) -> Path:
+def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
     """Check the pod, resolve its app, write its scratch files and the entry's plan; raise
-    SpecError before any unit exists. Returns the plan file."""
+    SpecError before any unit exists. Returns the plan file. terminal: the container init gives
+    the app a pseudo-terminal of the container's devpts and sends its master on stdin (`run -t`)."""
     spec = pod.spec
     plan = container_plan(pod, console)
     if spec.isolation.init and not Path(TINI).exists():
@@ -121,7 +126,7 @@ def prepare(pod: Pod, console: str | None) -> Path:
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
     path = plan_file(pod)
-    launch.write_plan(str(path), plan.entry_plan(app))
+    launch.write_plan(str(path), {**plan.entry_plan(app), "terminal": terminal})
     return path
 
 
