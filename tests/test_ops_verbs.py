@@ -213,3 +213,61 @@ def test_run_t_turns_ctrl_c_into_sigint_for_the_app(sdrun: Sdrun, rootfs: Path) 
     argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-it", "--rootfs", str(rootfs), "--", "sh", "-c", script]
     status, output = run_on_a_terminal(argv, b"\x03")
     assert status == 7 and b"INTERRUPTED" in output, output
+
+
+# --- --version, list -q, --filter, --format ---
+
+
+def test_version_is_the_packages(sdrun: Sdrun) -> None:
+    from importlib.metadata import version
+
+    assert sdrun("--version").stdout == f"sdrun version {version('sdrun')}\n"
+
+
+def test_list_quiet_filter_and_format(sdrun: Sdrun, rootfs: Path) -> None:
+    web, db, done = unique_name("web"), unique_name("db"), unique_name("done")
+    uuids = {}
+    for name, label in ((web, "tier=front"), (db, "tier=back")):
+        uuids[name] = sdrun("run", "-d", "--name", name, "--net", "none", "--label", label, "--rootfs", str(rootfs),
+                            *COUNTING_APP).stdout.strip()  # fmt: skip
+    sdrun("run", "--name", done, "--stage1", "fly", "--rootfs", str(rootfs), "--", "true")
+    uuids[done] = str(pod_json(sdrun, done)["uuid"])
+
+    def listed(*args: str) -> list[str]:
+        return sdrun("list", *args).stdout.splitlines()
+
+    assert sorted(listed("-q")) == sorted(uuids.values())
+    assert listed("-q", "--filter", "state=running", "--filter", "label=tier=front") == [uuids[web]]
+    assert sorted(listed("-q", "--filter", "status=running")) == sorted([uuids[web], uuids[db]])
+    assert listed("-q", "--filter", "label=tier", "--filter", f"name=^{db}$") == [uuids[db]]
+    assert sorted(listed("-q", "--filter", f"name={web}", "--filter", f"name={db}")) == sorted([uuids[web], uuids[db]])
+    assert listed("-q", "--filter", "stage1=fly") == [uuids[done]]
+    assert listed("-q", "--filter", f"id={uuids[done][:6]}") == [uuids[done]]
+    assert listed("--filter", "state=exited", "--format", "{{.Name}} {{ .State }}\\t{{.exit_status}}") == [
+        f"{done} exited\t0"
+    ]
+    assert listed("--filter", "state=exited", "--format", "{{.ID}}|{{.Names}}|{{.Command}}|{{.Labels}}") == [
+        f"{uuids[done]}|{done}|true|"
+    ]
+    assert listed("--filter", "label=tier=back", "--format", "{{.Labels}}") == ["tier=back"]
+    as_json = json.loads(sdrun("list", "--format", "json", "--filter", f"name={db}").stdout)
+    assert [pod["uuid"] for pod in as_json] == [uuids[db]]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--filter", "colour=red"], "invalid --filter 'colour=red'"),
+        (["--filter", "name"], "invalid --filter 'name'"),
+        (["--filter", "name=("], "invalid --filter 'name=('"),
+    ],
+)
+def test_bad_list_options(sdrun: Sdrun, args: list[str], fragment: str) -> None:
+    result = sdrun("list", *args, check=False)
+    assert result.returncode == 125 and fragment in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_format_naming_no_field_is_refused(sdrun: Sdrun, rootfs: Path) -> None:
+    sdrun("run", "--name", unique_name(), "--stage1", "fly", "--rootfs", str(rootfs), "--", "true")
+    result = sdrun("list", "--format", "{{.Colour}}", check=False)
+    assert result.returncode == 125 and "--format: no field 'Colour'" in result.stderr

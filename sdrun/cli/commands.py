@@ -100,6 +100,7 @@ def with_systemd(action: Callable[[Systemd], T]) -> T:
 @click.group(cls=SdrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(path_type=Path), envvar="SDRUN_ROOT", help="State directory [/var/lib/sdrun].")
 @click.option("--debug", is_flag=True, help="Show tracebacks and what each step does.")
+@click.version_option(package_name="sdrun", message="%(prog)s version %(version)s", prog_name="sdrun")
 @click.pass_context
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """sdrun: containers as systemd units, with no daemon of their own."""
@@ -157,12 +158,20 @@ def run(click_ctx: click.Context, /, args: tuple[str, ...], **options: Any) -> N
 
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print the pods' UUIDs only.")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="name, id, label, state, stage1.")
+@click.option("--format", "template", metavar="json|TEMPLATE", help="JSON, or a line per pod: '{{.Name}} {{.State}}'.")
 @pass_context
-def list_pods(ctx: Context, as_json: bool) -> None:
+def list_pods(ctx: Context, as_json: bool, quiet: bool, filters: tuple[str, ...], template: str | None) -> None:
     """List pods and their state."""
-
+    selected = pod_filter(filters)
     pod_views = with_systemd(lambda systemd: manage.views(systemd, ctx.store.all()))
-    if as_json:
+    pod_views = [pod_view for pod_view in pod_views if selected(pod_view.to_json())]
+    if quiet or template not in (None, "json"):
+        for pod_view in pod_views:
+            click.echo(pod_view.pod.uuid if quiet else format_pod(str(template), pod_view.to_json()))
+        return
+    if as_json or template == "json":
         click.echo(json.dumps([pod_view.to_json() for pod_view in pod_views], indent=2))
         return
     rows = [("UUID", "NAME", "STATE", "STAGE1", "SOURCE", "IP", "PORTS", "COMMAND")]
@@ -180,6 +189,66 @@ def list_pods(ctx: Context, as_json: bool) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+# --filter KEY=VALUE, as podman ps's: one key's values are alternatives, different keys all apply.
+FILTER_KEYS = {"name": "name", "id": "uuid", "uuid": "uuid", "label": "labels", "state": "state", "status": "state",
+               "stage1": "stage1"}  # fmt: skip
+
+
+def pod_filter(filters: Iterable[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate on a pod's JSON for the --filter options given: name is a regular expression
+    searched in the name (as podman's), id a UUID prefix, label KEY or KEY=VALUE, state and
+    stage1 exact words."""
+    wanted: dict[str, list[str]] = collections.defaultdict(list)
+    for text in filters:
+        key, equals, value = text.partition("=")
+        if not equals or key not in FILTER_KEYS:
+            raise SdrunError(f"invalid --filter '{text}'", hint=f"KEY=VALUE, KEY one of {', '.join(FILTER_KEYS)}")
+        if key == "name":
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise SdrunError(f"invalid --filter '{text}': {error}") from None
+        wanted[FILTER_KEYS[key]].append(value)
+
+    def matches(field: str, value: str, pod: Mapping[str, Any]) -> bool:
+        if field == "name":
+            return re.search(value, pod["name"]) is not None
+        if field == "uuid":
+            return str(pod["uuid"]).startswith(value)
+        if field == "labels":
+            label, equals, label_value = value.partition("=")
+            return label in pod["labels"] and (not equals or pod["labels"][label] == label_value)
+        return str(pod[field]) == value
+
+    return lambda pod: all(any(matches(field, value, pod) for value in values) for field, values in wanted.items())
+
+
+TEMPLATE_FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+FIELD_ALIASES = {"id": "uuid", "names": "name", "status": "state", "networks": "network"}
+
+
+def format_pod(template: str, pod: Mapping[str, Any]) -> str:
+    """A line from a --format template: Go-template-style {{.Field}} placeholders, as podman's, of
+    the keys of `list --json` (any case; ID, Names, Status as podman names them); a list is joined
+    with commas, the command with spaces; \\t and \\n are a tab and a newline."""
+
+    def field(match: re.Match[str]) -> str:
+        key = match.group(1).lower()
+        key = FIELD_ALIASES.get(key, key)
+        if key not in pod:
+            raise SdrunError(f"--format: no field '{match.group(1)}'", hint=f"fields: {', '.join(pod)}")
+        value = pod[key]
+        if key == "command":
+            return " ".join(value)
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        if isinstance(value, Mapping):
+            return ",".join(f"{name}={item}" for name, item in value.items())
+        return "" if value is None else str(value)
+
+    return TEMPLATE_FIELD.sub(field, template.replace("\\t", "\t").replace("\\n", "\n"))
 
 
 @main.command()
