@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.net import collect_garbage, pod_address, release
+from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
 from stage1.interface import Stage1
@@ -27,6 +28,7 @@ class PodView(NamedTuple):
     pod: Pod
     unit: UnitStatus | None
     failure: str | None = None  # systemd's Result of a unit it gave up restarting (start-limit-hit)
+    restarts: int | None = None  # systemd's NRestarts of a restarting pod's unit, while it is loaded
 
     @property
     def state(self) -> str:
@@ -65,7 +67,21 @@ class PodView(NamedTuple):
             "network": spec.net,
             "ip": pod_address(self.pod),
             "ports": [str(port) for port in spec.ports],
+            "health": self.health,
+            "restarts": self.restarts,
+            "oom_killed": "oom-kill" in (self.failure, record.result if record else None),
         }
+
+    @property
+    def health(self) -> str | None:
+        """A health-checked pod's, while it runs: its last check's verdict, `starting` before the first."""
+        if not self.pod.spec.service.healthcheck or not self.running:
+            return None
+        try:
+            status = Paths.health_record(self.pod.dir).read_text().split()[0]
+        except (FileNotFoundError, IndexError):
+            return "starting"
+        return "healthy" if status == "0" else "unhealthy"
 
 
 def views(systemd: Systemd, pods: list[Pod]) -> list[PodView]:
@@ -79,7 +95,17 @@ def view(systemd: Systemd, pod: Pod) -> PodView:
 
 
 def _view(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> PodView:
-    return PodView(pod, unit, _failure(systemd, pod, unit))
+    return PodView(pod, unit, _failure(systemd, pod, unit), _restarts(systemd, pod, unit))
+
+
+def _restarts(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> int | None:
+    """How often systemd restarted the pod's app (Restart=), as its unit counts: a unit made anew
+    (start, restart) counts from 0. None for a pod that does not restart, or has no unit."""
+    if pod.spec.restart == "no" or unit is None or pod.spec.scope:
+        return None
+    with contextlib.suppress(NotFound):
+        return int(systemd.unit_property(unit.name, SERVICE, "NRestarts"))
+    return None
 
 
 def _failure(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> str | None:

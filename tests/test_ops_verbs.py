@@ -271,3 +271,41 @@ def test_a_format_naming_no_field_is_refused(sdrun: Sdrun, rootfs: Path) -> None
     sdrun("run", "--name", unique_name(), "--stage1", "fly", "--rootfs", str(rootfs), "--", "true")
     result = sdrun("list", "--format", "{{.Colour}}", check=False)
     assert result.returncode == 125 and "--format: no field 'Colour'" in result.stderr
+
+
+# --- health, restarts and OOM kills in list and status ---
+
+
+def test_list_and_status_show_how_often_systemd_restarted_the_app(sdrun: Sdrun, rootfs: Path) -> None:
+    state = sdrun.root / "state"
+    state.mkdir()
+    script = (
+        "n=$(cat /state/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /state/n; [ $n -ge 3 ] || exit 1; sleep 1000"
+    )
+    name = unique_name("restarts")
+    sdrun("run", "-d", "--name", name, "--stage1", "fly", "--restart", "on-failure",
+          "-v", f"{state}:/state", "--rootfs", str(rootfs), "--", "sh", "-c", script)  # fmt: skip
+    wait_for(lambda: pod_json(sdrun, name)["restarts"] == 2)
+    assert pod_json(sdrun, name)["state"] == "running"
+    (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
+    assert " running (2 restarts) " in row
+    assert "\nrestarts: 2\n" in sdrun("status", name).stdout
+    assert "oom_killed" not in sdrun("status", name).stdout  # false: not shown
+    sdrun("restart", name)  # a new unit counts from 0
+    assert pod_json(sdrun, name)["restarts"] == 0
+
+
+def test_list_and_status_show_the_last_health_check(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
+    name = unique_name("healthy")
+    health = ("--healthcheck", "true", "--healthcheck-interval", "1")
+    sdrun("install", "--now", name, "--net", "none", *health, "--rootfs", str(rootfs), *COUNTING_APP)
+    installed.append(name)
+    wait_for(lambda: pod_json(sdrun, name)["health"] == "healthy")
+    (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
+    assert " running (healthy) " in row
+    assert "\nhealth: healthy\n" in sdrun("status", name).stdout
+    sdrun("stop", name)
+    assert pod_json(sdrun, name)["health"] is None  # only a running pod has a health
+    no_check = unique_name("plain")
+    sdrun("run", "-d", "--name", no_check, "--net", "none", "--rootfs", str(rootfs), *COUNTING_APP)
+    assert pod_json(sdrun, no_check)["health"] is None

@@ -182,6 +182,7 @@ def list_pods(ctx: Context, as_json: bool, quiet: bool, filters: tuple[str, ...]
             state = f"{state} ({record.exit_status})"
         if pod_view.failure is not None:  # the restarts stopped: that is what needs doing something about
             state = f"{state}: {pod_view.failure}"
+        state += _state_notes(pod_view.to_json(), state)
         source = spec.image or spec.rootfs or ""
         address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
         command = " ".join(spec.app.argv)
@@ -189,6 +190,17 @@ def list_pods(ctx: Context, as_json: bool, quiet: bool, filters: tuple[str, ...]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _state_notes(pod: Mapping[str, Any], state: str) -> str:
+    """What `list` adds to a pod's state, as podman ps's STATUS does: its health, its restarts,
+    an OOM kill (unless the state says it already)."""
+    notes = [pod["health"]] if pod["health"] else []
+    if pod["restarts"]:
+        notes.append(f"{pod['restarts']} restart{'s' if pod['restarts'] > 1 else ''}")
+    if pod["oom_killed"] and "oom-kill" not in state:
+        notes.append("oom-killed")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 # --filter KEY=VALUE, as podman ps's: one key's values are alternatives, different keys all apply.
@@ -277,7 +289,7 @@ def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
     import time
 
     for key, value in details.items():
-        if value in (None, {}, []):
+        if value in (None, {}, []) or value is False:
             continue
         if key == "created":
             yield f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(value))}"
