@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
 from sdrun.image.pullsettings import PullSettings
 from sdrun.net import scope_network
 from sdrun.paths import Paths
-from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
+from sdrun.pod import Pod, PodStore, exit_status_of, unit_name, write_file_atomically
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
@@ -548,6 +548,27 @@ def remove_to_replace(systemd: Systemd, store: PodStore, name: str) -> None:
     manage.remove(systemd, store, pod, force=True)
 
 
+def installed_unit_named(systemd: Systemd, name: str) -> bool:
+    """Whether an installed pod of that name has a unit file systemd loads."""
+    from sdrun.spec import parse_name
+
+    try:
+        parse_name(name)
+    except SpecError:
+        return False
+    return _installed_unit_file(systemd, unit_name(name, "service"))
+
+
+def start_unit_file(systemd: Systemd, name: str, *, restart: bool) -> None:
+    """start or restart of an installed pod that has no pod directory (it has never started)."""
+    from sdrun.systemd import bus
+
+    if restart:
+        bus.restart_unit(systemd, unit_name(name, "service"), wait=True)
+    else:
+        bus.start_unit(systemd, unit_name(name, "service"))
+
+
 def _refuse_running(systemd: Systemd, pod: Pod) -> None:
     from sdrun import manage
 
@@ -558,11 +579,15 @@ def _refuse_running(systemd: Systemd, pod: Pod) -> None:
 def _installed_unit(systemd: Systemd, pod: Pod) -> bool:
     """Whether the pod's unit is a unit file systemd loads (sdrun install, the generator), not
     a transient unit of `sdrun run`, which goes with the pod's end."""
+    return _installed_unit_file(systemd, pod.unit)
+
+
+def _installed_unit_file(systemd: Systemd, unit: str) -> bool:
     from sdrun.errors import NotFound
     from sdrun.systemd.bus import UNIT
 
     try:
-        loaded = systemd.unit_property(pod.unit, UNIT, "LoadState") == "loaded"
-        return loaded and not systemd.unit_property(pod.unit, UNIT, "Transient")
+        loaded = systemd.unit_property(unit, UNIT, "LoadState") == "loaded"
+        return loaded and not systemd.unit_property(unit, UNIT, "Transient")
     except NotFound:
         return False

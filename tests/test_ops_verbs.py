@@ -120,6 +120,16 @@ def test_start_and_restart_of_an_installed_pod_go_to_its_unit(sdrun: Sdrun, root
     assert refused.returncode == 125 and "installed unit" in refused.stderr
 
 
+def test_start_of_an_installed_pod_that_never_ran(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
+    name = unique_name("fresh")
+    sdrun("install", name, "--net", "none", "--rootfs", str(rootfs), *COUNTING_APP)
+    installed.append(name)
+    assert sdrun.pods() == []  # no start yet: no pod directory
+    assert sdrun("start", name).stdout == f"{name}\n"
+    assert systemctl_show(f"sdrun-{name}.service", "ActiveState")["ActiveState"] == "active"
+    assert pod_json(sdrun, name)["state"] == "running"
+
+
 # --- run -i and -t ---
 
 

@@ -338,14 +338,30 @@ def restart(ctx: Context, pod_refs: tuple[str, ...]) -> None:
 def _start_pods(ctx: Context, pod_refs: tuple[str, ...], *, restart: bool) -> None:
     from sdrun import run as running
 
-    pods = [ctx.store.get(ref) for ref in pod_refs]
-
     def start_all(systemd: Systemd) -> None:
-        for pod in pods:
-            (running.restart_existing if restart else running.start_existing)(systemd, pod)
-            click.echo(pod.name)
+        # An installed pod that has not run yet has no directory: its unit file is enough.
+        targets = [_pod_or_unit(ctx, systemd, ref) for ref in pod_refs]
+        for target in targets:
+            if isinstance(target, str):
+                running.start_unit_file(systemd, target, restart=restart)
+                click.echo(target)
+            else:
+                (running.restart_existing if restart else running.start_existing)(systemd, target)
+                click.echo(target.name)
 
     with_systemd(start_all)
+
+
+def _pod_or_unit(ctx: Context, systemd: Systemd, ref: str) -> Pod | str:
+    """The pod ref names, else the name of an installed pod whose unit has no pod directory yet."""
+    from sdrun import run as running
+
+    try:
+        return ctx.store.get(ref)
+    except NotFound:
+        if running.installed_unit_named(systemd, ref):
+            return ref
+        raise
 
 
 @main.command()
