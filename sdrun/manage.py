@@ -193,11 +193,13 @@ def gc(systemd: Systemd, store: PodStore) -> list[str]:
     return removed
 
 
-def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
-    """Run argv inside a running pod, in its cgroup; return its exit status."""
+def enter(systemd: Systemd, pod: Pod, argv: list[str], as_asked: EnterOptions | None = None) -> int:
+    """Run argv inside a running pod, in its cgroup; return its exit status. as_asked: another
+    user, more variables, another directory than the app's (enter -u, -e, -w)."""
     from sdrun.terminal import PseudoTerminal
 
     leader = _leader(systemd, pod)
+    changes = as_asked.changes(leader) if as_asked else None
     terminal = PseudoTerminal.for_caller()  # never the caller's own: the pod could keep it
     go_read, go_write = os.pipe()
     child = os.fork()
@@ -205,7 +207,7 @@ def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
         os.close(go_write)
         if terminal is not None:
             terminal.become_child_stdio()
-        _enter_child(pod, leader, argv, go_read)
+        _enter_child(pod, leader, argv, go_read, changes)
     os.close(go_read)
     try:
         systemd.attach_processes(pod.unit, [child])
@@ -221,6 +223,23 @@ def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
         signal.signal(signal.SIGINT, previous)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+class EnterOptions(NamedTuple):
+    """enter's -u USER[:GROUP], -e KEY=VALUE and -w DIR."""
+
+    user: str | None = None
+    env: dict[str, str] = {}  # noqa: RUF012 - a NamedTuple's default, never changed
+    workdir: str | None = None
+
+    def changes(self, leader: int) -> dict[str, Any]:
+        """The app's planned fields these change (stage1.process.changed_app); a user's name is
+        looked up in the pod's /etc/passwd and /etc/group as they are now, in the leader's root."""
+        from pathlib import Path
+
+        from stage1.app import enter_changes
+
+        return enter_changes(Path(f"/proc/{leader}/root"), self.user, self.env, self.workdir)
 
 
 def _leader(systemd: Systemd, pod: Pod) -> int:
@@ -248,7 +267,7 @@ def _pid_namespace(process: str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
+def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int, changes: dict[str, Any] | None) -> None:
     try:
         if os.read(go_read, 2) != b"go":
             os._exit(125)
@@ -257,7 +276,7 @@ def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
         # Nothing of ours may reach the pod: the app sees this process from the moment it joins, and
         # one with CAP_SYS_PTRACE could take the bus connection (root's, on systemd) with pidfd_getfd.
         close_all_but_stdio()
-        Stage1.named(pod.spec.stage1).enter(pod, leader, argv)
+        Stage1.named(pod.spec.stage1).enter(pod, leader, argv, changes)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         os.write(2, f"sdrun: {describe(error)}\n".encode())
         os._exit(125)

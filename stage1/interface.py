@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
+    from stage1.process import AppChanges
 
 # Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
 # since each pulls in its own dependencies (seccomp, qemu helpers...).
@@ -82,8 +83,9 @@ class Stage1:
         """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
         raise NotImplementedError
 
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
-        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv."""
+    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
+        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv as the
+        app is run, with `changes` (enter -u, -e, -w: stage1.app.changed_app) to its planned fields."""
         raise NotImplementedError
 
     def gc(self, pod: Pod) -> None:

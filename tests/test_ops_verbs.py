@@ -319,3 +319,27 @@ def test_list_and_status_show_the_last_health_check(sdrun: Sdrun, rootfs: Path, 
     no_check = unique_name("plain")
     sdrun("run", "-d", "--name", no_check, "--net", "none", "--rootfs", str(rootfs), *COUNTING_APP)
     assert pod_json(sdrun, no_check)["health"] is None
+
+
+# --- enter -u, -e, -w ---
+
+
+@pytest.mark.parametrize("stage1", [("--stage1", "namespace", "--net", "none"), ("--stage1", "fly")], ids=["ns", "fly"])
+def test_enter_as_another_user_with_variables_and_a_directory(
+    sdrun: Sdrun, rootfs: Path, stage1: tuple[str, ...]
+) -> None:
+    name = unique_name("enter")
+    sdrun("run", "-d", *stage1, "--name", name, "-e", "MODE=app", "--rootfs", str(rootfs), "--", "sleep", "1000")
+    show = "id -u; id -g; echo $MODE $EXTRA $HOME; pwd"
+    plain = sdrun("enter", name, "--", "sh", "-c", show).stdout.split("\n")
+    assert plain[:2] == ["0", "0"] and plain[2].startswith("app")
+    changed = sdrun("enter", "-u", "user", "-e", "EXTRA=1", "-w", "/tmp", name, "--", "sh", "-c", show)
+    assert changed.stdout.split("\n")[:4] == ["1000", "1000", "app 1 /home/user", "/tmp"]
+    numeric = sdrun("enter", "--user", "1234:5", "--env", "MODE=entered", name, "--", "sh", "-c", show)
+    assert numeric.stdout.split("\n")[:3] == ["1234", "5", "entered /"]
+    unknown = sdrun("enter", "-u", "nobody-here", name, "--", "true", check=False)
+    assert unknown.returncode == 125 and "user 'nobody-here' not found in the container's /etc/passwd" in unknown.stderr
+    relative = sdrun("enter", "-w", "tmp", name, "--", "true", check=False)
+    assert relative.returncode == 125 and "absolute path" in relative.stderr
+    missing = sdrun("enter", "-w", "/no/such/dir", name, "--", "true", check=False)
+    assert missing.returncode != 0 and "/no/such/dir" in missing.stderr and missing.stderr.count("\n") == 1

@@ -400,14 +400,25 @@ def gc(ctx: Context) -> None:
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as USER, from the pod's /etc/passwd [the app's].")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Set a variable (KEY alone: the host's).")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the pod [the app's].")
 @click.argument("pod_ref", metavar="POD")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
-def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
+def enter(
+    ctx: Context, user: str | None, env: tuple[str, ...], workdir: str | None, pod_ref: str, command: tuple[str, ...]
+) -> None:
     """Run a command inside a running pod [/bin/sh]."""
+    import os
+
+    from sdrun.spec import parse_pairs
+
     pod = ctx.store.get(pod_ref)
     argv = list(without_separator(command)) or ["/bin/sh"]
-    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv)))
+    given = manage.EnterOptions(user, parse_pairs(list(env), "-e", os.environ), workdir)
+    as_asked = given if given != manage.EnterOptions() else None
+    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv, as_asked)))
 
 
 # --- logs ---

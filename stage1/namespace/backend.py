@@ -27,6 +27,7 @@ from stage1.rootfs import UPPER
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.systemd.bus import Property
+    from stage1.process import AppChanges
 
 USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an app that ignores SIGTERM as PID 1
@@ -50,10 +51,10 @@ class Namespace(Stage1, name="namespace"):
         console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
         launch.launch(launch.read_plan(str(prepare(pod, console))), supervise=True)
 
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
         from stage1.namespace.enter import enter
 
-        enter(pod, leader, argv)
+        enter(pod, leader, argv, changes)
 
     def gc(self, pod: Pod) -> None:
         # Every mount lived in the container's namespaces and went with them; the
