@@ -54,6 +54,7 @@ class Attachment(NamedTuple):
     properties: tuple[Property, ...] = ()  # StandardInputFileDescriptor=, its "h" an index into fds
     fds: tuple[int, ...] = ()
     terminal: int | None = None  # -t: our end of the socket the pod's stage1 sends its terminal on
+    typed: WriteEnd | None = None  # -i on a terminal: the pipe we copy its lines to, the app's stdin
 
     @classmethod
     def of(cls, options: RunOptions) -> Attachment:
@@ -62,14 +63,36 @@ class Attachment(NamedTuple):
 
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             return cls((("StandardInputFileDescriptor", "h", 0),), (theirs.detach(),), ours.detach())
-        if options.interactive:  # our stdin itself: a pipe or a file (refused if it is a terminal)
+        if options.interactive and os.isatty(0):  # not the terminal itself, which the pod could keep
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            return cls((("StandardInputFileDescriptor", "h", 0),), (read_end,), typed=WriteEnd(write_end))
+        if options.interactive:  # our stdin itself: a pipe or a file
             return cls((("StandardInputFileDescriptor", "h", 0),), (0,))
         return cls()
 
-    def close(self) -> None:
-        for fd in (*self.fds, self.terminal):
-            if fd is not None and fd > 2:
+    def close_given(self) -> None:
+        """Close our copies of what the unit was given (systemd has its own)."""
+        for fd in self.fds:
+            if fd > 2:
                 os.close(fd)
+
+    def close(self) -> None:
+        if self.terminal is not None:
+            os.close(self.terminal)
+        if self.typed is not None:
+            self.typed.close()
+
+
+class WriteEnd:
+    """A pipe's write end that the end of input closes, once, before the run ends."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 NO_ATTACHMENT = Attachment()
@@ -129,9 +152,7 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
                     attachment=attachment,
                 )
                 app_started = True
-                return _follow_in_foreground(
-                    systemd, pod, log, output, attachment.terminal, relay_input=options.interactive
-                )
+                return _follow_in_foreground(systemd, pod, log, output, attachment, relay_input=options.interactive)
             finally:
                 attachment.close()
     except BaseException:
@@ -157,11 +178,6 @@ def _refuse_conflicts(spec: PodSpec, options: RunOptions) -> None:
         raise SdrunError("-i and -t attach the app to this command: not with --detach")
     if options.tty and spec.restart != "no":
         raise SdrunError(f"-t and --restart {spec.restart} conflict: a restarted app would have no terminal")
-    if options.interactive and not options.tty and not spec.scope and os.isatty(0):
-        raise SdrunError(
-            "-i: stdin is a terminal, which the pod could keep and read from after the run",
-            hint="'-it' gives the app a terminal of its own, relayed to this one",
-        )
 
 
 def _start_service(
@@ -181,7 +197,10 @@ def _start_service(
     unit_properties = properties.service_properties(
         pod, plan, keep_until_released=hold, remove_when_done=remove_when_done, record_exit=record_exit
     )
-    job = systemd.start_transient_unit(pod.unit, [*unit_properties, *attachment.properties], attachment.fds)
+    try:
+        job = systemd.start_transient_unit(pod.unit, [*unit_properties, *attachment.properties], attachment.fds)
+    finally:
+        attachment.close_given()
     done_meanwhile = meanwhile() if meanwhile else None
     try:
         systemd.wait_for_job(job, f"starting {pod.unit}")
@@ -306,12 +325,13 @@ def _follow_in_foreground(
     pod: Pod,
     log: PodJournal | None,
     output: BinaryIO,
-    terminal: int | None = None,
+    attachment: Attachment = NO_ATTACHMENT,
     *,
     relay_input: bool = False,
 ) -> int:
     """Copy the app's journal lines to output until its unit is inactive; return its exit status.
-    terminal (-t): the socket the pod's terminal comes on, relayed to ours (our stdin with relay_input).
+    With -t, the pod's terminal, once its stage1 sends it, is relayed to ours (our stdin to it with
+    relay_input); with -i on a terminal, what is typed goes to the app's stdin, a pipe.
 
     The journal is polled, not watched: journald tells inotify watchers of new lines only
     ~300 ms after it wrote them (it batches its notifications), a poll sees them at once,
@@ -328,7 +348,11 @@ def _follow_in_foreground(
     with SignalProxy(systemd, pod.unit) as proxy, selectors.DefaultSelector() as selector:
         selector.register(systemd.fileno(), selectors.EVENT_READ, systemd.dispatch_pending)
         selector.register(proxy.fileno(), selectors.EVENT_READ, proxy.forward_pending)
-        relay = _TerminalAttachment(selector, terminal, relay_input=relay_input) if terminal is not None else None
+        relay = None
+        if attachment.terminal is not None:
+            relay = _TerminalAttachment(selector, attachment.terminal, relay_input=relay_input)
+        if attachment.typed is not None:
+            selector.register(0, selectors.EVENT_READ, _copy_typed_lines(selector, attachment.typed))
         machined.register(systemd, pod)
         try:
             ended = systemd.check_unit_ended(pod.unit)
@@ -348,6 +372,28 @@ def _follow_in_foreground(
     copy_new_lines()
     log.close()
     return exit_status_of(CLD_CODES.get(main_code, "exited"), str(main_status))
+
+
+def _copy_typed_lines(selector: selectors.BaseSelector, pipe: WriteEnd) -> Callable[[], None]:
+    """`run -i` on a terminal: what the terminal gives us (a line, in its cooked mode) goes to the
+    app's stdin; its end (^D), or an app that closed its stdin, closes the pipe."""
+
+    def end_of_input() -> None:
+        selector.unregister(0)
+        pipe.close()
+
+    def copy() -> None:
+        typed = os.read(0, 65536)
+        if not typed or pipe.fd is None:
+            end_of_input()
+            return
+        try:
+            while typed:
+                typed = typed[os.write(pipe.fd, typed) :]
+        except BrokenPipeError:
+            end_of_input()
+
+    return copy
 
 
 class _TerminalAttachment:

@@ -216,6 +216,17 @@ def test_run_t_gives_the_app_a_terminal_of_the_pods_own(sdrun: Sdrun, rootfs: Pa
     assert sdrun.pods() == []
 
 
+def test_run_i_on_a_terminal_relays_its_lines_not_the_terminal_itself(sdrun: Sdrun, rootfs: Path) -> None:
+    from tests.conftest import SDRUN
+
+    script = "echo READY; read line; echo got:$line; cat; [ -t 0 ] || echo not-a-tty; exit 6"
+    argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-i", "--rootfs", str(rootfs), "--", "sh", "-c", script]
+    status, output = run_on_a_terminal(argv, b"hello\r\x04")  # a line, then ^D: the end of input
+    text = output.decode(errors="replace")
+    assert status == 6, text
+    assert "got:hello" in text and "not-a-tty" in text
+
+
 def test_run_t_turns_ctrl_c_into_sigint_for_the_app(sdrun: Sdrun, rootfs: Path) -> None:
     from tests.conftest import SDRUN
 
