@@ -166,7 +166,8 @@ def list_pods(ctx: Context, as_json: bool, quiet: bool, filters: tuple[str, ...]
     """List pods and their state."""
     selected = pod_filter(filters)
     pod_views = with_systemd(lambda systemd: manage.views(systemd, ctx.store.all()))
-    pod_views = [pod_view for pod_view in pod_views if selected(pod_view.to_json())]
+    if filters:
+        pod_views = [pod_view for pod_view in pod_views if selected(pod_view.to_json())]
     if quiet or template not in (None, "json"):
         for pod_view in pod_views:
             click.echo(pod_view.pod.uuid if quiet else format_pod(str(template), pod_view.to_json()))
