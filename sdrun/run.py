@@ -477,6 +477,8 @@ class SignalProxy:
         except BlockingIOError:
             return
         for number in numbers:
+            if number not in FORWARDED_SIGNALS:  # another handler's (run -t's SIGWINCH) shares the wakeup fd
+                continue
             self.received += 1
             if self.received == 1:
                 self.systemd.kill_unit(self.unit, number, "main")

@@ -4,7 +4,9 @@ run's -i and -t, --version, list's -q, --filter and --format (issue 17). Real sy
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,21 @@ def test_start_on_the_default_network_gets_an_address_again(sdrun: Sdrun, rootfs
     assert pod_json(sdrun, name)["ip"]
     result = sdrun("enter", name, "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert str(pod_json(sdrun, name)["ip"]) in result.stdout
+
+
+def test_start_of_an_image_pod_keeps_its_layers_and_writes(sdrun: Sdrun, rootfs: Path) -> None:
+    import tarfile
+
+    tarball = sdrun.root / "rootfs.tar"
+    with tarfile.open(tarball, "w") as archive:
+        archive.add(rootfs, arcname=".")
+    sdrun("image", "import", "--rootfs-tar", str(tarball), "localhost/counting:1")
+    name = unique_name("image")
+    sdrun("run", "-d", "--name", name, "--net", "none", "localhost/counting:1", *COUNTING_APP)
+    sdrun("stop", name)
+    sdrun("start", name)
+    wait_for(lambda: sdrun("logs", name).stdout.split() == ["1", "2"])
+    assert pod_json(sdrun, name)["image"] == "localhost/counting:1"
 
 
 @pytest.mark.parametrize("verb", ["start", "restart"])
@@ -164,21 +181,27 @@ def test_bad_attachments_are_refused_and_leave_nothing(
     assert sdrun.pods() == [] and sdrun.new_units() == set()
 
 
-def run_on_a_terminal(argv: list[str], typed: bytes, rows: int = 33, columns: int = 77) -> tuple[int, bytes]:
+def run_on_a_terminal(
+    argv: list[str],
+    typed: bytes,
+    rows: int = 33,
+    columns: int = 77,
+    before_typing: Callable[[subprocess.Popen[bytes], int], None] | None = None,
+) -> tuple[int, bytes]:
     """Run argv with a pseudo-terminal of the given size as its stdin, stdout and stderr, type
-    `typed` once it has started; what it wrote, and its exit status."""
+    `typed` once it has said READY (after before_typing(process, terminal)); its exit status, and
+    what it wrote."""
     import fcntl
     import os
     import pty
     import struct
-    import subprocess
     import termios
     import time
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
+    slave_copy = slave  # kept open for before_typing's resizes
     output = b""
     deadline = time.monotonic() + 60
     sent = False
@@ -193,12 +216,15 @@ def run_on_a_terminal(argv: list[str], typed: bytes, rows: int = 33, columns: in
                 break
             output += chunk
             if not sent and b"READY" in output:
+                if before_typing is not None:
+                    before_typing(process, slave_copy)
                 os.write(master, typed)
                 sent = True
         elif process.poll() is not None:
             break
     status = process.wait(timeout=30)
     os.close(master)
+    os.close(slave_copy)
     return status, output
 
 
@@ -225,6 +251,28 @@ def test_run_i_on_a_terminal_relays_its_lines_not_the_terminal_itself(sdrun: Sdr
     text = output.decode(errors="replace")
     assert status == 6, text
     assert "got:hello" in text and "not-a-tty" in text
+
+
+def test_run_t_follows_the_window_size_and_no_resize_stops_the_app(sdrun: Sdrun, rootfs: Path) -> None:
+    """SIGWINCH reaches `run` through the same wakeup fd as the signals it forwards: resizes are
+    no signals to pass on, and a second one is no second ^C that stops the unit."""
+    import fcntl
+    import signal
+    import struct
+    import termios
+
+    from tests.conftest import SDRUN
+
+    def resize_twice(process: subprocess.Popen[bytes], terminal: int) -> None:
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 99, 0, 0))
+        for _ in range(2):
+            process.send_signal(signal.SIGWINCH)
+            time.sleep(0.3)
+
+    script = "echo READY; read line; stty size; exit 3"
+    argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-it", "--rootfs", str(rootfs), "--", "sh", "-c", script]
+    status, output = run_on_a_terminal(argv, b"go\r", before_typing=resize_twice)
+    assert status == 3 and b"44 99" in output, output
 
 
 def test_run_t_turns_ctrl_c_into_sigint_for_the_app(sdrun: Sdrun, rootfs: Path) -> None:
