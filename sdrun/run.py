@@ -107,6 +107,8 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
     _refuse_conflicts(spec, options)
     backend = Stage1.named(spec.stage1)
     backend.refuse_unsupported(spec)
+    if options.interactive and not backend.passes_stdin:
+        raise SdrunError(f"-i: the {backend.name} stage1 does not give the app its stdin")
     attached = (options.interactive or options.tty) and not spec.scope  # a scope's app has our stdio
     # Before anything is written: no bus, nothing left behind.
     systemd = Systemd.connect(unix_fds=attached)

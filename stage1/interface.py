@@ -42,6 +42,7 @@ class Stage1:
     name: ClassVar[str]
     interface_version: ClassVar[int] = INTERFACE_VERSION
     default_network: ClassVar[str] = "none"  # a pod's --net when it gives none (see sdrun.net)
+    passes_stdin: ClassVar[bool] = True  # the app reads the unit's stdin (`run -i`)
     registry: ClassVar[dict[str, type[Stage1]]] = {}
 
     def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:

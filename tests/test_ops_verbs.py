@@ -171,6 +171,7 @@ def test_without_i_the_app_reads_nothing(sdrun: Sdrun, rootfs: Path) -> None:
         (["-d", "-i"], "not with --detach"),
         (["-t", "--restart", "always"], "a restarted app would have no terminal"),
         (["-t", "--stage1", "fly"], "cannot give the app a terminal"),
+        (["-i", "--stage1", "kvm"], "does not give the app its stdin"),
     ],
 )
 def test_bad_attachments_are_refused_and_leave_nothing(

@@ -35,6 +35,7 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
 
 class Kvm(Stage1, name="kvm"):
     default_network = "none"  # a VM gets a NIC on a network only: --net default or --net NAME
+    passes_stdin = False  # qemu's stdio chardev is the app's output, not its input
 
     def refuse_unsupported(self, spec: PodSpec) -> None:
         refuse_what_does_not_apply(spec)
