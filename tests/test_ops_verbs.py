@@ -150,12 +150,26 @@ def test_start_of_an_installed_pod_that_never_ran(sdrun: Sdrun, rootfs: Path, in
 # --- run -i and -t ---
 
 
-def test_run_i_gives_the_app_stdin_and_its_exit_status(sdrun: Sdrun, rootfs: Path) -> None:
-    result = sdrun("run", "--rm", "-i", "--rootfs", str(rootfs), "--", "sh", input="echo hi; exit 4", check=False)
+@pytest.mark.parametrize("stage1", ["namespace", "fly"])
+def test_run_i_gives_the_app_stdin_and_its_exit_status(sdrun: Sdrun, rootfs: Path, stage1: str) -> None:
+    result = sdrun(
+        "run",
+        "--rm",
+        "-i",
+        "--stage1",
+        stage1,
+        "--rootfs",
+        str(rootfs),
+        "--",
+        "sh",
+        input="echo hi; exit 4",
+        check=False,
+    )
     assert (result.returncode, result.stdout) == (4, "hi\n")
     # The output still goes through the journal, for `logs` to show.
     name = unique_name("stdin")
-    result = sdrun("run", "-i", "--name", name, "--rootfs", str(rootfs), "--", "tr", "a-z", "A-Z", input="abc\n")
+    result = sdrun("run", "-i", "--name", name, "--stage1", stage1, "--rootfs", str(rootfs), "--", "tr", "a-z", "A-Z",
+                   input="abc\n")  # fmt: skip
     assert result.stdout == "ABC\n"
     assert sdrun("logs", name).stdout == "ABC\n"
 
@@ -274,6 +288,37 @@ def test_run_t_follows_the_window_size_and_no_resize_stops_the_app(sdrun: Sdrun,
     argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-it", "--rootfs", str(rootfs), "--", "sh", "-c", script]
     status, output = run_on_a_terminal(argv, b"go\r", before_typing=resize_twice)
     assert status == 3 and b"44 99" in output, output
+
+
+def test_run_t_leaves_the_unit_to_the_app(sdrun: Sdrun, rootfs: Path) -> None:
+    """The stage1 entry still exits: the relay is the CLI's, not a process in the unit."""
+    from tests.conftest import SDRUN
+
+    name = unique_name("alone")
+    seen: list[list[str]] = []
+
+    def unit_processes(_process: subprocess.Popen[bytes], _terminal: int) -> None:
+        main_pid = systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"]
+        cgroup = next(
+            line.split(":", 2)[2]
+            for line in Path(f"/proc/{main_pid}/cgroup").read_text().splitlines()
+            if line.split(":")[1] == "name=systemd"
+        )
+        procs = Path(f"/sys/fs/cgroup/systemd{cgroup}/cgroup.procs")
+        # The entry leaves right after it let the app go: give it the moment test_core's check gives it.
+        deadline = time.monotonic() + 2
+        while procs.read_text().split() != [main_pid] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(procs.read_text().split())
+        seen.append([main_pid])
+
+    script = "echo READY; read line; exit 0"
+    argv = [SDRUN, "--root", str(sdrun.root), "run", "--rm", "-it", "--name", name, "--rootfs", str(rootfs),
+            "--", "sh", "-c", script]  # fmt: skip
+    status, _ = run_on_a_terminal(argv, b"\r", before_typing=unit_processes)
+    assert status == 0
+    processes, main_pid = seen
+    assert processes == main_pid
 
 
 def test_run_t_turns_ctrl_c_into_sigint_for_the_app(sdrun: Sdrun, rootfs: Path) -> None:
