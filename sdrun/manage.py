@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.net import collect_garbage, pod_address, release
+from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
 from stage1.interface import Stage1
@@ -27,6 +28,7 @@ class PodView(NamedTuple):
     pod: Pod
     unit: UnitStatus | None
     failure: str | None = None  # systemd's Result of a unit it gave up restarting (start-limit-hit)
+    restarts: int | None = None  # systemd's NRestarts of a restarting pod's unit, while it is loaded
 
     @property
     def state(self) -> str:
@@ -65,7 +67,21 @@ class PodView(NamedTuple):
             "network": spec.net,
             "ip": pod_address(self.pod),
             "ports": [str(port) for port in spec.ports],
+            "health": self.health,
+            "restarts": self.restarts,
+            "oom_killed": "oom-kill" in (self.failure, record.result if record else None),
         }
+
+    @property
+    def health(self) -> str | None:
+        """A health-checked pod's, while it runs: its last check's verdict, `starting` before the first."""
+        if not self.pod.spec.service.healthcheck or not self.running:
+            return None
+        try:
+            status = Paths.health_record(self.pod.dir).read_text().split()[0]
+        except (FileNotFoundError, IndexError):
+            return "starting"
+        return "healthy" if status == "0" else "unhealthy"
 
 
 def views(systemd: Systemd, pods: list[Pod]) -> list[PodView]:
@@ -79,7 +95,17 @@ def view(systemd: Systemd, pod: Pod) -> PodView:
 
 
 def _view(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> PodView:
-    return PodView(pod, unit, _failure(systemd, pod, unit))
+    return PodView(pod, unit, _failure(systemd, pod, unit), _restarts(systemd, pod, unit))
+
+
+def _restarts(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> int | None:
+    """How often systemd restarted the pod's app (Restart=), as its unit counts: a unit made anew
+    (start, restart) counts from 0. None for a pod that does not restart, or has no unit."""
+    if pod.spec.restart == "no" or unit is None or pod.spec.scope:
+        return None
+    with contextlib.suppress(NotFound):
+        return int(systemd.unit_property(unit.name, SERVICE, "NRestarts"))
+    return None
 
 
 def _failure(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> str | None:
@@ -178,11 +204,13 @@ def gc(systemd: Systemd, store: PodStore) -> list[str]:
     return removed
 
 
-def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
-    """Run argv inside a running pod, in its cgroup; return its exit status."""
+def enter(systemd: Systemd, pod: Pod, argv: list[str], as_asked: EnterOptions | None = None) -> int:
+    """Run argv inside a running pod, in its cgroup; return its exit status. as_asked: another
+    user, more variables, another directory than the app's (enter -u, -e, -w)."""
     from sdrun.terminal import PseudoTerminal
 
     leader = _leader(systemd, pod)
+    changes = as_asked.changes(leader) if as_asked else None
     terminal = PseudoTerminal.for_caller()  # never the caller's own: the pod could keep it
     go_read, go_write = os.pipe()
     child = os.fork()
@@ -190,7 +218,7 @@ def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
         os.close(go_write)
         if terminal is not None:
             terminal.become_child_stdio()
-        _enter_child(pod, leader, argv, go_read)
+        _enter_child(pod, leader, argv, go_read, changes)
     os.close(go_read)
     try:
         systemd.attach_processes(pod.unit, [child])
@@ -206,6 +234,23 @@ def enter(systemd: Systemd, pod: Pod, argv: list[str]) -> int:
         signal.signal(signal.SIGINT, previous)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+class EnterOptions(NamedTuple):
+    """enter's -u USER[:GROUP], -e KEY=VALUE and -w DIR."""
+
+    user: str | None = None
+    env: dict[str, str] = {}  # noqa: RUF012 - a NamedTuple's default, never changed
+    workdir: str | None = None
+
+    def changes(self, leader: int) -> dict[str, Any]:
+        """The app's planned fields these change (stage1.process.changed_app); a user's name is
+        looked up in the pod's /etc/passwd and /etc/group as they are now, in the leader's root."""
+        from pathlib import Path
+
+        from stage1.app import enter_changes
+
+        return enter_changes(Path(f"/proc/{leader}/root"), self.user, self.env, self.workdir)
 
 
 def _leader(systemd: Systemd, pod: Pod) -> int:
@@ -233,7 +278,7 @@ def _pid_namespace(process: str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
+def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int, changes: dict[str, Any] | None) -> None:
     try:
         if os.read(go_read, 2) != b"go":
             os._exit(125)
@@ -242,7 +287,7 @@ def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int) -> None:
         # Nothing of ours may reach the pod: the app sees this process from the moment it joins, and
         # one with CAP_SYS_PTRACE could take the bus connection (root's, on systemd) with pidfd_getfd.
         close_all_but_stdio()
-        Stage1.named(pod.spec.stage1).enter(pod, leader, argv)
+        Stage1.named(pod.spec.stage1).enter(pod, leader, argv, changes)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         os.write(2, f"sdrun: {describe(error)}\n".encode())
         os._exit(125)

@@ -4,6 +4,7 @@
 <root>/pods/<uuid>/pod.json    the pod manifest: the spec as JSON
 <root>/pods/<uuid>/lock        flock(2) guarding the directory
 <root>/pods/<uuid>/exit        the app's exit record, written by the unit's ExecStopPost
+<root>/pods/<uuid>/health      an installed pod's last health check: its exit status and time
 <root>/pods/<uuid>/image       an image pod's image and layer trees (sdrun.image.podimage)
 <root>/pods/<uuid>/rootfs      an image pod's overlayfs root, mounted only inside its stage1's namespace
 <root>/names/<name>            symlink to ../pods/<uuid>; its creation reserves the name
@@ -74,6 +75,10 @@ class Paths(NamedTuple):
     @staticmethod
     def exit_record(pod_dir: Path) -> Path:
         return pod_dir / "exit"
+
+    @staticmethod
+    def health_record(pod_dir: Path) -> Path:
+        return pod_dir / "health"
 
     @staticmethod
     def pod_image(pod_dir: str | os.PathLike[str]) -> Path:

@@ -18,18 +18,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
 from sdrun.image.pullsettings import PullSettings
 from sdrun.net import scope_network
 from sdrun.paths import Paths
-from sdrun.pod import Pod, PodStore, exit_status_of, write_file_atomically
+from sdrun.pod import Pod, PodStore, exit_status_of, unit_name, write_file_atomically
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
 from stage1.interface import Stage1
 
 if TYPE_CHECKING:
+    from sdrun.systemd.bus import Property
     from sdrun.systemd.journal import PodJournal
+    from sdrun.terminal import TerminalRelay
 
 CLD_CODES = {1: "exited", 2: "killed", 3: "dumped"}  # ExecMainCode: si_code of the app's SIGCHLD
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -41,6 +43,59 @@ class RunOptions(NamedTuple):
     detach: bool = False
     remove: bool = False
     pull: PullSettings = PullSettings()
+    replace: bool = False  # remove a pod of the same name first
+    interactive: bool = False  # -i: the app reads our stdin
+    tty: bool = False  # -t: the app gets a terminal, which we relay
+
+
+class Attachment(NamedTuple):
+    """What a foreground run with -i or -t hands the unit besides its spec's properties."""
+
+    properties: tuple[Property, ...] = ()  # StandardInputFileDescriptor=, its "h" an index into fds
+    fds: tuple[int, ...] = ()
+    terminal: int | None = None  # -t: our end of the socket the pod's stage1 sends its terminal on
+    typed: WriteEnd | None = None  # -i on a terminal: the pipe we copy its lines to, the app's stdin
+
+    @classmethod
+    def of(cls, options: RunOptions) -> Attachment:
+        if options.tty:  # the unit's stdin is a socket; the app's, the terminal that comes over it
+            import socket
+
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            return cls((("StandardInputFileDescriptor", "h", 0),), (theirs.detach(),), ours.detach())
+        if options.interactive and os.isatty(0):  # not the terminal itself, which the pod could keep
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            return cls((("StandardInputFileDescriptor", "h", 0),), (read_end,), typed=WriteEnd(write_end))
+        if options.interactive:  # our stdin itself: a pipe or a file
+            return cls((("StandardInputFileDescriptor", "h", 0),), (0,))
+        return cls()
+
+    def close_given(self) -> None:
+        """Close our copies of what the unit was given (systemd has its own)."""
+        for fd in self.fds:
+            if fd > 2:
+                os.close(fd)
+
+    def close(self) -> None:
+        if self.terminal is not None:
+            os.close(self.terminal)
+        if self.typed is not None:
+            self.typed.close()
+
+
+class WriteEnd:
+    """A pipe's write end that the end of input closes, once, before the run ends."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+NO_ATTACHMENT = Attachment()
 
 
 def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> int:
@@ -49,17 +104,17 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
         raise SdrunError(
             "listen, healthcheck and wanted_by need an installed unit", hint="sdrun install NAME --spec FILE"
         )
-    if spec.scope and options.detach:
-        raise SdrunError("--scope runs the app attached to this terminal: it cannot be --detach'ed")
-    if options.remove and spec.restart != "no":  # Docker refuses it too
-        raise SdrunError(
-            f"--rm and --restart {spec.restart} conflict: the pod would be removed once its app first ends",
-            hint="drop one of them",
-        )
+    _refuse_conflicts(spec, options)
     backend = Stage1.named(spec.stage1)
     backend.refuse_unsupported(spec)
-    systemd = Systemd.connect()  # before anything is written: no bus, nothing left behind
+    if options.interactive and not backend.passes_stdin:
+        raise SdrunError(f"-i: the {backend.name} stage1 does not give the app its stdin")
+    attached = (options.interactive or options.tty) and not spec.scope  # a scope's app has our stdio
+    # Before anything is written: no bus, nothing left behind.
+    systemd = Systemd.connect(unix_fds=attached)
     store = PodStore(paths)
+    if options.replace:
+        remove_to_replace(systemd, store, spec.name)  # before the name is taken again
     if spec.image:  # find or pull the image, fold its config into the spec, record its layer trees
         from sdrun.image.usage import create_image_pod
 
@@ -87,11 +142,21 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
             # With --rm the pod goes when we return, and we read the exit status from the unit
             # we hold: an exit record would cost every run a process (systemd's ExecStopPost=).
             # If this command is killed first, the pod is left without one; `sdrun gc` removes it.
-            log = _start_service(
-                systemd, backend, pod, hold=True, record_exit=not options.remove, meanwhile=_open_journal(pod)
-            )
-            app_started = True
-            return _follow_in_foreground(systemd, pod, log, output)
+            attachment = Attachment.of(options) if attached else NO_ATTACHMENT
+            try:
+                log = _start_service(
+                    systemd,
+                    backend,
+                    pod,
+                    hold=True,
+                    record_exit=not options.remove,
+                    meanwhile=_open_journal(pod),
+                    attachment=attachment,
+                )
+                app_started = True
+                return _follow_in_foreground(systemd, pod, log, output, attachment, relay_input=options.interactive)
+            finally:
+                attachment.close()
     except BaseException:
         if not app_started:  # nothing ran: leave nothing behind
             systemd.reset_failed_unit(pod.unit)
@@ -103,6 +168,20 @@ def run(paths: Paths, spec: PodSpec, options: RunOptions, output: BinaryIO) -> i
             store.remove(pod)
 
 
+def _refuse_conflicts(spec: PodSpec, options: RunOptions) -> None:
+    if spec.scope and options.detach:
+        raise SdrunError("--scope runs the app attached to this terminal: it cannot be --detach'ed")
+    if options.remove and spec.restart != "no":  # Docker refuses it too
+        raise SdrunError(
+            f"--rm and --restart {spec.restart} conflict: the pod would be removed once its app first ends",
+            hint="drop one of them",
+        )
+    if (options.interactive or options.tty) and options.detach:
+        raise SdrunError("-i and -t attach the app to this command: not with --detach")
+    if options.tty and spec.restart != "no":
+        raise SdrunError(f"-t and --restart {spec.restart} conflict: a restarted app would have no terminal")
+
+
 def _start_service(
     systemd: Systemd,
     backend: Stage1,
@@ -112,14 +191,18 @@ def _start_service(
     remove_when_done: Sequence[Path] = (),
     record_exit: bool = True,
     meanwhile: Callable[[], PodJournal] | None = None,
+    attachment: Attachment = NO_ATTACHMENT,
 ) -> PodJournal | None:
     """Start the pod's service and return once its start job is done (the app runs).
     `meanwhile` runs while systemd starts the unit (on another CPU, as a rule); its result is returned."""
-    plan = backend.plan(pod)
+    plan = backend.plan(pod) if attachment.terminal is None else backend.terminal_plan(pod)
     unit_properties = properties.service_properties(
         pod, plan, keep_until_released=hold, remove_when_done=remove_when_done, record_exit=record_exit
     )
-    job = systemd.start_transient_unit(pod.unit, unit_properties)
+    try:
+        job = systemd.start_transient_unit(pod.unit, [*unit_properties, *attachment.properties], attachment.fds)
+    finally:
+        attachment.close_given()
     done_meanwhile = meanwhile() if meanwhile else None
     try:
         systemd.wait_for_job(job, f"starting {pod.unit}")
@@ -239,8 +322,18 @@ def _first_complaint(pod: Pod) -> str | None:
     return first.message.decode(errors="replace").strip() if first else None
 
 
-def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, output: BinaryIO) -> int:
+def _follow_in_foreground(
+    systemd: Systemd,
+    pod: Pod,
+    log: PodJournal | None,
+    output: BinaryIO,
+    attachment: Attachment = NO_ATTACHMENT,
+    *,
+    relay_input: bool = False,
+) -> int:
     """Copy the app's journal lines to output until its unit is inactive; return its exit status.
+    With -t, the pod's terminal, once its stage1 sends it, is relayed to ours (our stdin to it with
+    relay_input); with -i on a terminal, what is typed goes to the app's stdin, a pipe.
 
     The journal is polled, not watched: journald tells inotify watchers of new lines only
     ~300 ms after it wrote them (it batches its notifications), a poll sees them at once,
@@ -257,14 +350,23 @@ def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, ou
     with SignalProxy(systemd, pod.unit) as proxy, selectors.DefaultSelector() as selector:
         selector.register(systemd.fileno(), selectors.EVENT_READ, systemd.dispatch_pending)
         selector.register(proxy.fileno(), selectors.EVENT_READ, proxy.forward_pending)
+        relay = None
+        if attachment.terminal is not None:
+            relay = _TerminalAttachment(selector, attachment.terminal, relay_input=relay_input)
+        if attachment.typed is not None:
+            selector.register(0, selectors.EVENT_READ, _copy_typed_lines(selector, attachment.typed))
         machined.register(systemd, pod)
-        ended = systemd.check_unit_ended(pod.unit)
-        while not ended:
-            for key, _ in selector.select(JOURNAL_POLL_SECONDS):
-                key.data()
-            log.refresh()
-            copy_new_lines()
-            ended = systemd.unit_has_ended(pod.unit)
+        try:
+            ended = systemd.check_unit_ended(pod.unit)
+            while not ended:
+                for key, _ in selector.select(JOURNAL_POLL_SECONDS):
+                    key.data()
+                log.refresh()
+                copy_new_lines()
+                ended = systemd.unit_has_ended(pod.unit)
+        finally:
+            if relay is not None:
+                relay.close()
     main_code = systemd.unit_property(pod.unit, SERVICE, "ExecMainCode")
     main_status = systemd.unit_property(pod.unit, SERVICE, "ExecMainStatus")
     journal.synchronize()  # the app has exited; make sure its last lines are written
@@ -272,6 +374,71 @@ def _follow_in_foreground(systemd: Systemd, pod: Pod, log: PodJournal | None, ou
     copy_new_lines()
     log.close()
     return exit_status_of(CLD_CODES.get(main_code, "exited"), str(main_status))
+
+
+def _copy_typed_lines(selector: selectors.BaseSelector, pipe: WriteEnd) -> Callable[[], None]:
+    """`run -i` on a terminal: what the terminal gives us (a line, in its cooked mode) goes to the
+    app's stdin; its end (^D), or an app that closed its stdin, closes the pipe."""
+
+    def end_of_input() -> None:
+        selector.unregister(0)
+        pipe.close()
+
+    def copy() -> None:
+        typed = os.read(0, 65536)
+        if not typed or pipe.fd is None:
+            end_of_input()
+            return
+        try:
+            while typed:
+                typed = typed[os.write(pipe.fd, typed) :]
+        except BrokenPipeError:
+            end_of_input()
+
+    return copy
+
+
+class _TerminalAttachment:
+    """`run -t` in the foreground loop: once the pod's stage1 sends its terminal's master, relay
+    it to our stdout (and our stdin to it, with relay_input) until the app has ended."""
+
+    def __init__(self, selector: selectors.BaseSelector, channel: int, *, relay_input: bool) -> None:
+        self.selector = selector
+        self.channel = channel
+        self.relay_input = relay_input
+        self.relay: TerminalRelay | None = None
+        selector.register(channel, selectors.EVENT_READ, self._take_terminal)
+
+    def _take_terminal(self) -> None:
+        from sdrun.terminal import TerminalRelay, receive_terminal
+
+        self.selector.unregister(self.channel)
+        master = receive_terminal(self.channel)
+        if master is None:
+            return
+        self.relay = TerminalRelay(master).__enter__()
+        self.selector.register(master, selectors.EVENT_READ, self._copy_output)
+        if self.relay_input:
+            try:
+                self.selector.register(0, selectors.EVENT_READ, self._copy_input)
+            except PermissionError:  # a regular file, which epoll cannot wait on: it is all there
+                while self.relay.copy_input():
+                    pass
+
+    def _copy_output(self) -> None:
+        assert self.relay is not None
+        if not self.relay.copy_output():
+            self.selector.unregister(self.relay.master)
+
+    def _copy_input(self) -> None:
+        assert self.relay is not None
+        if not self.relay.copy_input():
+            self.selector.unregister(0)
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.copy_output()  # what the app wrote last
+            self.relay.__exit__()
 
 
 class SignalProxy:
@@ -312,6 +479,8 @@ class SignalProxy:
         except BlockingIOError:
             return
         for number in numbers:
+            if number not in FORWARDED_SIGNALS:  # another handler's (run -t's SIGWINCH) shares the wakeup fd
+                continue
             self.received += 1
             if self.received == 1:
                 self.systemd.kill_unit(self.unit, number, "main")
@@ -375,3 +544,100 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
         sys.stderr.write(f"sdrun: {describe(error)}\n")
         os._exit(EXIT_RUNTIME_ERROR)
+
+
+# --- a pod that exists: start it again, restart it, replace it ---
+
+
+def start_existing(systemd: Systemd, pod: Pod) -> None:
+    """Start an ended pod again, as `run -d` first started it: its unit is gone (or failed), its
+    directory keeps its spec, UUID, name and writable layer, and the unit is made anew from them.
+    An installed pod's unit file is systemd's to start."""
+    if _installed_unit(systemd, pod):
+        _refuse_running(systemd, pod)
+        from sdrun.systemd import bus
+
+        bus.start_unit(systemd, pod.unit)
+        return
+    if pod.spec.scope:
+        raise SdrunError(
+            f"pod '{pod.name}' ran in a scope, as a child of its 'sdrun run': it cannot be started again",
+            hint=f"'sdrun rm {pod.name}', then run it again",
+        )
+    with pod.locked():
+        _refuse_running(systemd, pod)
+        systemd.reset_failed_unit(pod.unit)  # a restarting pod's unit stays failed once systemd gave up
+        Paths.exit_record(pod.dir).unlink(missing_ok=True)  # of the last run: this one writes its own
+        _start_service(systemd, Stage1.named(pod.spec.stage1), pod, hold=False)
+        _wait_until_only_the_app_runs(systemd, pod)
+
+
+def restart_existing(systemd: Systemd, pod: Pod) -> None:
+    """Stop the pod if it runs, then start it again (an installed one: systemd's RestartUnit)."""
+    if _installed_unit(systemd, pod):
+        from sdrun.systemd import bus
+
+        bus.restart_unit(systemd, pod.unit, wait=True)
+        return
+    systemd.stop_unit(pod.unit)
+    start_existing(systemd, pod)
+
+
+def remove_to_replace(systemd: Systemd, store: PodStore, name: str) -> None:
+    """`run --replace`: remove the pod of that name, if there is one, running or not."""
+    pod = store.named(name)
+    if pod is None:
+        return
+    if _installed_unit(systemd, pod):
+        raise SdrunError(
+            f"pod '{name}' is an installed unit: 'run --replace' does not replace it",
+            hint=f"'sdrun install --replace {name} ...', or 'sdrun uninstall {name}'",
+        )
+    from sdrun import manage
+
+    manage.remove(systemd, store, pod, force=True)
+
+
+def installed_unit_named(systemd: Systemd, name: str) -> bool:
+    """Whether an installed pod of that name has a unit file systemd loads."""
+    from sdrun.spec import parse_name
+
+    try:
+        parse_name(name)
+    except SpecError:
+        return False
+    return _installed_unit_file(systemd, unit_name(name, "service"))
+
+
+def start_unit_file(systemd: Systemd, name: str, *, restart: bool) -> None:
+    """start or restart of an installed pod that has no pod directory (it has never started)."""
+    from sdrun.systemd import bus
+
+    if restart:
+        bus.restart_unit(systemd, unit_name(name, "service"), wait=True)
+    else:
+        bus.start_unit(systemd, unit_name(name, "service"))
+
+
+def _refuse_running(systemd: Systemd, pod: Pod) -> None:
+    from sdrun import manage
+
+    if manage.view(systemd, pod).running:
+        raise SdrunError(f"pod '{pod.name}' is running", hint=f"'sdrun restart {pod.name}' stops it first")
+
+
+def _installed_unit(systemd: Systemd, pod: Pod) -> bool:
+    """Whether the pod's unit is a unit file systemd loads (sdrun install, the generator), not
+    a transient unit of `sdrun run`, which goes with the pod's end."""
+    return _installed_unit_file(systemd, pod.unit)
+
+
+def _installed_unit_file(systemd: Systemd, unit: str) -> bool:
+    from sdrun.errors import NotFound
+    from sdrun.systemd.bus import UNIT
+
+    try:
+        loaded = systemd.unit_property(unit, UNIT, "LoadState") == "loaded"
+        return loaded and not systemd.unit_property(unit, UNIT, "Transient")
+    except NotFound:
+        return False

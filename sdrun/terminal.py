@@ -19,6 +19,10 @@ import signal
 import termios
 import tty
 
+TYPE_CHECKING = False  # not typing's: enter need not import it
+if TYPE_CHECKING:
+    from typing import Any
+
 CHUNK = 65536
 
 
@@ -106,3 +110,70 @@ def _copy_window_size(source: int, target: int) -> None:
     except OSError:
         return  # not a terminal
     fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+
+
+class TerminalRelay:
+    """`sdrun run -t`: the caller's stdin and stdout relayed to and from the master of the
+    pseudo-terminal the pod made for its app (stage1.namespace.launch), the caller's terminal raw
+    meanwhile, so that the pod's terminal does the line editing and turns ^C into SIGINT."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self._saved: list[Any] | None = None
+        self._previous: object = None
+
+    def __enter__(self) -> TerminalRelay:
+        _copy_window_size(0, self.master)
+        self._previous = signal.signal(signal.SIGWINCH, lambda _number, _frame: _copy_window_size(0, self.master))
+        if os.isatty(0):
+            self._saved = termios.tcgetattr(0)
+            tty.setraw(0)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._saved is not None:
+            termios.tcsetattr(0, termios.TCSAFLUSH, self._saved)
+        signal.signal(signal.SIGWINCH, self._previous)  # type: ignore[arg-type]
+        os.close(self.master)
+
+    def copy_input(self) -> bool:
+        """Copy what the caller typed to the app; False at the end of the caller's input."""
+        typed = os.read(0, CHUNK)
+        if typed:
+            _write_all(self.master, typed)
+        return bool(typed)
+
+    def copy_output(self) -> bool:
+        """Copy to stdout what the app has written; False once no process has its terminal open."""
+        os.set_blocking(self.master, False)
+        try:
+            while data := os.read(self.master, CHUNK):
+                _write_all(1, data)
+        except BlockingIOError:
+            return True
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+        finally:
+            os.set_blocking(self.master, True)
+        return False
+
+
+def receive_terminal(channel: int) -> int | None:
+    """The pseudo-terminal master a pod's stage1 sent on channel (a socket); None if it closed
+    without one."""
+    import array
+    import socket
+
+    fds = array.array("i")
+    with socket.socket(fileno=os.dup(channel)) as sock:
+        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    for extra in fds[1:]:
+        os.close(extra)
+    if not fds:
+        return None
+    os.set_inheritable(fds[0], False)
+    return fds[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+import time
 import uuid as uuidlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -451,6 +452,8 @@ def healthcheck(systemd: Systemd, pod: Pod) -> int | None:
     if systemd.unit_property(pod.unit, bus.UNIT, "ActiveState") != "active":
         return None
     status = manage.enter(systemd, pod, list(pod.spec.service.healthcheck))
+    # For list and status; gone with the pod directory, which each start makes anew (prepare).
+    write_file_atomically(Paths.health_record(pod.dir), f"{status} {time.time():.0f}\n")
     if status != 0:
         bus.restart_unit(systemd, pod.unit)  # queued: this unit is not part of the restart
     return status

@@ -28,6 +28,7 @@ from stage1.process import Identity, exec_as
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from stage1.process import AppChanges
 
 
 class ResolvedApp(NamedTuple):
@@ -182,3 +183,20 @@ def exec_app(
     executable = app.executable if argv is None else command[0]
     identity = Identity(credentials.uid, credentials.gid, credentials.groups)
     exec_as(identity, app.workdir, executable, command, app.env, before_exec)
+
+
+def enter_changes(root: Path, user: str | None, env: dict[str, str], workdir: str | None) -> AppChanges:
+    """The changes of enter's -u, -e and -w; USER[:GROUP] as `run -u` reads it, from the pod's
+    root as it is now (root: /proc/LEADER/root), and HOME with it unless -e sets it."""
+    changes: AppChanges = {}
+    if user:
+        credentials = resolve_user(root, user)
+        changes |= {"uid": credentials.uid, "gid": credentials.gid, "groups": list(credentials.groups)}
+        env = {"HOME": credentials.home, **env}
+    if env:
+        changes["env"] = env
+    if workdir:
+        if not workdir.startswith("/"):
+            raise SpecError(f"enter -w {workdir}: give an absolute path in the container")
+        changes["workdir"] = workdir
+    return changes

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
+    from stage1.process import AppChanges
 
 # Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
 # since each pulls in its own dependencies (seccomp, qemu helpers...).
@@ -41,6 +42,7 @@ class Stage1:
     name: ClassVar[str]
     interface_version: ClassVar[int] = INTERFACE_VERSION
     default_network: ClassVar[str] = "none"  # a pod's --net when it gives none (see sdrun.net)
+    passes_stdin: ClassVar[bool] = True  # the app reads the unit's stdin (`run -i`)
     registry: ClassVar[dict[str, type[Stage1]]] = {}
 
     def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
@@ -68,6 +70,11 @@ class Stage1:
         """The main process and properties of the pod's transient service."""
         raise NotImplementedError
 
+    def terminal_plan(self, pod: Pod) -> UnitPlan:
+        """plan() for `run -t`: the unit's stdin is a socket, on which the app's stage1 sends the
+        master of a pseudo-terminal that it made the app's controlling terminal and stdio."""
+        raise SpecError(f"-t: the {self.name} stage1 cannot give the app a terminal", hint="--stage1 namespace")
+
     def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
         """The backend's own properties of the pod's transient scope (`sdrun run --scope`): those
         of its service's that a scope takes too (devices, stopping); a scope runs no commands."""
@@ -77,8 +84,9 @@ class Stage1:
         """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
         raise NotImplementedError
 
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
-        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv."""
+    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
+        """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv as the
+        app is run, with `changes` (enter -u, -e, -w: stage1.app.changed_app) to its planned fields."""
         raise NotImplementedError
 
     def gc(self, pod: Pod) -> None:

@@ -143,3 +143,15 @@ def exec_planned(
     command = app["argv"] if argv is None else argv
     executable = app["executable"] if argv is None else command[0]
     exec_as(identity, app["workdir"], executable, command, app["env"], before_exec)
+
+
+# `sdrun enter -u USER -e KEY=VALUE -w DIR`: changes to the planned app's fields (plan_fields), as
+# data (stage1.app.enter_changes): uid, gid, groups and workdir replace the planned ones, env adds to its.
+if TYPE_CHECKING:
+    AppChanges = dict[str, Any]
+
+
+def changed_app(fields: dict[str, Any], changes: AppChanges | None) -> dict[str, Any]:
+    if not changes:
+        return fields
+    return {**fields, **changes, "env": {**fields["env"], **changes.get("env", {})}}

@@ -100,6 +100,7 @@ def with_systemd(action: Callable[[Systemd], T]) -> T:
 @click.group(cls=SdrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(path_type=Path), envvar="SDRUN_ROOT", help="State directory [/var/lib/sdrun].")
 @click.option("--debug", is_flag=True, help="Show tracebacks and what each step does.")
+@click.version_option(package_name="sdrun", message="%(prog)s version %(version)s", prog_name="sdrun")
 @click.pass_context
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """sdrun: containers as systemd units, with no daemon of their own."""
@@ -157,12 +158,21 @@ def run(click_ctx: click.Context, /, args: tuple[str, ...], **options: Any) -> N
 
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print the pods' UUIDs only.")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="name, id, label, state, stage1.")
+@click.option("--format", "template", metavar="json|TEMPLATE", help="JSON, or a line per pod: '{{.Name}} {{.State}}'.")
 @pass_context
-def list_pods(ctx: Context, as_json: bool) -> None:
+def list_pods(ctx: Context, as_json: bool, quiet: bool, filters: tuple[str, ...], template: str | None) -> None:
     """List pods and their state."""
-
+    selected = pod_filter(filters)
     pod_views = with_systemd(lambda systemd: manage.views(systemd, ctx.store.all()))
-    if as_json:
+    if filters:
+        pod_views = [pod_view for pod_view in pod_views if selected(pod_view.to_json())]
+    if quiet or template not in (None, "json"):
+        for pod_view in pod_views:
+            click.echo(pod_view.pod.uuid if quiet else format_pod(str(template), pod_view.to_json()))
+        return
+    if as_json or template == "json":
         click.echo(json.dumps([pod_view.to_json() for pod_view in pod_views], indent=2))
         return
     rows = [("UUID", "NAME", "STATE", "STAGE1", "SOURCE", "IP", "PORTS", "COMMAND")]
@@ -173,6 +183,7 @@ def list_pods(ctx: Context, as_json: bool) -> None:
             state = f"{state} ({record.exit_status})"
         if pod_view.failure is not None:  # the restarts stopped: that is what needs doing something about
             state = f"{state}: {pod_view.failure}"
+        state += _state_notes(pod_view.to_json(), state)
         source = spec.image or spec.rootfs or ""
         address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
         command = " ".join(spec.app.argv)
@@ -180,6 +191,77 @@ def list_pods(ctx: Context, as_json: bool) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _state_notes(pod: Mapping[str, Any], state: str) -> str:
+    """What `list` adds to a pod's state, as podman ps's STATUS does: its health, its restarts,
+    an OOM kill (unless the state says it already)."""
+    notes = [pod["health"]] if pod["health"] else []
+    if pod["restarts"]:
+        notes.append(f"{pod['restarts']} restart{'s' if pod['restarts'] > 1 else ''}")
+    if pod["oom_killed"] and "oom-kill" not in state:
+        notes.append("oom-killed")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+# --filter KEY=VALUE, as podman ps's: one key's values are alternatives, different keys all apply.
+FILTER_KEYS = {"name": "name", "id": "uuid", "uuid": "uuid", "label": "labels", "state": "state", "status": "state",
+               "stage1": "stage1"}  # fmt: skip
+
+
+def pod_filter(filters: Iterable[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate on a pod's JSON for the --filter options given: name is a regular expression
+    searched in the name (as podman's), id a UUID prefix, label KEY or KEY=VALUE, state and
+    stage1 exact words."""
+    wanted: dict[str, list[str]] = collections.defaultdict(list)
+    for text in filters:
+        key, equals, value = text.partition("=")
+        if not equals or key not in FILTER_KEYS:
+            raise SdrunError(f"invalid --filter '{text}'", hint=f"KEY=VALUE, KEY one of {', '.join(FILTER_KEYS)}")
+        if key == "name":
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise SdrunError(f"invalid --filter '{text}': {error}") from None
+        wanted[FILTER_KEYS[key]].append(value)
+
+    def matches(field: str, value: str, pod: Mapping[str, Any]) -> bool:
+        if field == "name":
+            return re.search(value, pod["name"]) is not None
+        if field == "uuid":
+            return str(pod["uuid"]).startswith(value)
+        if field == "labels":
+            label, equals, label_value = value.partition("=")
+            return label in pod["labels"] and (not equals or pod["labels"][label] == label_value)
+        return str(pod[field]) == value
+
+    return lambda pod: all(any(matches(field, value, pod) for value in values) for field, values in wanted.items())
+
+
+TEMPLATE_FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+FIELD_ALIASES = {"id": "uuid", "names": "name", "status": "state", "networks": "network"}
+
+
+def format_pod(template: str, pod: Mapping[str, Any]) -> str:
+    """A line from a --format template: Go-template-style {{.Field}} placeholders, as podman's, of
+    the keys of `list --json` (any case; ID, Names, Status as podman names them); a list is joined
+    with commas, the command with spaces; \\t and \\n are a tab and a newline."""
+
+    def field(match: re.Match[str]) -> str:
+        key = match.group(1).lower()
+        key = FIELD_ALIASES.get(key, key)
+        if key not in pod:
+            raise SdrunError(f"--format: no field '{match.group(1)}'", hint=f"fields: {', '.join(pod)}")
+        value = pod[key]
+        if key == "command":
+            return " ".join(value)
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        if isinstance(value, Mapping):
+            return ",".join(f"{name}={item}" for name, item in value.items())
+        return "" if value is None else str(value)
+
+    return TEMPLATE_FIELD.sub(field, template.replace("\\t", "\t").replace("\\n", "\n"))
 
 
 @main.command()
@@ -208,7 +290,7 @@ def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
     import time
 
     for key, value in details.items():
-        if value in (None, {}, []):
+        if value in (None, {}, []) or value is False:
             continue
         if key == "created":
             yield f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(value))}"
@@ -236,6 +318,51 @@ def stop(ctx: Context, pod_ref: str) -> None:
     pod = ctx.store.get(pod_ref)
     with_systemd(lambda systemd: manage.stop(systemd, pod))
     click.echo(pod.name)
+
+
+@main.command()
+@click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
+@pass_context
+def start(ctx: Context, pod_refs: tuple[str, ...]) -> None:
+    """Start ended pods again, from their spec, as 'run -d' did."""
+    _start_pods(ctx, pod_refs, restart=False)
+
+
+@main.command()
+@click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
+@pass_context
+def restart(ctx: Context, pod_refs: tuple[str, ...]) -> None:
+    """Stop pods that run, then start them again."""
+    _start_pods(ctx, pod_refs, restart=True)
+
+
+def _start_pods(ctx: Context, pod_refs: tuple[str, ...], *, restart: bool) -> None:
+    from sdrun import run as running
+
+    def start_all(systemd: Systemd) -> None:
+        # An installed pod that has not run yet has no directory: its unit file is enough.
+        targets = [_pod_or_unit(ctx, systemd, ref) for ref in pod_refs]
+        for target in targets:
+            if isinstance(target, str):
+                running.start_unit_file(systemd, target, restart=restart)
+                click.echo(target)
+            else:
+                (running.restart_existing if restart else running.start_existing)(systemd, target)
+                click.echo(target.name)
+
+    with_systemd(start_all)
+
+
+def _pod_or_unit(ctx: Context, systemd: Systemd, ref: str) -> Pod | str:
+    """The pod ref names, else the name of an installed pod whose unit has no pod directory yet."""
+    from sdrun import run as running
+
+    try:
+        return ctx.store.get(ref)
+    except NotFound:
+        if running.installed_unit_named(systemd, ref):
+            return ref
+        raise
 
 
 @main.command()
@@ -274,14 +401,25 @@ def gc(ctx: Context) -> None:
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as USER, from the pod's /etc/passwd [the app's].")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Set a variable (KEY alone: the host's).")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the pod [the app's].")
 @click.argument("pod_ref", metavar="POD")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
-def enter(ctx: Context, pod_ref: str, command: tuple[str, ...]) -> None:
+def enter(
+    ctx: Context, user: str | None, env: tuple[str, ...], workdir: str | None, pod_ref: str, command: tuple[str, ...]
+) -> None:
     """Run a command inside a running pod [/bin/sh]."""
+    import os
+
+    from sdrun.spec import parse_pairs
+
     pod = ctx.store.get(pod_ref)
     argv = list(without_separator(command)) or ["/bin/sh"]
-    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv)))
+    given = manage.EnterOptions(user, parse_pairs(list(env), "-e", os.environ), workdir)
+    as_asked = given if given != manage.EnterOptions() else None
+    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv, as_asked)))
 
 
 # --- logs ---

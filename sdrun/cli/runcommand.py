@@ -52,6 +52,9 @@ RUN_OPTIONS = (
     RunOption(("--stage1",), "stage1", f"Isolation backend [{DEFAULT_STAGE1}]."),
     RunOption(("-d", "--detach"), "detach", "Start and return; print the pod UUID.", FLAG, setting=False),
     RunOption(("--rm",), "remove", "Remove the pod when the app ends.", FLAG, setting=False),
+    RunOption(("-i", "--interactive"), "interactive", "Give the app this command's stdin.", FLAG, setting=False),
+    RunOption(("-t", "--tty"), "tty", "Give the app a terminal, relayed to this one.", FLAG, setting=False),
+    RunOption(("--replace",), "replace", "Remove a pod of the same name first.", FLAG, setting=False),
     RunOption(("--scope",), "scope", "Run as our child in a transient scope, on this terminal.", FLAG),
     RunOption(("-e", "--env"), "env", "Set an environment variable.", MULTIPLE, "KEY=VALUE"),
     RunOption(("--env-file",), "env_file", "Read KEY=VALUE lines from FILE.", MULTIPLE, "FILE"),
@@ -228,5 +231,12 @@ def run_verb(paths: Paths, options: Mapping[str, Any], args: tuple[str, ...]) ->
     pull = PullSettings(options.get("platform"), options.get("tls_verify"), bool(options.get("verify")))
     if pull != PullSettings() and not spec.image:
         raise SdrunError("--platform, --tls-verify and --verify are for image pods")
-    run_options = running.RunOptions(detach=bool(options.get("detach")), remove=bool(options.get("remove")), pull=pull)
+    run_options = running.RunOptions(
+        detach=bool(options.get("detach")),
+        remove=bool(options.get("remove")),
+        pull=pull,
+        replace=bool(options.get("replace")),
+        interactive=bool(options.get("interactive")),
+        tty=bool(options.get("tty")),
+    )
     return running.run(paths, spec, run_options, sys.stdout.buffer)

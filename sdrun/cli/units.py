@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sdrun.systemd.bus import Systemd
 
 # run options that make no sense for an installed unit (its ExecStartPre does not pull)
-RUN_ONLY = ("detach", "remove", "scope", "platform", "tls_verify", "verify")
+RUN_ONLY = ("detach", "remove", "replace", "interactive", "tty", "scope", "platform", "tls_verify", "verify")
 UNIT_SETTINGS = (
     click.option("--requires", multiple=True, metavar="POD", help="Start after POD's unit, and only with it."),
     click.option("--start-limit-interval", help="StartLimitIntervalSec=, in seconds."),

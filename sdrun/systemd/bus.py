@@ -14,6 +14,7 @@ import (~40 ms of a ~150 ms run) and buy nothing.
 
 from __future__ import annotations
 
+import array
 import importlib
 import os
 import socket
@@ -105,23 +106,25 @@ def socket_path(address: str) -> str:
 class Connection:
     """One authenticated connection to a bus: numbered messages out, whole messages in."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, unix_fds: bool = False) -> None:
         self.sock = sock
+        self.unix_fds = unix_fds  # the bus agreed to carry file descriptors (NEGOTIATE_UNIX_FD)
         self._serial = 0
         self._unmarshaller = Unmarshaller(None, sock)
 
     @classmethod
-    def open(cls, path: str) -> Connection:
+    def open(cls, path: str, *, unix_fds: bool = False) -> Connection:
+        """unix_fds: negotiate passing file descriptors, which costs the handshake a round trip."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(path)
-            _authenticate(sock)
+            _authenticate(sock, unix_fds=unix_fds)
             sock.settimeout(None)
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
+        return cls(sock, unix_fds=unix_fds)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -132,7 +135,16 @@ class Connection:
     def send(self, message: Message) -> int:
         self._serial += 1
         message.serial = self._serial
-        self.sock.sendall(message._marshall())
+        if not message.unix_fds:
+            self.sock.sendall(message._marshall())
+            return self._serial
+        if not self.unix_fds:
+            raise SdrunError("internal: file descriptors on a bus connection that did not negotiate them")
+        data = message._marshall(negotiate_unix_fd=True)
+        # The descriptors go with the message's first byte; the rest of it follows as any data.
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", message.unix_fds).tobytes())]
+        sent = self.sock.sendmsg([data], rights)
+        self.sock.sendall(data[sent:])
         return self._serial
 
     def receive(self, *, block: bool) -> Message | None:
@@ -155,17 +167,22 @@ class Connection:
             self.sock.setblocking(True)
 
 
-def _authenticate(sock: socket.socket) -> None:
-    """The D-Bus SASL handshake, EXTERNAL (our uid, which the kernel vouches for)."""
+def _authenticate(sock: socket.socket, *, unix_fds: bool = False) -> None:
+    """The D-Bus SASL handshake, EXTERNAL (our uid, which the kernel vouches for); with unix_fds,
+    then NEGOTIATE_UNIX_FD, which the bus answers AGREE_UNIX_FD before we BEGIN."""
     auth = AuthExternal()
-    sock.sendall(b"\0" + auth._format_line(auth._authentication_start()))
-    reply = b""
-    while not reply.endswith(b"\r\n"):
-        chunk = sock.recv(256)
-        if not chunk:
-            raise AuthError("the bus closed the connection during authentication")
-        reply += chunk
-    sock.sendall(auth._format_line(auth._receive_line(reply.decode().rstrip("\r\n"))))
+    sock.sendall(b"\0" + auth._format_line(auth._authentication_start(negotiate_unix_fd=unix_fds)))
+    while True:
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = sock.recv(256)
+            if not chunk:
+                raise AuthError("the bus closed the connection during authentication")
+            reply += chunk
+        line = auth._receive_line(reply.decode().rstrip("\r\n"))
+        sock.sendall(auth._format_line(line))
+        if line == "BEGIN":
+            return
 
 
 class Systemd:
@@ -179,11 +196,12 @@ class Systemd:
         self._ended: set[str] = set()  # ... and of those seen inactive or failed since
 
     @classmethod
-    def connect(cls, address: str | None = None) -> Systemd:
+    def connect(cls, address: str | None = None, *, unix_fds: bool = False) -> Systemd:
+        """unix_fds: the connection may pass file descriptors (start_transient_unit's fds)."""
         address = address or system_bus_address()
         path = socket_path(address)
         try:
-            connection = Connection.open(path)
+            connection = Connection.open(path, unix_fds=unix_fds)
         except (OSError, AuthError) as error:
             reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
             raise BusUnavailable(
@@ -274,12 +292,16 @@ class Systemd:
 
     # --- the manager's methods ---
 
-    def start_transient_unit(self, unit: str, properties: Sequence[Property]) -> str:
+    def start_transient_unit(self, unit: str, properties: Sequence[Property], fds: Sequence[int] = ()) -> str:
         """Create a transient unit and queue its start; return the job, for wait_for_job().
-        Between the two, systemd starts the unit while the caller does other work."""
+        Between the two, systemd starts the unit while the caller does other work. fds: the
+        descriptors that properties of type "h" name by their index in it (StandardInputFileDescriptor=...),
+        on a connection made with unix_fds."""
         wrapped = [[name, Variant(signature, value)] for name, signature, value in properties]
+        message = _call("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", wrapped, []])
+        message.unix_fds = list(fds)
         try:
-            (job,) = self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", wrapped, []])
+            ((job,),) = self.call_all([message])
         except BusError as error:
             if error.name == "org.freedesktop.systemd1.UnitExists":
                 raise SdrunError(

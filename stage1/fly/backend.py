@@ -14,10 +14,12 @@ from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan
 from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
+from stage1.process import changed_app
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
+    from stage1.process import AppChanges
 
 
 class Fly(Stage1, name="fly"):
@@ -41,9 +43,9 @@ class Fly(Stage1, name="fly"):
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         entry.become_app(entry.read_plan(str(write_plan(pod))))
 
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
         # The app as planned: the root it sees now is the app's to change (its /etc/passwd among it).
-        app = ResolvedApp.from_plan_fields(entry.read_plan(str(plan_file(pod)))["app"])
+        app = ResolvedApp.from_plan_fields(changed_app(entry.read_plan(str(plan_file(pod)))["app"], changes))
         root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)
         namespace = os.open(f"/proc/{leader}/ns/mnt", os.O_RDONLY)
         sc.setns(namespace, sc.CLONE_NEWNS)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
+    from stage1.process import AppChanges
 
 USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
@@ -34,6 +35,7 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
 
 class Kvm(Stage1, name="kvm"):
     default_network = "none"  # a VM gets a NIC on a network only: --net default or --net NAME
+    passes_stdin = False  # qemu's stdio chardev is the app's output, not its input
 
     def refuse_unsupported(self, spec: PodSpec) -> None:
         refuse_what_does_not_apply(spec)
@@ -48,8 +50,11 @@ class Kvm(Stage1, name="kvm"):
         prepare(pod)
         become_vm(pod)
 
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
         from stage1.kvm.agent import enter
+
+        if changes:  # the guest's agent runs the command as the app; it takes no other user, env, directory
+            raise SpecError("enter -u, -e and -w: not for the kvm stage1")
 
         enter(pod, leader, argv)
 

@@ -28,6 +28,7 @@ from stage1.rootfs import UPPER
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.systemd.bus import Property
+    from stage1.process import AppChanges
 
 USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an app that ignores SIGTERM as PID 1
@@ -40,6 +41,10 @@ class Namespace(Stage1, name="namespace"):
         prepare(pod, console=None)  # a service's stdin is /dev/null: no console
         return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
 
+    def terminal_plan(self, pod: Pod) -> UnitPlan:
+        prepare(pod, console=None, terminal=True)
+        return UnitPlan(*entry_command("stage1.namespace", pod), tuple(unit_properties(pod)))
+
     def scope_properties(self, pod: Pod) -> tuple[Property, ...]:
         return (*device_properties(pod), *stop_properties(pod))
 
@@ -47,10 +52,10 @@ class Namespace(Stage1, name="namespace"):
         console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
         launch.launch(launch.read_plan(str(prepare(pod, console))), supervise=True)
 
-    def enter(self, pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
         from stage1.namespace.enter import enter
 
-        enter(pod, leader, argv)
+        enter(pod, leader, argv, changes)
 
     def gc(self, pod: Pod) -> None:
         # Every mount lived in the container's namespaces and went with them; the
@@ -97,9 +102,10 @@ def stop_properties(pod: Pod) -> list[Property]:
     return properties
 
 
-def prepare(pod: Pod, console: str | None) -> Path:
+def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
     """Check the pod, resolve its app, write its scratch files and the entry's plan; raise
-    SpecError before any unit exists. Returns the plan file."""
+    SpecError before any unit exists. Returns the plan file. terminal: the container init gives
+    the app a pseudo-terminal of the container's devpts and sends its master on stdin (`run -t`)."""
     spec = pod.spec
     plan = container_plan(pod, console)
     if spec.isolation.init and not Path(TINI).exists():
@@ -128,7 +134,7 @@ def prepare(pod: Pod, console: str | None) -> Path:
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
     path = plan_file(pod)
-    launch.write_plan(str(path), plan.entry_plan(app))
+    launch.write_plan(str(path), {**plan.entry_plan(app), "terminal": terminal})
     return path
 
 

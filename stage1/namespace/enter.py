@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.linux import syscalls as sc
 from stage1.namespace.container import plan_file
 from stage1.namespace.launch import confine_and_exec, exit_status, read_plan
-from stage1.process import set_resource_limits
+from stage1.process import changed_app, set_resource_limits
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from stage1.process import AppChanges
 
 # The user namespace comes first: it grants the rights to join the others. The PID
 # namespace only applies to children, so we fork once all are joined.
@@ -27,12 +28,12 @@ NAMESPACES = (
 )
 
 
-def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
+def enter(pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
     # The app as stage0 resolved it, user and groups included: never the container's /etc/passwd of
     # now, which the app may have rewritten (an app user that named itself uid 0 would enter as root).
     plan = read_plan(str(plan_file(pod)))
     seccomp_program = Path(plan["seccomp"]).read_bytes() if plan["seccomp"] else None
-    app = plan["app"]
+    app = changed_app(plan["app"], changes)  # enter -u, -e, -w
     set_resource_limits(app)  # before a user namespace takes the right to raise them
     join_namespaces(leader)
     child = os.fork()

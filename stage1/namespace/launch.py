@@ -60,6 +60,7 @@ else:
 PLAN_FILE = "namespace.plan"  # in the pod's stage1 directory; marshal, as the fly stage1's
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+TIOCSPTLCK, TIOCGPTPEER, TIOCSCTTY = 0x40045431, 0x5441, 0x540E  # termios's, without its import
 # _signal and _socket: the C modules that signal and socket wrap, whose imports (enum, selectors)
 # would cost every container start ~3 ms; the entry needs neither's enums.
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
@@ -273,8 +274,31 @@ def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, s
     ready.send(b"ready")
     start.receive("systemd accepted the container init")  # now MAINPID is ours: the app may run and exit
     app = plan["app"]
+    if plan.get("terminal"):
+        _take_terminal(app)
     argv = [INIT_PATH, "--", *app["argv"]] if plan["init"] else None
     confine_and_exec(app, plan["capabilities"], seccomp_program, argv)
+
+
+def _take_terminal(app: dict[str, Any]) -> None:
+    """`run -t`: a pseudo-terminal of the container's own devpts (so `tty` names /dev/pts/N inside)
+    becomes the app's controlling terminal and stdin, stdout and stderr; its master goes to
+    `sdrun run`, which relays it, over the socket that is the unit's stdin (as runc's console socket)."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    os.fchown(slave, app["uid"], -1)  # the app's, as a login's terminal is its user's
+    channel = _socket.socket(fileno=0)
+    try:
+        channel.sendmsg([b"t"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
+    finally:
+        channel.detach()  # fd 0 is about to be the terminal: the object must not close it
+    os.close(master)
+    os.setsid()  # the session the terminal is controlling for: ^C and job control reach the app
+    fcntl.ioctl(slave, TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
 
 
 def _pivot_root(root: str) -> None:
