@@ -75,13 +75,14 @@ def assert_no_pod_left(sdrun: Sdrun) -> None:
     for trace in (" sdv", "sdrun-"):
         assert trace not in state, state
     assert not re.search(r"map published(_at)? \{[^}]*elements", state), state
+    assert not re.search(r"set sources \{[^}]*elements", state), state  # each pod's source filter
     assert not list((sdrun.root / "net").glob("*/leases/*"))
 
 
 def assert_nothing_left(sdrun: Sdrun) -> None:
     assert_no_pod_left(sdrun)
     state = host_state()
-    for trace in ("sdrun0", "table ip sdrun"):
+    for trace in ("sdrun0", "table ip sdrun", "table bridge sdrun"):
         assert trace not in state, state
 
 

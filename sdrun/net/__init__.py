@@ -47,6 +47,13 @@ def veth_name(pod_uuid: str) -> str:
     return VETH_PREFIX + pod_uuid.replace("-", "")[:12]
 
 
+def pod_mac(pod_uuid: str) -> str:
+    """The MAC of a pod's eth0: fixed by its UUID, so that its source filter needs no lookup.
+    02: a locally administered unicast address, then 5 bytes of the UUID."""
+    digits = pod_uuid.replace("-", "")[:10]
+    return ":".join(["02", *(digits[index : index + 2] for index in range(0, 10, 2))])
+
+
 def network_dir(root: Path, network: str) -> Path:
     return root / "net" / network
 
