@@ -19,6 +19,7 @@ import pytest
 from sdrun.net import config
 from sdrun.net.config import Network
 from tests.conftest import Sdrun, needs_systemd, unique_name
+from tests.test_kvm import KVM, VM_TIMEOUT, needs_vm
 from tests.test_namespace import PROGRAMS
 from tests.test_net_pods import clean_host, fetch, free_ports, pod_json, server
 
@@ -36,13 +37,16 @@ def netattack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-def attack(sdrun: Sdrun, rootfs: Path, netattack: Path, script: str) -> str:
-    """Run script (its commands call /netattack) in a pod on the default network, with NET_RAW.
-    In script, $gw is the gateway's MAC as the pod's ARP cache has it: where a pod sends to the host."""
+def attack(sdrun: Sdrun, rootfs: Path, netattack: Path, script: str, *options: str) -> str:
+    """Run script (its commands call /netattack) in a pod on the default network, with NET_RAW
+    (options replace that). In script, $gw is the gateway's MAC as the pod's ARP cache has it:
+    where a pod sends to the host."""
     gateway = default_network(sdrun).gateway
     resolve = f"ping -c 1 -W 2 {gateway} >/dev/null; gw=$(awk '$1 == \"{gateway}\" {{print $4}}' /proc/net/arp)"
-    options = ("--cap-add", "NET_RAW", "-v", f"{netattack}:/netattack:ro", "--rootfs", str(rootfs))
-    return sdrun("run", "--rm", "--net", "default", *options, "--", "/bin/sh", "-ec", f"{resolve}; {script}").stdout
+    options = options or ("--cap-add", "NET_RAW")
+    command = ("run", "--rm", "--net", "default", *options, "-v", f"{netattack}:/netattack:ro")
+    shell = ("/bin/sh", "-ec", f"{resolve}; {script}")
+    return sdrun(*command, "--rootfs", str(rootfs), "--", *shell, timeout=VM_TIMEOUT).stdout
 
 
 def default_network(sdrun: Sdrun) -> Network:
@@ -99,11 +103,13 @@ def test_a_pod_reaches_no_host_service_on_127_0_0_1_and_a_published_port_answers
     assert fetch(f"http://127.0.0.1:{published}/") == f"hello from {name}\n"
 
 
-def test_a_pod_sends_only_from_its_own_address(clean_host: Sdrun, rootfs: Path, netattack: Path) -> None:
+def spoofing_pod(sdrun: Sdrun, rootfs: Path, netattack: Path, *options: str) -> tuple[list[tuple[bytes, str]], str]:
+    """What the host receives of the three datagrams a pod sends it, from its own address, a
+    neighbour's and one off the network; and the neighbour's address."""
     victim = unique_name("victim")
-    server(clean_host, rootfs, victim, "--net", "default")
-    victim_address = str(pod_json(clean_host, victim)["ip"])
-    network = default_network(clean_host)
+    server(sdrun, rootfs, victim, "--net", "default")
+    victim_address = str(pod_json(sdrun, victim)["ip"])
+    network = default_network(sdrun)
     (port,) = free_ports(1)
     with listening("0.0.0.0", port) as (udp, _):
         script = (
@@ -111,9 +117,24 @@ def test_a_pod_sends_only_from_its_own_address(clean_host: Sdrun, rootfs: Path, 
             f"/netattack udp $gw {victim_address} {network.gateway} {port}; "
             f"/netattack udp $gw 192.0.2.7 {network.gateway} {port}"
         )
-        attack(clean_host, rootfs, netattack, script)
-        datagrams = received(udp)
+        attack(sdrun, rootfs, netattack, script, *options)
+        return received(udp), victim_address
+
+
+def test_a_pod_sends_only_from_its_own_address(clean_host: Sdrun, rootfs: Path, netattack: Path) -> None:
+    datagrams, victim_address = spoofing_pod(clean_host, rootfs, netattack)
     assert len(datagrams) == 1, datagrams  # what the pod sent from its own address, alone
+    assert datagrams[0][0] == b"sdrun-leak" and datagrams[0][1] not in (victim_address, "192.0.2.7")
+
+
+@needs_vm
+def test_a_kvm_guest_on_a_network_sends_only_from_its_own_address(
+    clean_host: Sdrun, rootfs: Path, netattack: Path
+) -> None:
+    """A guest is root in a kernel of its own: only the host side of its pod's veth, which its
+    frames leave by, can hold it to its lease. (Its NIC has the MAC of the pod's eth0.)"""
+    datagrams, victim_address = spoofing_pod(clean_host, rootfs, netattack, *KVM)
+    assert len(datagrams) == 1, datagrams
     assert datagrams[0][0] == b"sdrun-leak" and datagrams[0][1] not in (victim_address, "192.0.2.7")
 
 
