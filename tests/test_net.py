@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SdrunError, SpecError, describe
-from sdrun.net import config, ipam, nft
+from sdrun.net import config, ipam, nft, pod_mac
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
@@ -249,3 +249,9 @@ def test_netlink_requests_are_acknowledged_or_refused_with_the_kernels_errno() -
     link.delete_link(network.bridge)  # gone already: no error
     with pytest.raises(SdrunError, match="interface sdtbgone is missing"):
         link.interface_index("sdtbgone")
+
+
+def test_a_pods_mac_is_locally_administered_unicast_and_fixed_by_its_uuid() -> None:
+    pod = "1c775767-a02b-4c4e-8f96-4889db237d8b"
+    assert pod_mac(pod) == "02:1c:77:57:67:a0" == pod_mac(pod)
+    assert pod_mac("2" + pod[1:]) != pod_mac(pod)
