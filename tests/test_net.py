@@ -129,9 +129,7 @@ def test_nft_commands_add_and_remove_the_same_elements() -> None:
 def test_nft_accepts_the_rules_in_a_scratch_namespace() -> None:
     """`nft -c` checks a ruleset against the kernel without changing anything."""
     commands = nft.SKELETON + nft.element_commands(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
-    commands += (
-        f"add element bridge sdrun sources {{ {nft.source_element('sdvpod', '02:00:00:00:00:02', '10.123.0.2')} }}\n"
-    )
+    commands += nft.source_commands("add", "sdvpod", "02:00:00:00:00:02", "10.123.0.2")
     commands += nft.remove_port_commands("10.123.0.2", (PortMapping.parse("8001:8000"),))
     commands += nft.remove_source_commands("sdvpod", "02:00:00:00:00:02", "10.123.0.2")
     result = subprocess.run(["nft", "-c", "-f", "-"], input=commands, capture_output=True, text=True, check=False)

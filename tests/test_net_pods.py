@@ -75,7 +75,7 @@ def assert_no_pod_left(sdrun: Sdrun) -> None:
     for trace in (" sdv", "sdrun-"):
         assert trace not in state, state
     assert not re.search(r"map published(_at)? \{[^}]*elements", state), state
-    assert not re.search(r"set sources \{[^}]*elements", state), state  # each pod's source filter
+    assert not re.search(r"set (pods|sources) \{[^}]*elements", state), state  # each pod's source filter
     assert not list((sdrun.root / "net").glob("*/leases/*"))
 
 

@@ -11,7 +11,7 @@ come and go as elements of its sets and maps, each change one `nft -f -` transac
     (route_localnet=1 would route it to the host's loopback services)
 
 and one table, `bridge sdrun`, that sees each frame a pod sends before the bridge or the host
-does (prerouting of the bridge family, on every port named sdv*):
+does (prerouting of the bridge family, on every port in @pods: a pod's veth):
 
   from_pod: IPv4 whose (interface, ethernet source, IPv4 source) is the pod's element of
     @sources, ARP whose sender MAC and IP are too; nothing else (no IPv6, no other ethertype)
@@ -33,7 +33,6 @@ import zlib
 from collections.abc import Iterable
 
 from sdrun.errors import SdrunError
-from sdrun.net import VETH_PREFIX
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
 
@@ -73,12 +72,13 @@ flush chain {TABLE} from_bridges
 add rule {TABLE} from_bridges iifname @bridges ip daddr 127.0.0.0/8 drop
 add rule {TABLE} from_bridges iifname @bridges ip saddr 127.0.0.0/8 drop
 add table {BRIDGE_TABLE}
+add set {BRIDGE_TABLE} pods {{ type ifname; }}
 add set {BRIDGE_TABLE} sources {{ type ifname . ether_addr . ipv4_addr; }}
 add chain {BRIDGE_TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
 add chain {BRIDGE_TABLE} from_pod
 flush chain {BRIDGE_TABLE} prerouting
 flush chain {BRIDGE_TABLE} from_pod
-add rule {BRIDGE_TABLE} prerouting iifname "{VETH_PREFIX}*" jump from_pod
+add rule {BRIDGE_TABLE} prerouting iifname @pods jump from_pod
 add rule {BRIDGE_TABLE} from_pod ip daddr 127.0.0.0/8 drop
 add rule {BRIDGE_TABLE} from_pod iifname . ether saddr . ip saddr @sources accept
 add rule {BRIDGE_TABLE} from_pod arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
@@ -117,12 +117,20 @@ def source_element(veth: str, mac: str, address: str) -> str:
     return f"{json.dumps(veth)} . {mac} . {address}"
 
 
+def source_commands(verb: str, veth: str, mac: str, address: str) -> str:
+    """Add or delete the elements that filter what a pod sends: its veth in @pods, its source in @sources."""
+    return (
+        f"{verb} element {BRIDGE_TABLE} pods {{ {json.dumps(veth)} }}\n"
+        f"{verb} element {BRIDGE_TABLE} sources {{ {source_element(veth, mac, address)} }}\n"
+    )
+
+
 def add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "", mac: str = "") -> None:
-    """Make a pod's network, ports and source (with veth and mac) known to the rules; the skeleton
-    too, if the table lacks it. A pod's veth with no source element can send nothing."""
+    """Make a pod's network, ports and source filter (with veth and mac) known to the rules; the
+    skeleton too, if the table lacks it."""
     elements = element_commands(network, address, ports)
     if veth:
-        elements += f"add element {BRIDGE_TABLE} sources {{ {source_element(veth, mac, address)} }}\n"
+        elements += source_commands("add", veth, mac, address)
     try:
         apply(MARK_ELEMENT + elements)  # fails unless the table holds these rules
     except SdrunError:
@@ -145,12 +153,12 @@ def remove_port_commands(address: str, ports: Iterable[PortMapping]) -> str:
 def remove_source_commands(veth: str, mac: str, address: str) -> str:
     """Remove a pod's source element. The table and set are declared first (a no-op when they
     exist): after `nft flush ruleset` there is nothing to remove, and the removal must not fail."""
-    element = f"{{ {source_element(veth, mac, address)} }}"
     return (
         f"add table {BRIDGE_TABLE}\n"
+        f"add set {BRIDGE_TABLE} pods {{ type ifname; }}\n"
         f"add set {BRIDGE_TABLE} sources {{ type ifname . ether_addr . ipv4_addr; }}\n"
-        f"add element {BRIDGE_TABLE} sources {element}\n"
-        f"delete element {BRIDGE_TABLE} sources {element}\n"
+        + source_commands("add", veth, mac, address)
+        + source_commands("delete", veth, mac, address)
     )
 
 
