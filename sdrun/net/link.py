@@ -147,6 +147,7 @@ def ensure_bridge(network: Network) -> None:
     # Port forwarding from 127.0.0.1 sends packets with a loopback source into the bridge: allowed on it alone.
     # What a pod sends to or from 127.0.0.0/8 is dropped before routing (sdrun.net.nft, from_bridges).
     sysctl(f"net/ipv4/conf/{network.bridge}/route_localnet", "1")
+    refuse_router_advertisements(network.bridge)  # the host takes no route from a pod either
     if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
         sysctl("net/ipv4/ip_forward", "1")  # outbound NAT and published ports reached from other hosts route
 
@@ -172,20 +173,20 @@ def create_pod_interface(network: Network, netns_name: str, veth: str, address: 
     finally:
         os.close(namespace_fd)
     with _netlink_in(namespace) as inside:
-        refuse_router_advertisements()
+        refuse_router_advertisements("all", "default", POD_INTERFACE)
         inside.add_address(POD_INTERFACE, address, network.prefixlen)
         inside.set_link(POD_INTERFACE, up=True)
         inside.set_link("lo", up=True)
         inside.add_default_route(POD_INTERFACE, network.gateway)
 
 
-def refuse_router_advertisements() -> None:
-    """In the calling thread's network namespace (/proc/sys/net is the opener's): no IPv6 address
-    or route from a router advertisement. The bridge drops IPv6 from pods already; this keeps a
-    pod's own interfaces from taking any that reach it some other way. No IPv6 at all: nothing to do."""
+def refuse_router_advertisements(*interfaces: str) -> None:
+    """No IPv6 address or route from a router advertisement on interfaces, in the calling thread's
+    network namespace (/proc/sys/net is the opener's). The bridge drops IPv6 from pods already; this
+    keeps an interface from taking any that reaches it some other way. No IPv6 at all: nothing to do."""
     if not Path("/proc/sys/net/ipv6").exists():
         return
-    for interface in ("all", "default", POD_INTERFACE):
+    for interface in interfaces:
         for setting in ("accept_ra", "autoconf"):
             sysctl(f"net/ipv6/conf/{interface}/{setting}", "0")
 
