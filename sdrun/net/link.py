@@ -30,7 +30,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
 
 from sdrun.errors import SdrunError, describe  # noqa: E402
 from sdrun.linux import syscalls as sc  # noqa: E402
-from sdrun.net import NETNS_DIR  # noqa: E402
+from sdrun.net import NETNS_DIR, peer_mac  # noqa: E402
 from sdrun.net.config import Network  # noqa: E402
 
 POD_INTERFACE = "eth0"
@@ -159,13 +159,19 @@ def random_mac() -> str:
     return ":".join(["02", *(f"{byte:02x}" for byte in os.urandom(5))])
 
 
-def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str, mac: str) -> None:
-    """A named network namespace whose eth0, with MAC mac, is one end of a veth pair; the other end,
-    veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
+def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str) -> None:
+    """A named network namespace whose eth0 (with the MAC peer_mac(veth)) is one end of a veth pair;
+    the other end, veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
     namespace = create_netns(netns_name)
     namespace_fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        peer = {"attrs": [("IFLA_IFNAME", POD_INTERFACE), ("IFLA_ADDRESS", mac), ("IFLA_NET_NS_FD", namespace_fd)]}
+        peer = {
+            "attrs": [
+                ("IFLA_IFNAME", POD_INTERFACE),
+                ("IFLA_ADDRESS", peer_mac(veth)),
+                ("IFLA_NET_NS_FD", namespace_fd),
+            ]
+        }
         with Netlink() as netlink:
             netlink.create_link(veth, "veth", {"attrs": [("VETH_INFO_PEER", peer)]})
             netlink.set_link(veth, ifalias=tag)

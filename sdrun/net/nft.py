@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Iterable
 
 from sdrun.errors import SdrunError
+from sdrun.net import peer_mac
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
 
@@ -112,25 +113,25 @@ def port_elements(address: str, ports: Iterable[PortMapping]) -> list[tuple[str,
     return elements
 
 
-def source_element(veth: str, mac: str, address: str) -> str:
+def source_element(veth: str, address: str) -> str:
     """What a pod may send from: its veth's peer's MAC and its lease's address, on its veth alone."""
-    return f"{json.dumps(veth)} . {mac} . {address}"
+    return f"{json.dumps(veth)} . {peer_mac(veth)} . {address}"
 
 
-def source_commands(verb: str, veth: str, mac: str, address: str) -> str:
+def source_commands(verb: str, veth: str, address: str) -> str:
     """Add or delete the elements that filter what a pod sends: its veth in @pods, its source in @sources."""
     return (
         f"{verb} element {BRIDGE_TABLE} pods {{ {json.dumps(veth)} }}\n"
-        f"{verb} element {BRIDGE_TABLE} sources {{ {source_element(veth, mac, address)} }}\n"
+        f"{verb} element {BRIDGE_TABLE} sources {{ {source_element(veth, address)} }}\n"
     )
 
 
-def add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "", mac: str = "") -> None:
-    """Make a pod's network, ports and source filter (with veth and mac) known to the rules; the
-    skeleton too, if the table lacks it."""
+def add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "") -> None:
+    """Make a pod's network, ports and source filter (with veth) known to the rules; the skeleton
+    too, if the table lacks it."""
     elements = element_commands(network, address, ports)
     if veth:
-        elements += source_commands("add", veth, mac, address)
+        elements += source_commands("add", veth, address)
     try:
         apply(MARK_ELEMENT + elements)  # fails unless the table holds these rules
     except SdrunError:
@@ -150,15 +151,15 @@ def remove_port_commands(address: str, ports: Iterable[PortMapping]) -> str:
     return remove_elements_commands(port_elements(address, ports))
 
 
-def remove_source_commands(veth: str, mac: str, address: str) -> str:
+def remove_source_commands(veth: str, address: str) -> str:
     """Remove a pod's source element. The table and set are declared first (a no-op when they
     exist): after `nft flush ruleset` there is nothing to remove, and the removal must not fail."""
     return (
         f"add table {BRIDGE_TABLE}\n"
         f"add set {BRIDGE_TABLE} pods {{ type ifname; }}\n"
         f"add set {BRIDGE_TABLE} sources {{ type ifname . ether_addr . ipv4_addr; }}\n"
-        + source_commands("add", veth, mac, address)
-        + source_commands("delete", veth, mac, address)
+        + source_commands("add", veth, address)
+        + source_commands("delete", veth, address)
     )
 
 

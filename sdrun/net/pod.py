@@ -19,18 +19,7 @@ from pathlib import Path
 
 from sdrun.errors import SdrunError
 from sdrun.linux import syscalls as sc
-from sdrun.net import (
-    NETNS_DIR,
-    NETNS_PREFIX,
-    VETH_PREFIX,
-    config,
-    ipam,
-    netns_name,
-    nft,
-    on_network,
-    pod_mac,
-    veth_name,
-)
+from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
@@ -101,9 +90,8 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     from sdrun.net import link  # pyroute2: only here
 
     link.ensure_bridge(network)
-    mac = pod_mac(lease.pod)
-    nft.add(network, lease.address, lease.ports, lease.veth, mac)  # the veth's filter exists before the veth
-    link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod, mac)
+    nft.add(network, lease.address, lease.ports, lease.veth)  # the veth's filter exists before the veth
+    link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
     ipam.update_network_files(root, network.name)
 
 
@@ -120,8 +108,9 @@ def teardown(root: Path, pod_uuid: str, network: str) -> bool:
 def _teardown_locked(root: Path, lease: Lease) -> None:
     """Undo one pod's objects. The network's bridge and nftables elements stay for the next pod
     (as docker0 does): `sdrun gc` and `sdrun network rm` retire a network no pod uses."""
-    source = nft.remove_source_commands(lease.veth, pod_mac(lease.pod), lease.address)
-    nft.apply(nft.remove_port_commands(lease.address, lease.ports) + source)
+    nft.apply(
+        nft.remove_port_commands(lease.address, lease.ports) + nft.remove_source_commands(lease.veth, lease.address)
+    )
     remove_netns(lease.netns)
     if not _vanishes(Path("/sys/class/net", lease.veth)):
         from sdrun.net import link  # pyroute2 (~20 ms): only for a veth the kernel keeps
