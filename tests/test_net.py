@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SdrunError, SpecError, describe
-from sdrun.net import config, ipam, nft
+from sdrun.net import config, ipam, nft, peer_mac, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
@@ -129,7 +129,9 @@ def test_nft_commands_add_and_remove_the_same_elements() -> None:
 def test_nft_accepts_the_rules_in_a_scratch_namespace() -> None:
     """`nft -c` checks a ruleset against the kernel without changing anything."""
     commands = nft.SKELETON + nft.element_commands(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
+    commands += nft.source_commands("add", "sdv0123456789ab", "10.123.0.2")
     commands += nft.remove_port_commands("10.123.0.2", (PortMapping.parse("8001:8000"),))
+    commands += nft.remove_source_commands("sdv0123456789ab", "10.123.0.2")
     result = subprocess.run(["nft", "-c", "-f", "-"], input=commands, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
@@ -146,24 +148,29 @@ transactions = []
 apply = nft.apply
 nft.apply = lambda commands: (transactions.append(commands), apply(commands))
 outcome = []
-for before in ([], [], ["flush", "ruleset"], ["delete", "set", "ip", "sdrun", nft.MARK]):
+source = '"sdv0123456789ab" . 02:01:23:45:67:89 . 10.123.0.2'
+scratch = (["flush", "ruleset"], ["delete", "set", "ip", "sdrun", nft.MARK], ["delete", "table", "bridge", "sdrun"])
+for before in ([], [], *scratch):
     if before:
         subprocess.run(["nft", *before], check=True)
     transactions.clear()
-    nft.add(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),))
-    table = subprocess.run(["nft", "list", "table", "ip", "sdrun"], capture_output=True, text=True).stdout
-    outcome.append([len(transactions), "jump publish" in table, "tcp . 8001 : 10.123.0.2 . 8000" in table])
+    nft.add(NETWORK, "10.123.0.2", (PortMapping.parse("8001:8000"),), "sdv0123456789ab")
+    table = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    added = "jump publish" in table and "jump from_pod" in table
+    outcome.append([len(transactions), added, "tcp . 8001 : 10.123.0.2 . 8000" in table and source in table])
+subprocess.run(["nft", "flush", "ruleset"], check=True)  # a removal finds nothing to remove, and does not fail
+nft.apply(nft.remove_source_commands("sdv0123456789ab", "10.123.0.2"))
 json.dump(outcome, sys.stdout)
 """
 
 
 def test_a_pods_elements_go_alone_into_a_table_that_holds_these_rules() -> None:
-    """No table (a new host, `nft flush ruleset`) or one without these rules' mark (another version):
-    the skeleton comes along, in a second transaction. Otherwise the elements go alone."""
+    """No table (a new host, `nft flush ruleset`), one without these rules' mark (another version) or
+    no bridge table: the skeleton comes along, in a second transaction. Otherwise the elements go alone."""
     result = subprocess.run(
         ["unshare", "--net", sys.executable, "-c", NFT_ADD_SCENARIO], capture_output=True, text=True, check=True
     )
-    assert json.loads(result.stdout) == [[2, True, True], [1, True, True], [2, True, True], [2, True, True]]
+    assert json.loads(result.stdout) == [[2, True, True], [1, True, True], *[[2, True, True]] * 3]
 
 
 @pytest.fixture
@@ -240,3 +247,9 @@ def test_netlink_requests_are_acknowledged_or_refused_with_the_kernels_errno() -
     link.delete_link(network.bridge)  # gone already: no error
     with pytest.raises(SdrunError, match="interface sdtbgone is missing"):
         link.interface_index("sdtbgone")
+
+
+def test_a_pods_mac_is_locally_administered_unicast_and_fixed_by_its_veth_so_its_uuid() -> None:
+    veth = veth_name("1c775767-a02b-4c4e-8f96-4889db237d8b")
+    assert peer_mac(veth) == "02:1c:77:57:67:a0" == peer_mac(veth)
+    assert peer_mac(veth_name("2c775767-a02b-4c4e-8f96-4889db237d8b")) != peer_mac(veth)

@@ -75,13 +75,14 @@ def assert_no_pod_left(sdrun: Sdrun) -> None:
     for trace in (" sdv", "sdrun-"):
         assert trace not in state, state
     assert not re.search(r"map published(_at)? \{[^}]*elements", state), state
+    assert not re.search(r"set (pods|sources) \{[^}]*elements", state), state  # each pod's source filter
     assert not list((sdrun.root / "net").glob("*/leases/*"))
 
 
 def assert_nothing_left(sdrun: Sdrun) -> None:
     assert_no_pod_left(sdrun)
     state = host_state()
-    for trace in ("sdrun0", "table ip sdrun"):
+    for trace in ("sdrun0", "table ip sdrun", "table bridge sdrun"):
         assert trace not in state, state
 
 
@@ -205,6 +206,7 @@ def test_stop_rm_kill_and_gc_leave_nothing_behind(sdrun: Sdrun, rootfs: Path) ->
     sdrun("kill", "-s", "KILL", names[2])
     # kill returns once the signal is sent; the unit's ExecStopPost then tears the network down.
     wait_for(lambda: pod_json(sdrun, names[2])["state"] not in ("running", "stopping"))
+    assert_no_pod_left(sdrun)  # each tear-down took its pod's elements (the tables wait for gc)
     sdrun("gc")
     assert_nothing_left(sdrun)
 
@@ -214,12 +216,18 @@ def test_gc_undoes_what_a_crash_left(sdrun: Sdrun, rootfs: Path) -> None:
     settings = check_settings({"rootfs": str(rootfs), "net": "default", "port": ["127.0.0.1:1:80"]}, "test")
     spec = build_spec(settings, default_name=unique_name("crashed"), default_stage1="namespace")
     pod = PodStore(Paths(sdrun.root)).create(spec)
+    survivor = unique_name("survivor")  # keeps the network, and so the tables, in use through gc
+    sdrun("run", "-d", "--name", survivor, "--net", "default", "--rootfs", str(rootfs), "--", "sleep", "120")
     lease = network_pod.setup(sdrun.root, pod)
     with pod.locked():  # then its creator "crashes": the lock it held since the pod's creation goes
         pass
-    assert lease.netns in host_state() and "table ip sdrun" in host_state()
+    assert lease.netns in host_state() and f'"{lease.veth}" . ' in host_state()
     removed = sdrun("gc").stdout
     assert f"removed {pod.name} ({pod.uuid}) and its network\n" in removed
+    state = host_state()
+    assert lease.netns not in state and lease.veth not in state and "table bridge sdrun" in state
+    sdrun("rm", "-f", survivor)
+    sdrun("gc")
     assert_nothing_left(sdrun)
 
 

@@ -47,6 +47,14 @@ def veth_name(pod_uuid: str) -> str:
     return VETH_PREFIX + pod_uuid.replace("-", "")[:12]
 
 
+def peer_mac(veth: str) -> str:
+    """The MAC of eth0, the pod's end of the veth pair named veth: fixed by the name (so by the pod's
+    UUID), so that the pod's source filter needs no lookup. 02 (a locally administered unicast
+    address), then the name's first 10 hex digits."""
+    digits = veth.removeprefix(VETH_PREFIX)[:10]
+    return ":".join(["02", *(digits[index : index + 2] for index in range(0, 10, 2))])
+
+
 def network_dir(root: Path, network: str) -> Path:
     return root / "net" / network
 

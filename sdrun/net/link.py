@@ -30,7 +30,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
 
 from sdrun.errors import SdrunError, describe  # noqa: E402
 from sdrun.linux import syscalls as sc  # noqa: E402
-from sdrun.net import NETNS_DIR  # noqa: E402
+from sdrun.net import NETNS_DIR, peer_mac  # noqa: E402
 from sdrun.net.config import Network  # noqa: E402
 
 POD_INTERFACE = "eth0"
@@ -81,12 +81,14 @@ class Netlink:
                     return -int(NLMSG_ERROR_CODE.unpack_from(data, offset + NLMSG_HEADER.size)[0])
                 offset += (length + 3) & ~3 or len(data)  # messages are 4-aligned; a zero length ends the batch
 
-    def create_link(self, name: str, kind: str, info_data: dict[str, Any] | None = None) -> None:
+    def create_link(self, name: str, kind: str, info_data: dict[str, Any] | None = None, mac: str = "") -> None:
         info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
         if info_data is not None:
             info.append(("IFLA_INFO_DATA", info_data))
         message = ifinfmsg()
         message["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": info})]
+        if mac:
+            message["attrs"].append(("IFLA_ADDRESS", mac))
         self.request(message, RTM_NEWLINK, f"create {kind}", name, CREATE)
 
     def set_link(self, name: str, *, up: bool = False, **attributes: Any) -> None:
@@ -138,23 +140,38 @@ def ensure_bridge(network: Network) -> None:
     with Netlink() as netlink:
         if not link_exists(network.bridge):
             with contextlib.suppress(FileExistsError):  # made since we looked, by a racing root
-                netlink.create_link(network.bridge, "bridge")
+                netlink.create_link(network.bridge, "bridge", mac=random_mac())
         with contextlib.suppress(FileExistsError):  # the address is there already
             netlink.add_address(network.bridge, network.gateway, network.prefixlen)
         netlink.set_link(network.bridge, up=True)
     # Port forwarding from 127.0.0.1 sends packets with a loopback source into the bridge: allowed on it alone.
+    # What a pod sends to or from 127.0.0.0/8 is dropped before routing (sdrun.net.nft, from_bridges).
     sysctl(f"net/ipv4/conf/{network.bridge}/route_localnet", "1")
+    refuse_router_advertisements(network.bridge)  # the host takes no route from a pod either
     if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
         sysctl("net/ipv4/ip_forward", "1")  # outbound NAT and published ports reached from other hosts route
 
 
+def random_mac() -> str:
+    """A locally administered unicast MAC. A bridge given one keeps it; one without takes the lowest
+    of its ports' as they come and go, and each change flushes the host's neighbour entries on it
+    and leaves pods' ARP caches with a gateway MAC that no longer answers."""
+    return ":".join(["02", *(f"{byte:02x}" for byte in os.urandom(5))])
+
+
 def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str) -> None:
-    """A named network namespace whose eth0 is one end of a veth pair; the other end, veth,
-    is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
+    """A named network namespace whose eth0 (with the MAC peer_mac(veth)) is one end of a veth pair;
+    the other end, veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
     namespace = create_netns(netns_name)
     namespace_fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        peer = {"attrs": [("IFLA_IFNAME", POD_INTERFACE), ("IFLA_NET_NS_FD", namespace_fd)]}
+        peer = {
+            "attrs": [
+                ("IFLA_IFNAME", POD_INTERFACE),
+                ("IFLA_ADDRESS", peer_mac(veth)),
+                ("IFLA_NET_NS_FD", namespace_fd),
+            ]
+        }
         with Netlink() as netlink:
             netlink.create_link(veth, "veth", {"attrs": [("VETH_INFO_PEER", peer)]})
             netlink.set_link(veth, ifalias=tag)
@@ -162,10 +179,22 @@ def create_pod_interface(network: Network, netns_name: str, veth: str, address: 
     finally:
         os.close(namespace_fd)
     with _netlink_in(namespace) as inside:
+        refuse_router_advertisements("all", "default", POD_INTERFACE)
         inside.add_address(POD_INTERFACE, address, network.prefixlen)
         inside.set_link(POD_INTERFACE, up=True)
         inside.set_link("lo", up=True)
         inside.add_default_route(POD_INTERFACE, network.gateway)
+
+
+def refuse_router_advertisements(*interfaces: str) -> None:
+    """No IPv6 address or route from a router advertisement on interfaces, in the calling thread's
+    network namespace (/proc/sys/net is the opener's). The bridge drops IPv6 from pods already; this
+    keeps an interface from taking any that reaches it some other way. No IPv6 at all: nothing to do."""
+    if not Path("/proc/sys/net/ipv6").exists():
+        return
+    for interface in interfaces:
+        for setting in ("accept_ra", "autoconf"):
+            sysctl(f"net/ipv6/conf/{interface}/{setting}", "0")
 
 
 def create_netns(name: str) -> Path:

@@ -7,6 +7,14 @@ come and go as elements of its sets and maps, each change one `nft -f -` transac
     bridge has route_localnet=1), DNAT-ed traffic from a pod back into a bridge (hairpin),
     and a pod's traffic that leaves its networks (outbound NAT)
   forward (filter): into a bridge only replies, published ports, and traffic within one bridge
+  from_bridges (filter, prerouting at raw priority): nothing from a bridge to or from 127.0.0.0/8
+    (route_localnet=1 would route it to the host's loopback services)
+
+and one table, `bridge sdrun`, that sees each frame a pod sends before the bridge or the host
+does (prerouting of the bridge family, on every port in @pods: a pod's veth):
+
+  from_pod: IPv4 whose (interface, ethernet source, IPv4 source) is the pod's element of
+    @sources, ARP whose sender MAC and IP are too; nothing else (no IPv6, no other ethertype)
 
 Removing an element that is already gone fails the whole transaction in nft 1.0.6
 (which has no `destroy`), so each removal first adds the element: adding one that
@@ -25,10 +33,12 @@ import zlib
 from collections.abc import Iterable
 
 from sdrun.errors import SdrunError
+from sdrun.net import peer_mac
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
 
 TABLE = "ip sdrun"
+BRIDGE_TABLE = "bridge sdrun"
 
 RULES = f"""\
 add table {TABLE}
@@ -58,6 +68,23 @@ add rule {TABLE} forward oifname @bridges ct state established,related accept
 add rule {TABLE} forward oifname @bridges ct status dnat accept
 add rule {TABLE} forward iifname . oifname @intra accept
 add rule {TABLE} forward oifname @bridges drop
+add chain {TABLE} from_bridges {{ type filter hook prerouting priority raw; policy accept; }}
+flush chain {TABLE} from_bridges
+add rule {TABLE} from_bridges iifname @bridges ip daddr 127.0.0.0/8 drop
+add rule {TABLE} from_bridges iifname @bridges ip saddr 127.0.0.0/8 drop
+add table {BRIDGE_TABLE}
+add set {BRIDGE_TABLE} pods {{ type ifname; }}
+add set {BRIDGE_TABLE} sources {{ type ifname . ether_addr . ipv4_addr; }}
+add chain {BRIDGE_TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+add chain {BRIDGE_TABLE} from_pod
+flush chain {BRIDGE_TABLE} prerouting
+flush chain {BRIDGE_TABLE} from_pod
+add rule {BRIDGE_TABLE} prerouting iifname @pods jump from_pod
+add rule {BRIDGE_TABLE} from_pod ip daddr 127.0.0.0/8 drop
+add rule {BRIDGE_TABLE} from_pod iifname . ether saddr . ip saddr @sources accept
+add rule {BRIDGE_TABLE} from_pod arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+iifname . ether saddr . arp saddr ip @sources iifname . arp saddr ether . arp saddr ip @sources accept
+add rule {BRIDGE_TABLE} from_pod drop
 """
 
 
@@ -86,9 +113,25 @@ def port_elements(address: str, ports: Iterable[PortMapping]) -> list[tuple[str,
     return elements
 
 
-def add(network: Network, address: str, ports: Iterable[PortMapping]) -> None:
-    """Make a pod's network and ports known to the rules; the skeleton too, if the table lacks it."""
+def source_element(veth: str, address: str) -> str:
+    """What a pod may send from: its veth's peer's MAC and its lease's address, on its veth alone."""
+    return f"{json.dumps(veth)} . {peer_mac(veth)} . {address}"
+
+
+def source_commands(verb: str, veth: str, address: str) -> str:
+    """Add or delete the elements that filter what a pod sends: its veth in @pods, its source in @sources."""
+    return (
+        f"{verb} element {BRIDGE_TABLE} pods {{ {json.dumps(veth)} }}\n"
+        f"{verb} element {BRIDGE_TABLE} sources {{ {source_element(veth, address)} }}\n"
+    )
+
+
+def add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "") -> None:
+    """Make a pod's network, ports and source filter (with veth) known to the rules; the skeleton
+    too, if the table lacks it."""
     elements = element_commands(network, address, ports)
+    if veth:
+        elements += source_commands("add", veth, address)
     try:
         apply(MARK_ELEMENT + elements)  # fails unless the table holds these rules
     except SdrunError:
@@ -108,6 +151,18 @@ def remove_port_commands(address: str, ports: Iterable[PortMapping]) -> str:
     return remove_elements_commands(port_elements(address, ports))
 
 
+def remove_source_commands(veth: str, address: str) -> str:
+    """Remove a pod's source element. The table and set are declared first (a no-op when they
+    exist): after `nft flush ruleset` there is nothing to remove, and the removal must not fail."""
+    return (
+        f"add table {BRIDGE_TABLE}\n"
+        f"add set {BRIDGE_TABLE} pods {{ type ifname; }}\n"
+        f"add set {BRIDGE_TABLE} sources {{ type ifname . ether_addr . ipv4_addr; }}\n"
+        + source_commands("add", veth, address)
+        + source_commands("delete", veth, address)
+    )
+
+
 def remove_network_commands(network: Network) -> str:
     lines = []
     for name, element in network_elements(network):
@@ -117,7 +172,7 @@ def remove_network_commands(network: Network) -> str:
 
 
 def remove_table_commands() -> str:
-    return f"add table {TABLE}\ndelete table {TABLE}\n"
+    return "".join(f"add table {table}\ndelete table {table}\n" for table in (TABLE, BRIDGE_TABLE))
 
 
 def table_exists() -> bool:

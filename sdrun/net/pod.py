@@ -90,7 +90,7 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     from sdrun.net import link  # pyroute2: only here
 
     link.ensure_bridge(network)
-    nft.add(network, lease.address, lease.ports)
+    nft.add(network, lease.address, lease.ports, lease.veth)  # the veth's filter exists before the veth
     link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
     ipam.update_network_files(root, network.name)
 
@@ -108,8 +108,9 @@ def teardown(root: Path, pod_uuid: str, network: str) -> bool:
 def _teardown_locked(root: Path, lease: Lease) -> None:
     """Undo one pod's objects. The network's bridge and nftables elements stay for the next pod
     (as docker0 does): `sdrun gc` and `sdrun network rm` retire a network no pod uses."""
-    if lease.ports:
-        nft.apply(nft.remove_port_commands(lease.address, lease.ports))
+    nft.apply(
+        nft.remove_port_commands(lease.address, lease.ports) + nft.remove_source_commands(lease.veth, lease.address)
+    )
     remove_netns(lease.netns)
     if not _vanishes(Path("/sys/class/net", lease.veth)):
         from sdrun.net import link  # pyroute2 (~20 ms): only for a veth the kernel keeps
