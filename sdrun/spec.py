@@ -25,18 +25,26 @@ MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+VOLUME_OPTIONS = frozenset({"ro", "rw", "U", "idmap"})  # -v HOST:CTR[:OPTIONS], comma-separated
+
+
 class Volume(NamedTuple):
     source: str  # absolute path on the host
     target: str  # absolute path inside the container
     read_only: bool = False
     chown: bool = False  # :U, as podman's: the source is chowned to the app's user as the host sees it
+    idmap: bool = False  # :idmap, as podman's: bound through the pod's id map (host root's files are its root's)
 
     @classmethod
     def parse(cls, text: str) -> Volume:
         parts = text.split(":")
         options = parts[2].split(",") if len(parts) == 3 else []
-        if len(parts) not in (2, 3) or not set(options) <= {"ro", "rw", "U"} or {"ro", "rw"} <= set(options):
-            raise SpecError(f"invalid volume '{text}': expected HOST:CONTAINER[:OPTIONS], OPTIONS ro or rw, and U")
+        if len(parts) not in (2, 3) or not set(options) <= VOLUME_OPTIONS or {"ro", "rw"} <= set(options):
+            raise SpecError(
+                f"invalid volume '{text}': expected HOST:CONTAINER[:OPTIONS], OPTIONS ro or rw, and U or idmap"
+            )
+        if {"U", "idmap"} <= set(options):
+            raise SpecError(f"invalid volume '{text}': U (chown the source) and idmap (map its ids) exclude each other")
         source, target = parts[:2]
         if not (source.startswith("/") and target.startswith("/")):
             raise SpecError(f"invalid volume '{text}': both paths must be absolute")
@@ -44,10 +52,11 @@ class Volume(NamedTuple):
         _check_mount_target(target, f"volume '{text}'")
         if not Path(source).exists():
             raise SpecError(f"volume source '{source}' does not exist")
-        return cls(normal_path(source), target, "ro" in options, "U" in options)
+        return cls(normal_path(source), target, "ro" in options, "U" in options, "idmap" in options)
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}{',U' if self.chown else ''}"
+        extra = ",U" if self.chown else ",idmap" if self.idmap else ""
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}{extra}"
 
 
 class Resources(NamedTuple):

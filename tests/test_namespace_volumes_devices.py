@@ -1,4 +1,5 @@
-"""Volumes that a --private-users pod can write (idmapped, or chowned with :U) and --device nodes:
+"""Volumes under --private-users (the host's ids as they map by default; idmapped with :idmap, or
+chowned with :U, for the pod to write) and --device nodes:
 the namespace stage1 against a real systemd, real user namespaces and the unit's device policy."""
 
 from __future__ import annotations
@@ -42,11 +43,25 @@ def data() -> Iterator[Path]:
     shutil.rmtree(data)
 
 
+def test_a_private_users_volume_is_not_the_pods_root_to_write_by_default(
+    sdrun: Sdrun, rootfs: Path, data: Path
+) -> None:
+    """Not idmapped unless asked: host root's files are nobody's in the pod, and its root writes none of them."""
+    data.chmod(0o755)  # to see its files: a 0700 directory of host root's the pod's root could not even enter
+    script = ("stat -c %u /data /data/root-file /data/user-file; echo new > /data/new || echo refused;"
+              " echo more >> /data/root-file || echo refused")  # fmt: skip
+    output = shell(sdrun, rootfs, script, f"--private-users={RANGE}", "-v", f"{data}:/data").stdout
+    assert output.split()[:3] == ["65534", "65534", "65534"]  # nobody: neither host uid is in the range
+    assert output.splitlines()[3:] == ["sh: can't create /data/new: Permission denied", "refused",
+                                       "sh: can't create /data/root-file: Permission denied", "refused"]  # fmt: skip
+    assert not (data / "new").exists() and (data / "root-file").read_text() == "root\n"
+
+
 def test_a_private_users_pods_root_writes_an_idmapped_volume_as_host_root(
     sdrun: Sdrun, rootfs: Path, data: Path
 ) -> None:
     script = "stat -c %u /data /data/root-file /data/user-file; echo new > /data/new && id -u"
-    output = shell(sdrun, rootfs, script, f"--private-users={RANGE}", "-v", f"{data}:/data").stdout
+    output = shell(sdrun, rootfs, script, f"--private-users={RANGE}", "-v", f"{data}:/data:idmap").stdout
     assert output.split() == ["0", "0", "1000", "0"]  # as on the host: not 65534 (nobody)
     assert (data / "new").read_text() == "new\n"
     assert (data / "new").stat().st_uid == 0 and (data / "new").stat().st_gid == 0  # container root's is host root's
@@ -55,18 +70,18 @@ def test_a_private_users_pods_root_writes_an_idmapped_volume_as_host_root(
 
 def test_a_read_only_volume_stays_read_only_under_private_users(sdrun: Sdrun, rootfs: Path, data: Path) -> None:
     script = "cat /data/root-file; echo x > /data/new || echo refused"
-    output = shell(sdrun, rootfs, script, "--private-users", "-v", f"{data}:/data:ro").stdout
+    output = shell(sdrun, rootfs, script, "--private-users", "-v", f"{data}:/data:ro,idmap").stdout
     assert output.splitlines()[0] == "root" and output.splitlines()[-1] == "refused"
     assert "Read-only file system" in output
     assert not (data / "new").exists()
 
 
-def test_a_file_volume_is_idmapped_too(sdrun: Sdrun, rootfs: Path, data: Path) -> None:
+def test_a_file_volume_can_be_idmapped_too(sdrun: Sdrun, rootfs: Path, data: Path) -> None:
     config = data / "app.conf"
     config.write_text("a\n")
     config.chmod(0o600)
     output = shell(sdrun, rootfs, "echo b >> /etc/app.conf && cat /etc/app.conf", "--private-users",
-                   "-v", f"{config}:/etc/app.conf").stdout  # fmt: skip
+                   "-v", f"{config}:/etc/app.conf:idmap").stdout  # fmt: skip
     assert output == "a\nb\n" and config.read_text() == "a\nb\n"
 
 
@@ -126,13 +141,26 @@ def test_status_shows_the_pods_uid_range(sdrun: Sdrun, rootfs: Path) -> None:
     assert json.loads(sdrun("status", "--json", plain).stdout)["private_users"] is None
 
 
-def test_bad_volume_options_are_refused(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
-    for volume, stage1 in ((f"{tmp_path}:/data:ro,rw", "namespace"), (f"{tmp_path}:/data:Z", "namespace"),
-                           (f"{tmp_path}:/data:U", "fly")):  # fmt: skip
-        result = sdrun(
-            "run", "--rm", "--stage1", stage1, "-v", volume, "--rootfs", str(rootfs), "--", "true", check=False
-        )
-        assert result.returncode == 125 and len(result.stderr.splitlines()) == 1, result.stderr
+@pytest.mark.parametrize(
+    ("options", "stage1", "message"),
+    [
+        ("ro,rw", "namespace", "OPTIONS ro or rw, and U or idmap"),
+        ("Z", "namespace", "OPTIONS ro or rw, and U or idmap"),
+        ("U,idmap", "namespace", "U (chown the source) and idmap (map its ids) exclude each other"),
+        ("idmap", "namespace", "a volume's :idmap needs --private-users"),  # no user namespace to map to
+        ("U", "fly", "a volume's :U needs the namespace stage1"),
+        ("rw,idmap", "fly", "a volume's :idmap needs the namespace stage1"),
+        ("idmap", "kvm", "a volume's :idmap does not apply to the kvm stage1"),
+    ],
+)
+def test_bad_volume_options_are_refused(
+    sdrun: Sdrun, rootfs: Path, tmp_path: Path, options: str, stage1: str, message: str
+) -> None:
+    volume = f"{tmp_path}:/data:{options}"
+    command = ("run", "--rm", "--stage1", stage1, "-v", volume, "--rootfs", str(rootfs), "--", "true")
+    result = sdrun(*command, check=False)
+    assert result.returncode == 125 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr, result.stderr
     assert sdrun.pods() == [] and sdrun.new_units() == set()
 
 
@@ -193,11 +221,13 @@ def test_a_device_and_a_volume_from_a_spec_file_and_an_installed_unit(
     name = unique_name()
     unit = f"sdrun-{name}.service"
     script = "echo x > /dev/mynull && echo new > /data/new && exec sleep 300"
-    options = (*NS, f"--private-users={RANGE}", "--device", "/dev/null:/dev/mynull", "-v", f"{data}:/data")
+    options = (*NS, f"--private-users={RANGE}", "--device", "/dev/null:/dev/mynull", "-v", f"{data}:/data:idmap")
     sdrun("install", "--now", name, *options, "--rootfs", str(rootfs), "--", "sh", "-c", script)
     try:
         wait_for((data / "new").exists)
-        assert (data / "new").stat().st_uid == 0  # idmapped: the volume is not :U here
+        assert (data / "new").stat().st_uid == 0  # idmapped, as the unit's --volume=...:rw,idmap says
+        unit_file = subprocess.run(["systemctl", "cat", unit], capture_output=True, text=True, check=True).stdout
+        assert f"--volume={data}:/data:rw,idmap " in unit_file
         assert "DeviceAllow=/dev/null rwm" in device_allow(unit)
         assert f"private_users: {RANGE}" in sdrun("status", name).stdout.splitlines()
     finally:
@@ -236,9 +266,11 @@ def test_a_volume_that_cannot_be_idmapped_is_one_line(sdrun: Sdrun, rootfs: Path
     found = subprocess.run(command, capture_output=True, text=True, check=True)
     if found.stdout.strip() != "overlay":
         pytest.skip(f"{tmp_path} is not on an overlay")
-    result = shell(sdrun, rootfs, "true", "--private-users", "-v", f"{tmp_path}:/data", check=False)
-    assert result.returncode == 125 and "try HOST:CTR:U" in result.stderr and len(result.stderr.splitlines()) == 1
+    result = shell(sdrun, rootfs, "true", "--private-users", "-v", f"{tmp_path}:/data:idmap", check=False)
+    assert result.returncode == 125 and "drop idmap, or use U" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
     assert sdrun.pods() == [] and sdrun.new_units() == set()
+    shell(sdrun, rootfs, "true", "--private-users", "-v", f"{tmp_path}:/data")  # not idmapped: it starts
     chowned = shell(
         sdrun, rootfs, "touch /data/x && stat -c %u /data/x", "--private-users", "-v", f"{tmp_path}:/data:U"
     )

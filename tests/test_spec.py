@@ -79,6 +79,14 @@ def test_volume_parsing(tmp_path: Path) -> None:
     for bad in ("relative:/x", f"{tmp_path}:relative", f"{tmp_path}:/x:rx", "a:b:c:d"):
         with pytest.raises(SpecError):
             Volume.parse(bad)
+    idmapped = Volume.parse(f"{tmp_path}:/data:idmap,ro")
+    assert (
+        idmapped == Volume(str(tmp_path), "/data", True, False, True) and str(idmapped) == f"{tmp_path}:/data:ro,idmap"
+    )
+    assert Volume.parse(str(idmapped)) == idmapped
+    assert str(Volume.parse(f"{tmp_path}:/data:U")) == f"{tmp_path}:/data:rw,U"
+    with pytest.raises(SpecError, match=r"U \(chown the source\) and idmap \(map its ids\) exclude each other"):
+        Volume.parse(f"{tmp_path}:/data:U,idmap")
 
 
 @pytest.mark.parametrize("target", ["/", "//", "/x/..", "/proc", "//proc/sys/kernel", "/sys/fs", "/proc/../sys"])

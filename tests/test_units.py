@@ -192,7 +192,11 @@ def full_spec(rootfs: Path) -> PodSpec:
             env={"PATH": "/bin", "A": "x=y z"},
             workdir="/root",
             user="root:root",
-            volumes=(Volume(str(rootfs), "/data", True), Volume(str(rootfs), "/own", False, True)),
+            volumes=(
+                Volume(str(rootfs), "/data", True),
+                Volume(str(rootfs), "/own", False, True),
+                Volume(str(rootfs), "/mapped", False, False, True),
+            ),
             entrypoint=("/bin/sh", "-e"),
             ulimits=("nofile=1024:4096", "core=0:unlimited"),
         ),

@@ -66,7 +66,13 @@ RUN_OPTIONS = (
     RunOption(("--ulimit",), "ulimit", "Resource limit, e.g. nofile=1024.", MULTIPLE, "NAME=SOFT[:HARD]"),
     RunOption(("--restart",), "restart", "Restart policy: no, on-failure or always."),
     RunOption(("--restart-sec",), "restart_sec", "Seconds before a restart (RestartSec=) [0.1].", metavar="SECONDS"),
-    RunOption(("-v", "--volume"), "volume", "Bind a host path into the container.", MULTIPLE, "HOST:CTR[:ro][,U]"),
+    RunOption(
+        ("-v", "--volume"),
+        "volume",
+        "Bind a host path into the container; OPTIONS: ro or rw, and U or idmap.",
+        MULTIPLE,
+        "HOST:CTR[:OPTIONS]",
+    ),
     RunOption(("--label",), "label", "Attach a label to the pod.", MULTIPLE, "KEY=VALUE"),
     RunOption(
         ("--net",), "net", "Network: none (loopback only), host, default (the sdrun0 bridge) or a network's name."

@@ -64,6 +64,7 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
     given = spec.isolation.flags_given()
     given["--seccomp"] = spec.isolation.seccomp not in ("default", "unconfined")  # unconfined is what fly is
     given["a volume's :U"] = any(volume.chown for volume in spec.app.volumes)
+    given["a volume's :idmap"] = any(volume.idmap for volume in spec.app.volumes)
     why = "needs the namespace stage1: fly runs the app in a chroot with the host's privileges"
     refuse_flags(given, why, hint="--stage1 namespace")
 

@@ -109,6 +109,7 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         "notify = true": spec.service.notify,
         "listen": bool(spec.service.listen),
         "a volume's :U": any(volume.chown for volume in spec.app.volumes),
+        "a volume's :idmap": any(volume.idmap for volume in spec.app.volumes),
     }
     refuse_flags(given, "does not apply to the kvm stage1: the VM is the pod's boundary")
     if spec.app.ulimits:

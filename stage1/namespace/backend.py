@@ -27,6 +27,7 @@ from stage1.rootfs import UPPER
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
     from stage1.process import AppChanges
 
@@ -36,6 +37,9 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an
 
 class Namespace(Stage1, name="namespace"):
     default_network = "default"  # as podman's bridge: an address of its own on sdrun0
+
+    def refuse_unsupported(self, spec: PodSpec) -> None:
+        refuse_what_does_not_apply(spec)
 
     def plan(self, pod: Pod) -> UnitPlan:
         prepare(pod, console=None)  # a service's stdin is /dev/null: no console
@@ -80,6 +84,16 @@ def unit_properties(pod: Pod) -> list[Property]:
     return properties
 
 
+def refuse_what_does_not_apply(spec: PodSpec) -> None:
+    """:idmap maps a volume's ids through the pod's user namespace: without one there is nothing to
+    map them to (the host's ids show already; the kernel refuses to idmap a mount to its own)."""
+    if spec.isolation.private_users is None and any(volume.idmap for volume in spec.app.volumes):
+        raise SpecError(
+            "a volume's :idmap needs --private-users: without a user namespace a volume shows the host's ids",
+            hint="drop idmap, or add --private-users",
+        )
+
+
 def device_properties(pod: Pod) -> list[Property]:
     """The device nodes the app may open: the pseudo-devices systemd always allows, DEVICE_ALLOW and
     the pod's --device nodes (by the host's path, which systemd resolves to the node's numbers).
@@ -107,6 +121,7 @@ def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
     SpecError before any unit exists. Returns the plan file. terminal: the container init gives
     the app a pseudo-terminal of the container's devpts and sends its master on stdin (`run -t`)."""
     spec = pod.spec
+    refuse_what_does_not_apply(spec)
     plan = container_plan(pod, console)
     if spec.isolation.init and not Path(TINI).exists():
         raise SpecError(f"--init needs {TINI}", hint="apt-get install tini")

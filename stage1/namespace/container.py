@@ -225,15 +225,17 @@ def volume_mounts(
 ) -> tuple[list[MountOperation], list[tuple[str, str, bool]]]:
     """The volumes' mounts, and the trees the entry binds first. In a user namespace the entry binds
     each source (as host root: the container's root could not even reach a source under a 0700
-    directory) at a place of the stage1 directory, idmapped as the rootfs is, so that a host file of
-    uid N shows as the container's uid N: root's files are the container root's to write, and what it
-    writes is host root's. A :U volume is not idmapped: stage0 chowned it to the pod's range."""
+    directory) at a place of the stage1 directory, and the container init binds that onto the target.
+    The host's ids show as they map (host root's files are nobody's, and not the container root's to
+    write) unless the volume asks for :idmap: then it is bound through the pod's id map, as the rootfs
+    is, so that a host file of uid N shows as the container's uid N, and what the container's root
+    writes is host root's (the user namespace protects nothing in it: opt-in, as podman's)."""
     if user_namespace is None:
         return [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes], []
     mounts: list[MountOperation] = []
     trees = []
     for index, volume in enumerate(spec.app.volumes):
-        trees.append((volume.source, f"volume{index}", not volume.chown))
+        trees.append((volume.source, f"volume{index}", volume.idmap))
         mounts.append(BindMount(f"volume{index}", volume.target, volume.read_only))
     return mounts, trees
 

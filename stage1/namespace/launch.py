@@ -215,7 +215,7 @@ def _mount_rootfs(plan: Plan, userns_fd: int | None) -> None:
         except OSError as error:
             if not idmapped:
                 raise
-            hint = "its file system (or one mounted below it) may not support idmapped mounts: try HOST:CTR:U"
+            hint = "its file system (or one mounted below it) may not support idmapped mounts: drop idmap, or use U"
             raise SdrunError(f"volume {source}: {error.strerror}; {hint}") from None
     _make_directory(plan["root"])
     sc.mount("overlay", plan["root"], "overlay", 0, plan["overlay"])
