@@ -147,7 +147,8 @@ def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
             ("TimeoutStopUSec", "t", 90_500),
             ("KillSignal", "i", 2),
             ("LogExtraFields", "aay", [b"A=1", b"B=2"]),
-            ("ExecStopPostEx", "a(sasas)", [["/bin/rm", ["/bin/rm", "x"], ["privileged", "ignore-failure"]]]),
+            ("ExecStopPost", "a(sasb)", [["/bin/rm", ["/bin/rm", "x"], True]]),
+            ("PermissionsStartOnly", "b", True),
         ]
     )
     assert entries == [
@@ -156,7 +157,8 @@ def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
         ("Service", "KillSignal", "SIGINT"),
         ("Service", "LogExtraFields", "A=1"),
         ("Service", "LogExtraFields", "B=2"),
-        ("Service", "ExecStopPost", Command("/bin/rm", ("/bin/rm", "x"), "+-")),
+        ("Service", "ExecStopPost", Command("/bin/rm", ("/bin/rm", "x"), "-")),
+        ("Service", "PermissionsStartOnly", "yes"),
     ]
 
 
@@ -171,14 +173,14 @@ def test_only_a_pod_removed_by_its_run_goes_without_an_exit_record(rootfs: Path,
 
     def stop_post(*, record_exit: bool = True) -> list[object]:
         found = properties.service_properties(pod, plan, keep_until_released=True, record_exit=record_exit)
-        return [value for name, _, value in found if name == "ExecStopPostEx"]
+        return [value for name, _, value in found if name == "ExecStopPost"]
 
     assert stop_post() == [[properties.record_exit_command(pod)]]
     assert stop_post(record_exit=False) == []
 
 
 def test_cpu_quota_is_what_a_unit_file_can_say() -> None:
-    assert properties._cpu_quota(0.333333) == 333_300  # hundredths of a percent, as CPUQuota=33.33%
+    assert properties._cpu_quota(0.333333) == 330_000  # whole percent, as CPUQuota=33%
 
 
 def full_spec(rootfs: Path) -> PodSpec:
