@@ -77,6 +77,7 @@ class UnitStatus(NamedTuple):
     load_state: str
     active_state: str
     sub_state: str
+    description: str = ""
 
 
 # systemd writes a transient unit to /run/systemd/transient and reads that file back at every
@@ -359,7 +360,7 @@ class Systemd:
 
     def list_units(self, patterns: Sequence[str]) -> list[UnitStatus]:
         (units,) = self.call("ListUnitsByPatterns", "asas", [[], list(patterns)])
-        return [UnitStatus(unit[0], unit[2], unit[3], unit[4]) for unit in units]
+        return [UnitStatus(unit[0], unit[2], unit[3], unit[4], unit[1]) for unit in units]
 
     def unit_processes(self, unit: str) -> list[int]:
         (processes,) = self.call("GetUnitProcesses", "s", [unit])
