@@ -233,3 +233,15 @@ def test_pods_keep_running_restarting_and_stopping_cleanly_across_reloads(
     assert not sdrun.new_units()
     # The port is free again for a new pod.
     sdrun("run", "--rm", "-p", f"{port}:8000", "--rootfs", str(rootfs), "--", "true")
+
+
+def test_a_root_whose_path_systemd_would_change_is_refused_and_leaves_nothing(sdrun: Sdrun, rootfs: Path) -> None:
+    """Every pod's unit names its directory: under a root with a `;`, 252 would change the command."""
+    odd = Sdrun(sdrun.root / "a;b", sdrun.units_at_start)
+    result = odd("run", "-d", "--net", "none", "--rootfs", str(rootfs), *SLEEP, check=False)
+    assert result.returncode == 125
+    assert (
+        result.stderr.startswith("sdrun: ExecStart: systemd 252 would change the argument")
+        and len(result.stderr.splitlines()) == 1
+    ), result.stderr
+    assert not odd.pods() and not odd.names() and not sdrun.new_units()

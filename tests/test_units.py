@@ -17,7 +17,8 @@ import pytest
 from sdrun.errors import SdrunError
 from sdrun.net.ports import PortMapping
 from sdrun.spec import SETTINGS, AppSpec, Isolation, PodSpec, Resources, ServiceOptions, Volume
-from sdrun.systemd import properties
+from sdrun.systemd import bus, properties
+from sdrun.systemd.bus import Property
 from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
 from sdrun.units import installed_pod_uuid, spec_from_arguments, spec_settings
 from tests.conftest import PROJECT, SDRUN, VENV_BIN
@@ -257,3 +258,32 @@ def test_generate_needs_a_name_the_output_can_keep(rootfs: Path) -> None:
     assert unnamed.stderr == "sdrun: generate: name the pod with --name (or --spec FILE, which its file names)\n"
     named = [subprocess.run([*command, "--name", "web", "--", "true"], capture_output=True, check=True) for _ in "ab"]
     assert named[0].stdout == named[1].stdout and b"SyslogIdentifier=web\n" in named[0].stdout
+
+
+@pytest.mark.parametrize(
+    ("prop", "refusal"),
+    [
+        (("ExecStopPostEx", "a(sasas)", [["/bin/true", ["true"], ["privileged"]]]), "ExecStopPostEx"),
+        (("ExecStart", "a(sasb)", [["/bin/sh", ["sh", "-c", "a; b"], False]]), "'a; b'"),
+        (("ExecStartPre", "a(sasb)", [["/bin/echo", ["echo", "$$HOME"], False]]), "'\\$\\$HOME'"),
+        (("TimeoutStopUSec", "t", 0), "no timeout"),
+        (("RestartUSec", "t", 1_500), "round"),
+        (("CPUQuotaPerSecUSec", "t", 333_300), "round"),
+    ],
+)
+def test_a_property_systemd_252_cannot_reload_is_refused(prop: Property, refusal: str) -> None:
+    with pytest.raises(SdrunError, match=refusal):
+        bus.refuse_unreloadable([prop])
+
+
+def test_what_systemd_252_reloads_unchanged_is_sent() -> None:
+    command = properties.exec_command(["/bin/sh", "-c", "exec printenv X > '/a b/\"c\"%d'"], ignore_failure=True)
+    bus.refuse_unreloadable(
+        [
+            ("ExecStopPost", "a(sasb)", [command]),
+            ("TimeoutStopUSec", "t", 1),
+            ("RestartUSec", "t", 1_500_000),
+            ("CPUQuotaPerSecUSec", "t", properties._cpu_quota(0.333333)),
+            ("Environment", "as", ["A=b;$c"]),  # written with C escapes, which 252 reads back
+        ]
+    )

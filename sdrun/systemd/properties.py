@@ -48,9 +48,9 @@ SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
 
 # Records how the app ended in the pod directory, so `sdrun list` can tell after systemd has
 # garbage-collected the unit: the three variables systemd gives ExecStopPost=, one a line. No `$`
-# in it (see RELOAD_UNSAFE), so the file's path is in the script; one write of a few bytes, no
-# temporary file and rename: a reader that catches it half-written sees fewer than three fields
-# and takes the record as absent (Pod.exit_record), as it does when the app never started
+# in it (bus.UNRELOADABLE_CHARACTERS), so the file's path is in the script. One write of a few
+# bytes, no temporary file and rename: a reader that catches it half-written sees fewer than three
+# fields and takes the record as absent (Pod.exit_record), as it does when the app never started
 # (printenv then fails, which the "-" prefix ignores: the tear-down after it runs all the same).
 RECORD_EXIT = "exec printenv SERVICE_RESULT EXIT_CODE EXIT_STATUS > {path}"
 
