@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from typing import Any, NamedTuple
 
@@ -191,7 +192,7 @@ def _discard(systemd: Systemd, store: PodStore, pod: Pod) -> bool:
 
 def gc(systemd: Systemd, store: PodStore) -> list[str]:
     """Remove every pod that has ended, and what crashed runs left half-made. Returns what went."""
-    removed = store.remove_leftovers()
+    removed = store.remove_leftovers(in_units=_pods_with_units(systemd))
     for pod_view in views(systemd, store.all()):
         if pod_view.running:
             continue
@@ -202,6 +203,16 @@ def gc(systemd: Systemd, store: PodStore) -> list[str]:
     # What is left is running or busy: its network stays; any other network leftovers go.
     removed += collect_garbage(store.paths.root, set(store.uuids()))
     return removed
+
+
+# A pod's unit says whose it is in its Description= (properties.pod_service_properties).
+UNIT_DESCRIPTION = re.compile(r"^sdrun pod .* \(([0-9a-f-]{36})\)$")
+
+
+def _pods_with_units(systemd: Systemd) -> set[str]:
+    """The UUIDs of the pods systemd has a unit of, running or not, whatever their directories hold."""
+    units = systemd.list_units(UNIT_PATTERNS)
+    return {match[1] for unit in units if (match := UNIT_DESCRIPTION.match(unit.description))}
 
 
 def enter(systemd: Systemd, pod: Pod, argv: list[str], as_asked: EnterOptions | None = None) -> int:

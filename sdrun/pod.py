@@ -4,6 +4,11 @@ A pod directory is written under a temporary name and renamed into place, so
 `pods/<uuid>/` always holds a complete manifest. Its name is reserved by a
 symlink `names/<name> -> ../pods/<uuid>` made after the rename: a link whose
 target is missing is stale (its pod was removed mid-way) and may be replaced.
+Removal is the creation backwards: the name goes, then one rename takes the
+directory out of the way (`pods/.removing-<uuid>.<random>`) before it is
+deleted, so an interruption leaves a directory that gc deletes, never a pod
+half-gone. (A `pods/<uuid>/` without its manifest, from an `rm -rf` cut short,
+gc deletes too: PodStore.remove_leftovers.)
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +28,7 @@ from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 
 MANIFEST_VERSION = 1
+REMOVING = ".removing-"  # pods/.removing-<uuid>.<random>: a pod directory on its way out
 MIN_PREFIX = 4  # the shortest UUID prefix that names a pod: fewer is too easily a typo's match
 
 
@@ -197,17 +203,30 @@ class PodStore:
         return pods
 
     def remove(self, pod: Pod) -> None:
+        """Remove the pod's name, then its directory. The name first: while the directory is in
+        place, nobody else may take the name (the link is not stale)."""
         link = self.paths.name_link(pod.name)
         if self._pod_behind(link) == pod.uuid:
             link.unlink()
-        shutil.rmtree(pod.dir, ignore_errors=True)
+        trash = self.paths.pods / f"{REMOVING}{pod.uuid}.{os.urandom(4).hex()}"
+        try:
+            pod.dir.rename(trash)  # the flock a caller holds goes with it
+        except FileNotFoundError:
+            return  # removed already
+        shutil.rmtree(trash, ignore_errors=True)
 
-    def remove_leftovers(self) -> list[str]:
-        """Half-created pod directories and names whose pod is gone (after a crash)."""
+    def remove_leftovers(self, in_units: Set[str] = frozenset()) -> list[str]:
+        """What crashes and interruptions left (a pod half-created or half-removed, a name whose pod
+        is gone), if nobody holds its lock. in_units: UUIDs of the pods systemd has units of, whose
+        directories stay whatever they hold."""
         removed = []
         for entry in self._entries(self.paths.pods):
-            if entry.name.startswith(".new-") and (lock := _try_lock(Paths.lock(Path(entry.path)))) is not None:
-                shutil.rmtree(entry.path, ignore_errors=True)  # its creator died: nobody holds its lock
+            if entry.name.startswith((".new-", REMOVING)):
+                leftover = True  # its creator or remover died, or is at work and holds its lock
+            else:  # a pod's directory that lost its manifest, and is no unit's: it was being removed
+                leftover = entry.name not in in_units and not Paths.manifest(Path(entry.path)).exists()
+            if leftover and (lock := _try_lock(Paths.lock(Path(entry.path)))) is not None:
+                shutil.rmtree(entry.path, ignore_errors=True)
                 os.close(lock)
                 removed.append(entry.path)
         for entry in self._entries(self.paths.names):

@@ -174,12 +174,12 @@ def pod_units(spec: PodSpec, paths: Paths, *, scratch: Path | None = None) -> Po
     sdrun = [sdrun_command(), "--root", str(paths.root)]
     prepare = [*sdrun, "prepare", f"--uuid={pod.uuid}", "--", *spec_arguments(spec)]
     unit_properties = [
-        # Privileged ("+"): sdrun's own commands run as root whatever User= the stage1 gives the app.
-        *properties.pod_service_properties(pod, plan, start_pre=[properties.exec_command(prepare, ["privileged"])]),
+        # sdrun's own commands run as root whatever User= the stage1 gives the app (PermissionsStartOnly=).
+        *properties.pod_service_properties(pod, plan, start_pre=[properties.exec_command(prepare)]),
         (
-            "ExecStartPostEx",
-            "a(sasas)",
-            [properties.exec_command([*sdrun, "register-machine", pod.uuid], ["ignore-failure", "privileged"])],
+            "ExecStartPost",
+            "a(sasb)",
+            [properties.exec_command([*sdrun, "register-machine", pod.uuid], ignore_failure=True)],
         ),
         *_companion_dependencies(spec),
     ]

@@ -93,6 +93,14 @@ class Stage1:
         """Release whatever the backend left on the host for a pod that has ended."""
 
 
+def timeout_usec(seconds: float) -> int:
+    """A TimeoutStopUSec= (and the like) that stays what it is across a daemon-reload: systemd 252
+    writes a transient unit's durations to its file in whole milliseconds, and reads a zero timeout
+    there as none at all. Zero (Docker's kill at once) is sent as the shortest it can write, 1 us."""
+    milliseconds = round(seconds * 1000)
+    return milliseconds * 1000 if milliseconds else 1
+
+
 def refuse_flags(given: dict[str, bool], why: str, hint: str | None = None) -> None:
     """Refuse the first flag given (see Isolation.flags_given): `FLAG <why>`."""
     for flag, present in given.items():
@@ -109,8 +117,11 @@ def default_network(stage1: str) -> str:
 # puts the directory sdrun is installed in on sys.path and imports MODULE.__main__, which runs the
 # entry. -S skips site (the virtualenv's .pth files and import hooks) and -c skips the runpy that -m
 # would import: ~6 ms of every container start. An entry imports the standard library and sdrun's
-# own packages only; -P keeps the unit's working directory off sys.path.
-ENTRY_PROGRAM = "import sys; sys.path.insert(0, {directory!r}); import {module}.__main__"
+# own packages only; -P keeps the unit's working directory off sys.path. PROGRAM is one expression,
+# with no `;`: systemd 252 writes a `;` of a command line into the transient unit's file as `\;`,
+# which it reads back at a daemon-reload as those two characters (and a newline would break the
+# command's line in `systemctl show`).
+ENTRY_PROGRAM = "__import__('sys').path.insert(0, {directory!r}) or __import__('{module}.__main__')"
 
 
 def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:

@@ -17,7 +17,8 @@ import pytest
 from sdrun.errors import SdrunError
 from sdrun.net.ports import PortMapping
 from sdrun.spec import SETTINGS, AppSpec, Isolation, PodSpec, Resources, ServiceOptions, Volume
-from sdrun.systemd import properties
+from sdrun.systemd import bus, properties
+from sdrun.systemd.bus import Property
 from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
 from sdrun.units import installed_pod_uuid, spec_from_arguments, spec_settings
 from tests.conftest import PROJECT, SDRUN, VENV_BIN
@@ -147,7 +148,8 @@ def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
             ("TimeoutStopUSec", "t", 90_500),
             ("KillSignal", "i", 2),
             ("LogExtraFields", "aay", [b"A=1", b"B=2"]),
-            ("ExecStopPostEx", "a(sasas)", [["/bin/rm", ["/bin/rm", "x"], ["privileged", "ignore-failure"]]]),
+            ("ExecStopPost", "a(sasb)", [["/bin/rm", ["/bin/rm", "x"], True]]),
+            ("PermissionsStartOnly", "b", True),
         ]
     )
     assert entries == [
@@ -156,7 +158,8 @@ def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
         ("Service", "KillSignal", "SIGINT"),
         ("Service", "LogExtraFields", "A=1"),
         ("Service", "LogExtraFields", "B=2"),
-        ("Service", "ExecStopPost", Command("/bin/rm", ("/bin/rm", "x"), "+-")),
+        ("Service", "ExecStopPost", Command("/bin/rm", ("/bin/rm", "x"), "-")),
+        ("Service", "PermissionsStartOnly", "yes"),
     ]
 
 
@@ -171,14 +174,14 @@ def test_only_a_pod_removed_by_its_run_goes_without_an_exit_record(rootfs: Path,
 
     def stop_post(*, record_exit: bool = True) -> list[object]:
         found = properties.service_properties(pod, plan, keep_until_released=True, record_exit=record_exit)
-        return [value for name, _, value in found if name == "ExecStopPostEx"]
+        return [value for name, _, value in found if name == "ExecStopPost"]
 
     assert stop_post() == [[properties.record_exit_command(pod)]]
     assert stop_post(record_exit=False) == []
 
 
 def test_cpu_quota_is_what_a_unit_file_can_say() -> None:
-    assert properties._cpu_quota(0.333333) == 333_300  # hundredths of a percent, as CPUQuota=33.33%
+    assert properties._cpu_quota(0.333333) == 330_000  # whole percent, as CPUQuota=33%
 
 
 def full_spec(rootfs: Path) -> PodSpec:
@@ -260,3 +263,32 @@ def test_generate_needs_a_name_the_output_can_keep(rootfs: Path) -> None:
     assert unnamed.stderr == "sdrun: generate: name the pod with --name (or --spec FILE, which its file names)\n"
     named = [subprocess.run([*command, "--name", "web", "--", "true"], capture_output=True, check=True) for _ in "ab"]
     assert named[0].stdout == named[1].stdout and b"SyslogIdentifier=web\n" in named[0].stdout
+
+
+@pytest.mark.parametrize(
+    ("prop", "refusal"),
+    [
+        (("ExecStopPostEx", "a(sasas)", [["/bin/true", ["true"], ["privileged"]]]), "ExecStopPostEx"),
+        (("ExecStart", "a(sasb)", [["/bin/sh", ["sh", "-c", "a; b"], False]]), "'a; b'"),
+        (("ExecStartPre", "a(sasb)", [["/bin/echo", ["echo", "$$HOME"], False]]), "'\\$\\$HOME'"),
+        (("TimeoutStopUSec", "t", 0), "no timeout"),
+        (("RestartUSec", "t", 1_500), "round"),
+        (("CPUQuotaPerSecUSec", "t", 333_300), "round"),
+    ],
+)
+def test_a_property_systemd_252_cannot_reload_is_refused(prop: Property, refusal: str) -> None:
+    with pytest.raises(SdrunError, match=refusal):
+        bus.refuse_unreloadable([prop])
+
+
+def test_what_systemd_252_reloads_unchanged_is_sent() -> None:
+    command = properties.exec_command(["/bin/sh", "-c", "exec printenv X > '/a b/\"c\"%d'"], ignore_failure=True)
+    bus.refuse_unreloadable(
+        [
+            ("ExecStopPost", "a(sasb)", [command]),
+            ("TimeoutStopUSec", "t", 1),
+            ("RestartUSec", "t", 1_500_000),
+            ("CPUQuotaPerSecUSec", "t", properties._cpu_quota(0.333333)),
+            ("Environment", "as", ["A=b;$c"]),  # written with C escapes, which 252 reads back
+        ]
+    )

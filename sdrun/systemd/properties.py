@@ -28,7 +28,9 @@ from stage1.interface import UnitPlan
 SLICE = "machine.slice"
 USEC = 1_000_000
 CPU_PERIOD_USEC = 1_000_000  # CPUQuotaPerSecUSec is CPU time per second of wall time
-CPU_QUOTA_STEP_USEC = CPU_PERIOD_USEC // 10_000  # a unit file's CPUQuota= is in hundredths of a percent
+# systemd 252 writes a transient unit's CPUQuota= in whole percent (and so must a unit file, to agree).
+CPU_QUOTA_STEP_USEC = CPU_PERIOD_USEC // 100
+MSEC = 1000  # ... and its other durations in whole milliseconds
 
 # (property, D-Bus signature, value from the pod; None = leave unset)
 RESOURCE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
@@ -45,12 +47,13 @@ SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
     ("StartLimitBurst", "u", lambda pod: pod.spec.service.start_limit_burst),
 )
 
-# Records how the app ended in the pod directory, so `sdrun list` can tell
-# after systemd has garbage-collected the unit. It runs privileged ("+"), so
-# the app's User= does not apply. A single shell builtin, no temporary file and
-# rename: a reader that catches the line half-written sees fewer than three
-# fields and takes the record as absent (Pod.exit_record).
-RECORD_EXIT = 'echo "$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS" > "$1"'
+# Records how the app ended in the pod directory, so `sdrun list` can tell after systemd has
+# garbage-collected the unit: the three variables systemd gives ExecStopPost=, one a line. No `$`
+# in it (bus.UNRELOADABLE_CHARACTERS), so the file's path is in the script. One write of a few
+# bytes, no temporary file and rename: a reader that catches it half-written sees fewer than three
+# fields and takes the record as absent (Pod.exit_record), as it does when the app never started
+# (printenv then fails, which the "-" prefix ignores: the tear-down after it runs all the same).
+RECORD_EXIT = "exec printenv SERVICE_RESULT EXIT_CODE EXIT_STATUS > {path}"
 
 
 def escape_variables(argument: str) -> str:
@@ -59,7 +62,7 @@ def escape_variables(argument: str) -> str:
 
 
 def _cpu_quota(cpus: float | None) -> int | None:
-    # Rounded to what a unit file can say, so that a transient and an installed unit agree.
+    # Rounded to what the transient unit's file can say, so that it stays across a daemon-reload.
     return None if cpus is None else round(cpus * CPU_PERIOD_USEC / CPU_QUOTA_STEP_USEC) * CPU_QUOTA_STEP_USEC
 
 
@@ -74,7 +77,7 @@ def _tasks_max(pids: int | None) -> int:
 
 
 def _usec(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * USEC)
+    return None if seconds is None else round(seconds * USEC / MSEC) * MSEC
 
 
 def _collect_mode(pod: Pod) -> str:
@@ -89,14 +92,17 @@ def _units(names: Sequence[str]) -> list[str] | None:
     return [unit_name(name, "service") for name in names] or None
 
 
-def exec_command(argv: Sequence[str], flags: Sequence[str] = ()) -> list[Any]:
-    """One a(sasas) command (ExecStartPreEx=, ExecStopPostEx=...), its arguments escaped for systemd."""
-    return [argv[0], [escape_variables(arg) for arg in argv], list(flags)]
+def exec_command(argv: Sequence[str], *, ignore_failure: bool = False) -> list[Any]:
+    """One a(sasb) command (ExecStart=, ExecStartPre=, ExecStopPost=...), its arguments escaped
+    for systemd. sdrun's own commands before and after the app run privileged, as root whatever
+    the app's User=: PermissionsStartOnly= (see pod_service_properties), not the "+" of the
+    ExecStartPreEx= kind of property, which systemd 252 cannot read back at a daemon-reload."""
+    return [argv[0], [escape_variables(arg) for arg in argv], ignore_failure]
 
 
 def start_command(argv: Sequence[str]) -> list[Any]:
-    """One a(sasb) command (ExecStart=), its arguments escaped for systemd."""
-    return [argv[0], [escape_variables(arg) for arg in argv], False]
+    """The a(sasb) command of ExecStart=."""
+    return exec_command(argv)
 
 
 def logging_properties(pod: Pod) -> list[Property]:
@@ -126,7 +132,12 @@ def service_option_properties(pod: Pod) -> list[Property]:
 
 
 def record_exit_command(pod: Pod) -> list[Any]:
-    return exec_command(["/bin/sh", "-c", RECORD_EXIT, "sh", str(Paths.exit_record(pod.dir))], ["privileged"])
+    script = RECORD_EXIT.format(path=shell_quote(str(Paths.exit_record(pod.dir))))
+    return exec_command(["/bin/sh", "-c", script], ignore_failure=True)
+
+
+def shell_quote(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def pod_service_properties(
@@ -142,8 +153,8 @@ def pod_service_properties(
     record_exit: write the exit record for `sdrun list` once the app has ended."""
     if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
         set_up, tear_down = network_hook.commands(pod.dir)
-        start_pre = [*start_pre, exec_command(set_up, ["privileged"])]
-        stop_post = [exec_command(tear_down, ["privileged"]), *stop_post]
+        start_pre = [*start_pre, exec_command(set_up)]
+        stop_post = [exec_command(tear_down), *stop_post]
     if record_exit:  # first: no tear-down may delay or prevent it
         stop_post = [record_exit_command(pod), *stop_post]
     properties: list[Property] = [
@@ -152,13 +163,15 @@ def pod_service_properties(
         ("Slice", "s", SLICE),
     ]
     if start_pre:
-        properties.append(("ExecStartPreEx", "a(sasas)", list(start_pre)))
+        properties.append(("ExecStartPre", "a(sasb)", list(start_pre)))
     properties += [
         ("ExecStart", "a(sasb)", [[plan.executable, *start_command(plan.argv)[1:]]]),
     ]
     if stop_post:
-        properties.append(("ExecStopPostEx", "a(sasas)", list(stop_post)))
+        properties.append(("ExecStopPost", "a(sasb)", list(stop_post)))
     properties += [
+        # sdrun's commands around the app run as root, unsandboxed, whatever User= the stage1 gives it.
+        ("PermissionsStartOnly", "b", True),
         ("Delegate", "b", True),  # lets `sdrun enter` attach its process to the pod's cgroup
         ("CollectMode", "s", _collect_mode(pod)),
         *logging_properties(pod),
@@ -183,7 +196,7 @@ def service_properties(
     record_exit=False leaves out the exit record, for a pod removed by the caller itself."""
     stop_post = []
     if remove_when_done:
-        stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)], ["privileged"]))
+        stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)]))
     properties = pod_service_properties(pod, plan, stop_post=stop_post, record_exit=record_exit)
     if keep_until_released:
         properties.append(("AddRef", "b", True))
@@ -241,9 +254,7 @@ def _stop_timeout(usec: Any) -> list[Any]:
 
 
 def _cpu_percent(usec: Any) -> list[Any]:
-    hundredths = round(usec / CPU_QUOTA_STEP_USEC)
-    whole, fraction = divmod(hundredths, 100)
-    return [f"{whole}%" if not fraction else f"{whole}.{fraction:02d}".rstrip("0") + "%"]
+    return [f"{round(usec / CPU_QUOTA_STEP_USEC)}%"]
 
 
 def _signal_name(number: Any) -> list[Any]:
@@ -299,14 +310,10 @@ def _pair_soft_limits(properties: Sequence[Property]) -> list[Property]:
 
 
 HARD_LIMITS = frozenset(f"Limit{name.upper()}" for name in RLIMIT_NAMES)
-EXEC_FLAG_PREFIXES = {"ignore-failure": "-", "privileged": "+", "no-env-expand": ":", "no-setuid": "!"}
 
 
-def _ex_prefixes(command: Any) -> str:
-    unknown = set(command[2]) - set(EXEC_FLAG_PREFIXES)
-    if unknown:
-        raise SdrunError(f"cannot write command flags {sorted(unknown)} in a unit file")
-    return "".join(EXEC_FLAG_PREFIXES[flag] for flag in command[2])
+def _ignore_failure_prefix(command: Any) -> str:
+    return "-" if command[2] else ""
 
 
 UNIT = "Unit"
@@ -323,10 +330,11 @@ UNIT_KEYS: dict[str, UnitKey] = {
     "Type": UnitKey(SERVICE, "Type", _text),
     "NotifyAccess": UnitKey(SERVICE, "NotifyAccess", _text),
     "Slice": UnitKey(SERVICE, "Slice", _text),
-    "ExecStartPreEx": UnitKey(SERVICE, "ExecStartPre", _commands(_ex_prefixes)),
-    "ExecStart": UnitKey(SERVICE, "ExecStart", _commands(lambda command: "-" if command[2] else "")),
-    "ExecStartPostEx": UnitKey(SERVICE, "ExecStartPost", _commands(_ex_prefixes)),
-    "ExecStopPostEx": UnitKey(SERVICE, "ExecStopPost", _commands(_ex_prefixes)),
+    "ExecStartPre": UnitKey(SERVICE, "ExecStartPre", _commands(_ignore_failure_prefix)),
+    "ExecStart": UnitKey(SERVICE, "ExecStart", _commands(_ignore_failure_prefix)),
+    "ExecStartPost": UnitKey(SERVICE, "ExecStartPost", _commands(_ignore_failure_prefix)),
+    "ExecStopPost": UnitKey(SERVICE, "ExecStopPost", _commands(_ignore_failure_prefix)),
+    "PermissionsStartOnly": UnitKey(SERVICE, "PermissionsStartOnly", _boolean),
     "Delegate": UnitKey(SERVICE, "Delegate", _boolean),
     "StandardOutput": UnitKey(SERVICE, "StandardOutput", _text),
     "StandardError": UnitKey(SERVICE, "StandardError", _text),

@@ -26,6 +26,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from sdrun.linux import syscalls as sc
+from sdrun.systemd.bus import UNRELOADABLE_CHARACTERS
 from sdrun.systemd.properties import MS_REC, RLIM_INFINITY
 from stage1.fly.entry import HOST_API_FILESYSTEMS
 from stage1.interface import UnitPlan
@@ -59,6 +60,8 @@ def native_obstacle(pod: Pod, app: ResolvedApp) -> str | None:
         return "systemd 252 would mount the volumes at the host's paths for ExecStopPost="
     if not all(ENV_NAME.fullmatch(name) for name in app.env):
         return "systemd takes only shell variable names in Environment="
+    if any(char in word for word in (app.executable, *app.argv) for char in UNRELOADABLE_CHARACTERS):
+        return "systemd 252 would change the command's `$` or `;` at a daemon-reload"
     return _credentials_obstacle(app)
 
 

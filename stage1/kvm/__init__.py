@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
-from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
+from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags, timeout_usec
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from sdrun.systemd.bus import Property
     from stage1.process import AppChanges
 
-USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
 
 
@@ -76,7 +75,7 @@ def unit_properties(pod: Pod) -> list[Property]:
         # TimeoutStopSec=, to everything: qemu and virtiofsd.
         ("KillMode", "s", "mixed"),
         ("KillSignal", "i", int(signal.SIGTERM)),
-        ("TimeoutStopUSec", "t", round(stop_timeout * USEC)),
+        ("TimeoutStopUSec", "t", timeout_usec(stop_timeout)),
     ]
     if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
         properties.append(("MemoryMax", "t", guest_memory(spec) + VM_OVERHEAD))

@@ -11,7 +11,7 @@ from sdrun.errors import SpecError
 from sdrun.paths import Paths
 from stage1.app import resolve_pod_app
 from stage1.etcfiles import write_etc_files
-from stage1.interface import Stage1, UnitPlan, entry_command
+from stage1.interface import Stage1, UnitPlan, entry_command, timeout_usec
 from stage1.namespace import launch
 from stage1.namespace.container import (
     DEVICE_ALLOW,
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from sdrun.systemd.bus import Property
     from stage1.process import AppChanges
 
-USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an app that ignores SIGTERM as PID 1
 
 
@@ -112,7 +111,7 @@ def stop_properties(pod: Pod) -> list[Property]:
 
         properties.append(("KillSignal", "i", int(signal.Signals[pod.spec.stop_signal])))
     stop_timeout = DEFAULT_STOP_TIMEOUT if pod.spec.stop_timeout is None else pod.spec.stop_timeout
-    properties.append(("TimeoutStopUSec", "t", round(stop_timeout * USEC)))
+    properties.append(("TimeoutStopUSec", "t", timeout_usec(stop_timeout)))
     return properties
 
 
