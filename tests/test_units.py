@@ -3,7 +3,8 @@
 Each tests/golden/NAME.toml is a spec file whose `## assert-...` comments state what the
 generated units must hold (as quadlet's tests do); tests/golden/NAME.expected is the whole
 output of `sdrun generate --spec NAME.toml`. SDRUN_UPDATE_GOLDEN=1 rewrites the .expected files.
-Placeholders keep them independent of the checkout: @ROOTFS@, @VENV@, @PROJECT@, @UUID@.
+Placeholders keep them independent of the checkout: @ROOTFS@, @PYTHON@ (the sealed interpreter), @VENV@,
+@PROJECT@, @UUID@.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sdrun.spec import SETTINGS, AppSpec, Isolation, PodSpec, Resources, Service
 from sdrun.systemd import properties
 from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
 from sdrun.units import installed_pod_uuid, spec_from_arguments, spec_settings
+from stage1 import sealed
 from tests.conftest import PROJECT, SDRUN, VENV_BIN
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -37,7 +39,8 @@ def generate(spec_file: Path) -> subprocess.CompletedProcess[str]:
 
 def with_placeholders(text: str, name: str) -> str:
     return (
-        text.replace(str(VENV_BIN), "@VENV@")
+        text.replace(sealed.executable(), "@PYTHON@")
+        .replace(str(VENV_BIN), "@VENV@")
         .replace(str(PROJECT), "@PROJECT@")
         .replace(installed_pod_uuid(name), "@UUID@")
     )

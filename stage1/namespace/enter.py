@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from sdrun.errors import EXIT_RUNTIME_ERROR, describe
 from sdrun.linux import syscalls as sc
 from stage1.namespace.container import plan_file
 from stage1.namespace.launch import confine_and_exec, exit_status, read_plan
@@ -25,6 +26,18 @@ NAMESPACES = (
     ("pid", sc.CLONE_NEWPID),
     ("mnt", sc.CLONE_NEWNS),
 )
+
+
+def main(args: list[str]) -> NoReturn:
+    """`POD_DIR LEADER ARGV...`: enter() in the sealed interpreter that Namespace.enter execs."""
+    from sdrun.pod import load_pod
+
+    pod_dir, leader, *argv = args
+    try:
+        enter(load_pod(Path(pod_dir)), int(leader), argv)
+    except BaseException as error:  # noqa: BLE001 - as manage's enter child: one line, exit 125
+        os.write(2, f"sdrun: {describe(error)}\n".encode())
+        os._exit(EXIT_RUNTIME_ERROR)
 
 
 def enter(pod: Pod, leader: int, argv: list[str]) -> NoReturn:
