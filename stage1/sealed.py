@@ -24,6 +24,7 @@ installed one, starts from it again. Python finds its standard library inside th
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import sys
 import zlib  # imported on `sdrun run`'s path already: hashlib would cost it ~2 ms
@@ -52,6 +53,7 @@ class Interpreter(NamedTuple):
         return str(self.view / os.path.relpath(self.binary, self.prefix))
 
 
+@functools.cache  # realpath() of both is most of a start's cost of the seal (~0.1 ms)
 def interpreter() -> Interpreter:
     binary, prefix = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
     if os.path.commonpath([binary, prefix]) != prefix:
