@@ -252,3 +252,25 @@ def test_the_view_is_mounted_once_read_only_for_good_and_again_after_an_upgrade(
     assert ensured([ensure_from(interpreter)]) == {executable}
     assert mounts_over(interpreter.prefix) == [view]
     assert os.stat(executable).st_ino == interpreter.binary.stat().st_ino
+
+
+def test_debians_python_runs_from_a_view_of_usr_with_its_standard_library() -> None:
+    """Debian's python3 has /usr for prefix: the view is of /usr, and Python finds its library there."""
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("no /usr/bin/python3 on this machine")
+    ask = "import sys; print(sys.base_prefix)"
+    if subprocess.run([python, "-I", "-S", "-c", ask], capture_output=True, text=True, check=True).stdout != "/usr\n":
+        pytest.skip(f"{python}'s prefix is not /usr")
+    ensure = f"import sys; sys.path.insert(0, {str(PROJECT)!r}); from stage1 import sealed; print(sealed.ensure())"
+    try:
+        sealed = subprocess.run([python, "-I", "-S", "-c", ensure], capture_output=True, text=True, check=True)
+        executable = sealed.stdout.strip()
+        (view,) = mounts_over(Path("/usr"))
+        assert executable == f"{view}/bin/{python.resolve().name}"
+        where = "import json, sys; print(sys.prefix, json.__file__)"
+        found = subprocess.run([executable, "-I", "-S", "-c", where], capture_output=True, text=True, check=True)
+        assert found.stdout.split() == [view, f"{view}/lib/{python.resolve().name}/json/__init__.py"]
+    finally:
+        for mount_point in mounts_over(Path("/usr")):
+            sc.umount2(mount_point, sc.MNT_DETACH)
