@@ -9,6 +9,11 @@
 <root>/pods/<uuid>/rootfs      an image pod's overlayfs root, mounted only inside its stage1's namespace
 <root>/names/<name>            symlink to ../pods/<uuid>; its creation reserves the name
 <root>/images/                 the OCI image store
+
+Host-wide, shared by every root:
+/run/sdrun/python/<key>        a sealed, read-only view of an interpreter prefix (stage1.sealed)
+/run/sdrun/python/.empty       the views' second lower layer (overlayfs wants two without an upper)
+/run/sdrun/python/.lock        flock(2) held while a view is mounted
 """
 
 from __future__ import annotations
@@ -21,6 +26,15 @@ from typing import NamedTuple
 from sdrun.errors import SdrunError
 
 DEFAULT_ROOT = Path("/var/lib/sdrun")
+SEALED_INTERPRETERS = Path("/run/sdrun/python")  # on /run: gone at reboot, as the mounts in it
+# No view is named so: stage1.sealed.prefix_key ends each name with -<crc32>.
+SEALED_EMPTY_LAYER = SEALED_INTERPRETERS / ".empty"
+SEALED_LOCK = SEALED_INTERPRETERS / ".lock"
+
+
+def sealed_interpreter(prefix_key: str) -> Path:
+    """The mount point of the sealed view of the interpreter prefix that prefix_key names."""
+    return SEALED_INTERPRETERS / prefix_key
 
 
 class Paths(NamedTuple):

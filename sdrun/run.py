@@ -26,7 +26,7 @@ from sdrun.pod import Pod, PodStore, exit_status_of, unit_name, write_file_atomi
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
-from stage1.interface import Stage1
+from stage1.interface import Stage1, ensure_unit_interpreter
 
 if TYPE_CHECKING:
     from sdrun.systemd.bus import Property
@@ -196,6 +196,7 @@ def _start_service(
     """Start the pod's service and return once its start job is done (the app runs).
     `meanwhile` runs while systemd starts the unit (on another CPU, as a rule); its result is returned."""
     plan = backend.plan(pod) if attachment.terminal is None else backend.terminal_plan(pod)
+    ensure_unit_interpreter(plan)
     unit_properties = properties.service_properties(
         pod, plan, keep_until_released=hold, remove_when_done=remove_when_done, record_exit=record_exit
     )

@@ -34,7 +34,7 @@ from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings
 from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
 from sdrun.systemd.unitfile import UnitFile
-from stage1.interface import Stage1, UnitPlan
+from stage1.interface import Stage1, UnitPlan, ensure_unit_interpreter
 
 if TYPE_CHECKING:
     from sdrun.image.podimage import PodImage
@@ -279,7 +279,7 @@ def prepare(paths: Paths, spec: PodSpec, pod_uuid: str) -> Pod:
     else:
         pod = store.create(spec, pod_uuid)
     try:
-        Stage1.named(pod.spec.stage1).plan(pod)
+        ensure_unit_interpreter(Stage1.named(pod.spec.stage1).plan(pod))  # the unit's ExecStart= comes next
     except BaseException:
         store.remove(pod)
         raise

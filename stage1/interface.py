@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn
 
 import stage1
 from sdrun.errors import SdrunError, SpecError, describe
-from stage1 import INTERFACE_VERSION, entry_pod_dir, fail
+from stage1 import INTERFACE_VERSION, entry_pod_dir, fail, sealed
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -127,12 +126,21 @@ ENTRY_PROGRAM = "__import__('sys').path.insert(0, {directory!r}) or __import__('
 def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:
     """The unit's main process for a backend whose entry is MODULE.__main__ (also `python -m MODULE`).
 
-    sys.executable is the venv's interpreter itself, never a pyenv shim, so
-    the unit starts the same Python that runs stage0."""
+    The interpreter is the one that runs stage0 (sys.executable: the venv's, never a pyenv shim),
+    from its sealed view (stage1.sealed: a pod must never reach a writable host file as
+    /proc/self/exe), which stage0 mounts before it starts the unit (ensure_unit_interpreter)."""
     directory = os.path.dirname(os.path.dirname(os.path.abspath(stage1.__file__)))  # holds sdrun and stage1
     program = ENTRY_PROGRAM.format(directory=directory, module=module)
-    argv = (sys.executable, "-S", "-P", "-c", program, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
-    return sys.executable, argv
+    python = sealed.executable()
+    argv = (python, "-S", "-P", "-c", program, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
+    return python, argv
+
+
+def ensure_unit_interpreter(plan: UnitPlan) -> None:
+    """Mount the sealed interpreter the unit's main process runs from, if it does: right before a
+    unit starts (`sdrun run`, an installed unit's ExecStartPre=), never when one is only written."""
+    if plan.executable == sealed.executable():
+        sealed.ensure()
 
 
 def run_entry(argv: list[str], become_app: Callable[[Pod], NoReturn]) -> NoReturn:

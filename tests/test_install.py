@@ -78,7 +78,8 @@ def test_make_install_a_template_pod_and_make_uninstall(installed: None, rootfs:
         assert systemctl("daemon-reload").returncode == 0
         generated = systemctl_show(pod_unit, "FragmentPath", "ExecStart")
         assert generated["FragmentPath"] == f"/run/systemd/generator/{pod_unit}"
-        assert f"path={VENV}/bin/python" in generated["ExecStart"]  # the installed sdrun, not this checkout's
+        # The installed sdrun, not this checkout's, from its Python's sealed view (docs/stage1.md).
+        assert f"'{VENV}/lib/python" in generated["ExecStart"] and "path=/run/sdrun/python/" in generated["ExecStart"]
         assert systemctl("enable", instance).returncode == 0  # a generated unit cannot be; the template's instance can
         assert Path("/etc/systemd/system/multi-user.target.wants", instance).is_symlink()
         started = systemctl("start", instance)

@@ -19,6 +19,7 @@ from sdrun.linux.mounts import MountOperation
 from sdrun.linux.rootfs import Credentials
 from sdrun.pod import Pod
 from sdrun.spec import Isolation, PodSpec, build_spec, check_settings
+from stage1 import sealed
 from stage1.app import ResolvedApp
 from stage1.interface import entry_command
 from stage1.namespace.container import container_plan, parse_tmpfs, user_namespace_of
@@ -178,9 +179,11 @@ def test_the_entry_plan_carries_every_mount_and_the_app_as_plain_values(tmp_path
 
 def test_the_entry_imports_only_what_it_needs(tmp_path: Path) -> None:
     """Every container start pays for the in-unit entry's imports: none of the heavy ones. Started as
-    the unit starts it (no arguments: it exits with its usage line once everything is imported)."""
+    the unit starts it (no arguments: it exits with its usage line once everything is imported), from
+    the sealed interpreter, whose standard library is the view's."""
     pod = Pod("0" * 32, tmp_path, PodSpec("p", "namespace", rootfs="/"), 0.0)
     executable, argv = entry_command("stage1.namespace", pod)
+    assert executable == sealed.ensure()
     command = [executable, "-X", "importtime", *argv[1 : argv.index("run")]]
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     modules = {line.rsplit("|", 1)[-1].strip() for line in finished.stderr.splitlines() if "|" in line}

@@ -3,7 +3,8 @@
 Each tests/golden/NAME.toml is a spec file whose `## assert-...` comments state what the
 generated units must hold (as quadlet's tests do); tests/golden/NAME.expected is the whole
 output of `sdrun generate --spec NAME.toml`. SDRUN_UPDATE_GOLDEN=1 rewrites the .expected files.
-Placeholders keep them independent of the checkout: @ROOTFS@, @VENV@, @PROJECT@, @UUID@.
+Placeholders keep them independent of the checkout: @ROOTFS@, @PYTHON@ (the sealed interpreter), @VENV@,
+@PROJECT@, @UUID@.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property
 from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
 from sdrun.units import installed_pod_uuid, spec_from_arguments, spec_settings
+from stage1 import sealed
 from tests.conftest import PROJECT, SDRUN, VENV_BIN
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -38,7 +40,8 @@ def generate(spec_file: Path) -> subprocess.CompletedProcess[str]:
 
 def with_placeholders(text: str, name: str) -> str:
     return (
-        text.replace(str(VENV_BIN), "@VENV@")
+        text.replace(sealed.executable(), "@PYTHON@")
+        .replace(str(VENV_BIN), "@VENV@")
         .replace(str(PROJECT), "@PROJECT@")
         .replace(installed_pod_uuid(name), "@UUID@")
     )

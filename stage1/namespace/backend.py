@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from stage1 import sealed
 from stage1.app import resolve_pod_app
 from stage1.etcfiles import write_etc_files
 from stage1.interface import Stage1, UnitPlan, entry_command, timeout_usec
@@ -53,12 +54,15 @@ class Namespace(Stage1, name="namespace"):
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
-        launch.launch(launch.read_plan(str(prepare(pod, console))), supervise=True)
+        # The container init is a fork of this process: from the sealed interpreter (stage1.sealed).
+        sealed.exec_python("stage1.namespace.launch.supervise", [str(prepare(pod, console))])
 
     def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
-        from stage1.namespace.enter import enter
+        # What joins the pod runs the sealed interpreter (stage1.sealed): stage0's would be a host file
+        # that a `#!/proc/self/exe` command runs inside the pod. The changes travel as JSON.
+        import json
 
-        enter(pod, leader, argv, changes)
+        sealed.exec_python("stage1.namespace.enter.main", [str(pod.dir), str(leader), json.dumps(changes), *argv])
 
     def gc(self, pod: Pod) -> None:
         # Every mount lived in the container's namespaces and went with them; the

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from sdrun.errors import EXIT_RUNTIME_ERROR, describe
 from sdrun.linux import syscalls as sc
 from stage1.namespace.container import plan_file
 from stage1.namespace.launch import confine_and_exec, exit_status, read_plan
@@ -26,6 +27,21 @@ NAMESPACES = (
     ("pid", sc.CLONE_NEWPID),
     ("mnt", sc.CLONE_NEWNS),
 )
+
+
+def main(args: list[str]) -> NoReturn:
+    """`POD_DIR LEADER CHANGES ARGV...`: enter() in the sealed interpreter that Namespace.enter
+    execs; CHANGES is the JSON of the AppChanges (null for none)."""
+    import json
+
+    from sdrun.pod import load_pod
+
+    pod_dir, leader, changes, *argv = args
+    try:
+        enter(load_pod(Path(pod_dir)), int(leader), argv, json.loads(changes))
+    except BaseException as error:  # noqa: BLE001 - as manage's enter child: one line, exit 125
+        os.write(2, f"sdrun: {describe(error)}\n".encode())
+        os._exit(EXIT_RUNTIME_ERROR)
 
 
 def enter(pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:

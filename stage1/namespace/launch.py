@@ -116,6 +116,16 @@ def main(argv: list[str]) -> NoReturn:
         fail(f"{PLAN_FILE} of {pod_dir} is damaged: {error}")
 
 
+def supervise(args: list[str]) -> NoReturn:
+    """`sdrun run --scope`'s child, from the sealed interpreter (stage1.sealed): PLAN_FILE. It stays as
+    the container's parent, and exits with its status."""
+    try:
+        launch(read_plan(args[0]), supervise=True)
+    except BaseException as error:  # noqa: BLE001 - as run's scope child was: one line, exit 125
+        os.write(2, f"sdrun: {describe(error)}\n".encode())
+        os._exit(EXIT_RUNTIME_ERROR)
+
+
 def launch(plan: Plan, *, supervise: bool) -> NoReturn:
     """supervise: stay as the container's parent and exit with its status (--scope, where no systemd waits)."""
     notify_socket = os.environ.get("NOTIFY_SOCKET", "")  # the notifier takes it out of our environment
