@@ -3,10 +3,17 @@
 Runs as root outside the pod, before the stage1 entry (which then joins the
 namespace made here) and after the unit's last process is gone. A failure is
 one line on stderr, so in the unit's journal, where `sdrun run` finds it.
+
+systemd bounds each ExecStopPost= command by the unit's TimeoutStopSec=, the
+pod's --stop-timeout, then kills it: the tear-down first asks for
+TEARDOWN_BUDGET_USEC more (EXTEND_TIMEOUT_USEC=), however short the stop
+timeout, so that many pods stopping at once on a busy machine still finish.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +21,7 @@ from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.paths import Paths
 
 USAGE = "usage: python -m sdrun.net.hook setup|teardown POD_DIR\n"
+TEARDOWN_BUDGET_USEC = 30_000_000
 
 
 def main(argv: list[str]) -> int:
@@ -21,6 +29,8 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(USAGE)
         return EXIT_RUNTIME_ERROR
     pod_dir = Path(argv[2])
+    if argv[1] == "teardown":
+        extend_timeout(TEARDOWN_BUDGET_USEC)
     try:
         if argv[1] == "setup":
             from sdrun.net.pod import setup
@@ -35,15 +45,28 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def extend_timeout(usec: int) -> None:
+    """Ask systemd for usec more before it kills this command (the unit's NotifyAccess= must
+    admit its control processes: `all` or `exec`); nothing outside a unit that has a notify socket."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
+        try:
+            notify.sendto(f"EXTEND_TIMEOUT_USEC={usec}".encode(), "\0" + address[1:] if address[0] == "@" else address)
+        except OSError as error:  # no harm but a shorter deadline: say so in the unit's journal
+            sys.stderr.write(f"sdrun network: cannot ask systemd for time to tear down: {error.strerror}\n")
+
+
 def teardown(pod_dir: Path) -> None:
     """Works from the lease alone: the pod directory may already be gone (a detached --rm)."""
-    from sdrun.net import ipam
+    from sdrun.net import lease_path
     from sdrun.net.pod import teardown as undo
 
     root = Paths.root_of(pod_dir)
-    for lease in ipam.all_leases(root):
-        if lease.pod == pod_dir.name:
-            undo(root, lease.pod, lease.network)
+    for network in sorted(os.listdir(root / "net")) if (root / "net").is_dir() else []:
+        if lease_path(root, network, pod_dir.name).exists():
+            undo(root, pod_dir.name, network)
 
 
 def commands(pod_dir: Path) -> tuple[list[str], list[str]]:

@@ -1,8 +1,11 @@
 """A pod's network, set up before its app starts and torn down however it ends.
 
 setup() runs in the unit's ExecStartPre (or in `sdrun run --scope` itself),
-teardown() in its ExecStopPost and in `sdrun gc`. Both hold the networking
-lock. The order makes every crash recoverable: the lease, which names all the
+teardown() in its ExecStopPost and in `sdrun gc`. The networking lock is held
+only to choose, write and remove leases (and rewrite the hosts file): the
+netlink and nft work, and the wait for the kernel to destroy a namespace, run
+outside it, so that pods starting and stopping at once do not queue on each
+other. The order makes every crash recoverable: the lease, which names all the
 pod's objects, is written first and removed last. A network's bridge and its
 nftables elements outlive its last pod, for the next one; `sdrun gc` and
 `sdrun network rm` retire them (and the table with the last network).
@@ -34,22 +37,22 @@ def alias_tag(root: Path) -> str:
 
 
 def setup(root: Path, pod: Pod) -> Lease:
-    """Give the pod its namespace, interface, address and ports; undo all of it on failure."""
+    """Give the pod its namespace, interface, address and ports; undo all of it on failure.
+    The networking lock is held only while the lease is chosen and written: building what it
+    names (~20 ms of netlink and nft) runs beside other pods' set-ups and tear-downs."""
     if not on_network(pod.spec):
         raise SdrunError(f"pod '{pod.name}' has no network to set up (--net {pod.spec.net})")
+    teardown(root, pod.uuid, pod.spec.net)  # a restart whose previous tear-down did not run
     with ipam.locked(root):
         network = config.load(root, pod.spec.net)
-        stale = ipam.read_lease(root, network.name, pod.uuid)
-        if stale is not None:  # a restart whose previous tear-down did not run
-            _teardown_locked(root, stale)
         lease = _new_lease(root, network, pod)
         ipam.write_lease(root, lease)
-        try:
-            _build(root, network, lease)
-        except BaseException:
-            _teardown_locked(root, lease)
-            raise
-        return lease
+    try:
+        _build(root, network, lease)
+    except BaseException:
+        teardown(root, lease.pod, lease.network)
+        raise
+    return lease
 
 
 def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
@@ -92,22 +95,25 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     link.ensure_bridge(network)
     nft.add(network, lease.address, lease.ports)
     link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
-    ipam.update_network_files(root, network.name)
+    with ipam.locked(root):
+        ipam.update_network_files(root, network.name)
 
 
 def teardown(root: Path, pod_uuid: str, network: str) -> bool:
-    """Undo a pod's network, if it has one; True if there was something to undo."""
-    with ipam.locked(root):
-        lease = ipam.read_lease(root, network, pod_uuid)
+    """Undo a pod's network, if it has one; True if there was something to undo. Holds the
+    pod's own lease (a concurrent tear-down of the same pod waits, then finds nothing), and
+    the networking lock only to remove it: pods that stop at once do not queue on each other."""
+    with ipam.held_lease(root, network, pod_uuid) as lease:
         if lease is None:
             return False
-        _teardown_locked(root, lease)
+        _undo(root, lease)
         return True
 
 
-def _teardown_locked(root: Path, lease: Lease) -> None:
-    """Undo one pod's objects. The network's bridge and nftables elements stay for the next pod
-    (as docker0 does): `sdrun gc` and `sdrun network rm` retire a network no pod uses."""
+def _undo(root: Path, lease: Lease) -> None:
+    """Undo one pod's objects, the lease that names them last. The network's bridge and
+    nftables elements stay for the next pod (as docker0 does): `sdrun gc` and `sdrun network rm`
+    retire a network no pod uses."""
     if lease.ports:
         nft.apply(nft.remove_port_commands(lease.address, lease.ports))
     remove_netns(lease.netns)
@@ -115,8 +121,9 @@ def _teardown_locked(root: Path, lease: Lease) -> None:
         from sdrun.net import link  # pyroute2 (~20 ms): only for a veth the kernel keeps
 
         link.delete_link(lease.veth)
-    ipam.remove_lease(root, lease)
-    ipam.update_network_files(root, lease.network)
+    with ipam.locked(root):
+        ipam.remove_lease(root, lease)
+        ipam.update_network_files(root, lease.network)
 
 
 def _vanishes(path: Path, timeout: float = VETH_GONE_TIMEOUT) -> bool:
@@ -167,11 +174,10 @@ def gc(root: Path, running: set[str]) -> list[str]:
     """Undo the networks of pods that are not running (after a crash or a reboot), and any
     interface or namespace of this root that no lease names. Returns what went."""
     removed = []
-    with ipam.locked(root):
-        for lease in ipam.all_leases(root):
-            if lease.pod not in running:
-                _teardown_locked(root, lease)
-                removed.append(f"network of pod {lease.name} ({lease.address} on {lease.network})")
+    for lease in ipam.all_leases(root):
+        if lease.pod not in running and teardown(root, lease.pod, lease.network):
+            removed.append(f"network of pod {lease.name} ({lease.address} on {lease.network})")
+    with ipam.locked(root):  # a set-up writes its lease under it before it makes anything the lease names
         leased = {lease.pod for lease in ipam.all_leases(root)}
         removed += _orphans(root, leased, running)
         for network in config.networks(root):

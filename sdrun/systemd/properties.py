@@ -28,6 +28,7 @@ SLICE = "machine.slice"
 USEC = 1_000_000
 CPU_PERIOD_USEC = 1_000_000  # CPUQuotaPerSecUSec is CPU time per second of wall time
 CPU_QUOTA_STEP_USEC = CPU_PERIOD_USEC // 10_000  # a unit file's CPUQuota= is in hundredths of a percent
+MIN_STOP_TIMEOUT_USEC = USEC  # TimeoutStopSec= bounds each ExecStopPost= command too: see stop_properties()
 
 # (property, D-Bus signature, value from the pod; None = leave unset)
 RESOURCE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
@@ -86,6 +87,20 @@ def exec_command(argv: Sequence[str], flags: Sequence[str] = ()) -> list[Any]:
 def start_command(argv: Sequence[str]) -> list[Any]:
     """One a(sasb) command (ExecStart=), its arguments escaped for systemd."""
     return [argv[0], [escape_variables(arg) for arg in argv], False]
+
+
+def stop_properties(stop_timeout: float, stop_signal: int | None) -> list[Property]:
+    """KillSignal= and TimeoutStopUSec= for a pod's --stop-timeout and stop signal (None: systemd's).
+    systemd gives each ExecStopPost= command (the exit record, the network's tear-down, a
+    detached --rm's removal) the app's TimeoutStopSec= too, and kills it after: a zero one
+    would kill them as they start. So the timeout is never under a second, and a stop timeout
+    of 0 (Docker's: no grace at all) is SIGKILL as the stop signal instead; one under a second
+    acts as a second (Docker's are whole seconds)."""
+    usec = round(stop_timeout * USEC)
+    if usec == 0:
+        stop_signal = signal.SIGKILL
+    kill_signal: list[Property] = [] if stop_signal is None else [("KillSignal", "i", int(stop_signal))]
+    return [*kill_signal, ("TimeoutStopUSec", "t", max(usec, MIN_STOP_TIMEOUT_USEC))]
 
 
 def logging_properties(pod: Pod) -> list[Property]:

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
 
-USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
 
 
@@ -60,18 +59,19 @@ class Kvm(Stage1, name="kvm"):
 
 
 def unit_properties(pod: Pod) -> list[Property]:
+    from sdrun.systemd.properties import stop_properties
     from stage1.kvm.machine import VM_OVERHEAD, guest_memory
 
     spec = pod.spec
     stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
     properties: list[Property] = [
         ("Type", "s", "notify"),
-        ("NotifyAccess", "s", "main"),
+        # vm.sh's READY=1, and the network tear-down's EXTEND_TIMEOUT_USEC= (sdrun.net.hook); not qemu's.
+        ("NotifyAccess", "s", "exec"),
         # SIGTERM goes to vm.sh alone, which asks the guest to stop the app; SIGKILL, after
         # TimeoutStopSec=, to everything: qemu and virtiofsd.
         ("KillMode", "s", "mixed"),
-        ("KillSignal", "i", int(signal.SIGTERM)),
-        ("TimeoutStopUSec", "t", round(stop_timeout * USEC)),
+        *stop_properties(stop_timeout, signal.SIGTERM),
     ]
     if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
         properties.append(("MemoryMax", "t", guest_memory(spec) + VM_OVERHEAD))

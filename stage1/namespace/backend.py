@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.systemd.bus import Property
 
-USEC = 1_000_000
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an app that ignores SIGTERM as PID 1
 
 
@@ -81,14 +80,15 @@ def device_properties() -> list[Property]:
 
 
 def stop_properties(pod: Pod) -> list[Property]:
-    properties: list[Property] = []
+    from sdrun.systemd.properties import stop_properties as timeout_and_signal
+
+    stop_signal = None
     if pod.spec.stop_signal:
         import signal
 
-        properties.append(("KillSignal", "i", int(signal.Signals[pod.spec.stop_signal])))
+        stop_signal = int(signal.Signals[pod.spec.stop_signal])
     stop_timeout = DEFAULT_STOP_TIMEOUT if pod.spec.stop_timeout is None else pod.spec.stop_timeout
-    properties.append(("TimeoutStopUSec", "t", round(stop_timeout * USEC)))
-    return properties
+    return timeout_and_signal(stop_timeout, stop_signal)
 
 
 def prepare(pod: Pod, console: str | None) -> Path:
