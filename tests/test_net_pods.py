@@ -13,20 +13,23 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from sdrun.net import ipam
 from sdrun.net import pod as network_pod
 from sdrun.paths import Paths
 from sdrun.pod import PodStore
 from sdrun.spec import build_spec, check_settings
-from tests.conftest import PROJECT, Sdrun, needs_systemd, unique_name, wait_for
+from tests.conftest import PROJECT, SDRUN, Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_image_support import umoci_change, umoci_image
 
 pytestmark = needs_systemd
 SERVER = 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 8000 -h /www'
 WORK = PROJECT / "build" / "test-net"
+PARALLEL_PODS = 50  # as many as issue 17 saw leave their networks behind
 
 
 def free_ports(count: int) -> list[int]:
@@ -289,3 +292,38 @@ def test_a_published_port_is_reached_from_another_host(
 
     wait_for(remote_fetch, timeout=10)
     assert bodies[-1] == f"hello from {name}\n"
+
+
+def test_fifty_pods_started_and_stopped_at_once_leave_nothing(sdrun: Sdrun, rootfs: Path) -> None:
+    """Fifty `run --rm` on the default network at once: every tear-down completes before its
+    unit goes (none queues behind the others past its stop timeout), so nothing waits for gc."""
+    command = ("run", "--rm", "--net", "default", "--rootfs", str(rootfs), "--", "true")
+    with ThreadPoolExecutor(max_workers=PARALLEL_PODS) as pool:
+        runs = list(pool.map(lambda _: sdrun(*command, check=False, timeout=300), range(PARALLEL_PODS)))
+    assert [run.returncode for run in runs] == [0] * PARALLEL_PODS, [run.stderr for run in runs if run.returncode]
+    assert_no_pod_left(sdrun)
+    assert not sdrun.new_units() and not sdrun.pods()
+
+
+def test_a_port_is_free_again_after_a_pod_with_no_stop_timeout(clean_host: Sdrun, rootfs: Path) -> None:
+    """--stop-timeout 0 kills at once, but the tear-down still runs: systemd gives it a timeout of its own."""
+    (port,) = free_ports(1)
+    for _ in range(2):
+        clean_host("run", "--rm", "--stop-timeout", "0", "-p", f"{port}:80", "--rootfs", str(rootfs), "--", "true")
+        assert_no_pod_left(clean_host)
+
+
+def test_a_tear_down_held_up_past_the_stop_timeout_still_completes(clean_host: Sdrun, rootfs: Path) -> None:
+    """The networking lock held (as by a gc, or many pods at once) for longer than the pod's stop
+    timeout: its tear-down waits for it, and systemd waits for the tear-down."""
+    (port,) = free_ports(1)
+    name = unique_name("held")
+    server(clean_host, rootfs, name, "--stop-timeout", "1", "-p", f"{port}:8000")
+    with ipam.locked(clean_host.root):
+        stopping = subprocess.Popen([SDRUN, "--root", str(clean_host.root), "stop", name], stdout=subprocess.DEVNULL)
+        wait_for(lambda: pod_json(clean_host, name)["state"] != "running")
+        time.sleep(3)  # three stop timeouts: what systemd would have killed the tear-down after
+        assert list((clean_host.root / "net").glob("*/leases/*"))  # it waits for the lock, alive
+    assert stopping.wait(timeout=60) == 0
+    assert_no_pod_left(clean_host)
+    clean_host("run", "--rm", "-p", f"{port}:80", "--rootfs", str(rootfs), "--", "true")  # the port is free
