@@ -12,8 +12,8 @@ timeout, so that many pods stopping at once on a busy machine still finish.
 
 from __future__ import annotations
 
+import _socket  # socket's C module: socket.py's own imports (enum...) would cost every tear-down
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -51,11 +51,13 @@ def extend_timeout(usec: int) -> None:
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address.startswith(("/", "@")):
         return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
-        try:
-            notify.sendto(f"EXTEND_TIMEOUT_USEC={usec}".encode(), "\0" + address[1:] if address[0] == "@" else address)
-        except OSError as error:  # no harm but a shorter deadline: say so in the unit's journal
-            sys.stderr.write(f"sdrun network: cannot ask systemd for time to tear down: {error.strerror}\n")
+    notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        notify.sendto(f"EXTEND_TIMEOUT_USEC={usec}".encode(), "\0" + address[1:] if address[0] == "@" else address)
+    except OSError as error:  # no harm but a shorter deadline: say so in the unit's journal
+        sys.stderr.write(f"sdrun network: cannot ask systemd for time to tear down: {error.strerror}\n")
+    finally:
+        notify.close()
 
 
 def teardown(pod_dir: Path) -> None:

@@ -28,7 +28,6 @@ from sdrun.errors import SdrunError
 from sdrun.net import lease_path, network_dir
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
-from sdrun.pod import write_file_atomically
 
 LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -142,6 +141,8 @@ def check_ports(ports: tuple[PortMapping, ...], others: list[Lease]) -> None:
 
 
 def write_lease(root: Path, lease: Lease) -> None:
+    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
+
     path = lease_path(root, lease.network, lease.pod)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     write_file_atomically(path, lease.to_json())

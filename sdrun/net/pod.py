@@ -16,19 +16,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sdrun.errors import SdrunError
+from sdrun.errors import SdrunError, describe
 from sdrun.linux import syscalls as sc
-from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, veth_name
+from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, rtnl, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
-from sdrun.pod import Pod
 
-VETH_GONE_TIMEOUT = 0.5  # seconds; then the veth is deleted over netlink
+if TYPE_CHECKING:  # sdrun.pod (and the spec it imports) would cost every tear-down ~10 ms
+    from sdrun.pod import Pod
 
 
 def alias_tag(root: Path) -> str:
@@ -76,6 +75,8 @@ def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
 def _check_host_port_free(port: PortMapping) -> None:
     """A host process listening on the port would be shadowed by the DNAT without a word: refuse.
     Binding (and closing at once) sends nothing anywhere."""
+    import socket
+
     kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,27 +117,21 @@ def _undo(root: Path, lease: Lease) -> None:
     retire a network no pod uses."""
     if lease.ports:
         nft.apply(nft.remove_port_commands(lease.address, lease.ports))
-    remove_netns(lease.netns)
-    if not _vanishes(Path("/sys/class/net", lease.veth)):
-        from sdrun.net import link  # pyroute2 (~20 ms): only for a veth the kernel keeps
-
-        link.delete_link(lease.veth)
+    _delete_veth(lease.veth)
+    remove_netns(lease.netns)  # the kernel frees it later (nothing of ours is left in it)
     with ipam.locked(root):
         ipam.remove_lease(root, lease)
         ipam.update_network_files(root, lease.network)
 
 
-def _vanishes(path: Path, timeout: float = VETH_GONE_TIMEOUT) -> bool:
-    """Whether path goes within timeout. A pod's veth goes with its network namespace: once the
-    last process in it has ended and its name is unmounted, the kernel destroys the namespace,
-    its eth0 and so the peer on the host, a few milliseconds later (unless a process somewhere
-    still holds the namespace open)."""
-    deadline = time.monotonic() + timeout
-    while path.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
+def _delete_veth(name: str) -> None:
+    """Delete the pod's veth pair, gone already or not. Deleted rather than left to go with the
+    namespace: the kernel destroys a namespace tens of milliseconds after its last user (longer
+    when many go at once), and never while a process elsewhere holds it open."""
+    try:
+        rtnl.delete_link(name)
+    except OSError as error:
+        raise SdrunError(describe(error)) from None  # "delete interface: <reason>: <name>"
 
 
 def retire(root: Path, network_name: str) -> None:

@@ -137,13 +137,17 @@ def pod_service_properties(
     start_pre: Sequence[list[Any]] = (),
     stop_post: Sequence[list[Any]] = (),
     record_exit: bool = True,
+    network_ready: bool = False,
 ) -> list[Property]:
     """The properties of a pod's service, transient or installed: the stage1's plan, the
     common ones, and the commands to run before the app starts and after it ended.
-    record_exit: write the exit record for `sdrun list` once the app has ended."""
+    record_exit: write the exit record for `sdrun list` once the app has ended.
+    network_ready: the caller has set up the pod's network (`sdrun run` of a pod that does not
+    restart, sparing the unit the start of a Python process): the unit only tears it down."""
     if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
         set_up, tear_down = network_hook.commands(pod.dir)
-        start_pre = [*start_pre, exec_command(set_up, ["privileged"])]
+        if not network_ready:
+            start_pre = [*start_pre, exec_command(set_up, ["privileged"])]
         stop_post = [exec_command(tear_down, ["privileged"]), *stop_post]
     if record_exit:  # first: no tear-down may delay or prevent it
         stop_post = [record_exit_command(pod), *stop_post]
@@ -177,15 +181,19 @@ def service_properties(
     keep_until_released: bool,
     remove_when_done: Sequence[Path] = (),
     record_exit: bool = True,
+    network_ready: bool = False,
 ) -> list[Property]:
     """All properties of the pod's transient service. keep_until_released adds a reference
     (AddRef=) that stops systemd from collecting the unit before we read its exit status;
     remove_when_done lists paths to delete once the app has ended (detached --rm);
-    record_exit=False leaves out the exit record, for a pod removed by the caller itself."""
+    record_exit=False leaves out the exit record, for a pod removed by the caller itself;
+    network_ready: see pod_service_properties()."""
     stop_post = []
     if remove_when_done:
         stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)], ["privileged"]))
-    properties = pod_service_properties(pod, plan, stop_post=stop_post, record_exit=record_exit)
+    properties = pod_service_properties(
+        pod, plan, stop_post=stop_post, record_exit=record_exit, network_ready=network_ready
+    )
     if keep_until_released:
         properties.append(("AddRef", "b", True))
     return properties
