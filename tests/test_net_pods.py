@@ -313,6 +313,22 @@ def test_a_port_is_free_again_after_a_pod_with_no_stop_timeout(clean_host: Sdrun
         assert_no_pod_left(clean_host)
 
 
+def test_a_port_left_by_a_removed_pod_is_taken_back(clean_host: Sdrun, rootfs: Path) -> None:
+    """A pod whose tear-down was killed (here: never ran) and which was removed: the next pod that
+    publishes its port tears the leftover down rather than refuse the port until gc."""
+    (port,) = free_ports(1)
+    settings = check_settings({"rootfs": str(rootfs), "net": "default", "port": [f"{port}:80"]}, "test")
+    store = PodStore(Paths(clean_host.root))
+    pod = store.create(build_spec(settings, default_name=unique_name("killed"), default_stage1="namespace"))
+    lease = network_pod.setup(clean_host.root, pod)
+    with pod.locked():  # its `run` is gone, and then so is the pod
+        pass
+    store.remove(pod)
+    clean_host("run", "--rm", "-p", f"{port}:80", "--rootfs", str(rootfs), "--", "true")
+    assert lease.netns not in host_state()
+    assert_no_pod_left(clean_host)
+
+
 def test_a_tear_down_held_up_past_the_stop_timeout_still_completes(clean_host: Sdrun, rootfs: Path) -> None:
     """The networking lock held (as by a gc, or many pods at once) for longer than the pod's stop
     timeout: its tear-down waits for it, and systemd waits for the tear-down."""

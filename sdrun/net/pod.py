@@ -25,6 +25,7 @@ from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
+from sdrun.paths import Paths
 
 if TYPE_CHECKING:  # sdrun.pod (and the spec it imports) would cost every tear-down ~10 ms
     from sdrun.pod import Pod
@@ -42,6 +43,7 @@ def setup(root: Path, pod: Pod) -> Lease:
     if not on_network(pod.spec):
         raise SdrunError(f"pod '{pod.name}' has no network to set up (--net {pod.spec.net})")
     teardown(root, pod.uuid, pod.spec.net)  # a restart whose previous tear-down did not run
+    _reclaim_ports_of_removed_pods(root, pod.spec.ports)
     with ipam.locked(root):
         network = config.load(root, pod.spec.net)
         lease = _new_lease(root, network, pod)
@@ -52,6 +54,20 @@ def setup(root: Path, pod: Pod) -> Lease:
         teardown(root, lease.pod, lease.network)
         raise
     return lease
+
+
+def _reclaim_ports_of_removed_pods(root: Path, ports: tuple[PortMapping, ...]) -> None:
+    """Tear down the network of a removed pod that still holds one of these ports: its tear-down
+    was killed (or never ran), and nothing but gc would undo it. A pod's directory outlives its
+    tear-down (a detached --rm removes it after; `sdrun run --rm` and `sdrun rm` once the unit
+    is gone), so a lease without one is no live pod's."""
+    if not ports:
+        return
+    paths = Paths(root)
+    for lease in ipam.all_leases(root):
+        clashes = any(port.clashes_with(theirs) for port in ports for theirs in lease.ports)
+        if clashes and not paths.pod_dir(lease.pod).exists():
+            teardown(root, lease.pod, lease.network)
 
 
 def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
