@@ -1,12 +1,13 @@
 """A pod's network, set up before its app starts and torn down however it ends.
 
-setup() runs in the unit's ExecStartPre (or in `sdrun run --scope` itself),
-teardown() in its ExecStopPost and in `sdrun gc`. The networking lock is held
-only to choose, write and remove leases (and rewrite the hosts file): the
-netlink and nft work, and the wait for the kernel to destroy a namespace, run
-outside it, so that pods starting and stopping at once do not queue on each
-other. The order makes every crash recoverable: the lease, which names all the
-pod's objects, is written first and removed last. A network's bridge and its
+setup() runs in `sdrun run` (a pod that does not restart, and --scope) or in
+the unit's ExecStartPre, teardown() in its ExecStopPost and in `sdrun gc`. The
+networking lock is held only to choose, write and remove leases (and rewrite
+the hosts file): the netlink and nft work run outside it, so that pods starting
+and stopping at once do not queue on each other; each tear-down holds its own
+lease's flock instead (docs/networking.md, "Tear-down"). The order makes every
+crash recoverable: the lease, which names all the pod's objects, is written
+first and removed last. A network's bridge and its
 nftables elements outlive its last pod, for the next one; `sdrun gc` and
 `sdrun network rm` retire them (and the table with the last network).
 """
