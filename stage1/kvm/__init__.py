@@ -69,8 +69,9 @@ def unit_properties(pod: Pod) -> list[Property]:
         # vm.sh's READY=1, and the network tear-down's EXTEND_TIMEOUT_USEC= (sdrun.net.hook); not qemu's.
         ("NotifyAccess", "s", "exec"),
         # SIGTERM goes to vm.sh alone, which asks the guest to stop the app; SIGKILL, after
-        # TimeoutStopSec=, to everything: qemu and virtiofsd.
-        ("KillMode", "s", "mixed"),
+        # TimeoutStopSec=, to everything: qemu and virtiofsd. A stop timeout of 0 is SIGKILL at
+        # once (stop_properties), to everything.
+        ("KillMode", "s", "control-group" if stop_timeout == 0 else "mixed"),
         *stop_properties(stop_timeout, signal.SIGTERM),
     ]
     if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
