@@ -6,14 +6,18 @@ one line on stderr, so in the unit's journal, where `sdrun run` finds it.
 
 systemd bounds each ExecStopPost= command by the unit's TimeoutStopSec=, the
 pod's --stop-timeout, then kills it: the tear-down first asks for
-TEARDOWN_BUDGET_USEC more (EXTEND_TIMEOUT_USEC=), however short the stop
-timeout, so that many pods stopping at once on a busy machine still finish.
+TEARDOWN_BUDGET_USEC more (EXTEND_TIMEOUT_USEC=). That needs the interpreter to
+start within the timeout, which on a busy machine (fifty pods stopping at once)
+takes seconds: a pod whose stop timeout is shorter than DETACH_TEARDOWN_BELOW
+has its tear-down run as a unit of its own (systemd-run --wait, ~9 ms more),
+which its unit's timeout can cut short the wait for, never the tear-down.
 """
 
 from __future__ import annotations
 
 import _socket  # socket's C module: socket.py's own imports (enum...) would cost every tear-down
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from sdrun.paths import Paths
 
 USAGE = "usage: python -m sdrun.net.hook setup|teardown POD_DIR\n"
 TEARDOWN_BUDGET_USEC = 30_000_000
+DETACH_TEARDOWN_BELOW = 10.0  # seconds of stop timeout (the stage1s' default is 10 s)
 
 
 def main(argv: list[str]) -> int:
@@ -71,10 +76,29 @@ def teardown(pod_dir: Path) -> None:
             undo(root, pod_dir.name, network)
 
 
-def commands(pod_dir: Path) -> tuple[list[str], list[str]]:
-    """The set-up and tear-down command lines for a pod's unit, with the venv's interpreter."""
+def commands(pod_dir: Path, stop_timeout: float | None = None) -> tuple[list[str], list[str]]:
+    """The set-up and tear-down command lines for a pod's unit, with the venv's interpreter;
+    stop_timeout: the pod's --stop-timeout, if it has one (see the module's docstring)."""
     base = [sys.executable, "-m", "sdrun.net.hook"]
-    return [*base, "setup", str(pod_dir)], [*base, "teardown", str(pod_dir)]
+    tear_down = [*base, "teardown", str(pod_dir)]
+    if stop_timeout is not None and stop_timeout < DETACH_TEARDOWN_BELOW:
+        tear_down = [*_unit_of_its_own(pod_dir.name), *tear_down]
+    return [*base, "setup", str(pod_dir)], tear_down
+
+
+def _unit_of_its_own(pod_uuid: str) -> list[str]:
+    """systemd-run, waiting for the unit it starts; its lines in the journal are the pod's (SDRUN_POD=)."""
+    return [
+        shutil.which("systemd-run") or "/usr/bin/systemd-run",
+        "--wait",
+        "--quiet",
+        "--collect",
+        f"--unit=sdrun-teardown-{pod_uuid}",
+        "--description=sdrun network tear-down",
+        "--property=SyslogIdentifier=sdrun-network",
+        f"--property=LogExtraFields=SDRUN_POD={pod_uuid}",
+        "--",
+    ]
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def pod_service_properties(
     network_ready: the caller has set up the pod's network (`sdrun run` of a pod that does not
     restart, sparing the unit the start of a Python process): the unit only tears it down."""
     if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
-        set_up, tear_down = network_hook.commands(pod.dir)
+        set_up, tear_down = network_hook.commands(pod.dir, pod.spec.stop_timeout)
         if not network_ready:
             start_pre = [*start_pre, exec_command(set_up, ["privileged"])]
         stop_post = [exec_command(tear_down, ["privileged"]), *stop_post]
