@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from bench.runtimes import Runtime
 
 COMMAND_TIMEOUT = 120.0  # seconds; a container start that takes longer is broken, not slow
+IN_SYSTEMDS_MOUNT_NAMESPACE = ("nsenter", "--mount=/proc/1/ns/mnt", "--")
+
+
+def _own_mount_namespace() -> bool:
+    """Whether this process has left the mount namespace of PID 1 (systemd's)."""
+    return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
 
 
 class BenchError(Exception):
@@ -89,8 +95,11 @@ class Bench:
 
     @property
     def sdrun(self) -> list[str]:
-        """The sdrun command with this run's private state directory."""
-        return [str(self.project / ".venv/bin/sdrun"), "--root", str(self.scratch / "sdrun")]
+        """The sdrun command with this run's private state directory, in systemd's mount namespace
+        (nsenter costs it ~1 ms) if the benchmark has one of its own (hide_hybrid_unified_cgroup):
+        from another, `sdrun run` leaves a pod's network to the unit's ExecStartPre= (sdrun.run)."""
+        command = [str(self.project / ".venv/bin/sdrun"), "--root", str(self.scratch / "sdrun")]
+        return [*IN_SYSTEMDS_MOUNT_NAMESPACE, *command] if _own_mount_namespace() else command
 
     @property
     def python(self) -> str:

@@ -26,7 +26,7 @@ def _batch_rate(make_command: Callable[[], Sequence[str]], runs: int, workers: i
     return runs * 60 / (time.perf_counter() - start)
 
 
-def _rates(
+def interleaved_rates(
     bench: Bench, runtimes: Sequence[Runtime], batches: int, runs: int, workers: int
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Batches interleaved across runtimes (A B A B ...), as single runs are in the latency case."""
@@ -55,7 +55,7 @@ def containers_per_minute(bench: Bench) -> list[Section]:
     )
     for label, workers, batches, runs in plans:
         progress(f"throughput {label}: {batches} batches of {runs} containers per runtime")
-        rates, failures = _rates(bench, bench.runtimes, batches, runs, workers)
+        rates, failures = interleaved_rates(bench, bench.runtimes, batches, runs, workers)
         headers, rows = comparison(rates, subjects, "containers/min", failures)
         headers = tuple(header.replace(" ÷ it", " ÷ it (above 1x: sdrun is faster)") for header in headers)
         about = (

@@ -92,14 +92,6 @@ class Stage1:
         """Release whatever the backend left on the host for a pod that has ended."""
 
 
-def timeout_usec(seconds: float) -> int:
-    """A TimeoutStopUSec= (and the like) that stays what it is across a daemon-reload: systemd 252
-    writes a transient unit's durations to its file in whole milliseconds, and reads a zero timeout
-    there as none at all. Zero (Docker's kill at once) is sent as the shortest it can write, 1 us."""
-    milliseconds = round(seconds * 1000)
-    return milliseconds * 1000 if milliseconds else 1
-
-
 def refuse_flags(given: dict[str, bool], why: str, hint: str | None = None) -> None:
     """Refuse the first flag given (see Isolation.flags_given): `FLAG <why>`."""
     for flag, present in given.items():

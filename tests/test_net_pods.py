@@ -13,20 +13,23 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from sdrun.net import ipam
 from sdrun.net import pod as network_pod
 from sdrun.paths import Paths
 from sdrun.pod import PodStore
 from sdrun.spec import build_spec, check_settings
-from tests.conftest import PROJECT, Sdrun, needs_systemd, unique_name, wait_for
+from tests.conftest import PROJECT, SDRUN, Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_image_support import umoci_change, umoci_image
 
 pytestmark = needs_systemd
 SERVER = 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 8000 -h /www'
 WORK = PROJECT / "build" / "test-net"
+PARALLEL_PODS = 50  # as many as issue 17 saw leave their networks behind
 
 
 def free_ports(count: int) -> list[int]:
@@ -297,3 +300,67 @@ def test_a_published_port_is_reached_from_another_host(
 
     wait_for(remote_fetch, timeout=10)
     assert bodies[-1] == f"hello from {name}\n"
+
+
+def no_lease_left(sdrun: Sdrun) -> bool:
+    return not list((sdrun.root / "net").glob("*/leases/*"))
+
+
+@pytest.mark.parametrize("stop_timeout", [None, "1"])
+def test_fifty_pods_started_and_stopped_at_once_leave_nothing(
+    sdrun: Sdrun, rootfs: Path, stop_timeout: str | None
+) -> None:
+    """Fifty `run --rm` on the default network at once. With the default stop timeout every
+    tear-down completes before its unit goes (none queues behind the others past it); with a
+    short one, in a unit of its own, it completes even when fifty interpreters starting at once
+    outlast the timeout. Either way nothing waits for gc."""
+    timeout = ("--stop-timeout", stop_timeout) if stop_timeout else ()
+    command = ("run", "--rm", *timeout, "--net", "default", "--rootfs", str(rootfs), "--", "true")
+    with ThreadPoolExecutor(max_workers=PARALLEL_PODS) as pool:
+        runs = list(pool.map(lambda _: sdrun(*command, check=False, timeout=300), range(PARALLEL_PODS)))
+    assert [run.returncode for run in runs] == [0] * PARALLEL_PODS, [run.stderr for run in runs if run.returncode]
+    if stop_timeout:  # a unit whose timeout cut its wait short goes before its tear-down ends
+        wait_for(lambda: no_lease_left(sdrun) and not sdrun.new_units(), timeout=120)
+    assert_no_pod_left(sdrun)
+    assert not sdrun.new_units() and not sdrun.pods()
+
+
+def test_a_port_is_free_again_after_a_pod_with_no_stop_timeout(clean_host: Sdrun, rootfs: Path) -> None:
+    """--stop-timeout 0 kills at once, but the tear-down still runs: systemd gives it a timeout of its own."""
+    (port,) = free_ports(1)
+    for _ in range(2):
+        clean_host("run", "--rm", "--stop-timeout", "0", "-p", f"{port}:80", "--rootfs", str(rootfs), "--", "true")
+        assert_no_pod_left(clean_host)
+
+
+def test_a_port_left_by_a_removed_pod_is_taken_back(clean_host: Sdrun, rootfs: Path) -> None:
+    """A pod whose tear-down was killed (here: never ran) and which was removed: the next pod that
+    publishes its port tears the leftover down rather than refuse the port until gc."""
+    (port,) = free_ports(1)
+    settings = check_settings({"rootfs": str(rootfs), "net": "default", "port": [f"{port}:80"]}, "test")
+    store = PodStore(Paths(clean_host.root))
+    pod = store.create(build_spec(settings, default_name=unique_name("killed"), default_stage1="namespace"))
+    lease = network_pod.setup(clean_host.root, pod)
+    with pod.locked():  # its `run` is gone, and then so is the pod
+        pass
+    store.remove(pod)
+    clean_host("run", "--rm", "-p", f"{port}:80", "--rootfs", str(rootfs), "--", "true")
+    assert lease.netns not in host_state()
+    assert_no_pod_left(clean_host)
+
+
+def test_a_tear_down_held_up_past_the_stop_timeout_still_completes(clean_host: Sdrun, rootfs: Path) -> None:
+    """The networking lock held (as by a gc, or many pods at once) for longer than the pod's stop
+    timeout: its tear-down waits for it, and completes."""
+    (port,) = free_ports(1)
+    name = unique_name("held")
+    server(clean_host, rootfs, name, "--stop-timeout", "1", "-p", f"{port}:8000")
+    with ipam.locked(clean_host.root):
+        stopping = subprocess.Popen([SDRUN, "--root", str(clean_host.root), "stop", name], stdout=subprocess.DEVNULL)
+        wait_for(lambda: pod_json(clean_host, name)["state"] != "running")
+        time.sleep(3)  # three stop timeouts: what systemd would have killed the tear-down after
+        assert not no_lease_left(clean_host)  # the tear-down waits for the lock, alive
+    assert stopping.wait(timeout=60) == 0
+    wait_for(lambda: no_lease_left(clean_host))  # the unit went after 1 s: its tear-down, a unit of its own, goes on
+    assert_no_pod_left(clean_host)
+    clean_host("run", "--rm", "-p", f"{port}:80", "--rootfs", str(rootfs), "--", "true")  # the port is free

@@ -183,6 +183,39 @@ def test_only_a_pod_removed_by_its_run_goes_without_an_exit_record(rootfs: Path,
     assert stop_post(record_exit=False) == []
 
 
+def test_a_network_set_up_by_run_leaves_the_unit_its_tear_down_alone(rootfs: Path, tmp_path: Path) -> None:
+    from sdrun.paths import Paths
+    from sdrun.pod import PodStore
+    from stage1.interface import UnitPlan
+
+    spec = PodSpec(name="p", stage1="namespace", rootfs=str(rootfs), app=AppSpec(argv=("/bin/true",)), net="default")
+    pod = PodStore(Paths(tmp_path)).create(spec)
+    plan = UnitPlan("/bin/true", ("/bin/true",), ())
+
+    def hooks(*, network_ready: bool) -> list[str]:
+        found = properties.service_properties(pod, plan, keep_until_released=True, network_ready=network_ready)
+        commands = [command for name, _, value in found if name.startswith("Exec") for command in value]
+        return [command[1][3] for command in commands if command[1][1:3] == ["-m", "sdrun.net.hook"]]
+
+    assert hooks(network_ready=False) == ["setup", "teardown"]
+    assert hooks(network_ready=True) == ["teardown"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "stop_signal", "expected"),
+    [
+        (10.0, None, [("TimeoutStopUSec", "t", 10_000_000)]),
+        (2.5, 2, [("KillSignal", "i", 2), ("TimeoutStopUSec", "t", 2_500_000)]),
+        (0.2, None, [("TimeoutStopUSec", "t", 1_000_000)]),  # each ExecStopPost= gets it too: never under 1 s
+        (0.0, 15, [("KillSignal", "i", 9), ("TimeoutStopUSec", "t", 1_000_000)]),  # 0: SIGKILL at once
+    ],
+)
+def test_a_stop_timeout_leaves_the_stop_post_commands_a_second(
+    seconds: float, stop_signal: int | None, expected: list[object]
+) -> None:
+    assert properties.stop_properties(seconds, stop_signal) == expected
+
+
 def test_cpu_quota_is_what_a_unit_file_can_say() -> None:
     assert properties._cpu_quota(0.333333) == 330_000  # whole percent, as CPUQuota=33%
 

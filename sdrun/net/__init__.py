@@ -10,7 +10,8 @@ namespace instead of making one. Everything is undone when the unit stops
 
 This module is what the rest of sdrun imports: names and paths only, nothing
 heavy. Netlink (pyroute2's message classes, ~20 ms to import) lives in sdrun.net.link and is
-imported only by the set-up and tear-down of a pod that has a network.
+imported only by the set-up of a pod that has a network (and gc); a tear-down's one request,
+deleting the veth, is sdrun.net.rtnl's.
 """
 
 from __future__ import annotations

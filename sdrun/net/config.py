@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import struct
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +18,6 @@ from typing import NamedTuple
 from sdrun import records
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.net import DEFAULT, HOST, NONE, network_dir
-from sdrun.pod import write_file_atomically
 
 # Candidates for the default subnet, in order; podman's 10.88.0.0/16 and Docker's 172.17.0.0/16 are left out.
 DEFAULT_SUBNETS = ("10.87.0.0/16", "10.86.0.0/16", "10.85.0.0/16", "172.30.0.0/16", "192.168.230.0/24")
@@ -66,6 +64,8 @@ def parse_subnet(text: str) -> str:
 
 def host_routes(exclude_interfaces: frozenset[str] = frozenset()) -> list[ipaddress.IPv4Network]:
     """The destinations of the host's IPv4 routes, but the default route (from /proc/net/route)."""
+    import socket  # here: a pod's tear-down imports this module, and needs none of it
+
     routes = []
     for line in Path("/proc/net/route").read_text().splitlines()[1:]:
         interface, destination, _gateway, _flags, _, _, _, mask, *_ = line.split()
@@ -159,6 +159,8 @@ def create(root: Path, name: str, subnet: str) -> Network:
 
 
 def _save(root: Path, network: Network) -> Network:
+    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
+
     path = definition_path(root, network.name)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(root / "net", 0o755)  # a pod in a user namespace reads its network's hosts file through it

@@ -1,8 +1,10 @@
 """Addresses for pods, as lease files on disk, changed only under the networking lock.
 
-<root>/net/lock                       flock(2): one set-up or tear-down at a time
+<root>/net/lock                       flock(2): held while a lease is chosen and
+                                      written, or removed (milliseconds, no netlink)
 <root>/net/<network>/leases/<uuid>    a pod's lease (JSON): its address and every
-                                      name it has on the host (netns, veth, ports)
+                                      name it has on the host (netns, veth, ports);
+                                      flock(2) on it: held by the pod's tear-down
 <root>/net/<network>/hosts            the network's /etc/hosts, rewritten in place
 <root>/net/<network>/resolv.conf      the host's, minus loopback resolvers
 
@@ -26,7 +28,6 @@ from sdrun.errors import SdrunError
 from sdrun.net import lease_path, network_dir
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
-from sdrun.pod import write_file_atomically
 
 LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -53,7 +54,8 @@ class Lease(NamedTuple):
 
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
-    """Hold the networking lock of this sdrun root; waits for the holder (set-ups take milliseconds)."""
+    """Hold the networking lock of this sdrun root; waits for the holder, who holds it for the
+    bookkeeping of leases alone (milliseconds), or for a whole `sdrun gc`."""
     directory = root / "net"
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -96,6 +98,28 @@ def read_lease(root: Path, network: str, pod_uuid: str) -> Lease | None:
         return None
 
 
+@contextlib.contextmanager
+def held_lease(root: Path, network: str, pod_uuid: str) -> Iterator[Lease | None]:
+    """A pod's lease, with an exclusive flock(2) on its file for as long as the block runs: the
+    lock of the pod's tear-down. None when there is no lease, or when it was removed while we
+    waited for the lock (another tear-down of the same pod got there first). A lease is written
+    once (by rename) and never rewritten, so its file stays the same while it exists."""
+    try:
+        fd = os.open(lease_path(root, network, pod_uuid), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lease = None
+        if os.fstat(fd).st_nlink:  # still linked: nobody has torn it down meanwhile
+            with os.fdopen(os.dup(fd)) as stream, contextlib.suppress(ValueError, TypeError, KeyError):
+                lease = Lease.from_json(stream.read())
+        yield lease
+    finally:
+        os.close(fd)
+
+
 def free_address(network: Network, taken: set[str]) -> str:
     """The lowest address of the subnet that is neither the gateway nor leased."""
     reserved = taken | {network.gateway}
@@ -117,6 +141,8 @@ def check_ports(ports: tuple[PortMapping, ...], others: list[Lease]) -> None:
 
 
 def write_lease(root: Path, lease: Lease) -> None:
+    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
+
     path = lease_path(root, lease.network, lease.pod)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     write_file_atomically(path, lease.to_json())

@@ -1,9 +1,13 @@
 """A pod's network, set up before its app starts and torn down however it ends.
 
-setup() runs in the unit's ExecStartPre (or in `sdrun run --scope` itself),
-teardown() in its ExecStopPost and in `sdrun gc`. Both hold the networking
-lock. The order makes every crash recoverable: the lease, which names all the
-pod's objects, is written first and removed last. A network's bridge and its
+setup() runs in `sdrun run` (a pod that does not restart, and --scope) or in
+the unit's ExecStartPre, teardown() in its ExecStopPost and in `sdrun gc`. The
+networking lock is held only to choose, write and remove leases (and rewrite
+the hosts file): the netlink and nft work run outside it, so that pods starting
+and stopping at once do not queue on each other; each tear-down holds its own
+lease's flock instead (docs/networking.md, "Tear-down"). The order makes every
+crash recoverable: the lease, which names all the pod's objects, is written
+first and removed last. A network's bridge and its
 nftables elements outlive its last pod, for the next one; `sdrun gc` and
 `sdrun network rm` retire them (and the table with the last network).
 """
@@ -13,19 +17,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sdrun.errors import SdrunError
+from sdrun.errors import SdrunError, describe
 from sdrun.linux import syscalls as sc
-from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, veth_name
+from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, rtnl, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
-from sdrun.pod import Pod
+from sdrun.paths import Paths
 
-VETH_GONE_TIMEOUT = 0.5  # seconds; then the veth is deleted over netlink
+if TYPE_CHECKING:  # sdrun.pod (and the spec it imports) would cost every tear-down ~10 ms
+    from sdrun.pod import Pod
 
 
 def alias_tag(root: Path) -> str:
@@ -34,22 +38,37 @@ def alias_tag(root: Path) -> str:
 
 
 def setup(root: Path, pod: Pod) -> Lease:
-    """Give the pod its namespace, interface, address and ports; undo all of it on failure."""
+    """Give the pod its namespace, interface, address and ports; undo all of it on failure.
+    The networking lock is held only while the lease is chosen and written: building what it
+    names (~20 ms of netlink and nft) runs beside other pods' set-ups and tear-downs."""
     if not on_network(pod.spec):
         raise SdrunError(f"pod '{pod.name}' has no network to set up (--net {pod.spec.net})")
+    teardown(root, pod.uuid, pod.spec.net)  # a restart whose previous tear-down did not run
+    _reclaim_ports_of_removed_pods(root, pod.spec.ports)
     with ipam.locked(root):
         network = config.load(root, pod.spec.net)
-        stale = ipam.read_lease(root, network.name, pod.uuid)
-        if stale is not None:  # a restart whose previous tear-down did not run
-            _teardown_locked(root, stale)
         lease = _new_lease(root, network, pod)
         ipam.write_lease(root, lease)
-        try:
-            _build(root, network, lease)
-        except BaseException:
-            _teardown_locked(root, lease)
-            raise
-        return lease
+    try:
+        _build(root, network, lease)
+    except BaseException:
+        teardown(root, lease.pod, lease.network)
+        raise
+    return lease
+
+
+def _reclaim_ports_of_removed_pods(root: Path, ports: tuple[PortMapping, ...]) -> None:
+    """Tear down the network of a removed pod that still holds one of these ports: its tear-down
+    was killed (or never ran), and nothing but gc would undo it. A pod's directory outlives its
+    tear-down (a detached --rm removes it after; `sdrun run --rm` and `sdrun rm` once the unit
+    is gone), so a lease without one is no live pod's."""
+    if not ports:
+        return
+    paths = Paths(root)
+    for lease in ipam.all_leases(root):
+        clashes = any(port.clashes_with(theirs) for port in ports for theirs in lease.ports)
+        if clashes and not paths.pod_dir(lease.pod).exists():
+            teardown(root, lease.pod, lease.network)
 
 
 def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
@@ -73,6 +92,8 @@ def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
 def _check_host_port_free(port: PortMapping) -> None:
     """A host process listening on the port would be shadowed by the DNAT without a word: refuse.
     Binding (and closing at once) sends nothing anywhere."""
+    import socket
+
     kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,45 +113,43 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     link.ensure_bridge(network)
     nft.add(network, lease.address, lease.ports, lease.veth)  # the veth's filter exists before the veth
     link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
-    ipam.update_network_files(root, network.name)
+    with ipam.locked(root):
+        ipam.update_network_files(root, network.name)
 
 
 def teardown(root: Path, pod_uuid: str, network: str) -> bool:
-    """Undo a pod's network, if it has one; True if there was something to undo."""
-    with ipam.locked(root):
-        lease = ipam.read_lease(root, network, pod_uuid)
+    """Undo a pod's network, if it has one; True if there was something to undo. Holds the
+    pod's own lease (a concurrent tear-down of the same pod waits, then finds nothing), and
+    the networking lock only to remove it: pods that stop at once do not queue on each other."""
+    with ipam.held_lease(root, network, pod_uuid) as lease:
         if lease is None:
             return False
-        _teardown_locked(root, lease)
+        _undo(root, lease)
         return True
 
 
-def _teardown_locked(root: Path, lease: Lease) -> None:
-    """Undo one pod's objects. The network's bridge and nftables elements stay for the next pod
-    (as docker0 does): `sdrun gc` and `sdrun network rm` retire a network no pod uses."""
+def _undo(root: Path, lease: Lease) -> None:
+    """Undo one pod's objects, the lease that names them last. The network's bridge and
+    nftables elements stay for the next pod (as docker0 does): `sdrun gc` and `sdrun network rm`
+    retire a network no pod uses."""
     nft.apply(
         nft.remove_port_commands(lease.address, lease.ports) + nft.remove_source_commands(lease.veth, lease.address)
     )
-    remove_netns(lease.netns)
-    if not _vanishes(Path("/sys/class/net", lease.veth)):
-        from sdrun.net import link  # pyroute2 (~20 ms): only for a veth the kernel keeps
-
-        link.delete_link(lease.veth)
-    ipam.remove_lease(root, lease)
-    ipam.update_network_files(root, lease.network)
+    _delete_veth(lease.veth)
+    remove_netns(lease.netns)  # the kernel frees it later (nothing of ours is left in it)
+    with ipam.locked(root):
+        ipam.remove_lease(root, lease)
+        ipam.update_network_files(root, lease.network)
 
 
-def _vanishes(path: Path, timeout: float = VETH_GONE_TIMEOUT) -> bool:
-    """Whether path goes within timeout. A pod's veth goes with its network namespace: once the
-    last process in it has ended and its name is unmounted, the kernel destroys the namespace,
-    its eth0 and so the peer on the host, a few milliseconds later (unless a process somewhere
-    still holds the namespace open)."""
-    deadline = time.monotonic() + timeout
-    while path.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
+def _delete_veth(name: str) -> None:
+    """Delete the pod's veth pair, gone already or not. Deleted rather than left to go with the
+    namespace: the kernel destroys a namespace tens of milliseconds after its last user (longer
+    when many go at once), and never while a process elsewhere holds it open."""
+    try:
+        rtnl.delete_link(name)
+    except OSError as error:
+        raise SdrunError(describe(error)) from None  # "delete interface: <reason>: <name>"
 
 
 def retire(root: Path, network_name: str) -> None:
@@ -168,11 +187,10 @@ def gc(root: Path, running: set[str]) -> list[str]:
     """Undo the networks of pods that are not running (after a crash or a reboot), and any
     interface or namespace of this root that no lease names. Returns what went."""
     removed = []
-    with ipam.locked(root):
-        for lease in ipam.all_leases(root):
-            if lease.pod not in running:
-                _teardown_locked(root, lease)
-                removed.append(f"network of pod {lease.name} ({lease.address} on {lease.network})")
+    for lease in ipam.all_leases(root):
+        if lease.pod not in running and teardown(root, lease.pod, lease.network):
+            removed.append(f"network of pod {lease.name} ({lease.address} on {lease.network})")
+    with ipam.locked(root):  # a set-up writes its lease under it before it makes anything the lease names
         leased = {lease.pod for lease in ipam.all_leases(root)}
         removed += _orphans(root, leased, running)
         for network in config.networks(root):

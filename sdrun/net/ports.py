@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import NamedTuple
 
 from sdrun.errors import SpecError
@@ -26,6 +25,8 @@ class PortMapping(NamedTuple):
         if protocol not in PROTOCOLS or not _is_port(host_port) or not _is_port(container_port):
             raise SpecError(usage)
         if host_ip:
+            import socket  # here: a pod's tear-down reads ports, and parses none
+
             try:
                 socket.inet_pton(socket.AF_INET, host_ip)
             except OSError:

@@ -31,6 +31,7 @@ CPU_PERIOD_USEC = 1_000_000  # CPUQuotaPerSecUSec is CPU time per second of wall
 # systemd 252 writes a transient unit's CPUQuota= in whole percent (and so must a unit file, to agree).
 CPU_QUOTA_STEP_USEC = CPU_PERIOD_USEC // 100
 MSEC = 1000  # ... and its other durations in whole milliseconds
+MIN_STOP_TIMEOUT_USEC = USEC  # TimeoutStopSec= bounds each ExecStopPost= command too: see stop_properties()
 
 # (property, D-Bus signature, value from the pod; None = leave unset)
 RESOURCE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
@@ -105,6 +106,21 @@ def start_command(argv: Sequence[str]) -> list[Any]:
     return exec_command(argv)
 
 
+def stop_properties(stop_timeout: float, stop_signal: int | None) -> list[Property]:
+    """KillSignal= and TimeoutStopUSec= for a pod's --stop-timeout and stop signal (None: systemd's).
+    systemd gives each ExecStopPost= command (the exit record, the network's tear-down, a
+    detached --rm's removal) the app's TimeoutStopSec= too, and kills it after: a zero one
+    would kill them as they start. So the timeout is never under a second, and a stop timeout
+    of 0 (Docker's: no grace at all) is SIGKILL as the stop signal instead; one under a second
+    acts as a second (Docker's are whole seconds). In whole milliseconds, as systemd 252 writes it
+    to a transient unit's file and reads it back at a daemon-reload."""
+    usec = round(stop_timeout * USEC / MSEC) * MSEC
+    if usec == 0:
+        stop_signal = signal.SIGKILL
+    kill_signal: list[Property] = [] if stop_signal is None else [("KillSignal", "i", int(stop_signal))]
+    return [*kill_signal, ("TimeoutStopUSec", "t", max(usec, MIN_STOP_TIMEOUT_USEC))]
+
+
 def logging_properties(pod: Pod) -> list[Property]:
     return [
         ("StandardOutput", "s", "journal"),
@@ -147,13 +163,17 @@ def pod_service_properties(
     start_pre: Sequence[list[Any]] = (),
     stop_post: Sequence[list[Any]] = (),
     record_exit: bool = True,
+    network_ready: bool = False,
 ) -> list[Property]:
     """The properties of a pod's service, transient or installed: the stage1's plan, the
     common ones, and the commands to run before the app starts and after it ended.
-    record_exit: write the exit record for `sdrun list` once the app has ended."""
+    record_exit: write the exit record for `sdrun list` once the app has ended.
+    network_ready: the caller has set up the pod's network (`sdrun run` of a pod that does not
+    restart, sparing the unit the start of a Python process): the unit only tears it down."""
     if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
-        set_up, tear_down = network_hook.commands(pod.dir)
-        start_pre = [*start_pre, exec_command(set_up)]
+        set_up, tear_down = network_hook.commands(pod.dir, pod.spec.stop_timeout)
+        if not network_ready:
+            start_pre = [*start_pre, exec_command(set_up)]
         stop_post = [exec_command(tear_down), *stop_post]
     if record_exit:  # first: no tear-down may delay or prevent it
         stop_post = [record_exit_command(pod), *stop_post]
@@ -189,15 +209,19 @@ def service_properties(
     keep_until_released: bool,
     remove_when_done: Sequence[Path] = (),
     record_exit: bool = True,
+    network_ready: bool = False,
 ) -> list[Property]:
     """All properties of the pod's transient service. keep_until_released adds a reference
     (AddRef=) that stops systemd from collecting the unit before we read its exit status;
     remove_when_done lists paths to delete once the app has ended (detached --rm);
-    record_exit=False leaves out the exit record, for a pod removed by the caller itself."""
+    record_exit=False leaves out the exit record, for a pod removed by the caller itself;
+    network_ready: see pod_service_properties()."""
     stop_post = []
     if remove_when_done:
         stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)]))
-    properties = pod_service_properties(pod, plan, stop_post=stop_post, record_exit=record_exit)
+    properties = pod_service_properties(
+        pod, plan, stop_post=stop_post, record_exit=record_exit, network_ready=network_ready
+    )
     if keep_until_released:
         properties.append(("AddRef", "b", True))
     return properties

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
-from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags, timeout_usec
+from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -64,18 +64,20 @@ class Kvm(Stage1, name="kvm"):
 
 
 def unit_properties(pod: Pod) -> list[Property]:
+    from sdrun.systemd.properties import stop_properties
     from stage1.kvm.machine import VM_OVERHEAD, guest_memory
 
     spec = pod.spec
     stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
     properties: list[Property] = [
         ("Type", "s", "notify"),
-        ("NotifyAccess", "s", "main"),
+        # vm.sh's READY=1, and the network tear-down's EXTEND_TIMEOUT_USEC= (sdrun.net.hook); not qemu's.
+        ("NotifyAccess", "s", "exec"),
         # SIGTERM goes to vm.sh alone, which asks the guest to stop the app; SIGKILL, after
-        # TimeoutStopSec=, to everything: qemu and virtiofsd.
-        ("KillMode", "s", "mixed"),
-        ("KillSignal", "i", int(signal.SIGTERM)),
-        ("TimeoutStopUSec", "t", timeout_usec(stop_timeout)),
+        # TimeoutStopSec=, to everything: qemu and virtiofsd. A stop timeout of 0 is SIGKILL at
+        # once (stop_properties), to everything.
+        ("KillMode", "s", "control-group" if stop_timeout == 0 else "mixed"),
+        *stop_properties(stop_timeout, signal.SIGTERM),
     ]
     if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
         properties.append(("MemoryMax", "t", guest_memory(spec) + VM_OVERHEAD))

@@ -12,7 +12,7 @@ from sdrun.paths import Paths
 from stage1 import sealed
 from stage1.app import resolve_pod_app
 from stage1.etcfiles import write_etc_files
-from stage1.interface import Stage1, UnitPlan, entry_command, timeout_usec
+from stage1.interface import Stage1, UnitPlan, entry_command
 from stage1.namespace import launch
 from stage1.namespace.container import (
     DEVICE_ALLOW,
@@ -109,14 +109,15 @@ def device_properties(pod: Pod) -> list[Property]:
 
 
 def stop_properties(pod: Pod) -> list[Property]:
-    properties: list[Property] = []
+    from sdrun.systemd.properties import stop_properties as timeout_and_signal
+
+    stop_signal = None
     if pod.spec.stop_signal:
         import signal
 
-        properties.append(("KillSignal", "i", int(signal.Signals[pod.spec.stop_signal])))
+        stop_signal = int(signal.Signals[pod.spec.stop_signal])
     stop_timeout = DEFAULT_STOP_TIMEOUT if pod.spec.stop_timeout is None else pod.spec.stop_timeout
-    properties.append(("TimeoutStopUSec", "t", timeout_usec(stop_timeout)))
-    return properties
+    return timeout_and_signal(stop_timeout, stop_signal)
 
 
 def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
