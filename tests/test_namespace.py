@@ -857,3 +857,20 @@ def test_podmans_own_seccomp_profile_confines_a_pod(sdrun: Sdrun, rootfs: Path, 
     assert "Seccomp:\t2" in shell(sdrun, rootfs, "cat /proc/self/status", "--seccomp", str(PODMAN_PROFILE))
     widened = run_in(sdrun, rootfs, *options, "--cap-add", "SYS_ADMIN", "--", "/probe", "mount")
     assert probe_results(widened.stdout) == {"mount": "0"}
+
+
+@pytest.mark.parametrize("network", ["none", "default"])
+def test_enter_joins_a_private_users_pod_as_its_mapped_root(sdrun: Sdrun, rootfs: Path, network: str) -> None:
+    """The pod's user namespace owns its other namespaces but not a network namespace sdrun.net
+    made for it (--net default): enter must join each with the rights it takes."""
+    name = unique_name()
+    options = ("-d", "--name", name, "--net", network, "--private-users=400000:65536")
+    sdrun("run", "--stage1", "namespace", *options, "--rootfs", str(rootfs), "--", "sleep", "100")
+    links = readlinks(f"/proc/{process}/ns/{kind}" for kind in (*NAMESPACE_KINDS, "user") for process in ("self", "1"))
+    output = sdrun("enter", name, "--", "sh", "-c", f"{links}id -u; id -g; cat /proc/self/uid_map").stdout
+    pairs = [line for line in output.splitlines() if line.endswith("]")]
+    assert len(pairs) == 2 * (len(NAMESPACE_KINDS) + 1)
+    assert all(pairs[index] == pairs[index + 1] for index in range(0, len(pairs), 2))
+    rest = [line for line in output.splitlines() if not line.endswith("]")]
+    assert rest[:2] == ["0", "0"] and rest[2].split() == ["0", "400000", "65536"]
+    sdrun("rm", "-f", name)
