@@ -462,6 +462,47 @@ def test_which_sees_the_image_as_overlayfs_does(sdrun: Sdrun) -> None:
     assert text == f"docker.io/local/which:1  /lib/libfoo.so.1 (at {foo})  layer {top[:19]}\n"
 
 
+def test_device_nodes_of_an_image_are_kept_and_stay_closed_to_its_pods(sdrun: Sdrun, layout: Path) -> None:
+    """mmdebstrap's /dev/console, and a node of the host's disk where stage1's /dev does not hide it."""
+    nodes = WORK / "nodes"
+    shutil.rmtree(nodes, ignore_errors=True)
+    shutil.copytree(layout, nodes)
+    first = sorted(os.listdir("/sys/dev/block"))[0]  # a block device of the host
+    major, minor = (int(number) for number in first.split(":"))
+    console, disk = entry("dev/console", tarfile.CHRTYPE, 0o600), entry("srv/disk", tarfile.BLKTYPE, 0o666)
+    (console.devmajor, console.devminor), (disk.devmajor, disk.devminor) = (5, 1), (major, minor)
+    directories = ((entry(name, tarfile.DIRTYPE, 0o755), b"") for name in ("dev", "srv"))
+    add_layer(nodes, "base", tar_bytes(*directories, (console, b""), (disk, b"")))
+    sdrun("image", "import", f"oci:{nodes}:base", "nodes:1")
+    top = inspect(sdrun, "nodes:1")["layers"][-1]["tree"]  # type: ignore[index]
+    assert os.stat(Path(str(top)) / "srv/disk").st_rdev == os.makedev(major, minor)
+    script = "stat -c '%F %t:%T' /srv/disk; head -c 1 /srv/disk > /dev/null; stat -c %F /dev/console"
+    result = sdrun("run", "--rm", "--net", "none", "nodes:1", "--", "sh", "-c", script, check=False)
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert lines[0] == f"block special file {major:x}:{minor:x}"
+    assert "head: /srv/disk: Operation not permitted" in lines  # the unit's DevicePolicy, not the driver
+    assert result.returncode == 1  # no console: stage1's /dev has none without a terminal
+
+
+def test_a_layer_refused_halfway_leaves_nothing_in_the_store(sdrun: Sdrun, layout: Path) -> None:
+    broken = WORK / "broken"
+    shutil.rmtree(broken, ignore_errors=True)
+    shutil.copytree(layout, broken)
+    filler = os.urandom(1 << 20)
+    add_layer(broken, "base", tar_bytes((entry("big"), filler), (entry("../escape"), b"x")))
+    sdrun("image", "gc")  # makes the store
+    for source in (f"oci:{broken}:base", f"oci-archive:{WORK / 'broken.tar'}"):
+        if source.startswith("oci-archive:"):
+            run("skopeo", "copy", f"oci:{broken}:base", source)
+        for verb in (("image", "import", source, "broken:1"), ("run", "--rm", "--net", "none", source, "--", "true")):
+            result = sdrun(*verb, check=False)
+            assert result.returncode == 125 and "climbs out of the layer with '..'" in result.stderr, result.stderr
+            assert list((sdrun.root / "images/blobs/sha256").iterdir()) == []
+            assert list((sdrun.root / "images/trees").iterdir()) == []
+            assert not list((sdrun.root / "images/tmp").glob("*.partial"))
+    assert sdrun("image", "list", "--json").stdout.strip() == "[]" and sdrun.pods() == []
+
+
 # --- imports ---
 
 
