@@ -9,8 +9,9 @@
 
 Crash safety comes from the order of writes: a blob is visible only once verified and
 fsynced; a tree only once its marker is; an image is named in index.json only once
-its manifest, config, layers and trees are all in place. Whatever a killed pull left
-is resumed by the next one and removed by `image gc`.
+its manifest, config, layers and trees are all in place. A failed pull takes away the
+blobs and trees it brought (ImageStore.discard); whatever a killed pull left is resumed by
+the next one and removed by `image gc`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -259,8 +260,12 @@ class ImageStore:
                 return tree / "root"
             shutil.rmtree(tree, ignore_errors=True)  # a half-made tree from a killed pull
             (tree / "root").mkdir(mode=0o755, parents=True)
-            with self.blob_path(layer_digest).open("rb") as blob:
-                actual = extract_layer(blob, str(tree / "root"))
+            try:
+                with self.blob_path(layer_digest).open("rb") as blob:
+                    actual = extract_layer(blob, str(tree / "root"))
+            except BaseException:
+                shutil.rmtree(tree, ignore_errors=True)  # what a layer refused halfway had written
+                raise
             if actual != diff_id:
                 shutil.rmtree(tree, ignore_errors=True)
                 raise TamperedBlob(f"layer {layer_digest} unpacks to {actual}, but the image config says {diff_id}")
@@ -413,6 +418,21 @@ class ImageStore:
             os.unlink(entry.path)
             removed.append(f"temporary {entry.name}")
         return removed
+
+    def discard(self, blobs: Iterable[str], diff_ids: Iterable[str]) -> None:
+        """After a failed pull: remove the blobs and trees it brought that no named image uses, when
+        nothing else holds the store (a concurrent pull may be using them): else `image gc` will."""
+        try:
+            with self._flock("lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
+                keep_blobs, keep_trees = self._in_use(set(), set())
+                for digest in set(blobs) - keep_blobs:
+                    with contextlib.suppress(FileNotFoundError, SdrunError):
+                        self.blob_path(digest).unlink()
+                for diff_id in set(diff_ids):
+                    if DIGEST_PATTERN.fullmatch(diff_id) and diff_id.removeprefix("sha256:") not in keep_trees:
+                        shutil.rmtree(self.trees / diff_id.removeprefix("sha256:"), ignore_errors=True)
+        except BlockingIOError:
+            debug("image", "the store is busy: `image gc` removes what the failed pull brought")
 
     def delete_content(self, image: Image, used_images: set[str], used_trees: set[Path]) -> list[str]:
         """`image rm` of an image's last name: its blobs and trees go, but for those another image
