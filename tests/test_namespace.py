@@ -315,7 +315,7 @@ def test_volume_target_symlinked_to_root_stays_inside(sdrun: Sdrun, private_root
         (("--cap-add", "NOT_A_CAP"), "unknown capability 'NOT_A_CAP'"),
         (("--seccomp", "/nonexistent.json"), "cannot read seccomp profile '/nonexistent.json'"),
         (("--seccomp", "/etc/hostname"), "not a valid seccomp profile"),
-        (("--private-users", "0:65536"), "must not start at host uid 0"),
+        (("--private-users=0:65536",), "must not start at host uid 0"),
         (("--tmpfs", "scratch"), "must be an absolute path"),
         (("--ulimit", "files=10"), "invalid ulimit 'files=10'"),
         (("--hostname", "a" * 65), "invalid hostname"),
@@ -636,6 +636,11 @@ def test_private_users_with_a_root_owned_image(sdrun: Sdrun, rootfs: Path) -> No
         assert output[:3] == ["0", "0", "0"]
         assert output[3].split() == ["0", "300000", "65536"]
         assert output[4:] == ["ls-deleted", "new", "hi", "more"]
+        # A bare --private-users before the image is the flag, read with click (--tls-verify) and without.
+        for extra in ((), ("--tls-verify=false",)):
+            bare = ("--private-users", *extra, reference, "--", "cat", "/proc/self/uid_map")
+            inside, base, count = (int(field) for field in sdrun("run", "--rm", *NS, *bare).stdout.split())
+            assert (inside, count) == (0, 65536) and base >= 0x80000
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -45,7 +45,45 @@ class SdrunCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with usage_errors_reported(ctx):
-            return super().parse_args(ctx, args)
+            return super().parse_args(ctx, explicit_values(self, args, interspersed=ctx.allow_interspersed_args))
+
+
+class ValueAfterEquals(click.Option):
+    """An option whose value may be left out, and so is given only as --opt=VALUE: click would
+    take the token after a bare --private-users for its value, the image say."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None or not self.metavar:
+            return record
+        names, text = record
+        return names.replace(f" {self.metavar}", f"[={self.metavar}]"), text  # --private-users[=auto|UID:COUNT]
+
+
+def explicit_values(command: click.Command, args: list[str], *, interspersed: bool) -> list[str]:
+    """args with each bare ValueAfterEquals option given its implied value after '='."""
+    options = {name: param for param in command.params if isinstance(param, click.Option) for name in param.opts}
+
+    def takes_value(option: click.Option | None) -> bool:
+        return option is not None and not option.is_flag and not option.count
+
+    result, index = list(args), 0
+    while index < len(result) and result[index] != "--":
+        token = result[index]
+        option = options.get(token)  # a long option without '=', or one short option alone
+        if not token.startswith("-") or token == "-":
+            if not interspersed:
+                break
+        elif isinstance(option, ValueAfterEquals):
+            result[index] = f"{token}={option.flag_value}"
+        elif takes_value(option):
+            index += 1  # its value, whatever it looks like
+        elif option is None and not token.startswith("--"):  # short options run together: -dp 8080:80
+            takers = [place for place, letter in enumerate(token[1:]) if takes_value(options.get(f"-{letter}"))]
+            if takers and takers[0] == len(token) - 2:
+                index += 1  # the last letter's value is the next token (an earlier one's, the rest of this one)
+        index += 1
+    return result
 
 
 class SdrunGroup(SdrunCommand, click.Group):
@@ -125,7 +163,7 @@ def run_option(option: RunOption) -> Callable[[click.Command], click.Command]:
         runcommand.FLAG: {"is_flag": True, "default": None if option.setting else False},
         runcommand.PATH: {"type": click.Path(path_type=Path)},
         runcommand.BOOLEAN: {"type": click.BOOL, "default": None},
-        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied},
+        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied, "cls": ValueAfterEquals},
     }
     return click.option(*option.names, option.dest, help=option.help, metavar=option.metavar, **kinds[option.kind])
 
