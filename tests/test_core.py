@@ -260,21 +260,37 @@ def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_p
     assert pod_json(sdrun, name)["exit_status"] == 0
 
 
-def test_restarts_systemd_gave_up_show_in_list_and_status_until_rm(sdrun: Sdrun, rootfs: Path) -> None:
+@pytest.mark.parametrize(("app", "status", "result"), [("true", 0, "start-limit-hit"), ("false", 1, "exit-code")])
+def test_restarts_systemd_gave_up_show_in_list_and_status_until_rm(
+    sdrun: Sdrun, rootfs: Path, app: str, status: int, result: str
+) -> None:
     """An app that ends at once is started 5 times in 10 s, then systemd stops: the record says
-    exited (0), but the pod's unit stays failed with its Result for list and status to show."""
+    exited (N), but the pod's unit stays failed for list and status to show. Its Result says
+    start-limit-hit only if the app succeeded: systemd keeps the first failure's over it."""
     name = unique_name()
     unit = f"sdrun-{name}.service"
-    sdrun("run", "-d", "--name", name, "--restart", "always", "--rootfs", str(rootfs), "--", "/bin/true")
+    sdrun("run", "-d", "--name", name, "--restart", "always", "--rootfs", str(rootfs), "--", f"/bin/{app}")
     wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")
     pod = pod_json(sdrun, name)
-    assert (pod["result"], pod["exit_status"]) == ("start-limit-hit", 0)
-    assert systemctl_show(unit, "Result", "NRestarts") == {"Result": "start-limit-hit", "NRestarts": "5"}
+    assert (pod["result"], pod["exit_status"]) == ("start-limit-hit", status)
+    assert systemctl_show(unit, "Result", "NRestarts") == {"Result": result, "NRestarts": "5"}
     (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
-    assert " failed (0): start-limit-hit " in row
+    assert f" failed ({status}): start-limit-hit " in row
     assert "\nresult: start-limit-hit (systemd stopped restarting the app" in sdrun("status", name).stdout
     sdrun("rm", name)
     assert systemctl_show(unit, "LoadState")["LoadState"] == "not-found"
+
+
+def test_a_restarting_pod_stopped_by_hand_is_no_start_limit_hit(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    name = unique_name()
+    app = ("sh", "-c", "trap 'exit 3' TERM; touch /state/up; sleep 100 & wait")
+    volume = ("-v", f"{tmp_path}:/state")
+    sdrun("run", "-d", "--name", name, "--restart", "always", *volume, "--rootfs", str(rootfs), "--", *app)
+    wait_for((tmp_path / "up").exists)
+    sdrun("stop", name)
+    pod = pod_json(sdrun, name)
+    assert (pod["state"], pod["result"], pod["exit_status"]) == ("failed", "exit-code", 3)
+    sdrun("rm", name)
 
 
 def test_restart_sec_spaces_the_restarts_out(sdrun: Sdrun, rootfs: Path) -> None:
