@@ -459,7 +459,7 @@ def test_which_sees_the_image_as_overlayfs_does(sdrun: Sdrun) -> None:
         assert which(name) == [], name
     assert which("libfoo.so.1") == [(foo, foo, top)]  # once, from the layer it is visible from
     text = sdrun("image", "which", "/lib/libfoo.so.1").stdout
-    assert text == f"docker.io/local/which:1  /lib/libfoo.so.1 (at {foo})  layer {top[:19]}\n"
+    assert text == f"localhost/local/which:1  /lib/libfoo.so.1 (at {foo})  layer {top[:19]}\n"
 
 
 def test_device_nodes_of_an_image_are_kept_and_stay_closed_to_its_pods(sdrun: Sdrun, layout: Path) -> None:
@@ -516,10 +516,20 @@ def test_import_archives_written_by_skopeo(sdrun: Sdrun, layout: Path) -> None:
     sdrun("image", "import", f"docker-archive:{docker_archive}")
     sdrun("image", "import", f"oci:{layout}:app", "local/app:layout")
     names = sorted(name for image in json.loads(sdrun("image", "list", "--json").stdout) for name in image["names"])
-    assert names == ["docker.io/local/app:layout", "docker.io/local/app:oci", "example.org/app:2"]
+    assert names == ["example.org/app:2", "localhost/local/app:layout", "localhost/local/app:oci"]
     assert len(tree_files(sdrun)) == 3  # the same three layers, whatever the transport
-    unnamed = sdrun("image", "import", f"oci-archive:{oci_archive}", check=False)
-    assert unnamed.returncode == 125 and "give a NAME" in unnamed.stderr
+    # Named as podman loads it: a ref.name that is a bare tag is a local image's name.
+    digest = sdrun("image", "import", f"oci-archive:{oci_archive}").stdout.strip()
+    app = inspect(sdrun, "app")
+    assert "localhost/app:latest" in app["names"] and app["digest"] == digest  # type: ignore[operator]
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:app", f"oci-archive:{WORK / 'tagged.tar'}:web:2")
+    sdrun("image", "import", f"oci-archive:{WORK / 'tagged.tar'}")
+    assert "localhost/web:2" in inspect(sdrun, "web:2")["names"]  # type: ignore[operator]
+    output = sdrun("run", "--rm", "--net", "none", "web:2", "--", "cat", "/hello").stdout  # found by its short name
+    assert output == "hi\n"
+    rootfs_tar = sdrun("image", "import", "--rootfs-tar", str(WORK / "tagged.tar"), "nameless", check=False)
+    assert rootfs_tar.returncode == 0 and inspect(sdrun, "nameless")["names"] == ["localhost/nameless:latest"]
+    assert sdrun("image", "inspect", "docker.io/library/app", check=False).returncode == 125  # no registry's
 
 
 def store_files(sdrun: Sdrun) -> tuple[set[str], set[str]]:
@@ -539,17 +549,17 @@ def test_rm_takes_one_name_and_the_content_goes_with_the_last(sdrun: Sdrun, layo
         sdrun("image", "import", f"oci:{layout}:app", name)
     digest = sdrun("image", "import", f"oci:{layout}:base", "local/base:1").stdout.strip()
     (app,) = [image for image in json.loads(sdrun("image", "list", "--json").stdout) if image["digest"] != digest]
-    assert sorted(app["names"]) == ["docker.io/local/app:1", "docker.io/local/app:2"]
+    assert sorted(app["names"]) == ["localhost/local/app:1", "localhost/local/app:2"]
     blobs, trees = store_files(sdrun)
     by_digest = sdrun("image", "rm", app["digest"], check=False)
     assert by_digest.returncode == 125 and "has 2 names" in by_digest.stderr
-    assert sdrun("image", "rm", "local/app:1").stdout == "untagged docker.io/local/app:1\n"
-    assert inspect(sdrun, "local/app:2")["names"] == ["docker.io/local/app:2"]
+    assert sdrun("image", "rm", "local/app:1").stdout == "untagged localhost/local/app:1\n"
+    assert inspect(sdrun, "local/app:2")["names"] == ["localhost/local/app:2"]
     assert sdrun("image", "inspect", "local/app:1", check=False).returncode == 125
     assert store_files(sdrun) == (blobs, trees)  # the image is still named: nothing of it goes
     assert collected(sdrun) == []
-    removed = sdrun("image", "rm", "docker.io/local/app:2").stdout.splitlines()
-    assert removed[0] == "untagged docker.io/local/app:2" and f"removed blob {app['digest']}" in removed
+    removed = sdrun("image", "rm", "localhost/local/app:2").stdout.splitlines()
+    assert removed[0] == "untagged localhost/local/app:2" and f"removed blob {app['digest']}" in removed
     base = inspect(sdrun, "local/base:1")
     manifest = json.loads((sdrun.root / "images/blobs/sha256" / digest[7:]).read_text())
     base_blobs = {digest[7:], manifest["config"]["digest"][7:]}
@@ -574,7 +584,7 @@ def test_import_archives_written_by_podman_save(sdrun: Sdrun, layout: Path) -> N
     sdrun("image", "import", f"docker-archive:{archives['docker-archive']}")  # named by its RepoTags
     sdrun("image", "import", f"oci-archive:{archives['oci-archive']}", "local/podman:oci")
     names = sorted(name for image in json.loads(sdrun("image", "list", "--json").stdout) for name in image["names"])
-    assert names == ["docker.io/local/podman:oci", "example.org/podman/app:1"]
+    assert names == ["example.org/podman/app:1", "localhost/local/podman:oci"]
     from_docker, from_oci = inspect(sdrun, "example.org/podman/app:1"), inspect(sdrun, "local/podman:oci")
     diff_ids = [layer["diff_id"] for layer in from_oci["layers"]]  # type: ignore[attr-defined]
     assert [layer["diff_id"] for layer in from_docker["layers"]] == diff_ids  # type: ignore[attr-defined]

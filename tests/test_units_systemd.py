@@ -354,7 +354,13 @@ def test_an_installed_image_pod_runs_its_image_and_generate_needs_it_stored(
     assert missing.returncode == 125 and "image no-such-image is not in the image store" in missing.stderr
     assert missing.stdout == ""
     name = unique_name("img")
-    nameless = sdrun("install", name, "--net", "none", reference, check=False)
+    unnamed = sdrun.root / "unnamed"  # the layout with no ref.name in its index
+    shutil.copytree(layout, unnamed)
+    index = json.loads((unnamed / "index.json").read_text())
+    for entry in index["manifests"]:
+        entry.pop("annotations", None)
+    (unnamed / "index.json").write_text(json.dumps(index))
+    nameless = sdrun("install", name, "--net", "none", f"oci:{unnamed}", check=False)
     assert nameless.returncode == 125 and "has no name in the store" in nameless.stderr
     sdrun("image", "import", reference, f"{name}-image")
     sdrun("install", name, "--net", "none", f"{name}-image")

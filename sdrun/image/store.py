@@ -31,7 +31,7 @@ from sdrun.debug import debug
 from sdrun.errors import NotFound, SdrunError
 from sdrun.image import oci
 from sdrun.image.layers import extract_layer
-from sdrun.image.reference import DIGEST_PATTERN, BadReference, parse_registry_reference
+from sdrun.image.reference import DIGEST_PATTERN, BadReference, parse_local_name, parse_registry_reference
 from sdrun.linux import syscalls as sc
 
 CHUNK = 1 << 20
@@ -335,25 +335,32 @@ class ImageStore:
         return self.load(entries[0].digest, names, index_digest)
 
     @staticmethod
-    def _name_candidates(text: str) -> set[str]:
-        candidates = {text}
+    def _name_candidates(text: str) -> list[str]:
+        """The names text may mean, the likeliest first: as given, a local image's (localhost/, as
+        podman names them), the registry's it names (docker.io by default)."""
+        candidates = [text]
         with contextlib.suppress(BadReference):
-            candidates.add(parse_registry_reference(text.removeprefix("docker://")).name)
-        return candidates
+            if not text.startswith("docker://"):
+                candidates.append(parse_local_name(text).name)
+            candidates.append(parse_registry_reference(text.removeprefix("docker://")).name)
+        return list(dict.fromkeys(candidates))
+
+    def _entries_named(self, entries: list[oci.Descriptor], text: str) -> list[oci.Descriptor]:
+        for candidate in self._name_candidates(text):
+            named = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) == candidate]
+            if named:
+                return named
+        return []
 
     def name_of(self, text: str) -> str | None:
         """The stored name text means (as given or normalized), if it names an image and is no digest."""
-        candidates = self._name_candidates(text)
-        for entry in self.index_entries():
-            if entry.annotations.get(oci.REF_NAME) in candidates:
-                return entry.annotations[oci.REF_NAME]
-        return None
+        named = self._entries_named(self.index_entries(), text)
+        return named[0].annotations[oci.REF_NAME] if named else None
 
     def find(self, text: str) -> Image | None:
         """An image by name (as given or normalized), by digest, or by a unique digest prefix of 8+ digits."""
         entries = self.index_entries()
-        candidates = self._name_candidates(text)
-        by_name = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) in candidates]
+        by_name = self._entries_named(entries, text)
         if not by_name:
             hex_part = text.rpartition("@")[2].removeprefix("sha256:")
             if len(hex_part) >= 8 and all(c in "0123456789abcdef" for c in hex_part):
