@@ -608,6 +608,33 @@ def test_import_a_rootfs_tarball_and_export_it(sdrun: Sdrun, rootfs: Path) -> No
     assert seen["layers"][0]["digest"] == details["layers"][0]["digest"]  # type: ignore[index]
 
 
+def test_export_to_a_docker_archive_and_an_oci_archive(sdrun: Sdrun, layout: Path, tmp_path: Path) -> None:
+    digest = sdrun("image", "import", f"oci:{layout}:app", "local/app:1").stdout.strip()
+    config = inspect(sdrun, digest)
+    docker_archive, oci_archive = WORK / "exported-docker.tar", WORK / "exported-oci.tar"
+    assert sdrun("image", "export", "local/app:1", f"docker-archive:{docker_archive}").stdout == f"{docker_archive}\n"
+    sdrun("image", "export", "local/app:1", f"oci-archive:{oci_archive}")
+    with tarfile.open(docker_archive) as archive:
+        listing = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert listing[0]["RepoTags"] == ["localhost/local/app:1"]
+    raw = json.loads(run("skopeo", "inspect", "--raw", f"docker-archive:{docker_archive}"))
+    diff_ids = [layer["diff_id"] for layer in config["layers"]]  # type: ignore[attr-defined]
+    assert [layer["digest"] for layer in raw["layers"]] == diff_ids  # uncompressed: their digests are the diff_ids
+    assert json.loads(run("skopeo", "inspect", "--raw", f"oci-archive:{oci_archive}"))["layers"] == [
+        {key: layer[key] for key in ("mediaType", "digest", "size")}
+        for layer in config["layers"]  # type: ignore[attr-defined]
+    ]
+    other = Sdrun(sdrun.root / "other")
+    other.root.mkdir()
+    other("image", "import", f"docker-archive:{docker_archive}")  # named by its RepoTags
+    assert inspect(other, "local/app:1")["config"] == config["config"]
+    output = other("run", "--rm", "--net", "none", "local/app:1", "--", "cat", "/hello").stdout
+    assert output == "hi\n"
+    missing_dir = sdrun("image", "export", "local/app:1", f"docker-archive:{tmp_path}/no/such/x.tar", check=False)
+    assert missing_dir.returncode == 125 and "cannot write" in missing_dir.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_references_are_one_line_errors(sdrun: Sdrun) -> None:
     for reference, complaint in [
         ("UPPER/case", "invalid image reference"),

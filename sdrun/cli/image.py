@@ -231,16 +231,16 @@ def gc(ctx: Context) -> None:
 
 @image.command()
 @click.argument("name", metavar="IMAGE")
-@click.argument("target", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("target", metavar="[oci-archive:|docker-archive:]FILE")
 @pass_context
-def export(ctx: Context, name: str, target: Path) -> None:
-    """Write an image to an OCI archive (FILE is then oci-archive:FILE for skopeo, podman and sdrun)."""
-    from sdrun.image.archive import export_oci_archive
+def export(ctx: Context, name: str, target: str) -> None:
+    """Write an image to an OCI archive (FILE), or a docker archive (docker save's), for skopeo, podman and sdrun."""
+    from sdrun.image.archive import export_image
 
     store = _store(ctx)
     with store.shared():
-        export_oci_archive(store, store.get(name), target)
-    click.echo(str(target))
+        written = export_image(store, store.get(name), target)
+    click.echo(str(written))
 
 
 @image.command()
