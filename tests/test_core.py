@@ -450,6 +450,24 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
     assert sdrun.new_units() == set()
 
 
+def test_a_user_other_than_root_is_told_in_one_line_that_sdrun_needs_root(sdrun: Sdrun, rootfs: Path) -> None:
+    """Not an internal error (PermissionError on the state) nor polkit's refusal of the unit."""
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SDRUN, "--root", str(sdrun.root)]
+    run = ["run", "--rm", "--net", "none", "--rootfs", str(rootfs), "--", "/bin/true"]
+    for verb in (
+        ["list"],
+        run,
+        ["run", "-d", *run[2:]],
+        ["status", "x"],
+        ["image", "list"],
+        ["gc"],
+        ["--debug", "list"],
+    ):
+        result = subprocess.run([*as_nobody, *verb], capture_output=True, text=True, check=False, timeout=60)
+        assert_clean_failure(sdrun, result, "sdrun: sdrun needs root: its pods are systemd system services")
+    assert subprocess.run([*as_nobody, "run", "--help"], capture_output=True, text=True, check=True).stdout
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
