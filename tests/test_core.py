@@ -249,6 +249,20 @@ def test_no_sdrun_process_stays_beside_the_app(sdrun: Sdrun, rootfs: Path) -> No
     assert status["main_pid"] == main_pid
 
 
+def test_a_multi_line_command_is_one_row_of_list_shell_quoted(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    script = "echo 'a b'\nexit 3"
+    sdrun("run", "-d", "--name", name, "--net", "none", "--rootfs", str(rootfs), "--", "sh", "-c", script)
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "exited")
+    lines = sdrun("list").stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith(f"{str(pod_json(sdrun, name)['uuid'])[:8]}  {name}  exited (3)  ")
+    assert lines[1].endswith("  sh -c 'echo '\"'\"'a b'\"'\"'\\nexit 3'")
+    assert "\ncommand: sh -c 'echo '\"'\"'a b'\"'\"'\\nexit 3'\n" in sdrun("status", name).stdout
+    assert pod_json(sdrun, name)["command"] == ["sh", "-c", script]  # --json keeps it as it is
+    sdrun("rm", name)
+
+
 def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -213,11 +214,19 @@ def list_pods(ctx: Context, as_json: bool) -> None:
             state = f"{state}: {pod_view.failure}"
         source = spec.image or spec.rootfs or ""
         address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
-        command = " ".join(spec.app.argv)
+        command = single_line(shlex.join(spec.app.argv))
         rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, address, ports, command))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def single_line(text: str) -> str:
+    """text with its control characters (a script's newlines) escaped as Python writes them: one table row."""
+    return CONTROL_CHARACTERS.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @main.command()
@@ -242,7 +251,6 @@ RESULT_MEANINGS = {"start-limit-hit": "systemd stopped restarting the app: it st
 def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
     """`status` for people: a local time, a command line and NAME=VALUE lines, not the epoch and
     Python reprs that --json's values would print as (--json keeps them for programs)."""
-    import shlex
     import time
 
     for key, value in details.items():
@@ -251,7 +259,7 @@ def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
         if key == "created":
             yield f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(value))}"
         elif key == "command":
-            yield f"{key}: {shlex.join(value)}"
+            yield f"{key}: {single_line(shlex.join(value))}"
         elif key == "result" and value in RESULT_MEANINGS:
             yield f"{key}: {value} ({RESULT_MEANINGS[value]})"
         elif isinstance(value, Mapping):  # env, labels: one per line, quoted as a shell would need
