@@ -205,6 +205,28 @@ def test_read_only_root_and_tmpfs(sdrun: Sdrun, private_rootfs: Path, tmp_path: 
     assert sorted(str(path.relative_to(private_rootfs)) for path in private_rootfs.rglob("*")) == before
 
 
+def test_read_only_gives_tmp_var_tmp_and_run_a_tmpfs_as_podman_does(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    writes = "for d in /tmp /var/tmp /run /etc; do touch $d/w 2>/dev/null && echo $d; done; "
+    mounts = "grep -E ' /(tmp|var/tmp|run|run/x) ' /proc/self/mounts | cut -d' ' -f2,3,4"
+    output = shell(sdrun, rootfs, writes + mounts, "--read-only").splitlines()
+    assert output[:3] == ["/tmp", "/var/tmp", "/run"]  # /etc stays read-only
+    assert sorted(line.split()[:2] for line in output[3:]) == [
+        ["/run", "tmpfs"],
+        ["/tmp", "tmpfs"],
+        ["/var/tmp", "tmpfs"],
+    ]
+    assert all("nosuid" in line and "nodev" in line and "noexec" not in line for line in output[3:])
+    # Unless the pod mounts something there itself; a volume below one goes on top of the tmpfs.
+    options = ("--read-only", "--tmpfs", "/tmp:size=1m", "-v", f"{tmp_path}:/var/tmp", "-v", f"{tmp_path}:/run/x")
+    output = shell(sdrun, rootfs, writes + mounts, *options).splitlines()
+    assert output[:3] == ["/tmp", "/var/tmp", "/run"]
+    found = {line.split()[0]: line.split()[1:] for line in output[3:]}
+    assert found["/tmp"][0] == "tmpfs" and "size=1024k" in found["/tmp"][1] and "noexec" in found["/tmp"][1]
+    assert found["/var/tmp"][0] != "tmpfs" and found["/run"][0] == "tmpfs" and found["/run/x"][0] != "tmpfs"
+    assert (tmp_path / "w").exists()
+    assert shell(sdrun, rootfs, mounts) == ""  # not without --read-only: the pod's layer takes the writes
+
+
 def test_writes_go_to_the_pods_own_layer_not_the_shared_rootfs(sdrun: Sdrun, rootfs: Path) -> None:
     marker = f"marker-{uuid.uuid4().hex[:6]}"
     shell(sdrun, rootfs, f"echo hi > /{marker} && cat /{marker}")

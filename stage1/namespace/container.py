@@ -28,7 +28,7 @@ from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 from stage1.etcfiles import etc_mounts, pod_hostname
 from stage1.namespace.launch import INIT_PATH, PLAN_FILE
-from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options
+from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options, read_only_tmpfs
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -224,6 +224,7 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
     user_namespace = user_namespace_of(pod)
     mounts = api_mounts(pod, user_namespace, console)
     mounts += etc_mounts(pod)
+    mounts += [parse_tmpfs(text) for text in read_only_tmpfs(pod)]
     mounts += [BindMount(volume.source, volume.target, volume.read_only) for volume in spec.app.volumes]
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]
     if isolation.init:
