@@ -263,6 +263,29 @@ def test_a_multi_line_command_is_one_row_of_list_shell_quoted(sdrun: Sdrun, root
     sdrun("rm", name)
 
 
+def test_an_oom_kill_shows_as_such_in_list_and_status(sdrun: Sdrun, rootfs: Path) -> None:
+    """systemd says oom-kill from cgroup v2's memory.events; on a hybrid host (memory on v1) the exit
+    record finds the kill in the unit's v1 memory.oom_control, where systemd says only signal."""
+    name = unique_name()
+    app = ("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")  # a 64M buffer, under 16M
+    sdrun("run", "-d", "--name", name, "--memory", "16M", "--net", "none", "--rootfs", str(rootfs), "--", *app)
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")
+    pod = pod_json(sdrun, name)
+    assert (pod["result"], pod["exit_status"]) == ("oom-kill", 137)
+    (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
+    assert " failed (137): oom-kill " in row
+    assert "\nresult: oom-kill (the kernel's OOM killer ended the app" in sdrun("status", name).stdout
+    sdrun("rm", name)
+    killed = unique_name()  # a SIGKILL that is no OOM kill stays a signal
+    sdrun(
+        "run", "-d", "--name", killed, "--memory", "16M", "--net", "none", "--rootfs", str(rootfs), "--", "sleep", "100"
+    )
+    sdrun("kill", killed)
+    wait_for(lambda: pod_json(sdrun, killed)["state"] == "exited")
+    assert (pod_json(sdrun, killed)["result"], pod_json(sdrun, killed)["exit_status"]) == ("signal", 137)
+    sdrun("rm", killed)
+
+
 def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

@@ -212,6 +212,8 @@ def list_pods(ctx: Context, as_json: bool) -> None:
             state = f"{state} ({record.exit_status})"
         if pod_view.failure is not None:  # the restarts stopped: that is what needs doing something about
             state = f"{state}: {pod_view.failure}"
+        elif record is not None and pod_view.state == "failed":  # a Result a status cannot say: oom-kill, timeout...
+            state = f"{state}: {record.result}"
         source = spec.image or spec.rootfs or ""
         address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
         command = single_line(shlex.join(spec.app.argv))
@@ -245,7 +247,10 @@ def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
 
 
 # systemd's Results (SERVICE_RESULT) that say more than their name to someone who does not know systemd.
-RESULT_MEANINGS = {"start-limit-hit": "systemd stopped restarting the app: it started too often"}
+RESULT_MEANINGS = {
+    "start-limit-hit": "systemd stopped restarting the app: it started too often",
+    "oom-kill": "the kernel's OOM killer ended the app: the pod needed more memory than its --memory",
+}
 
 
 def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:

@@ -48,8 +48,16 @@ SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
 # after systemd has garbage-collected the unit. It runs privileged ("+"), so
 # the app's User= does not apply. A single shell builtin, no temporary file and
 # rename: a reader that catches the line half-written sees fewer than three
-# fields and takes the record as absent (Pod.exit_record).
-RECORD_EXIT = 'echo "$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS" > "$1"'
+# fields and takes the record as absent (Pod.exit_record). systemd tells an OOM
+# kill (oom-kill) only from cgroup v2's memory.events: with the memory controller
+# on v1 (a hybrid host) it says signal, and the unit's v1 memory cgroup, still
+# there, counts the kill in memory.oom_control. No ';': systemd 252 cannot read
+# one back after a daemon-reload.
+RECORD_EXIT = (
+    'echo "$([ "$SERVICE_RESULT $EXIT_STATUS" = "signal KILL" ] && grep -qs "^oom_kill [1-9]"'
+    ' "/sys/fs/cgroup/memory$(sed -n "s/^[0-9]*:memory://p" /proc/self/cgroup)/memory.oom_control"'
+    ' && echo oom-kill || echo "$SERVICE_RESULT") $EXIT_CODE $EXIT_STATUS" > "$1"'
+)
 
 
 def escape_variables(argument: str) -> str:
