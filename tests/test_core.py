@@ -513,6 +513,15 @@ def test_a_user_other_than_root_is_told_in_one_line_that_sdrun_needs_root(sdrun:
         (["--restart", "sometimes", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart policy"),
         (["--restart-sec", "soon", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart_sec 'soon'"),
         (["--rootfs", "{rootfs}", "--", "/no/such/program"], "'/no/such/program' not found"),
+        (  # there, but no program: execvp's EACCES, not a command not found
+            ["--rootfs", "{rootfs}", "--", "/etc/passwd"],
+            "'/etc/passwd' cannot be executed: permission denied (/etc/passwd is not executable)",
+        ),
+        (["--rootfs", "{rootfs}", "--", "/bin"], "'/bin' cannot be executed: permission denied (/bin is a directory)"),
+        (
+            ["-e", "PATH=/etc:/bin", "--rootfs", "{rootfs}", "--", "group"],
+            "'group' cannot be executed: permission denied (/etc/group is not executable)",
+        ),
         (["-v", "/nonexistent:/x", "--rootfs", "{rootfs}", "--", "/bin/true"], "volume source '/nonexistent'"),
         (["-u", "nobody-here", "--rootfs", "{rootfs}", "--", "/bin/true"], "user 'nobody-here' not found"),
         (["--name", "bad/name", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid pod name"),
@@ -523,7 +532,7 @@ def test_a_user_other_than_root_is_told_in_one_line_that_sdrun_needs_root(sdrun:
             ["-d", "--rm", "--restart=on-failure", "--rootfs", "{rootfs}", "--", "/bin/true"],
             "--rm and --restart on-failure conflict",
         ),
-        (  # read by click, for --private-users
+        (  # with --private-users, which click reads too
             ["--private-users", "--rm", "--restart", "always", "--rootfs", "{rootfs}", "--", "/bin/true"],
             "--rm and --restart always conflict",
         ),
