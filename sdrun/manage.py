@@ -16,7 +16,7 @@ from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.net import collect_garbage, pod_address, release
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
-from sdrun.systemd.bus import SERVICE, Systemd, UnitStatus
+from sdrun.systemd.bus import SERVICE, UNIT, Systemd, UnitStatus
 from stage1.interface import Stage1
 
 UNIT_PATTERNS = ("sdrun-*.service", "sdrun-*.scope")
@@ -111,12 +111,25 @@ def _restarts(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> int | None
 
 def _failure(systemd: Systemd, pod: Pod, unit: UnitStatus | None) -> str | None:
     """Why systemd stopped restarting the pod, if it did: only a restarting pod's unit stays
-    failed (properties._collect_mode), and only its Result tells (ExecStopPost= did not run)."""
+    failed (properties._collect_mode), and only the unit tells (ExecStopPost= did not run)."""
     if pod.spec.restart == "no" or unit is None or unit.active_state != "failed":
         return None
     with contextlib.suppress(NotFound):
-        return str(systemd.unit_property(unit.name, SERVICE, "Result"))
+        result = str(systemd.unit_property(unit.name, SERVICE, "Result"))
+        return START_LIMIT_HIT if _start_refused(systemd, unit.name) else result
     return None  # collected meanwhile
+
+
+START_LIMIT_HIT = "start-limit-hit"
+
+
+def _start_refused(systemd: Systemd, unit: str) -> bool:
+    """Whether the unit's last start never reached its exec: systemd tested its conditions (as
+    every start does, then its start limit) after the app's last exec. Its Result cannot say so:
+    systemd keeps the first failure's, exit-code say, over start-limit-hit (systemd#32203)."""
+    tested = int(systemd.unit_property(unit, UNIT, "ConditionTimestampMonotonic") or 0)
+    executed = int(systemd.unit_property(unit, SERVICE, "ExecMainStartTimestampMonotonic") or 0)
+    return tested > executed
 
 
 def status_details(systemd: Systemd, pod: Pod) -> dict[str, Any]:

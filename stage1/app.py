@@ -19,8 +19,8 @@ from sdrun.linux.rootfs import (
     Credentials,
     find_executable,
     is_directory_in_root,
-    is_executable_in_root,
     resolve_user,
+    why_not_executable,
 )
 from sdrun.paths import Paths
 from sdrun.spec import DEFAULT_PATH, UNLIMITED, AppSpec, Volume
@@ -80,8 +80,8 @@ class ContainerTree:
             return source.parent, "/" + source.name
         return source, "/" + path.removeprefix(volume.target).lstrip("/")
 
-    def is_executable(self, path: str) -> bool:
-        return is_executable_in_root(*self.locate(path))
+    def why_not_executable(self, path: str) -> str | None:
+        return why_not_executable(*self.locate(path))
 
     def is_directory(self, path: str) -> bool:
         return is_directory_in_root(*self.locate(path))
@@ -94,7 +94,7 @@ def resolve_app(rootfs: Path, app: AppSpec, default_argv: tuple[str, ...] = ()) 
     tree = ContainerTree(rootfs, app.volumes)
     credentials = resolve_user(rootfs, app.user)
     env = {"HOME": credentials.home} | app.env
-    executable = find_executable(argv[0], env.get("PATH", DEFAULT_PATH), tree.is_executable)
+    executable = find_executable(argv[0], env.get("PATH", DEFAULT_PATH), tree.why_not_executable)
     workdir = app.workdir or "/"
     if not tree.is_directory(workdir):
         raise SpecError(f"working directory '{workdir}' does not exist in the container")

@@ -68,3 +68,18 @@ def mount_pod_rootfs(pod: Pod) -> Path:
     target, options = pod_overlay(pod)
     sc.mount("overlay", target, "overlay", 0, options)
     return target
+
+
+# With --read-only, where the app may still write, as podman's --read-only-tmpfs (its default) gives
+# it: PATH:OPTIONS as --tmpfs takes them (executable, as podman's; nosuid and nodev all the same).
+READ_ONLY_TMPFS = (("/tmp", "exec,mode=1777"), ("/var/tmp", "exec,mode=1777"), ("/run", "exec,mode=755"))
+
+
+def read_only_tmpfs(pod: Pod) -> tuple[str, ...]:
+    """The tmpfs a --read-only pod gets on /tmp, /var/tmp and /run: each unless a volume or a
+    --tmpfs of its own is there. A stage1 mounts them before the volumes, which may go below."""
+    spec = pod.spec
+    if not spec.isolation.read_only:
+        return ()
+    taken = {tmpfs.partition(":")[0] for tmpfs in spec.isolation.tmpfs} | {volume.target for volume in spec.app.volumes}
+    return tuple(f"{path}:{options}" for path, options in READ_ONLY_TMPFS if path not in taken)

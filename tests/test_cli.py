@@ -27,13 +27,14 @@ PLAIN_RUN_LINES = [
     ["--spec", "pod.toml"],
     ["--name", "-starts-with-a-dash", "img"],  # a value is taken whatever it looks like, as click does
     ["img", "--rm", "-d"],  # after IMAGE, options are the command's
+    ["--private-users", "img"],  # its value may be left out, and is given only after '='
+    ["--private-users=300000:65536", "--private-users", "-d", "img"],
     [],
 ]
 LEFT_TO_CLICK = [
     ["--help"],
     ["-h"],
     ["-dt", "img"],  # short flags run together
-    ["--private-users", "img"],  # its value may be left out
     ["--tls-verify=false", "img"],
     ["--no-such-option", "img"],
     ["--name"],  # the value is missing
@@ -55,6 +56,27 @@ def test_run_without_click_reads_a_command_line_as_click_does(argv: list[str]) -
     read = runcommand.parse(["run", *argv])
     assert read is not None
     assert (read.options, read.args) == click_reading(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "value", "args"),
+    [
+        (["--private-users", "img", "--private-users", "x"], "auto", ("img", "--private-users", "x")),
+        (["-p80:80", "-e", "--private-users", "--private-users", "img"], "auto", ("img",)),  # -e's value, then it
+        (["-p80:80", "--name", "--private-users", "img"], None, ("img",)),  # the name's value
+        (["--private-users=1000000:65536", "img"], "1000000:65536", ("img",)),
+    ],
+)
+def test_private_users_takes_a_value_only_after_equals(argv: list[str], value: str | None, args: tuple[str]) -> None:
+    options, read = click_reading(argv)
+    assert (options.get("private_users"), read) == (value, args)
+    assert click_reading(["-dp", "80:80", *argv])[0].get("private_users") == value  # short options run together
+    help_text = subprocess.run([SDRUN, "run", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "  --private-users[=auto|UID:COUNT]" in help_text
+    with commands.main.commands["generate"].make_context("generate", list(argv)) as context:  # the same options
+        assert (context.params["private_users"], context.params["args"]) == (value, args)
+    with commands.main.commands["install"].make_context("install", ["--private-users", "web", *argv]) as context:
+        assert (context.params["private_users"], context.params["pod_name"]) == (value or "auto", "web")
 
 
 @pytest.mark.parametrize("argv", LEFT_TO_CLICK)

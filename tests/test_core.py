@@ -249,6 +249,43 @@ def test_no_sdrun_process_stays_beside_the_app(sdrun: Sdrun, rootfs: Path) -> No
     assert status["main_pid"] == main_pid
 
 
+def test_a_multi_line_command_is_one_row_of_list_shell_quoted(sdrun: Sdrun, rootfs: Path) -> None:
+    name = unique_name()
+    script = "echo 'a b'\nexit 3"
+    sdrun("run", "-d", "--name", name, "--net", "none", "--rootfs", str(rootfs), "--", "sh", "-c", script)
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "exited")
+    lines = sdrun("list").stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith(f"{str(pod_json(sdrun, name)['uuid'])[:8]}  {name}  exited (3)  ")
+    assert lines[1].endswith("  sh -c 'echo '\"'\"'a b'\"'\"'\\nexit 3'")
+    assert "\ncommand: sh -c 'echo '\"'\"'a b'\"'\"'\\nexit 3'\n" in sdrun("status", name).stdout
+    assert pod_json(sdrun, name)["command"] == ["sh", "-c", script]  # --json keeps it as it is
+    sdrun("rm", name)
+
+
+def test_an_oom_kill_shows_as_such_in_list_and_status(sdrun: Sdrun, rootfs: Path) -> None:
+    """systemd says oom-kill from cgroup v2's memory.events; on a hybrid host (memory on v1) the exit
+    record finds the kill in the unit's v1 memory.oom_control, where systemd says only signal."""
+    name = unique_name()
+    app = ("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")  # a 64M buffer, under 16M
+    sdrun("run", "-d", "--name", name, "--memory", "16M", "--net", "none", "--rootfs", str(rootfs), "--", *app)
+    wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")
+    pod = pod_json(sdrun, name)
+    assert (pod["result"], pod["exit_status"]) == ("oom-kill", 137)
+    (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
+    assert " failed (137): oom-kill " in row
+    assert "\nresult: oom-kill (the kernel's OOM killer ended the app" in sdrun("status", name).stdout
+    sdrun("rm", name)
+    killed = unique_name()  # a SIGKILL that is no OOM kill stays a signal
+    sdrun(
+        "run", "-d", "--name", killed, "--memory", "16M", "--net", "none", "--rootfs", str(rootfs), "--", "sleep", "100"
+    )
+    sdrun("kill", killed)
+    wait_for(lambda: pod_json(sdrun, killed)["state"] == "exited")
+    assert (pod_json(sdrun, killed)["result"], pod_json(sdrun, killed)["exit_status"]) == ("signal", 137)
+    sdrun("rm", killed)
+
+
 def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
@@ -260,21 +297,37 @@ def test_restart_on_failure_is_done_by_systemd(sdrun: Sdrun, rootfs: Path, tmp_p
     assert pod_json(sdrun, name)["exit_status"] == 0
 
 
-def test_restarts_systemd_gave_up_show_in_list_and_status_until_rm(sdrun: Sdrun, rootfs: Path) -> None:
+@pytest.mark.parametrize(("app", "status", "result"), [("true", 0, "start-limit-hit"), ("false", 1, "exit-code")])
+def test_restarts_systemd_gave_up_show_in_list_and_status_until_rm(
+    sdrun: Sdrun, rootfs: Path, app: str, status: int, result: str
+) -> None:
     """An app that ends at once is started 5 times in 10 s, then systemd stops: the record says
-    exited (0), but the pod's unit stays failed with its Result for list and status to show."""
+    exited (N), but the pod's unit stays failed for list and status to show. Its Result says
+    start-limit-hit only if the app succeeded: systemd keeps the first failure's over it."""
     name = unique_name()
     unit = f"sdrun-{name}.service"
-    sdrun("run", "-d", "--name", name, "--restart", "always", "--rootfs", str(rootfs), "--", "/bin/true")
+    sdrun("run", "-d", "--name", name, "--restart", "always", "--rootfs", str(rootfs), "--", f"/bin/{app}")
     wait_for(lambda: pod_json(sdrun, name)["state"] == "failed")
     pod = pod_json(sdrun, name)
-    assert (pod["result"], pod["exit_status"]) == ("start-limit-hit", 0)
-    assert systemctl_show(unit, "Result", "NRestarts") == {"Result": "start-limit-hit", "NRestarts": "5"}
+    assert (pod["result"], pod["exit_status"]) == ("start-limit-hit", status)
+    assert systemctl_show(unit, "Result", "NRestarts") == {"Result": result, "NRestarts": "5"}
     (row,) = [line for line in sdrun("list").stdout.splitlines() if f" {name} " in line]
-    assert " failed (0): start-limit-hit " in row
+    assert f" failed ({status}): start-limit-hit " in row
     assert "\nresult: start-limit-hit (systemd stopped restarting the app" in sdrun("status", name).stdout
     sdrun("rm", name)
     assert systemctl_show(unit, "LoadState")["LoadState"] == "not-found"
+
+
+def test_a_restarting_pod_stopped_by_hand_is_no_start_limit_hit(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    name = unique_name()
+    app = ("sh", "-c", "trap 'exit 3' TERM; touch /state/up; sleep 100 & wait")
+    volume = ("-v", f"{tmp_path}:/state")
+    sdrun("run", "-d", "--name", name, "--restart", "always", *volume, "--rootfs", str(rootfs), "--", *app)
+    wait_for((tmp_path / "up").exists)
+    sdrun("stop", name)
+    pod = pod_json(sdrun, name)
+    assert (pod["state"], pod["result"], pod["exit_status"]) == ("failed", "exit-code", 3)
+    sdrun("rm", name)
 
 
 def test_restart_sec_spaces_the_restarts_out(sdrun: Sdrun, rootfs: Path) -> None:
@@ -460,6 +513,24 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
     assert sdrun.new_units() == set()
 
 
+def test_a_user_other_than_root_is_told_in_one_line_that_sdrun_needs_root(sdrun: Sdrun, rootfs: Path) -> None:
+    """Not an internal error (PermissionError on the state) nor polkit's refusal of the unit."""
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SDRUN, "--root", str(sdrun.root)]
+    run = ["run", "--rm", "--net", "none", "--rootfs", str(rootfs), "--", "/bin/true"]
+    for verb in (
+        ["list"],
+        run,
+        ["run", "-d", *run[2:]],
+        ["status", "x"],
+        ["image", "list"],
+        ["gc"],
+        ["--debug", "list"],
+    ):
+        result = subprocess.run([*as_nobody, *verb], capture_output=True, text=True, check=False, timeout=60)
+        assert_clean_failure(sdrun, result, "sdrun: sdrun needs root: its pods are systemd system services")
+    assert subprocess.run([*as_nobody, "run", "--help"], capture_output=True, text=True, check=True).stdout
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -468,6 +539,15 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
         (["--restart", "sometimes", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart policy"),
         (["--restart-sec", "soon", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid restart_sec 'soon'"),
         (["--rootfs", "{rootfs}", "--", "/no/such/program"], "'/no/such/program' not found"),
+        (  # there, but no program: execvp's EACCES, not a command not found
+            ["--rootfs", "{rootfs}", "--", "/etc/passwd"],
+            "'/etc/passwd' cannot be executed: permission denied (/etc/passwd is not executable)",
+        ),
+        (["--rootfs", "{rootfs}", "--", "/bin"], "'/bin' cannot be executed: permission denied (/bin is a directory)"),
+        (
+            ["-e", "PATH=/etc:/bin", "--rootfs", "{rootfs}", "--", "group"],
+            "'group' cannot be executed: permission denied (/etc/group is not executable)",
+        ),
         (["-v", "/nonexistent:/x", "--rootfs", "{rootfs}", "--", "/bin/true"], "volume source '/nonexistent'"),
         (["-u", "nobody-here", "--rootfs", "{rootfs}", "--", "/bin/true"], "user 'nobody-here' not found"),
         (["--name", "bad/name", "--rootfs", "{rootfs}", "--", "/bin/true"], "invalid pod name"),
@@ -478,7 +558,7 @@ def assert_clean_failure(sdrun: Sdrun, result: subprocess.CompletedProcess[str],
             ["-d", "--rm", "--restart=on-failure", "--rootfs", "{rootfs}", "--", "/bin/true"],
             "--rm and --restart on-failure conflict",
         ),
-        (  # read by click, for --private-users
+        (  # with --private-users, which click reads too
             ["--private-users", "--rm", "--restart", "always", "--rootfs", "{rootfs}", "--", "/bin/true"],
             "--rm and --restart always conflict",
         ),

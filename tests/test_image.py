@@ -459,7 +459,48 @@ def test_which_sees_the_image_as_overlayfs_does(sdrun: Sdrun) -> None:
         assert which(name) == [], name
     assert which("libfoo.so.1") == [(foo, foo, top)]  # once, from the layer it is visible from
     text = sdrun("image", "which", "/lib/libfoo.so.1").stdout
-    assert text == f"docker.io/local/which:1  /lib/libfoo.so.1 (at {foo})  layer {top[:19]}\n"
+    assert text == f"localhost/local/which:1  /lib/libfoo.so.1 (at {foo})  layer {top[:19]}\n"
+
+
+def test_device_nodes_of_an_image_are_kept_and_stay_closed_to_its_pods(sdrun: Sdrun, layout: Path) -> None:
+    """mmdebstrap's /dev/console, and a node of the host's disk where stage1's /dev does not hide it."""
+    nodes = WORK / "nodes"
+    shutil.rmtree(nodes, ignore_errors=True)
+    shutil.copytree(layout, nodes)
+    first = sorted(os.listdir("/sys/dev/block"))[0]  # a block device of the host
+    major, minor = (int(number) for number in first.split(":"))
+    console, disk = entry("dev/console", tarfile.CHRTYPE, 0o600), entry("srv/disk", tarfile.BLKTYPE, 0o666)
+    (console.devmajor, console.devminor), (disk.devmajor, disk.devminor) = (5, 1), (major, minor)
+    directories = ((entry(name, tarfile.DIRTYPE, 0o755), b"") for name in ("dev", "srv"))
+    add_layer(nodes, "base", tar_bytes(*directories, (console, b""), (disk, b"")))
+    sdrun("image", "import", f"oci:{nodes}:base", "nodes:1")
+    top = inspect(sdrun, "nodes:1")["layers"][-1]["tree"]  # type: ignore[index]
+    assert os.stat(Path(str(top)) / "srv/disk").st_rdev == os.makedev(major, minor)
+    script = "stat -c '%F %t:%T' /srv/disk; head -c 1 /srv/disk > /dev/null; stat -c %F /dev/console"
+    result = sdrun("run", "--rm", "--net", "none", "nodes:1", "--", "sh", "-c", script, check=False)
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert lines[0] == f"block special file {major:x}:{minor:x}"
+    assert "head: /srv/disk: Operation not permitted" in lines  # the unit's DevicePolicy, not the driver
+    assert result.returncode == 1  # no console: stage1's /dev has none without a terminal
+
+
+def test_a_layer_refused_halfway_leaves_nothing_in_the_store(sdrun: Sdrun, layout: Path) -> None:
+    broken = WORK / "broken"
+    shutil.rmtree(broken, ignore_errors=True)
+    shutil.copytree(layout, broken)
+    filler = os.urandom(1 << 20)
+    add_layer(broken, "base", tar_bytes((entry("big"), filler), (entry("../escape"), b"x")))
+    sdrun("image", "gc")  # makes the store
+    for source in (f"oci:{broken}:base", f"oci-archive:{WORK / 'broken.tar'}"):
+        if source.startswith("oci-archive:"):
+            run("skopeo", "copy", f"oci:{broken}:base", source)
+        for verb in (("image", "import", source, "broken:1"), ("run", "--rm", "--net", "none", source, "--", "true")):
+            result = sdrun(*verb, check=False)
+            assert result.returncode == 125 and "climbs out of the layer with '..'" in result.stderr, result.stderr
+            assert list((sdrun.root / "images/blobs/sha256").iterdir()) == []
+            assert list((sdrun.root / "images/trees").iterdir()) == []
+            assert not list((sdrun.root / "images/tmp").glob("*.partial"))
+    assert sdrun("image", "list", "--json").stdout.strip() == "[]" and sdrun.pods() == []
 
 
 # --- imports ---
@@ -475,10 +516,20 @@ def test_import_archives_written_by_skopeo(sdrun: Sdrun, layout: Path) -> None:
     sdrun("image", "import", f"docker-archive:{docker_archive}")
     sdrun("image", "import", f"oci:{layout}:app", "local/app:layout")
     names = sorted(name for image in json.loads(sdrun("image", "list", "--json").stdout) for name in image["names"])
-    assert names == ["docker.io/local/app:layout", "docker.io/local/app:oci", "example.org/app:2"]
+    assert names == ["example.org/app:2", "localhost/local/app:layout", "localhost/local/app:oci"]
     assert len(tree_files(sdrun)) == 3  # the same three layers, whatever the transport
-    unnamed = sdrun("image", "import", f"oci-archive:{oci_archive}", check=False)
-    assert unnamed.returncode == 125 and "give a NAME" in unnamed.stderr
+    # Named as podman loads it: a ref.name that is a bare tag is a local image's name.
+    digest = sdrun("image", "import", f"oci-archive:{oci_archive}").stdout.strip()
+    app = inspect(sdrun, "app")
+    assert "localhost/app:latest" in app["names"] and app["digest"] == digest  # type: ignore[operator]
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:app", f"oci-archive:{WORK / 'tagged.tar'}:web:2")
+    sdrun("image", "import", f"oci-archive:{WORK / 'tagged.tar'}")
+    assert "localhost/web:2" in inspect(sdrun, "web:2")["names"]  # type: ignore[operator]
+    output = sdrun("run", "--rm", "--net", "none", "web:2", "--", "cat", "/hello").stdout  # found by its short name
+    assert output == "hi\n"
+    rootfs_tar = sdrun("image", "import", "--rootfs-tar", str(WORK / "tagged.tar"), "nameless", check=False)
+    assert rootfs_tar.returncode == 0 and inspect(sdrun, "nameless")["names"] == ["localhost/nameless:latest"]
+    assert sdrun("image", "inspect", "docker.io/library/app", check=False).returncode == 125  # no registry's
 
 
 def store_files(sdrun: Sdrun) -> tuple[set[str], set[str]]:
@@ -498,17 +549,17 @@ def test_rm_takes_one_name_and_the_content_goes_with_the_last(sdrun: Sdrun, layo
         sdrun("image", "import", f"oci:{layout}:app", name)
     digest = sdrun("image", "import", f"oci:{layout}:base", "local/base:1").stdout.strip()
     (app,) = [image for image in json.loads(sdrun("image", "list", "--json").stdout) if image["digest"] != digest]
-    assert sorted(app["names"]) == ["docker.io/local/app:1", "docker.io/local/app:2"]
+    assert sorted(app["names"]) == ["localhost/local/app:1", "localhost/local/app:2"]
     blobs, trees = store_files(sdrun)
     by_digest = sdrun("image", "rm", app["digest"], check=False)
     assert by_digest.returncode == 125 and "has 2 names" in by_digest.stderr
-    assert sdrun("image", "rm", "local/app:1").stdout == "untagged docker.io/local/app:1\n"
-    assert inspect(sdrun, "local/app:2")["names"] == ["docker.io/local/app:2"]
+    assert sdrun("image", "rm", "local/app:1").stdout == "untagged localhost/local/app:1\n"
+    assert inspect(sdrun, "local/app:2")["names"] == ["localhost/local/app:2"]
     assert sdrun("image", "inspect", "local/app:1", check=False).returncode == 125
     assert store_files(sdrun) == (blobs, trees)  # the image is still named: nothing of it goes
     assert collected(sdrun) == []
-    removed = sdrun("image", "rm", "docker.io/local/app:2").stdout.splitlines()
-    assert removed[0] == "untagged docker.io/local/app:2" and f"removed blob {app['digest']}" in removed
+    removed = sdrun("image", "rm", "localhost/local/app:2").stdout.splitlines()
+    assert removed[0] == "untagged localhost/local/app:2" and f"removed blob {app['digest']}" in removed
     base = inspect(sdrun, "local/base:1")
     manifest = json.loads((sdrun.root / "images/blobs/sha256" / digest[7:]).read_text())
     base_blobs = {digest[7:], manifest["config"]["digest"][7:]}
@@ -533,7 +584,7 @@ def test_import_archives_written_by_podman_save(sdrun: Sdrun, layout: Path) -> N
     sdrun("image", "import", f"docker-archive:{archives['docker-archive']}")  # named by its RepoTags
     sdrun("image", "import", f"oci-archive:{archives['oci-archive']}", "local/podman:oci")
     names = sorted(name for image in json.loads(sdrun("image", "list", "--json").stdout) for name in image["names"])
-    assert names == ["docker.io/local/podman:oci", "example.org/podman/app:1"]
+    assert names == ["example.org/podman/app:1", "localhost/local/podman:oci"]
     from_docker, from_oci = inspect(sdrun, "example.org/podman/app:1"), inspect(sdrun, "local/podman:oci")
     diff_ids = [layer["diff_id"] for layer in from_oci["layers"]]  # type: ignore[attr-defined]
     assert [layer["diff_id"] for layer in from_docker["layers"]] == diff_ids  # type: ignore[attr-defined]
@@ -555,6 +606,33 @@ def test_import_a_rootfs_tarball_and_export_it(sdrun: Sdrun, rootfs: Path) -> No
     sdrun("image", "export", "localhost/busybox:1", str(exported))
     seen = json.loads(run("skopeo", "inspect", "--raw", f"oci-archive:{exported}"))
     assert seen["layers"][0]["digest"] == details["layers"][0]["digest"]  # type: ignore[index]
+
+
+def test_export_to_a_docker_archive_and_an_oci_archive(sdrun: Sdrun, layout: Path, tmp_path: Path) -> None:
+    digest = sdrun("image", "import", f"oci:{layout}:app", "local/app:1").stdout.strip()
+    config = inspect(sdrun, digest)
+    docker_archive, oci_archive = WORK / "exported-docker.tar", WORK / "exported-oci.tar"
+    assert sdrun("image", "export", "local/app:1", f"docker-archive:{docker_archive}").stdout == f"{docker_archive}\n"
+    sdrun("image", "export", "local/app:1", f"oci-archive:{oci_archive}")
+    with tarfile.open(docker_archive) as archive:
+        listing = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert listing[0]["RepoTags"] == ["localhost/local/app:1"]
+    raw = json.loads(run("skopeo", "inspect", "--raw", f"docker-archive:{docker_archive}"))
+    diff_ids = [layer["diff_id"] for layer in config["layers"]]  # type: ignore[attr-defined]
+    assert [layer["digest"] for layer in raw["layers"]] == diff_ids  # uncompressed: their digests are the diff_ids
+    assert json.loads(run("skopeo", "inspect", "--raw", f"oci-archive:{oci_archive}"))["layers"] == [
+        {key: layer[key] for key in ("mediaType", "digest", "size")}
+        for layer in config["layers"]  # type: ignore[attr-defined]
+    ]
+    other = Sdrun(sdrun.root / "other")
+    other.root.mkdir()
+    other("image", "import", f"docker-archive:{docker_archive}")  # named by its RepoTags
+    assert inspect(other, "local/app:1")["config"] == config["config"]
+    output = other("run", "--rm", "--net", "none", "local/app:1", "--", "cat", "/hello").stdout
+    assert output == "hi\n"
+    missing_dir = sdrun("image", "export", "local/app:1", f"docker-archive:{tmp_path}/no/such/x.tar", check=False)
+    assert missing_dir.returncode == 125 and "cannot write" in missing_dir.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_references_are_one_line_errors(sdrun: Sdrun) -> None:

@@ -80,6 +80,23 @@ def test_output_exit_status_env_etc_files_and_a_kernel_of_its_own(sdrun: Sdrun, 
 
 @needs_systemd
 @needs_vm
+def test_a_read_only_guest_writes_to_tmp_var_tmp_and_run(
+    sdrun: Sdrun, rootfs: Path, volume_dirs: tuple[Path, Path]
+) -> None:
+    writable, _ = volume_dirs
+    script = (
+        "for d in /tmp /var/tmp /run /run/data /etc; do touch $d/w 2>/dev/null && echo $d; done; "
+        "grep -E ' /(tmp|var/tmp|run) ' /proc/self/mounts | cut -d' ' -f2,3"
+    )
+    lines = run_vm(sdrun, rootfs, "--read-only", "-v", f"{writable}:/run/data", "--", "/bin/sh", "-c", script)
+    output = lines.stdout.splitlines()
+    assert output[:3] == ["/tmp", "/var/tmp", "/run/data"]  # /run keeps the volume below it: no tmpfs hides it
+    assert sorted(output[3:]) == ["/tmp tmpfs", "/var/tmp tmpfs"]
+    assert (writable / "w").exists()
+
+
+@needs_systemd
+@needs_vm
 def test_resources_user_workdir_and_volumes(sdrun: Sdrun, rootfs: Path, volume_dirs: tuple[Path, Path]) -> None:
     writable, read_only = volume_dirs
     script = (
@@ -319,6 +336,18 @@ def test_a_guest_on_a_network_gets_its_networks_hosts_and_resolv_conf(tmp_path: 
     settings = dict(line.split("=", 1) for line in guest_config(pod, app, network).splitlines())
     assert settings["SDRUN_HOSTNAME"] == "www"
     assert (settings["SDRUN_NET_ADDRESS"], settings["SDRUN_NET_GATEWAY"]) == ("10.88.0.5/24", "10.88.0.1")
+
+
+def test_a_read_only_guest_gets_podmans_tmpfs_but_over_a_volume(tmp_path: Path) -> None:
+    """Pure logic: the guest mounts SDRUN_TMPFS once the host has bound the volumes into the root."""
+    from stage1.kvm.launch import guest_tmpfs
+
+    app_spec = AppSpec(argv=("/bin/true",), volumes=(Volume("/srv/data", "/run/data"),))
+    isolation = Isolation(read_only=True, tmpfs=("/tmp:size=1m",))
+    pod = Pod("u", tmp_path, PodSpec(name="p", stage1="kvm", rootfs="/", app=app_spec, isolation=isolation), 0.0)
+    assert guest_tmpfs(pod) == ("/var/tmp:exec,mode=1777", "/tmp:size=1m")
+    writable = Pod("u", tmp_path, pod.spec._replace(isolation=isolation._replace(read_only=False)), 0.0)
+    assert guest_tmpfs(writable) == ("/tmp:size=1m",)
 
 
 def test_memory_and_cpus_map_to_the_vm() -> None:

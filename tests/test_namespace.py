@@ -249,6 +249,28 @@ def test_read_only_root_and_tmpfs(sdrun: Sdrun, private_rootfs: Path, tmp_path: 
     assert sorted(str(path.relative_to(private_rootfs)) for path in private_rootfs.rglob("*")) == before
 
 
+def test_read_only_gives_tmp_var_tmp_and_run_a_tmpfs_as_podman_does(sdrun: Sdrun, rootfs: Path, tmp_path: Path) -> None:
+    writes = "for d in /tmp /var/tmp /run /etc; do touch $d/w 2>/dev/null && echo $d; done; "
+    mounts = "grep -E ' /(tmp|var/tmp|run|run/x) ' /proc/self/mounts | cut -d' ' -f2,3,4"
+    output = shell(sdrun, rootfs, writes + mounts, "--read-only").splitlines()
+    assert output[:3] == ["/tmp", "/var/tmp", "/run"]  # /etc stays read-only
+    assert sorted(line.split()[:2] for line in output[3:]) == [
+        ["/run", "tmpfs"],
+        ["/tmp", "tmpfs"],
+        ["/var/tmp", "tmpfs"],
+    ]
+    assert all("nosuid" in line and "nodev" in line and "noexec" not in line for line in output[3:])
+    # Unless the pod mounts something there itself; a volume below one goes on top of the tmpfs.
+    options = ("--read-only", "--tmpfs", "/tmp:size=1m", "-v", f"{tmp_path}:/var/tmp", "-v", f"{tmp_path}:/run/x")
+    output = shell(sdrun, rootfs, writes + mounts, *options).splitlines()
+    assert output[:3] == ["/tmp", "/var/tmp", "/run"]
+    found = {line.split()[0]: line.split()[1:] for line in output[3:]}
+    assert found["/tmp"][0] == "tmpfs" and "size=1024k" in found["/tmp"][1] and "noexec" in found["/tmp"][1]
+    assert found["/var/tmp"][0] != "tmpfs" and found["/run"][0] == "tmpfs" and found["/run/x"][0] != "tmpfs"
+    assert (tmp_path / "w").exists()
+    assert shell(sdrun, rootfs, mounts) == ""  # not without --read-only: the pod's layer takes the writes
+
+
 def test_writes_go_to_the_pods_own_layer_not_the_shared_rootfs(sdrun: Sdrun, rootfs: Path) -> None:
     marker = f"marker-{uuid.uuid4().hex[:6]}"
     shell(sdrun, rootfs, f"echo hi > /{marker} && cat /{marker}")
@@ -359,7 +381,7 @@ def test_volume_target_symlinked_to_root_stays_inside(sdrun: Sdrun, private_root
         (("--cap-add", "NOT_A_CAP"), "unknown capability 'NOT_A_CAP'"),
         (("--seccomp", "/nonexistent.json"), "cannot read seccomp profile '/nonexistent.json'"),
         (("--seccomp", "/etc/hostname"), "not a valid seccomp profile"),
-        (("--private-users", "0:65536"), "must not start at host uid 0"),
+        (("--private-users=0:65536",), "must not start at host uid 0"),
         (("--tmpfs", "scratch"), "must be an absolute path"),
         (("--ulimit", "files=10"), "invalid ulimit 'files=10'"),
         (("--hostname", "a" * 65), "invalid hostname"),
@@ -733,6 +755,11 @@ def test_private_users_with_a_root_owned_image(sdrun: Sdrun, rootfs: Path) -> No
         assert output[:3] == ["0", "0", "0"]
         assert output[3].split() == ["0", "300000", "65536"]
         assert output[4:] == ["ls-deleted", "new", "hi", "more"]
+        # A bare --private-users before the image is the flag, read with click (--tls-verify) and without.
+        for extra in ((), ("--tls-verify=false",)):
+            bare = ("--private-users", *extra, reference, "--", "cat", "/proc/self/uid_map")
+            inside, base, count = (int(field) for field in sdrun("run", "--rm", *NS, *bare).stdout.split())
+            assert (inside, count) == (0, 65536) and base >= 0x80000
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -959,3 +986,20 @@ def test_podmans_own_seccomp_profile_confines_a_pod(sdrun: Sdrun, rootfs: Path, 
     assert "Seccomp:\t2" in shell(sdrun, rootfs, "cat /proc/self/status", "--seccomp", str(PODMAN_PROFILE))
     widened = run_in(sdrun, rootfs, *options, "--cap-add", "SYS_ADMIN", "--", "/probe", "mount")
     assert probe_results(widened.stdout) == {"mount": "0"}
+
+
+@pytest.mark.parametrize("network", ["none", "default"])
+def test_enter_joins_a_private_users_pod_as_its_mapped_root(sdrun: Sdrun, rootfs: Path, network: str) -> None:
+    """The pod's user namespace owns its other namespaces but not a network namespace sdrun.net
+    made for it (--net default): enter must join each with the rights it takes."""
+    name = unique_name()
+    options = ("-d", "--name", name, "--net", network, "--private-users=400000:65536")
+    sdrun("run", "--stage1", "namespace", *options, "--rootfs", str(rootfs), "--", "sleep", "100")
+    links = readlinks(f"/proc/{process}/ns/{kind}" for kind in (*NAMESPACE_KINDS, "user") for process in ("self", "1"))
+    output = sdrun("enter", name, "--", "sh", "-c", f"{links}id -u; id -g; cat /proc/self/uid_map").stdout
+    pairs = [line for line in output.splitlines() if line.endswith("]")]
+    assert len(pairs) == 2 * (len(NAMESPACE_KINDS) + 1)
+    assert all(pairs[index] == pairs[index + 1] for index in range(0, len(pairs), 2))
+    rest = [line for line in output.splitlines() if not line.endswith("]")]
+    assert rest[:2] == ["0", "0"] and rest[2].split() == ["0", "400000", "65536"]
+    sdrun("rm", "-f", name)

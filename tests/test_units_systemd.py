@@ -313,6 +313,30 @@ def test_a_failing_health_check_restarts_the_pod_and_the_checks_go_on(
     assert "start-limit" not in journal.stdout
 
 
+def test_a_private_users_pod_passes_its_health_checks_as_its_mapped_root(
+    sdrun: Sdrun, rootfs: Path, installed: list[str]
+) -> None:
+    """The check enters the pod's user namespace, and its network namespace, which the host owns."""
+    name = unique_name("health")
+    shared = sdrun.root / "health"
+    shared.mkdir()
+    shared.chmod(0o777)  # the pod's root is host uid 410000
+    check = "id -u >> /shared/checks; cat /proc/self/uid_map >> /shared/checks"
+    health = ("--healthcheck", f"sh -c '{check}'", "--healthcheck-interval", "1")
+    app = ["--", "sh", "-c", "trap exit TERM; sleep 1000 & wait"]
+    options = ("--private-users=410000:65536", "-v", f"{shared}:/shared", *health)
+    sdrun("install", "--now", name, *options, "--rootfs", str(rootfs), *app)
+    installed.append(name)
+    unit = f"sdrun-{name}.service"
+    first = systemctl_show(unit, "InvocationID")["InvocationID"]
+    checks = shared / "checks"
+    wait_for(lambda: checks.exists() and len(checks.read_text().splitlines()) >= 6, timeout=40)
+    lines = checks.read_text().splitlines()
+    assert lines[0::2][:3] == ["0", "0", "0"]
+    assert all(line.split() == ["0", "410000", "65536"] for line in lines[1::2][:3])
+    assert systemctl_show(unit, "InvocationID")["InvocationID"] == first  # never restarted
+
+
 def test_an_installed_image_pod_runs_its_image_and_generate_needs_it_stored(
     sdrun: Sdrun, rootfs: Path, installed: list[str]
 ) -> None:
@@ -330,7 +354,13 @@ def test_an_installed_image_pod_runs_its_image_and_generate_needs_it_stored(
     assert missing.returncode == 125 and "image no-such-image is not in the image store" in missing.stderr
     assert missing.stdout == ""
     name = unique_name("img")
-    nameless = sdrun("install", name, "--net", "none", reference, check=False)
+    unnamed = sdrun.root / "unnamed"  # the layout with no ref.name in its index
+    shutil.copytree(layout, unnamed)
+    index = json.loads((unnamed / "index.json").read_text())
+    for entry in index["manifests"]:
+        entry.pop("annotations", None)
+    (unnamed / "index.json").write_text(json.dumps(index))
+    nameless = sdrun("install", name, "--net", "none", f"oci:{unnamed}", check=False)
     assert nameless.returncode == 125 and "has no name in the store" in nameless.stderr
     sdrun("image", "import", reference, f"{name}-image")
     sdrun("install", name, "--net", "none", f"{name}-image")

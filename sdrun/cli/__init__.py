@@ -67,6 +67,8 @@ def entry_point() -> None:
 def run_command_line(argv: Sequence[str]) -> int:
     """Run one sdrun command line (argv without the program name); return its exit status."""
     try:
+        if os.geteuid() != 0:
+            _refuse_without_root(argv)
         status = _run_without_click(argv)
         if status is None:
             from sdrun.cli.commands import main
@@ -76,6 +78,35 @@ def run_command_line(argv: Sequence[str]) -> int:
     except SystemExit as exit_:
         status = _exit_status(exit_.code)
     return status
+
+
+HELP_OPTIONS = ("-h", "--help", "--version")
+
+
+def _refuse_without_root(argv: Sequence[str]) -> None:
+    """Every verb needs root: pods are system services (starting one asks polkit, which says no to
+    a user), and all sdrun keeps is root's. One line says so, before a verb fails on the way there.
+    Help, and a command line click refuses anyway (an unknown verb), are left alone."""
+    from sdrun.cli.commands import main
+
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    rest = _after_group_options(argv)
+    verb = rest[0] if rest else None
+    if verb in main.commands and not any(arg in HELP_OPTIONS for arg in options):
+        die("sdrun needs root: its pods are systemd system services, and its state is root's", f"sudo sdrun {verb} ...")
+
+
+def _after_group_options(argv: Sequence[str]) -> Sequence[str]:
+    """argv from the verb on: past --debug and --root DIR (or --root=DIR)."""
+    index = 0
+    while index < len(argv):
+        if argv[index] == "--root":
+            index += 2
+        elif argv[index] == "--debug" or argv[index].startswith("--root="):
+            index += 1
+        else:
+            break
+    return argv[index:]
 
 
 def _run_without_click(argv: Sequence[str]) -> int | None:

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -45,7 +46,45 @@ class SdrunCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with usage_errors_reported(ctx):
-            return super().parse_args(ctx, args)
+            return super().parse_args(ctx, explicit_values(self, args, interspersed=ctx.allow_interspersed_args))
+
+
+class ValueAfterEquals(click.Option):
+    """An option whose value may be left out, and so is given only as --opt=VALUE: click would
+    take the token after a bare --private-users for its value, the image say."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None or not self.metavar:
+            return record
+        names, text = record
+        return names.replace(f" {self.metavar}", f"[={self.metavar}]"), text  # --private-users[=auto|UID:COUNT]
+
+
+def explicit_values(command: click.Command, args: list[str], *, interspersed: bool) -> list[str]:
+    """args with each bare ValueAfterEquals option given its implied value after '='."""
+    options = {name: param for param in command.params if isinstance(param, click.Option) for name in param.opts}
+
+    def takes_value(option: click.Option | None) -> bool:
+        return option is not None and not option.is_flag and not option.count
+
+    result, index = list(args), 0
+    while index < len(result) and result[index] != "--":
+        token = result[index]
+        option = options.get(token)  # a long option without '=', or one short option alone
+        if not token.startswith("-") or token == "-":
+            if not interspersed:
+                break
+        elif isinstance(option, ValueAfterEquals):
+            result[index] = f"{token}={option.flag_value}"
+        elif takes_value(option):
+            index += 1  # its value, whatever it looks like
+        elif option is None and not token.startswith("--"):  # short options run together: -dp 8080:80
+            takers = [place for place, letter in enumerate(token[1:]) if takes_value(options.get(f"-{letter}"))]
+            if takers and takers[0] == len(token) - 2:
+                index += 1  # the last letter's value is the next token (an earlier one's, the rest of this one)
+        index += 1
+    return result
 
 
 class SdrunGroup(SdrunCommand, click.Group):
@@ -126,7 +165,7 @@ def run_option(option: RunOption) -> Callable[[click.Command], click.Command]:
         runcommand.FLAG: {"is_flag": True, "default": None if option.setting else False},
         runcommand.PATH: {"type": click.Path(path_type=Path)},
         runcommand.BOOLEAN: {"type": click.BOOL, "default": None},
-        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied},
+        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied, "cls": ValueAfterEquals},
     }
     return click.option(*option.names, option.dest, help=option.help, metavar=option.metavar, **kinds[option.kind])
 
@@ -183,10 +222,12 @@ def list_pods(ctx: Context, as_json: bool, quiet: bool, filters: tuple[str, ...]
             state = f"{state} ({record.exit_status})"
         if pod_view.failure is not None:  # the restarts stopped: that is what needs doing something about
             state = f"{state}: {pod_view.failure}"
+        elif record is not None and pod_view.state == "failed":  # a Result a status cannot say: oom-kill, timeout...
+            state = f"{state}: {record.result}"
         state += _state_notes(pod_view.to_json(), state)
         source = spec.image or spec.rootfs or ""
         address, ports = pod_address(pod_view.pod) or "", ",".join(map(str, spec.ports))
-        command = " ".join(spec.app.argv)
+        command = single_line(shlex.join(spec.app.argv))
         rows.append((pod_view.pod.uuid[:8], spec.name, state, spec.stage1, source, address, ports, command))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
@@ -264,6 +305,14 @@ def format_pod(template: str, pod: Mapping[str, Any]) -> str:
     return TEMPLATE_FIELD.sub(field, template.replace("\\t", "\t").replace("\\n", "\n"))
 
 
+def single_line(text: str) -> str:
+    """text with its control characters (a script's newlines) escaped as Python writes them: one table row."""
+    return CONTROL_CHARACTERS.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @main.command()
 @click.argument("pod_ref", metavar="POD")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -280,13 +329,15 @@ def status(ctx: Context, pod_ref: str, as_json: bool) -> None:
 
 
 # systemd's Results (SERVICE_RESULT) that say more than their name to someone who does not know systemd.
-RESULT_MEANINGS = {"start-limit-hit": "systemd stopped restarting the app: it started too often"}
+RESULT_MEANINGS = {
+    "start-limit-hit": "systemd stopped restarting the app: it started too often",
+    "oom-kill": "the kernel's OOM killer ended the app: the pod needed more memory than its --memory",
+}
 
 
 def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
     """`status` for people: a local time, a command line and NAME=VALUE lines, not the epoch and
     Python reprs that --json's values would print as (--json keeps them for programs)."""
-    import shlex
     import time
 
     for key, value in details.items():
@@ -295,7 +346,7 @@ def _status_lines(details: Mapping[str, Any]) -> Iterator[str]:
         if key == "created":
             yield f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(value))}"
         elif key == "command":
-            yield f"{key}: {shlex.join(value)}"
+            yield f"{key}: {single_line(shlex.join(value))}"
         elif key == "result" and value in RESULT_MEANINGS:
             yield f"{key}: {value} ({RESULT_MEANINGS[value]})"
         elif isinstance(value, Mapping):  # env, labels: one per line, quoted as a shell would need

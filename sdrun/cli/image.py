@@ -85,7 +85,7 @@ def pull(
 @pass_context
 def import_(ctx: Context, rootfs_tar: Path | None, platform: str | None, quiet: bool, args: tuple[str, ...]) -> None:
     """Import an image from oci:DIR, oci-archive:FILE or docker-archive:FILE (or a rootfs tarball), naming it NAME."""
-    from sdrun.image.reference import parse_registry_reference
+    from sdrun.image.reference import parse_local_name
     from sdrun.image.store import ImageStore
     from sdrun.image.transfer import copy_image, rootfs_source, source_for
 
@@ -98,7 +98,7 @@ def import_(ctx: Context, rootfs_tar: Path | None, platform: str | None, quiet: 
         source, name = source_for(ctx.paths, args[0], tls_verify=None), (args[1] if len(args) == 2 else "")
     else:
         raise SdrunError("expected SOURCE [NAME]")
-    names = (parse_registry_reference(name).name,) if name else source.names()
+    names = (parse_local_name(name).name,) if name else source.names()
     if not names:
         raise SdrunError(f"{source.description} names no image: give a NAME", hint="sdrun image import SOURCE NAME")
     imported = copy_image(ImageStore(ctx.paths.images), source, names, options)
@@ -231,16 +231,16 @@ def gc(ctx: Context) -> None:
 
 @image.command()
 @click.argument("name", metavar="IMAGE")
-@click.argument("target", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("target", metavar="[oci-archive:|docker-archive:]FILE")
 @pass_context
-def export(ctx: Context, name: str, target: Path) -> None:
-    """Write an image to an OCI archive (FILE is then oci-archive:FILE for skopeo, podman and sdrun)."""
-    from sdrun.image.archive import export_oci_archive
+def export(ctx: Context, name: str, target: str) -> None:
+    """Write an image to an OCI archive (FILE), or a docker archive (docker save's), for skopeo, podman and sdrun."""
+    from sdrun.image.archive import export_image
 
     store = _store(ctx)
     with store.shared():
-        export_oci_archive(store, store.get(name), target)
-    click.echo(str(target))
+        written = export_image(store, store.get(name), target)
+    click.echo(str(written))
 
 
 @image.command()

@@ -7,8 +7,8 @@ sdrun.cli.commands builds the click command from RUN_OPTIONS (its help, its
 errors, `generate` and `install`, which take the same options), and `parse`
 reads the plain forms of a `run` command line with the same table. `parse`
 returns None for anything it is not sure of (--help, an option it does not know,
-`-dt`, a missing value, the two options whose value may be left out...): that
-command line goes to click, which then words every error.
+`-dt`, a missing value, a boolean's value...): that command line goes to click,
+which then words every error.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ MULTIPLE = "multiple"  # repeatable: a tuple of strings
 FLAG = "flag"  # no value: True when given
 PATH = "path"  # a value, as a Path
 BOOLEAN = "boolean"  # a value click reads as a boolean (yes/no, true/false, 1/0): left to click
-OPTIONAL_VALUE = "optional-value"  # the value may be left out for `implied`: left to click
+OPTIONAL_VALUE = "optional-value"  # --opt (for `implied`) or --opt=VALUE, never --opt VALUE
 
 
 class RunOption(NamedTuple):
@@ -130,7 +130,7 @@ RUN_OPTIONS = (
     ),
 )
 OPTIONS_BY_NAME = {name: option for option in RUN_OPTIONS for name in option.names}
-FAST_KINDS = (VALUE, MULTIPLE, FLAG, PATH)
+FAST_KINDS = (VALUE, MULTIPLE, FLAG, PATH, OPTIONAL_VALUE)
 
 
 class RunCommandLine(NamedTuple):
@@ -186,6 +186,9 @@ def _option(token: str, following: Sequence[str], options: dict[str, Any]) -> in
         if equals:
             return None
         options[option.dest] = True
+        return 1
+    if option.kind == OPTIONAL_VALUE:
+        options[option.dest] = value if equals else option.implied
         return 1
     taken = 1
     if not equals:

@@ -177,10 +177,12 @@ class Extractor:
             self._hardlink(parent, name, member)
         elif member.isfifo():
             self._special(parent, name, member, stat.S_IFIFO, 0)
-        elif member.ischr() and member.devmajor == 0 and member.devminor == 0:
-            self._special(parent, name, member, stat.S_IFCHR, 0)  # a whiteout in overlay's own form
         elif member.ischr() or member.isblk():
-            raise LayerError(f"device node '{member.name}' is not allowed in a layer (stage1 provides /dev)")
+            # As the layer says (a char 0/0 is a whiteout in overlay's own form), as containers/storage
+            # does as root: mmdebstrap's and debootstrap's /dev has them. The pod's /dev is stage1's
+            # anyway, and its unit's DevicePolicy=closed keeps any other node it finds closed.
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            self._special(parent, name, member, kind, os.makedev(member.devmajor, member.devminor))
         else:
             raise LayerError(f"member '{member.name}' has an unsupported type {member.type!r}")
 

@@ -1,6 +1,6 @@
 """Image references: what a user may name an image by, parsed into one of the transports.
 
-NAME[:TAG] | NAME@sha256:HEX          the store first, else the registry NAME names (docker.io by default)
+NAME[:TAG] | NAME@sha256:HEX          the store (as given, as localhost/NAME), else the registry (docker.io by default)
 docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
 oci:DIR[:REF]   oci-archive:FILE[:REF]   docker-archive:FILE[:NAME[:TAG]]
 """
@@ -14,6 +14,7 @@ from typing import NamedTuple
 from sdrun.errors import SdrunError
 
 DEFAULT_REGISTRY = "docker.io"
+LOCAL_HOST = "localhost"  # the host of local images' names (podman's), which no registry serves
 DEFAULT_TAG = "latest"
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 # The distribution spec's grammar, loosely: lowercase path components, a tag of word characters.
@@ -75,6 +76,15 @@ def parse_registry_reference(text: str) -> RegistryReference:
     if not colon and not digest:
         tag = DEFAULT_TAG
     return RegistryReference(host, path, tag or None, digest or None)
+
+
+def parse_local_name(text: str) -> RegistryReference:
+    """A name for an image that comes from no registry (`image import`'s NAME, an OCI layout's or
+    archive's ref.name) as podman gives it: without a registry host, localhost/NAME[:latest]."""
+    reference = parse_registry_reference(text)
+    if reference.host != DEFAULT_REGISTRY or text.startswith(f"{DEFAULT_REGISTRY}/"):
+        return reference
+    return parse_registry_reference(f"{LOCAL_HOST}/{text}")
 
 
 def parse_file_reference(transport: str, rest: str) -> FileReference:

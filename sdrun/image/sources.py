@@ -19,7 +19,13 @@ from typing import IO, Any, Protocol
 from sdrun.errors import NotFound, SdrunError
 from sdrun.image import oci
 from sdrun.image.layers import GZIP_MAGIC, ZSTD_MAGIC, HashingReader, LayerError, uncompressed
-from sdrun.image.reference import BadReference, FileReference, RegistryReference, parse_registry_reference
+from sdrun.image.reference import (
+    BadReference,
+    FileReference,
+    RegistryReference,
+    parse_local_name,
+    parse_registry_reference,
+)
 from sdrun.image.registry import Registry
 
 CHUNK = 1 << 20
@@ -67,11 +73,11 @@ def _digest(data: bytes) -> str:
 
 
 def _suggested_name(ref: str | None) -> tuple[str, ...]:
-    """A layout's ref.name as an image name, when it is a full reference and not only a tag."""
-    if not ref or "/" not in ref:
+    """A layout's ref.name as an image name, as podman loads it: a bare tag `app` is localhost/app:latest."""
+    if not ref:
         return ()
     try:
-        return (parse_registry_reference(ref).name,)
+        return (parse_local_name(ref).name,)
     except BadReference:
         return ()
 

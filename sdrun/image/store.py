@@ -9,8 +9,9 @@
 
 Crash safety comes from the order of writes: a blob is visible only once verified and
 fsynced; a tree only once its marker is; an image is named in index.json only once
-its manifest, config, layers and trees are all in place. Whatever a killed pull left
-is resumed by the next one and removed by `image gc`.
+its manifest, config, layers and trees are all in place. A failed pull takes away the
+blobs and trees it brought (ImageStore.discard); whatever a killed pull left is resumed by
+the next one and removed by `image gc`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -30,7 +31,7 @@ from sdrun.debug import debug
 from sdrun.errors import NotFound, SdrunError
 from sdrun.image import oci
 from sdrun.image.layers import extract_layer
-from sdrun.image.reference import DIGEST_PATTERN, BadReference, parse_registry_reference
+from sdrun.image.reference import DIGEST_PATTERN, BadReference, parse_local_name, parse_registry_reference
 from sdrun.linux import syscalls as sc
 
 CHUNK = 1 << 20
@@ -259,8 +260,12 @@ class ImageStore:
                 return tree / "root"
             shutil.rmtree(tree, ignore_errors=True)  # a half-made tree from a killed pull
             (tree / "root").mkdir(mode=0o755, parents=True)
-            with self.blob_path(layer_digest).open("rb") as blob:
-                actual = extract_layer(blob, str(tree / "root"))
+            try:
+                with self.blob_path(layer_digest).open("rb") as blob:
+                    actual = extract_layer(blob, str(tree / "root"))
+            except BaseException:
+                shutil.rmtree(tree, ignore_errors=True)  # what a layer refused halfway had written
+                raise
             if actual != diff_id:
                 shutil.rmtree(tree, ignore_errors=True)
                 raise TamperedBlob(f"layer {layer_digest} unpacks to {actual}, but the image config says {diff_id}")
@@ -330,25 +335,32 @@ class ImageStore:
         return self.load(entries[0].digest, names, index_digest)
 
     @staticmethod
-    def _name_candidates(text: str) -> set[str]:
-        candidates = {text}
+    def _name_candidates(text: str) -> list[str]:
+        """The names text may mean, the likeliest first: as given, a local image's (localhost/, as
+        podman names them), the registry's it names (docker.io by default)."""
+        candidates = [text]
         with contextlib.suppress(BadReference):
-            candidates.add(parse_registry_reference(text.removeprefix("docker://")).name)
-        return candidates
+            if not text.startswith("docker://"):
+                candidates.append(parse_local_name(text).name)
+            candidates.append(parse_registry_reference(text.removeprefix("docker://")).name)
+        return list(dict.fromkeys(candidates))
+
+    def _entries_named(self, entries: list[oci.Descriptor], text: str) -> list[oci.Descriptor]:
+        for candidate in self._name_candidates(text):
+            named = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) == candidate]
+            if named:
+                return named
+        return []
 
     def name_of(self, text: str) -> str | None:
         """The stored name text means (as given or normalized), if it names an image and is no digest."""
-        candidates = self._name_candidates(text)
-        for entry in self.index_entries():
-            if entry.annotations.get(oci.REF_NAME) in candidates:
-                return entry.annotations[oci.REF_NAME]
-        return None
+        named = self._entries_named(self.index_entries(), text)
+        return named[0].annotations[oci.REF_NAME] if named else None
 
     def find(self, text: str) -> Image | None:
         """An image by name (as given or normalized), by digest, or by a unique digest prefix of 8+ digits."""
         entries = self.index_entries()
-        candidates = self._name_candidates(text)
-        by_name = [entry for entry in entries if entry.annotations.get(oci.REF_NAME) in candidates]
+        by_name = self._entries_named(entries, text)
         if not by_name:
             hex_part = text.rpartition("@")[2].removeprefix("sha256:")
             if len(hex_part) >= 8 and all(c in "0123456789abcdef" for c in hex_part):
@@ -413,6 +425,21 @@ class ImageStore:
             os.unlink(entry.path)
             removed.append(f"temporary {entry.name}")
         return removed
+
+    def discard(self, blobs: Iterable[str], diff_ids: Iterable[str]) -> None:
+        """After a failed pull: remove the blobs and trees it brought that no named image uses, when
+        nothing else holds the store (a concurrent pull may be using them): else `image gc` will."""
+        try:
+            with self._flock("lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
+                keep_blobs, keep_trees = self._in_use(set(), set())
+                for digest in set(blobs) - keep_blobs:
+                    with contextlib.suppress(FileNotFoundError, SdrunError):
+                        self.blob_path(digest).unlink()
+                for diff_id in set(diff_ids):
+                    if DIGEST_PATTERN.fullmatch(diff_id) and diff_id.removeprefix("sha256:") not in keep_trees:
+                        shutil.rmtree(self.trees / diff_id.removeprefix("sha256:"), ignore_errors=True)
+        except BlockingIOError:
+            debug("image", "the store is busy: `image gc` removes what the failed pull brought")
 
     def delete_content(self, image: Image, used_images: set[str], used_trees: set[Path]) -> list[str]:
         """`image rm` of an image's last name: its blobs and trees go, but for those another image

@@ -119,30 +119,55 @@ def copy_image(
     options: PullOptions,
     admit: Admission | None = None,
 ) -> Image:
-    """Copy the image the source names (its platform's, from an index) into the store, then name it."""
-    with store.shared():
-        raw, media_type = source.top()
-        digest, index_digest = digest_of(raw), None
-        if media_type in oci.INDEX_TYPES:
-            chosen = oci.select_manifest(
-                oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
-            )
-            index_digest = digest
-            if admit:
-                admit((index_digest, chosen.digest))
-            raw, media_type = source.manifest_by_digest(chosen.digest)
-            digest = digest_of(raw)
-            if digest != chosen.digest:
-                raise TamperedBlob(f"{source.description}: manifest {chosen.digest} arrived with digest {digest}")
-        elif admit:
-            admit((digest,))
-        manifest = oci.parse_manifest(raw, digest, media_type)
-        if not store.has_blob(digest) or not _complete(store, digest):
-            _copy_content(store, source, manifest, options)
-            store.put_bytes(raw)  # the manifest last: it only exists once everything it names does
-        for name in names:
-            store.tag(manifest, name, index_digest)
-        return store.load(digest, names, index_digest)
+    """Copy the image the source names (its platform's, from an index) into the store, then name it.
+    A copy that fails takes away the blobs and trees it brought."""
+    brought = Brought(set(), set())
+    try:
+        with store.shared():
+            return _copy_image(store, source, names, options, admit, brought)
+    except BaseException:
+        if brought.blobs or brought.diff_ids:
+            store.discard(brought.blobs, brought.diff_ids)
+        raise
+
+
+class Brought(NamedTuple):
+    """What a copy has put, or begun to put, into the store: blob digests, layer diff_ids."""
+
+    blobs: set[str]
+    diff_ids: set[str]
+
+
+def _copy_image(
+    store: ImageStore,
+    source: ImageSource,
+    names: tuple[str, ...],
+    options: PullOptions,
+    admit: Admission | None,
+    brought: Brought,
+) -> Image:
+    raw, media_type = source.top()
+    digest, index_digest = digest_of(raw), None
+    if media_type in oci.INDEX_TYPES:
+        chosen = oci.select_manifest(
+            oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
+        )
+        index_digest = digest
+        if admit:
+            admit((index_digest, chosen.digest))
+        raw, media_type = source.manifest_by_digest(chosen.digest)
+        digest = digest_of(raw)
+        if digest != chosen.digest:
+            raise TamperedBlob(f"{source.description}: manifest {chosen.digest} arrived with digest {digest}")
+    elif admit:
+        admit((digest,))
+    manifest = oci.parse_manifest(raw, digest, media_type)
+    if not store.has_blob(digest) or not _complete(store, digest):
+        _copy_content(store, source, manifest, options, brought)
+        store.put_bytes(raw)  # the manifest last: it only exists once everything it names does
+    for name in names:
+        store.tag(manifest, name, index_digest)
+    return store.load(digest, names, index_digest)
 
 
 def _complete(store: ImageStore, digest: str) -> bool:
@@ -152,8 +177,10 @@ def _complete(store: ImageStore, digest: str) -> bool:
         return False
 
 
-def _copy_content(store: ImageStore, source: ImageSource, manifest: oci.Manifest, options: PullOptions) -> None:
-    _fetch_blob(store, source, manifest.config, None)
+def _copy_content(
+    store: ImageStore, source: ImageSource, manifest: oci.Manifest, options: PullOptions, brought: Brought
+) -> None:
+    _fetch_blob(store, source, manifest.config, None, brought)
     config = oci.load_json(store.read_blob(manifest.config.digest), f"config of {manifest.digest}")
     _check_platform(config, options.platform, source.description)
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
@@ -167,8 +194,9 @@ def _copy_content(store: ImageStore, source: ImageSource, manifest: oci.Manifest
 
     def copy_layer(pair: tuple[oci.Descriptor, str]) -> None:
         layer, diff_id = pair
-        _fetch_blob(store, source, layer, progress.add)
+        _fetch_blob(store, source, layer, progress.add, brought)
         if not store.has_tree(diff_id):
+            brought.diff_ids.add(diff_id)
             store.render_tree(diff_id, layer.digest)
         rendered[0] += 1
         progress.status(f"{rendered[0]}/{len(manifest.layers)} layers")
@@ -180,12 +208,17 @@ def _copy_content(store: ImageStore, source: ImageSource, manifest: oci.Manifest
 
 
 def _fetch_blob(
-    store: ImageStore, source: ImageSource, blob: oci.Descriptor, progress: Callable[[int], None] | None
+    store: ImageStore,
+    source: ImageSource,
+    blob: oci.Descriptor,
+    progress: Callable[[int], None] | None,
+    brought: Brought,
 ) -> None:
     """A blob into the store, retrying a broken transfer from where it stopped."""
     for attempt in range(BLOB_ATTEMPTS):
         if store.has_blob(blob.digest):
             return
+        brought.blobs.add(blob.digest)
         try:
             store.put_blob(
                 blob.digest,

@@ -30,7 +30,8 @@ def create_image_pod(
     pod_uuid: str | None = None,
 ) -> Pod:
     """Find (or pull) spec.image, fold its config into the spec, create the pod and record its trees.
-    The store's shared lock is held throughout: `image gc` cannot take the trees from under the new pod."""
+    The store's shared lock is held from the pull's end: `image gc` cannot take the trees from under the
+    new pod. Not during the pull itself, so that a failed one can take away what it brought."""
     assert spec.image is not None
     pull = pull or PullSettings()
     options = PullOptions(
@@ -40,8 +41,11 @@ def create_image_pod(
         verify=pull.verify,
     )
     store = ImageStore(paths.images)
+    pulled = find_or_pull(paths, spec.image, options)
     with store.shared():
-        image = find_or_pull(paths, spec.image, options)
+        image = store.load(pulled.digest, pulled.names, pulled.index_digest)
+        if not store.is_complete(image):  # an unnamed image (pulled by digest) that gc took meanwhile
+            raise SdrunError(f"image {spec.image} was removed by `image gc` while the pod was made: run it again")
         merged, record = _image_pod_parts(store, spec, image, options.platform)
         pod = pods.create(merged, pod_uuid)
         try:

@@ -24,13 +24,21 @@ def read_in_root(root: Path, path: str) -> str | None:
         return None
 
 
-def is_executable_in_root(root: Path, path: str) -> bool:
+MISSING = "missing"
+
+
+def why_not_executable(root: Path, path: str) -> str | None:
+    """None if path is an executable file in the root; else why not: MISSING, or what it is instead."""
     try:
         with open_in_root(root, path, os.O_PATH) as fd:
             mode = os.fstat(fd).st_mode
     except OSError:
-        return False
-    return stat.S_ISREG(mode) and bool(mode & 0o111)
+        return MISSING
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if not stat.S_ISREG(mode):
+        return "no regular file"
+    return None if mode & 0o111 else "not executable"
 
 
 def is_directory_in_root(root: Path, path: str) -> bool:
@@ -41,16 +49,23 @@ def is_directory_in_root(root: Path, path: str) -> bool:
         return False
 
 
-def find_executable(command: str, search_path: str, is_executable: Callable[[str], bool]) -> str:
+def find_executable(command: str, search_path: str, why_not: Callable[[str], str | None]) -> str:
     """The absolute path in the container that running `command` would execute, like execvp;
-    is_executable tells whether a path in the container is an executable file."""
+    why_not tells why a path in the container is no executable file (None: it is one). As execvp,
+    a file that is there but cannot be executed is a permission denied, not a command not found."""
     if "/" in command:
         candidates = [command if command.startswith("/") else f"/{command}"]
     else:
         candidates = [f"{directory.rstrip('/')}/{command}" for directory in search_path.split(":") if directory]
+    refused = []
     for candidate in candidates:
-        if is_executable(candidate):
+        reason = why_not(candidate)
+        if reason is None:
             return candidate
+        if reason != MISSING:
+            refused.append(f"{candidate} is {reason}")
+    if refused:
+        raise SpecError(f"'{command}' cannot be executed: permission denied ({refused[0]})")
     raise SpecError(f"'{command}' not found in the container's rootfs", hint=f"searched {':'.join(candidates)}")
 
 

@@ -48,13 +48,10 @@ SERVICE_TABLE: tuple[tuple[str, str, Callable[[Pod], Any]], ...] = (
     ("StartLimitBurst", "u", lambda pod: pod.spec.service.start_limit_burst),
 )
 
-# Records how the app ended in the pod directory, so `sdrun list` can tell after systemd has
-# garbage-collected the unit: the three variables systemd gives ExecStopPost=, one a line. No `$`
-# in it (bus.UNRELOADABLE_CHARACTERS), so the file's path is in the script. One write of a few
-# bytes, no temporary file and rename: a reader that catches it half-written sees fewer than three
-# fields and takes the record as absent (Pod.exit_record), as it does when the app never started
-# (printenv then fails, which the "-" prefix ignores: the tear-down after it runs all the same).
-RECORD_EXIT = "exec printenv SERVICE_RESULT EXIT_CODE EXIT_STATUS > {path}"
+# Records how the app ended in the pod directory (sdrun/record-exit.sh: why a script), so `sdrun
+# list` can tell after systemd has garbage-collected the unit; first of the unit's ExecStopPost=,
+# its failure ignored ("-"): the tear-down after it runs all the same.
+RECORD_EXIT = Path(__file__).resolve().parents[1] / "record-exit.sh"
 
 
 def escape_variables(argument: str) -> str:
@@ -148,12 +145,7 @@ def service_option_properties(pod: Pod) -> list[Property]:
 
 
 def record_exit_command(pod: Pod) -> list[Any]:
-    script = RECORD_EXIT.format(path=shell_quote(str(Paths.exit_record(pod.dir))))
-    return exec_command(["/bin/sh", "-c", script], ignore_failure=True)
-
-
-def shell_quote(word: str) -> str:
-    return "'" + word.replace("'", "'\\''") + "'"
+    return exec_command(["/bin/sh", str(RECORD_EXIT), str(Paths.exit_record(pod.dir))], ignore_failure=True)
 
 
 def pod_service_properties(

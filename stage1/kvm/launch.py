@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.linux import syscalls as sc
-from sdrun.linux.inroot import remount_read_only
+from sdrun.linux.inroot import make_mount_point, remount_read_only
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
 from stage1.app import ResolvedApp, resolve_app
 from stage1.etcfiles import etc_mounts, pod_hostname
 from stage1.kvm import stage1_dir
 from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
 from stage1.process import SystemdNotifier
+from stage1.rootfs import read_only_tmpfs
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -43,6 +44,8 @@ def become_vm(pod: Pod) -> NoReturn:
     mount_root(pod, root)
     app = resolve_app(root, pod.spec.app)
     execute_plan(root_mounts(pod), root)  # before virtiofsd copies our mount table
+    for tmpfs in guest_tmpfs(pod):  # the guest mounts them, maybe on a read-only root: their points are made here
+        make_mount_point(root, tmpfs.partition(":")[0], directory=True)
     if pod.spec.isolation.read_only:  # only now: the binds may have made their mount points
         remount_read_only(root, "/")
     network = attach_network(pod)
@@ -93,7 +96,6 @@ def attach_network(pod: Pod) -> GuestNetwork | None:
 
 def guest_config(pod: Pod, app: ResolvedApp, network: GuestNetwork | None = None) -> str:
     """The pod's spec as shell assignments, which the guest init sources from fw_cfg."""
-    spec = pod.spec
     settings = {
         "SDRUN_ARGV": shlex.join(app.argv),
         "SDRUN_ENV": shlex.join(f"{key}={value}" for key, value in app.env.items()),
@@ -101,11 +103,23 @@ def guest_config(pod: Pod, app: ResolvedApp, network: GuestNetwork | None = None
         "SDRUN_UID": str(app.credentials.uid),
         "SDRUN_GID": str(app.credentials.gid),
         "SDRUN_HOSTNAME": pod_hostname(pod),
-        "SDRUN_TMPFS": shlex.join(spec.isolation.tmpfs),
+        "SDRUN_TMPFS": shlex.join(guest_tmpfs(pod)),
         "SDRUN_NET_ADDRESS": network.address if network else "",
         "SDRUN_NET_GATEWAY": network.gateway if network else "",
     }
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in settings.items())
+
+
+def guest_tmpfs(pod: Pod) -> tuple[str, ...]:
+    """--tmpfs, after --read-only's tmpfs but those over a volume: the guest mounts them all once
+    the host has bound the volumes, and a tmpfs on /run would hide a volume on /run/x."""
+    volumes = [volume.target for volume in pod.spec.app.volumes]
+    defaults = [
+        tmpfs
+        for tmpfs in read_only_tmpfs(pod)
+        if not any(target.startswith(tmpfs.partition(":")[0] + "/") for target in volumes)
+    ]
+    return (*defaults, *pod.spec.isolation.tmpfs)
 
 
 def start_virtiofsd(root: Path) -> None:

@@ -29,7 +29,7 @@ from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 from stage1.etcfiles import etc_mounts, pod_hostname
 from stage1.namespace.launch import INIT_PATH, PLAN_FILE
-from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options
+from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options, read_only_tmpfs
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
@@ -289,6 +289,7 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
     mounts = api_mounts(pod, user_namespace, console)
     mounts += device_mounts(spec)
     mounts += etc_mounts(pod)
+    mounts += [parse_tmpfs(text) for text in read_only_tmpfs(pod)]
     volumes, volume_trees = volume_mounts(spec, user_namespace)
     mounts += volumes
     mounts += [parse_tmpfs(text) for text in isolation.tmpfs]

@@ -16,16 +16,18 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from stage1.process import AppChanges
 
-# The user namespace comes first: it grants the rights to join the others. The PID
-# namespace only applies to children, so we fork once all are joined.
+# The user namespace comes last, as nsenter does for a privileged caller: joining it takes our
+# capabilities over every namespace it does not own, and the network namespace sdrun.net made for
+# a pod is the host's (the pod's own, as the others, we may join as host root just as well). The
+# PID namespace only applies to children, so we fork once all are joined.
 NAMESPACES = (
-    ("user", sc.CLONE_NEWUSER),
     ("cgroup", sc.CLONE_NEWCGROUP),
     ("ipc", sc.CLONE_NEWIPC),
     ("uts", sc.CLONE_NEWUTS),
     ("net", sc.CLONE_NEWNET),
     ("pid", sc.CLONE_NEWPID),
     ("mnt", sc.CLONE_NEWNS),
+    ("user", sc.CLONE_NEWUSER),
 )
 
 
