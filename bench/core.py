@@ -98,8 +98,12 @@ class Bench:
         """The sdrun command with this run's private state directory, in systemd's mount namespace
         (nsenter costs it ~1 ms) if the benchmark has one of its own (hide_hybrid_unified_cgroup):
         from another, `sdrun run` leaves a pod's network to the unit's ExecStartPre= (sdrun.run)."""
-        command = [str(self.project / ".venv/bin/sdrun"), "--root", str(self.scratch / "sdrun")]
+        command = [self.sdrun_executable, "--root", str(self.scratch / "sdrun")]
         return [*IN_SYSTEMDS_MOUNT_NAMESPACE, *command] if _own_mount_namespace() else command
+
+    @property
+    def sdrun_executable(self) -> str:
+        return str(self.project / ".venv/bin/sdrun")
 
     @property
     def python(self) -> str:

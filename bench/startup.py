@@ -76,7 +76,7 @@ def cli_startup(bench: Bench) -> list[Section]:
     commands = {
         "python -c pass (venv)": fixed([bench.python, "-c", "pass"]),
         "python -S -c pass": fixed([bench.python, "-S", "-c", "pass"]),
-        "sdrun --help": fixed([bench.sdrun[0], "--help"]),
+        "sdrun --help": fixed([bench.sdrun_executable, "--help"]),  # not bench.sdrun[0]: that may be nsenter
     }
     executables = {runtime.executable for runtime in bench.peers()}
     for peer in HELP_PEERS:
