@@ -546,3 +546,66 @@ def test_enter_on_a_terminal_of_a_fly_pod_gets_one_of_the_hosts(sdrun: Sdrun, ro
     script = "echo READY; read line; echo got:$line; stty size; [ -t 0 ] && [ -t 1 ] && exit 5"
     status, output = run_on_a_terminal(enter_argv(sdrun, name, "--", "sh", "-c", script), b"fly\r", 22, 66)
     assert status == 5 and b"got:fly" in output and b"22 66" in output, output
+
+
+def test_enter_without_a_terminal_leaves_the_command_no_controlling_terminal_of_ours(
+    sdrun: Sdrun, rootfs: Path
+) -> None:
+    """Our stdio redirected, our terminal is still our session's: the command runs in a session of
+    its own, so that /dev/tty (which the pod's DevicePolicy allows) cannot reach ours."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    master, slave = pty.openpty()
+    slave_name = os.ttyname(slave)
+
+    def take_controlling_terminal() -> None:  # after start_new_session's setsid
+        fd = os.open(slave_name, os.O_RDWR)
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        os.close(fd)
+
+    script = "if echo probe 2>/dev/null > /dev/tty; then echo opened; else echo refused; fi"
+    entered = subprocess.run(
+        enter_argv(sdrun, name, "--", "sh", "-c", script),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        start_new_session=True,
+        preexec_fn=take_controlling_terminal,
+        timeout=60,
+        check=False,
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    try:
+        seen = os.read(master, 4096)
+    except OSError:  # EIO once every holder of the slave closed it, with nothing written
+        seen = b""
+    os.close(master)
+    assert (entered.returncode, entered.stdout, seen) == (0, b"refused\n", b""), entered.stderr
+
+
+def test_ctrl_c_reaches_a_command_entered_without_a_terminal(sdrun: Sdrun, rootfs: Path) -> None:
+    """^C at our terminal signals our process group: enter passes SIGINT on to the command, which is
+    in a session of its own, and exits with the command's status."""
+    import os
+    import signal
+
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    script = "trap 'echo interrupted; exit 7' INT; echo up; while :; do sleep 0.1; done"
+    entered = subprocess.Popen(
+        enter_argv(sdrun, name, "--", "sh", "-c", script),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        # As a shell at a terminal starts it: ^C not ignored (a background job of ours may have it so).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads here
+    )
+    assert entered.stdout is not None and entered.stdout.readline() == b"up\n"
+    os.killpg(entered.pid, signal.SIGINT)
+    assert entered.wait(timeout=60) == 7
+    assert entered.stdout.read() == b"interrupted\n"

@@ -13,10 +13,10 @@ from stage1.namespace.container import plan_file
 from stage1.namespace.launch import (
     TIOCSCTTY,
     confine_and_exec,
-    exit_status,
     open_pod_terminal,
     read_plan,
     send_terminal,
+    wait_forwarding_signals,
 )
 from stage1.process import changed_app, set_resource_limits
 
@@ -83,12 +83,16 @@ def enter(
         # and the host's interpreter as /proc/PID/exe: not dumpable, so that the app can open none
         # of them through /proc until the exec, which makes the command dumpable again.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        # A session of its own: in ours, the caller's terminal would be the command's controlling
+        # one even with no terminal on its stdio, which it could open as /dev/tty (DevicePolicy
+        # allows it) and read. With a terminal, the pod's is (^C, job control).
+        os.setsid()
         if terminal is not None:
-            os.setsid()  # a session of its own, whose controlling terminal is the pod's: ^C, job control
             fcntl.ioctl(terminal.stdio[0], TIOCSCTTY, 0)
         confine_and_exec(app, plan["capabilities"], seccomp_program, argv)
-    _, status = os.waitpid(child, 0)
-    os._exit(exit_status(status))
+    # Out of our session, the command no longer gets the signals the caller's terminal sends ours
+    # (^C without a terminal of the pod's): we pass them on.
+    wait_forwarding_signals(child)
 
 
 def take_pod_terminal(terminal: EnterTerminal, uid: int) -> None:

@@ -170,7 +170,7 @@ def launch(plan: Plan, *, supervise: bool) -> NoReturn:
     start.send(b"go")
     if not supervise:
         os._exit(0)
-    _supervise(init_pid)
+    wait_forwarding_signals(init_pid)
 
 
 def _guard(step: Callable[[], object]) -> NoReturn:
@@ -368,10 +368,12 @@ def confine_and_exec(
     exec_planned(app, argv, before_exec=as_app_user)
 
 
-def _supervise(init_pid: int) -> NoReturn:
+def wait_forwarding_signals(child: int) -> NoReturn:
+    """Pass the signals a supervisor sends on to child (--scope's container init, an entered
+    command), and exit with its status."""
     for number in FORWARDED_SIGNALS:
-        _signal.signal(number, lambda received, _frame: os.kill(init_pid, received))
-    _, status = os.waitpid(init_pid, 0)
+        _signal.signal(number, lambda received, _frame: os.kill(child, received))
+    _, status = os.waitpid(child, 0)
     os._exit(exit_status(status))
 
 
