@@ -17,7 +17,7 @@ from sdrun.net import collect_garbage, pod_address, release
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, UNIT, Systemd, UnitStatus
-from stage1.interface import Stage1
+from stage1.interface import EnterTerminal, Stage1
 
 UNIT_PATTERNS = ("sdrun-*.service", "sdrun-*.scope")
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
@@ -228,36 +228,81 @@ def _pods_with_units(systemd: Systemd) -> set[str]:
     return {match[1] for unit in units if (match := UNIT_DESCRIPTION.match(unit.description))}
 
 
-def enter(systemd: Systemd, pod: Pod, argv: list[str], as_asked: EnterOptions | None = None) -> int:
+def enter(
+    systemd: Systemd, pod: Pod, argv: list[str], as_asked: EnterOptions | None = None, *, tty: bool = False
+) -> int:
     """Run argv inside a running pod, in its cgroup; return its exit status. as_asked: another
-    user, more variables, another directory than the app's (enter -u, -e, -w)."""
-    from sdrun.terminal import PseudoTerminal
+    user, more variables, another directory than the app's (enter -u, -e, -w). The command gets a
+    terminal (of the pod's own devpts, with a stage1 that makes one) where ours are, and with tty
+    (-t) on stdin and stdout whatever they are: never one of ours, which the pod could keep."""
+    from sdrun.terminal import PseudoTerminal, terminal_stdio
 
+    backend = Stage1.named(pod.spec.stage1)
     leader = _leader(systemd, pod)
     changes = as_asked.changes(leader) if as_asked else None
-    terminal = PseudoTerminal.for_caller()  # never the caller's own: the pod could keep it
+    stdio = terminal_stdio(forced=tty)
+    host_terminal = PseudoTerminal(stdio) if stdio and not backend.enter_terminal else None
+    channel = _TerminalChannel(stdio) if stdio and backend.enter_terminal else None
     go_read, go_write = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(go_write)
-        if terminal is not None:
-            terminal.become_child_stdio()
-        _enter_child(pod, leader, argv, go_read, changes)
+        if host_terminal is not None:
+            host_terminal.become_child_stdio()
+        terminal = channel.theirs() if channel is not None else None
+        _enter_child(backend, pod, leader, argv, go_read, changes, terminal)
     os.close(go_read)
     try:
+        if channel is not None:
+            channel.ours()
         systemd.attach_processes(pod.unit, [child])
         os.write(go_write, b"go")
     finally:
         os.close(go_write)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if terminal is not None:
-            terminal.relay_until_exit(child)
+        if host_terminal is not None:
+            host_terminal.relay_until_exit(child)
+        if channel is not None:
+            channel.relay_until_exit(child)
         _, status = os.waitpid(child, 0)
     finally:
         signal.signal(signal.SIGINT, previous)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+class _TerminalChannel:
+    """The socket pair on which the enter child sends the master of the terminal it made in the
+    pod (stage1.interface.EnterTerminal), as `run -t`'s stage1 does; we relay that master."""
+
+    def __init__(self, stdio: tuple[int, ...]) -> None:
+        import socket
+
+        self.stdio = stdio
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._ours, self._theirs = ours.detach(), theirs.detach()
+
+    def theirs(self) -> EnterTerminal:
+        """In the child: our end closed, theirs to take along."""
+        os.close(self._ours)
+        return EnterTerminal(self._theirs, self.stdio)
+
+    def ours(self) -> None:
+        """In the parent: their end closed, so that the child's exit ends our wait for the master."""
+        os.close(self._theirs)
+
+    def relay_until_exit(self, child: int) -> None:
+        from sdrun.terminal import TerminalRelay, output_of, receive_terminal, relay_until_exit
+
+        try:
+            master = receive_terminal(self._ours)
+        finally:
+            os.close(self._ours)
+        if master is None:
+            return  # the child failed before it made the terminal, and said why on our stderr
+        with TerminalRelay(master, output_of(self.stdio)) as relay:
+            relay_until_exit(relay, child, copy_input=0 in self.stdio)
 
 
 class EnterOptions(NamedTuple):
@@ -302,7 +347,15 @@ def _pid_namespace(process: str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int, changes: dict[str, Any] | None) -> None:
+def _enter_child(
+    backend: Stage1,
+    pod: Pod,
+    leader: int,
+    argv: list[str],
+    go_read: int,
+    changes: dict[str, Any] | None,
+    terminal: EnterTerminal | None,
+) -> None:
     try:
         if os.read(go_read, 2) != b"go":
             os._exit(125)
@@ -310,8 +363,9 @@ def _enter_child(pod: Pod, leader: int, argv: list[str], go_read: int, changes: 
 
         # Nothing of ours may reach the pod: the app sees this process from the moment it joins, and
         # one with CAP_SYS_PTRACE could take the bus connection (root's, on systemd) with pidfd_getfd.
-        close_all_but_stdio()
-        Stage1.named(pod.spec.stage1).enter(pod, leader, argv, changes)
+        # The terminal's socket leads to us alone, and the stage1 closes it before its fork.
+        close_all_but_stdio(keep=terminal.channel if terminal is not None else None)
+        backend.enter(pod, leader, argv, changes, terminal)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         os.write(2, f"sdrun: {describe(error)}\n".encode())
         os._exit(125)

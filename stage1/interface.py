@@ -37,11 +37,25 @@ class UnitPlan(NamedTuple):
     properties: tuple[Property, ...] = ()  # backend-specific unit properties, Type= among them
 
 
+class EnterTerminal(NamedTuple):
+    """`sdrun enter -t` (the default on a terminal), for a stage1 that makes the terminal inside
+    the pod (Stage1.enter_terminal): the socket to send its master on, and which of the command's
+    stdin, stdout and stderr its slave becomes (those that were the caller's terminals, which the
+    command must never get)."""
+
+    channel: int  # an inherited descriptor of the enter child's
+    stdio: tuple[int, ...]  # a subset of (0, 1, 2), never empty
+
+
 class Stage1:
     name: ClassVar[str]
     interface_version: ClassVar[int] = INTERFACE_VERSION
     default_network: ClassVar[str] = "none"  # a pod's --net when it gives none (see sdrun.net)
     passes_stdin: ClassVar[bool] = True  # the app reads the unit's stdin (`run -i`)
+    # enter makes the command's terminal inside the pod (EnterTerminal); else stage0 makes one on
+    # the host, which only a stage1 that shares the host's devpts (fly) or runs nothing on it (kvm)
+    # may take.
+    enter_terminal: ClassVar[bool] = False
     registry: ClassVar[dict[str, type[Stage1]]] = {}
 
     def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
@@ -83,9 +97,17 @@ class Stage1:
         """Run in a child of the CLI already placed in the pod's scope: isolate, then exec the app."""
         raise NotImplementedError
 
-    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
+    def enter(
+        self,
+        pod: Pod,
+        leader: int,
+        argv: list[str],
+        changes: AppChanges | None = None,
+        terminal: EnterTerminal | None = None,
+    ) -> NoReturn:
         """Run in a forked child already attached to the pod's cgroup: join the pod, exec argv as the
-        app is run, with `changes` (enter -u, -e, -w: stage1.app.changed_app) to its planned fields."""
+        app is run, with `changes` (enter -u, -e, -w: stage1.app.changed_app) to its planned fields.
+        terminal: only for an enter_terminal backend, which gives argv a terminal of the pod's."""
         raise NotImplementedError
 
     def gc(self, pod: Pod) -> None:

@@ -110,10 +110,14 @@ def exec_as(
         os._exit(127 if error.errno == 2 else 126)
 
 
-def close_all_but_stdio() -> None:
-    """Close every descriptor but 0, 1 and 2 (os.closerange is one close_range(2) on Linux): for a
-    process about to join a pod, which must take none of its caller's along."""
-    os.closerange(3, 2**31 - 1)
+def close_all_but_stdio(keep: int | None = None) -> None:
+    """Close every descriptor but 0, 1 and 2, and keep if given (os.closerange is one close_range(2)
+    on Linux): for a process about to join a pod, which must take none of its caller's along."""
+    if keep is None or keep < 3:
+        os.closerange(3, 2**31 - 1)
+        return
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 2**31 - 1)
 
 
 def stop_ignoring_signals() -> None:

@@ -582,7 +582,8 @@ def test_enter_on_a_terminal_gives_the_pod_a_terminal_of_its_own(sdrun: Sdrun, r
     name = unique_name()
     sdrun("run", *NS, "-d", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "100")
     master, slave = os.openpty()
-    users_terminal = os.fstat(slave).st_rdev
+    terminal = os.fstat(slave)
+    users_terminal = (terminal.st_dev, terminal.st_rdev)  # the pod's devpts numbers its own from 0 too
     # The sleep outlives enter: it ignores the SIGHUP the terminal's end sends, before the shell goes on.
     keep = "(trap '' HUP; touch /tmp/kept; exec sleep 100) & until [ -e /tmp/kept ]; do sleep 0.01; done"
     script = f"{keep}; test -t 0 && test -t 1 && echo on-a-terminal; exit 3"
@@ -598,7 +599,7 @@ def test_enter_on_a_terminal_gives_the_pod_a_terminal_of_its_own(sdrun: Sdrun, r
     assert output == b"on-a-terminal\r\n"
     group = systemctl_show(f"sdrun-{name}.service", "ControlGroup")["ControlGroup"]
     left = Path("/sys/fs/cgroup/systemd", group.lstrip("/"), "cgroup.procs").read_text().split()
-    held = [os.stat(f"/proc/{pid}/fd/0").st_rdev for pid in left]
+    held = [(found.st_dev, found.st_rdev) for found in (os.stat(f"/proc/{pid}/fd/0") for pid in left)]
     assert len(held) == 2 and users_terminal not in held  # the pod's sleep, and the one enter left
     sdrun("rm", "-f", name)
 

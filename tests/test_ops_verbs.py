@@ -448,3 +448,164 @@ def test_enter_as_another_user_with_variables_and_a_directory(
     assert relative.returncode == 125 and "absolute path" in relative.stderr
     missing = sdrun("enter", "-w", "/no/such/dir", name, "--", "true", check=False)
     assert missing.returncode != 0 and "/no/such/dir" in missing.stderr and missing.stderr.count("\n") == 1
+
+
+# --- enter -t: a terminal of the pod's own devpts ---
+
+
+def unit_processes(name: str) -> list[str]:
+    group = systemctl_show(f"sdrun-{name}.service", "ControlGroup")["ControlGroup"]
+    return Path("/sys/fs/cgroup/systemd", group.lstrip("/"), "cgroup.procs").read_text().split()
+
+
+def enter_argv(sdrun: Sdrun, *args: str) -> list[str]:
+    from tests.conftest import SDRUN
+
+    return [SDRUN, "--root", str(sdrun.root), "enter", *args]
+
+
+# What the entered shell says of its terminal: the name `tty` gives it must be a node of the pod's
+# own /dev/pts (a pseudo-terminal of the host's has none there: "not a tty"), its user the
+# command's, stdin, stdout and stderr that terminal, and no other descriptor inherited (ls's own
+# 3 aside: no master, no socket of sdrun's).
+SHOW_TERMINAL = (
+    "echo READY; read line; echo got:$line; t=$(tty); echo name:$t; [ -c $t ] && echo in-the-pod; "
+    "stty size; ls -ln $t | awk '{print \"owner:\" $3}'; "
+    "for fd in 0 1 2; do echo fd:$(readlink /proc/$$/fd/$fd); done; "
+    "echo fds:$(ls -1 /proc/self/fd | tr '\\n' ' '); "
+    "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && exit 5"
+)
+
+
+@pytest.mark.parametrize("users", [(), ("--private-users",)], ids=["host-users", "private-users"])
+def test_enter_on_a_terminal_gives_a_terminal_of_the_pods_own_devpts(
+    sdrun: Sdrun, rootfs: Path, users: tuple[str, ...]
+) -> None:
+    import re
+
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", *users, "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    main_pid = systemctl_show(f"sdrun-{name}.service", "MainPID")["MainPID"]
+    status, output = run_on_a_terminal(enter_argv(sdrun, name, "--", "sh", "-c", SHOW_TERMINAL), b"hello\r", 21, 61)
+    text = output.decode(errors="replace")
+    assert status == 5, text  # the command's status is enter's
+    assert "got:hello" in text and "in-the-pod" in text and "21 61" in text, text
+    (terminal,) = re.findall(r"name:(/dev/pts/\d+)\r\n", text)
+    assert "owner:0\r\n" in text, text  # the pod's root's, under --private-users too
+    assert re.findall(r"\bfd:(\S+)\r\n", text) == [terminal] * 3, text
+    assert "fds:0 1 2 3\r\n" in text, text
+    assert unit_processes(name) == [main_pid]  # nothing of enter's is left in the unit
+
+
+def test_enter_t_as_another_user_with_no_terminal_of_ours(sdrun: Sdrun, rootfs: Path) -> None:
+    """-t gives the command a terminal whatever our stdio is (here pipes); the relay copies its
+    output (with the terminal's \\r\\n); without -t and no terminal of ours, none."""
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    script = "tty; ls -ln $(tty) | awk '{print $3}'; [ -t 0 ] && [ -t 1 ] && exit 4"
+    quiet = subprocess.DEVNULL
+    forced = sdrun("enter", "-t", "-u", "1000", name, "--", "sh", "-c", script, check=False, stdin=quiet)
+    assert forced.returncode == 4, forced.stderr
+    lines = forced.stdout.splitlines()  # text mode: the terminal's \r\n read as \n
+    assert lines[0].startswith("/dev/pts/") and lines[1] == "1000", forced.stdout
+    plain = sdrun("enter", name, "--", "sh", "-c", "tty; exit 3", check=False, stdin=quiet)
+    assert (plain.returncode, plain.stdout) == (3, "not a tty\n")
+    assert sdrun("enter", "-it", name, "--", "sh", "-c", "exit 6", check=False, stdin=quiet).returncode == 6
+
+
+def test_enter_never_hands_the_pod_our_terminal_when_only_stdout_is_one(sdrun: Sdrun, rootfs: Path) -> None:
+    """`sdrun enter POD CMD < file` on a terminal: stdout and stderr get the pod's terminal (ours
+    would be the pod's to keep and read), stdin stays the file."""
+    import os
+    import pty
+
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    master, slave = pty.openpty()
+    script = "tty <&1; [ -t 0 ] || echo stdin-kept; exit 3"
+    entered = subprocess.Popen(
+        enter_argv(sdrun, name, "--", "sh", "-c", script), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    output = b""
+    try:
+        while chunk := os.read(master, 4096):
+            output += chunk
+    except OSError:  # EIO once sdrun, the last holder of the slave, has exited
+        pass
+    os.close(master)
+    assert entered.wait(timeout=60) == 3
+    text = output.decode(errors="replace")
+    assert text.startswith("/dev/pts/") and "stdin-kept" in text, text
+
+
+def test_enter_on_a_terminal_of_a_fly_pod_gets_one_of_the_hosts(sdrun: Sdrun, rootfs: Path) -> None:
+    """fly shares the host's /dev: the pseudo-terminal stage0 makes on the host is one it can name."""
+    name = unique_name("entert")
+    sdrun("run", "-d", "--stage1", "fly", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    script = "echo READY; read line; echo got:$line; stty size; [ -t 0 ] && [ -t 1 ] && exit 5"
+    status, output = run_on_a_terminal(enter_argv(sdrun, name, "--", "sh", "-c", script), b"fly\r", 22, 66)
+    assert status == 5 and b"got:fly" in output and b"22 66" in output, output
+
+
+def test_enter_without_a_terminal_leaves_the_command_no_controlling_terminal_of_ours(
+    sdrun: Sdrun, rootfs: Path
+) -> None:
+    """Our stdio redirected, our terminal is still our session's: the command runs in a session of
+    its own, so that /dev/tty (which the pod's DevicePolicy allows) cannot reach ours."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    master, slave = pty.openpty()
+    slave_name = os.ttyname(slave)
+
+    def take_controlling_terminal() -> None:  # after start_new_session's setsid
+        fd = os.open(slave_name, os.O_RDWR)
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        os.close(fd)
+
+    script = "if echo probe 2>/dev/null > /dev/tty; then echo opened; else echo refused; fi"
+    entered = subprocess.run(
+        enter_argv(sdrun, name, "--", "sh", "-c", script),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        start_new_session=True,
+        preexec_fn=take_controlling_terminal,
+        timeout=60,
+        check=False,
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    try:
+        seen = os.read(master, 4096)
+    except OSError:  # EIO once every holder of the slave closed it, with nothing written
+        seen = b""
+    os.close(master)
+    assert (entered.returncode, entered.stdout, seen) == (0, b"refused\n", b""), entered.stderr
+
+
+def test_ctrl_c_reaches_a_command_entered_without_a_terminal(sdrun: Sdrun, rootfs: Path) -> None:
+    """^C at our terminal signals our process group: enter passes SIGINT on to the command, which is
+    in a session of its own, and exits with the command's status."""
+    import os
+    import signal
+
+    name = unique_name("entert")
+    sdrun("run", "-d", "--net", "none", "--name", name, "--rootfs", str(rootfs), "--", "sleep", "1000")
+    script = "trap 'echo interrupted; exit 7' INT; echo up; while :; do sleep 0.1; done"
+    entered = subprocess.Popen(
+        enter_argv(sdrun, name, "--", "sh", "-c", script),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        # As a shell at a terminal starts it: ^C not ignored (a background job of ours may have it so).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads here
+    )
+    assert entered.stdout is not None and entered.stdout.readline() == b"up\n"
+    os.killpg(entered.pid, signal.SIGINT)
+    assert entered.wait(timeout=60) == 7
+    assert entered.stdout.read() == b"interrupted\n"

@@ -455,11 +455,20 @@ def gc(ctx: Context) -> None:
 @click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as USER, from the pod's /etc/passwd [the app's].")
 @click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Set a variable (KEY alone: the host's).")
 @click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the pod [the app's].")
+@click.option("-t", "--tty", is_flag=True, help="A terminal of the pod's on stdin and stdout, even if ours are none.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin: it is always the command's (as podman's -i).")
 @click.argument("pod_ref", metavar="POD")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
 def enter(
-    ctx: Context, user: str | None, env: tuple[str, ...], workdir: str | None, pod_ref: str, command: tuple[str, ...]
+    ctx: Context,
+    user: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    tty: bool,
+    interactive: bool,
+    pod_ref: str,
+    command: tuple[str, ...],
 ) -> None:
     """Run a command inside a running pod [/bin/sh]."""
     import os
@@ -470,7 +479,8 @@ def enter(
     argv = list(without_separator(command)) or ["/bin/sh"]
     given = manage.EnterOptions(user, parse_pairs(list(env), "-e", os.environ), workdir)
     as_asked = given if given != manage.EnterOptions() else None
-    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv, as_asked)))
+    del interactive  # stdin is the command's either way: accepted for podman's `-it`
+    sys.exit(with_systemd(lambda systemd: manage.enter(systemd, pod, argv, as_asked, tty=tty)))
 
 
 # --- logs ---

@@ -19,6 +19,7 @@ from stage1.process import changed_app
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
+    from stage1.interface import EnterTerminal
     from stage1.process import AppChanges
 
 
@@ -43,7 +44,14 @@ class Fly(Stage1, name="fly"):
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         entry.become_app(entry.read_plan(str(write_plan(pod))))
 
-    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
+    def enter(
+        self,
+        pod: Pod,
+        leader: int,
+        argv: list[str],
+        changes: AppChanges | None = None,
+        terminal: EnterTerminal | None = None,  # never given: enter_terminal is False, stage0 makes one
+    ) -> NoReturn:
         # The app as planned: the root it sees now is the app's to change (its /etc/passwd among it).
         app = ResolvedApp.from_plan_fields(changed_app(entry.read_plan(str(plan_file(pod)))["app"], changes))
         root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
+    from stage1.interface import EnterTerminal
     from stage1.process import AppChanges
 
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
@@ -49,7 +50,14 @@ class Kvm(Stage1, name="kvm"):
         prepare(pod)
         become_vm(pod)
 
-    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
+    def enter(
+        self,
+        pod: Pod,
+        leader: int,
+        argv: list[str],
+        changes: AppChanges | None = None,
+        terminal: EnterTerminal | None = None,  # never given: enter_terminal is False, stage0 makes one
+    ) -> NoReturn:
         from stage1.kvm.agent import enter
 
         if changes:  # the guest's agent runs the command as the app; it takes no other user, env, directory

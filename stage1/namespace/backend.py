@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
+    from stage1.interface import EnterTerminal
     from stage1.process import AppChanges
 
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an app that ignores SIGTERM as PID 1
@@ -37,6 +38,7 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as Docker; systemd's 90 s is long for an
 
 class Namespace(Stage1, name="namespace"):
     default_network = "default"  # as podman's bridge: an address of its own on sdrun0
+    enter_terminal = True  # of the container's devpts: stage1.namespace.enter
 
     def refuse_unsupported(self, spec: PodSpec) -> None:
         refuse_what_does_not_apply(spec)
@@ -57,12 +59,25 @@ class Namespace(Stage1, name="namespace"):
         # The container init is a fork of this process: from the sealed interpreter (stage1.sealed).
         sealed.exec_python("stage1.namespace.launch.supervise", [str(prepare(pod, console))])
 
-    def enter(self, pod: Pod, leader: int, argv: list[str], changes: AppChanges | None = None) -> NoReturn:
+    def enter(
+        self,
+        pod: Pod,
+        leader: int,
+        argv: list[str],
+        changes: AppChanges | None = None,
+        terminal: EnterTerminal | None = None,
+    ) -> NoReturn:
         # What joins the pod runs the sealed interpreter (stage1.sealed): stage0's would be a host file
-        # that a `#!/proc/self/exe` command runs inside the pod. The changes travel as JSON.
+        # that a `#!/proc/self/exe` command runs inside the pod. The changes and terminal travel as
+        # JSON, the terminal's socket as an inherited descriptor.
         import json
 
-        sealed.exec_python("stage1.namespace.enter.main", [str(pod.dir), str(leader), json.dumps(changes), *argv])
+        asked = None
+        if terminal is not None:
+            os.set_inheritable(terminal.channel, True)
+            asked = {"channel": terminal.channel, "stdio": list(terminal.stdio)}
+        args = [str(pod.dir), str(leader), json.dumps(changes), json.dumps(asked), *argv]
+        sealed.exec_python("stage1.namespace.enter.main", args)
 
     def gc(self, pod: Pod) -> None:
         # Every mount lived in the container's namespaces and went with them; the

@@ -170,7 +170,7 @@ def launch(plan: Plan, *, supervise: bool) -> NoReturn:
     start.send(b"go")
     if not supervise:
         os._exit(0)
-    _supervise(init_pid)
+    wait_forwarding_signals(init_pid)
 
 
 def _guard(step: Callable[[], object]) -> NoReturn:
@@ -294,21 +294,35 @@ def _take_terminal(app: dict[str, Any]) -> None:
     """`run -t`: a pseudo-terminal of the container's own devpts (so `tty` names /dev/pts/N inside)
     becomes the app's controlling terminal and stdin, stdout and stderr; its master goes to
     `sdrun run`, which relays it, over the socket that is the unit's stdin (as runc's console socket)."""
-    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    os.fchown(slave, app["uid"], -1)  # the app's, as a login's terminal is its user's
-    channel = _socket.socket(fileno=0)
-    try:
-        channel.sendmsg([b"t"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
-    finally:
-        channel.detach()  # fd 0 is about to be the terminal: the object must not close it
-    os.close(master)
+    master, slave = open_pod_terminal(app["uid"])
+    send_terminal(0, master)  # fd 0 is about to be the terminal
     os.setsid()  # the session the terminal is controlling for: ^C and job control reach the app
     fcntl.ioctl(slave, TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
     os.close(slave)
+
+
+def open_pod_terminal(uid: int) -> tuple[int, int]:
+    """A new pseudo-terminal of the devpts at /dev/pts: the container's, in its mount namespace
+    (`run -t`'s container init, `enter -t`). Its master and slave, both close-on-exec; the slave
+    is uid's, as a login's terminal is its user's."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    os.fchown(slave, uid, -1)
+    return master, slave
+
+
+def send_terminal(channel_fd: int, master: int) -> None:
+    """Send master over the socket channel_fd to the sdrun command that relays it (SCM_RIGHTS, as
+    runc's console socket), and close our copy: no process of the pod's ever holds it."""
+    channel = _socket.socket(fileno=channel_fd)
+    try:
+        channel.sendmsg([b"t"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
+    finally:
+        channel.detach()  # the caller closes or reuses channel_fd: the object must not close it
+        os.close(master)
 
 
 def _pivot_root(root: str) -> None:
@@ -354,10 +368,12 @@ def confine_and_exec(
     exec_planned(app, argv, before_exec=as_app_user)
 
 
-def _supervise(init_pid: int) -> NoReturn:
+def wait_forwarding_signals(child: int) -> NoReturn:
+    """Pass the signals a supervisor sends on to child (--scope's container init, an entered
+    command), and exit with its status."""
     for number in FORWARDED_SIGNALS:
-        _signal.signal(number, lambda received, _frame: os.kill(init_pid, received))
-    _, status = os.waitpid(init_pid, 0)
+        _signal.signal(number, lambda received, _frame: os.kill(child, received))
+    _, status = os.waitpid(child, 0)
     os._exit(exit_status(status))
 
 
