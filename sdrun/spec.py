@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from sdrun import records
 from sdrun.errors import SpecError
+from sdrun.net import HOST_GATEWAY
 from sdrun.net.ports import PortMapping
 
 RESTART_POLICIES = ("no", "on-failure", "always")
@@ -89,6 +90,11 @@ class Isolation(NamedTuple):
     init: bool = False
     selinux_type: str | None = None
     apparmor: str | None = None
+    add_host: tuple[str, ...] = ()  # NAME:IP lines added to /etc/hosts, as parse_add_host writes them
+    dns: tuple[str, ...] = ()  # nameservers of /etc/resolv.conf [the host's, or its network's]
+    dns_search: tuple[str, ...] = ()  # its search domains ("." alone: none) [the host's]
+    dns_option: tuple[str, ...] = ()  # its options [the host's]
+    sysctl: tuple[str, ...] = ()  # KEY=VALUE of namespaced sysctls, as parse_sysctl writes them
 
     def flags_given(self) -> dict[str, bool]:
         """Whether each setting differs from its default, by its flag: a stage1 that cannot
@@ -105,11 +111,20 @@ class Isolation(NamedTuple):
             "--init": self.init,
             "--selinux-type": self.selinux_type is not None,
             "--apparmor": self.apparmor is not None,
+            "--add-host": bool(self.add_host),
+            "--dns": bool(self.dns),
+            "--dns-search": bool(self.dns_search),
+            "--dns-option": bool(self.dns_option),
+            "--sysctl": bool(self.sysctl),
         }
+
+    def own_resolv_conf(self) -> bool:
+        """Whether the pod's resolv.conf is its own, not the host's copy nor its network's."""
+        return bool(self.dns or self.dns_search or self.dns_option)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Isolation:
-        tuples = ("cap_add", "cap_drop", "tmpfs", "device")
+        tuples = ("cap_add", "cap_drop", "tmpfs", "device", "add_host", "dns", "dns_search", "dns_option", "sysctl")
         values: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in data.items()}
         return cls(**values)
 
@@ -433,6 +448,89 @@ def parse_hostname(value: object) -> str:
     return text
 
 
+def parse_add_host(value: object) -> str:
+    """NAME:IP, as Docker's --add-host (an IPv6 address after the first ':', bracketed or not), or
+    NAME:host-gateway. Written back as NAME:IP."""
+    text = str(value)
+    name, _, address = text.partition(":")
+    address = address.removeprefix("[").removesuffix("]") if address.startswith("[") else address
+    if not HOSTNAME_PATTERN.fullmatch(name) or not (address == HOST_GATEWAY or _ip_address(address)):
+        raise SpecError(f"invalid --add-host '{text}': expected NAME:IP (an IPv4 or IPv6 address, or {HOST_GATEWAY})")
+    return f"{name}:{address if address == HOST_GATEWAY else _ip_address(address)}"
+
+
+def parse_dns(value: object) -> str:
+    text = str(value)
+    address = _ip_address(text)
+    if not address:
+        raise SpecError(f"invalid --dns '{text}': expected the IPv4 or IPv6 address of a nameserver")
+    return address
+
+
+def _ip_address(text: str) -> str | None:
+    """The address in its usual spelling, or None if text is none."""
+    import ipaddress  # here: reading a spec without these settings need not load it
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+DOMAIN_PATTERN = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})")
+
+
+def parse_dns_search(value: object) -> str:
+    """A search domain of resolv.conf; "." alone for none (as podman's)."""
+    text = str(value)
+    if text != "." and not DOMAIN_PATTERN.fullmatch(text):
+        raise SpecError(f"invalid --dns-search '{text}': expected a domain name, or . for none")
+    return text
+
+
+def parse_dns_option(value: object) -> str:
+    """An option of resolv.conf (ndots:2, edns0, timeout:1...): one word."""
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(:[0-9]+)?", text):
+        raise SpecError(f"invalid --dns-option '{text}': expected a resolv.conf option, e.g. ndots:2 or edns0")
+    return text
+
+
+# The sysctls a pod may set: those the kernel keeps per namespace, as runc's and podman's allow them
+# (net.* only with a network namespace of the pod's own: build_spec checks). kernel.hostname and
+# kernel.domainname (the UTS namespace's) are --hostname's.
+IPC_SYSCTLS = frozenset(
+    {
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    }
+)
+SYSCTL_KEY = re.compile(r"[a-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+
+
+def parse_sysctl(value: object) -> str:
+    """KEY=VALUE, the key dotted (net.ipv4.ip_unprivileged_port_start=80), of a sysctl the pod's own
+    namespaces hold: the IPC namespace's kernel.* and fs.mqueue.*, and net.*. Written back as is."""
+    text = str(value)
+    key, sep, setting = text.partition("=")
+    if not sep or not SYSCTL_KEY.fullmatch(key) or not setting or "\n" in setting:
+        raise SpecError(f"invalid --sysctl '{text}': expected KEY=VALUE, e.g. net.ipv4.ip_forward=1")
+    if key in ("kernel.hostname", "kernel.domainname"):
+        raise SpecError(f"--sysctl {key} is not supported: the pod's hostname is --hostname's")
+    if not (key in IPC_SYSCTLS or key.startswith(("fs.mqueue.", "net."))):
+        raise SpecError(
+            f"--sysctl {key} is not namespaced: a pod may set net.*, fs.mqueue.* and the IPC namespace's kernel.*",
+            hint=", ".join(sorted(IPC_SYSCTLS)),
+        )
+    return f"{key}={setting}"
+
+
 def parse_network(value: object) -> str:
     """host, none, default, or the name of a network made with `sdrun network create`."""
     text = str(value)
@@ -489,6 +587,11 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "init": lambda value: parse_flag(value, "init"),
     "selinux_type": str,
     "apparmor": str,
+    "add_host": lambda value: tuple(parse_add_host(item) for item in _as_list(value, "add_host")),
+    "dns": lambda value: tuple(parse_dns(item) for item in _as_list(value, "dns")),
+    "dns_search": lambda value: tuple(parse_dns_search(item) for item in _as_list(value, "dns_search")),
+    "dns_option": lambda value: tuple(parse_dns_option(item) for item in _as_list(value, "dns_option")),
+    "sysctl": lambda value: tuple(parse_sysctl(item) for item in _as_list(value, "sysctl")),
     "kvm_accel": lambda value: parse_choice(value, ("kvm", "tcg", "auto"), "kvm accelerator"),
     "kvm_kernel": lambda value: str(Path(str(value)).absolute()),
     "requires": lambda value: tuple(parse_name(item) for item in _as_list(value, "requires")),
@@ -569,6 +672,10 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
     net = settings.get("net") or default_network(stage1)
     if settings.get("port") and net in ("host", "none"):
         raise SpecError("--port needs a network: --net default or --net NAME")
+    if net in ("host", "none") and any(item.endswith(":" + HOST_GATEWAY) for item in settings.get("add_host", ())):
+        raise SpecError(f"--add-host NAME:{HOST_GATEWAY} needs a network: --net default or --net NAME")
+    if net == "host" and any(item.startswith("net.") for item in settings.get("sysctl", ())):
+        raise SpecError("--sysctl net.* needs a network namespace of the pod's own: --net host shares the host's")
     if settings.get("scope") and settings.get("restart", "no") != "no":
         raise SpecError("--restart needs a service: systemd restarts no --scope pod, which runs under the CLI")
     rootfs = settings.get("rootfs")

@@ -260,6 +260,11 @@ def full_spec(rootfs: Path) -> PodSpec:
             init=True,
             selinux_type="t",
             apparmor="p",
+            add_host=("db:10.0.0.5", "v6:fd00::1", "gw:host-gateway"),
+            dns=("10.0.0.53", "2001:db8::53"),
+            dns_search=("example.org",),
+            dns_option=("ndots:2", "edns0"),
+            sysctl=("net.ipv4.ip_unprivileged_port_start=80", "kernel.sem=250 32000 100 128"),
         ),
         service=ServiceOptions(
             requires=("db",),

@@ -81,6 +81,19 @@ RUN_OPTIONS = (
     RunOption(("--stop-signal",), "stop_signal", "Signal that stops the app [SIGTERM]."),
     RunOption(("--stop-timeout",), "stop_timeout", "Seconds between the stop signal and SIGKILL."),
     RunOption(("--hostname",), "hostname", "Hostname inside the container [pod name]."),
+    RunOption(
+        ("--add-host",),
+        "add_host",
+        "Add a line to /etc/hosts (IP host-gateway: the network's gateway).",
+        MULTIPLE,
+        "NAME:IP",
+    ),
+    RunOption(("--dns",), "dns", "Nameserver of /etc/resolv.conf, instead of the host's.", MULTIPLE, "IP"),
+    RunOption(("--dns-search",), "dns_search", "Search domain of /etc/resolv.conf (.: none).", MULTIPLE, "DOMAIN"),
+    RunOption(("--dns-option",), "dns_option", "Option of /etc/resolv.conf, e.g. ndots:2.", MULTIPLE, "OPT"),
+    RunOption(
+        ("--sysctl",), "sysctl", "Set a namespaced sysctl: net.*, fs.mqueue.*, kernel.shm*...", MULTIPLE, "KEY=VALUE"
+    ),
     RunOption(("--cap-add",), "cap_add", "Keep a capability beyond the default set (ALL: all).", MULTIPLE, "CAP"),
     RunOption(("--cap-drop",), "cap_drop", "Drop a capability of the default set (ALL: all).", MULTIPLE, "CAP"),
     RunOption(

@@ -32,6 +32,7 @@ NONE = "none"  # a private namespace with loopback only
 DEFAULT = "default"  # the default bridge network
 NETNS_DIR = Path("/run/netns")
 NETNS_PREFIX = "sdrun-"
+HOST_GATEWAY = "host-gateway"  # --add-host NAME:host-gateway: the pod's network's gateway address
 VETH_PREFIX = "sdv"  # + 12 hex digits of the pod UUID: interface names have at most 15 characters
 
 
@@ -62,12 +63,25 @@ def network_dir(root: Path, network: str) -> Path:
 
 def pod_files(pod: Pod) -> dict[str, Path]:
     """The files a stage1 binds read-only at /etc/NAME for a pod on a network: the network's
-    shared hosts file (every pod's name, updated in place as pods come and go) and a
+    shared hosts file (every pod's name, updated in place as pods come and go; a pod with
+    --add-host has a copy of its own with its lines added, updated with it) and a
     resolv.conf without the host's loopback resolvers, which a pod cannot reach."""
     if not on_network(pod.spec):
         return {}
-    directory = network_dir(Paths.root_of(pod.dir), pod.spec.net)
-    return {"hosts": directory / "hosts", "resolv.conf": directory / "resolv.conf"}
+    root = Paths.root_of(pod.dir)
+    directory = network_dir(root, pod.spec.net)
+    hosts = own_hosts_path(root, pod.spec.net, pod.uuid) if pod.spec.isolation.add_host else directory / "hosts"
+    return {"hosts": hosts, "resolv.conf": directory / "resolv.conf"}
+
+
+def own_hosts_path(root: Path, network: str, pod_uuid: str) -> Path:
+    """The hosts file of a pod with --add-host on a network: the network's, and the pod's lines."""
+    return network_dir(root, network) / f"hosts.{pod_uuid}"
+
+
+def added_hosts(entries: tuple[str, ...]) -> str:
+    """/etc/hosts lines for --add-host's NAME:IP entries (the IP resolved), in their order."""
+    return "".join(f"{address}\t{name}\n" for name, _, address in (entry.partition(":") for entry in entries))
 
 
 @contextlib.contextmanager

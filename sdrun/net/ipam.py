@@ -6,6 +6,7 @@
                                       name it has on the host (netns, veth, ports);
                                       flock(2) on it: held by the pod's tear-down
 <root>/net/<network>/hosts            the network's /etc/hosts, rewritten in place
+<root>/net/<network>/hosts.<uuid>     the same and a pod's --add-host lines, for that pod
 <root>/net/<network>/resolv.conf      the host's, minus loopback resolvers
 
 A lease is written before anything it names exists and removed after all of it
@@ -25,7 +26,7 @@ from typing import NamedTuple
 
 from sdrun import records
 from sdrun.errors import SdrunError
-from sdrun.net import lease_path, network_dir
+from sdrun.net import added_hosts, lease_path, network_dir, own_hosts_path
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
 
@@ -41,6 +42,7 @@ class Lease(NamedTuple):
     netns: str
     veth: str
     ports: tuple[PortMapping, ...] = ()
+    added_hosts: tuple[str, ...] = ()  # the pod's --add-host NAME:IP, host-gateway resolved
 
     def to_json(self) -> str:
         return json.dumps(records.plain(self), indent=2) + "\n"
@@ -49,6 +51,7 @@ class Lease(NamedTuple):
     def from_json(cls, text: str) -> Lease:
         data = json.loads(text)
         data["ports"] = tuple(PortMapping(**port) for port in data.get("ports", ()))
+        data["added_hosts"] = tuple(data.get("added_hosts", ()))
         return cls(**data)
 
 
@@ -150,6 +153,8 @@ def write_lease(root: Path, lease: Lease) -> None:
 
 def remove_lease(root: Path, lease: Lease) -> None:
     with contextlib.suppress(FileNotFoundError):
+        own_hosts_path(root, lease.network, lease.pod).unlink()
+    with contextlib.suppress(FileNotFoundError):
         lease_path(root, lease.network, lease.pod).unlink()
 
 
@@ -194,9 +199,15 @@ def rewrite_in_place(path: Path, text: str) -> None:
 
 
 def update_network_files(root: Path, network: str) -> None:
-    """The network's hosts file and resolv.conf, from its current leases and the host's resolv.conf."""
+    """The network's hosts file and resolv.conf, from its current leases and the host's resolv.conf;
+    and the hosts file of each of its pods with --add-host."""
     directory = network_dir(root, network)
-    rewrite_in_place(directory / "hosts", hosts_file(leases(root, network)))
+    current = leases(root, network)
+    shared = hosts_file(current)
+    rewrite_in_place(directory / "hosts", shared)
+    for lease in current:
+        if lease.added_hosts:
+            rewrite_in_place(own_hosts_path(root, network, lease.pod), shared + added_hosts(lease.added_hosts))
     try:
         host_resolv_conf = Path("/etc/resolv.conf").read_text()
     except OSError:

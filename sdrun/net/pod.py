@@ -22,7 +22,19 @@ from typing import TYPE_CHECKING
 
 from sdrun.errors import SdrunError, describe
 from sdrun.linux import syscalls as sc
-from sdrun.net import NETNS_DIR, NETNS_PREFIX, VETH_PREFIX, config, ipam, netns_name, nft, on_network, rtnl, veth_name
+from sdrun.net import (
+    HOST_GATEWAY,
+    NETNS_DIR,
+    NETNS_PREFIX,
+    VETH_PREFIX,
+    config,
+    ipam,
+    netns_name,
+    nft,
+    on_network,
+    rtnl,
+    veth_name,
+)
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
@@ -86,6 +98,10 @@ def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
         netns=netns_name(pod.uuid),
         veth=veth_name(pod.uuid),
         ports=pod.spec.ports,
+        added_hosts=tuple(
+            entry.removesuffix(HOST_GATEWAY) + network.gateway if entry.endswith(":" + HOST_GATEWAY) else entry
+            for entry in pod.spec.isolation.add_host
+        ),
     )
 
 

@@ -75,6 +75,10 @@ if [ -n "$SDRUN_NET_ADDRESS" ]; then # the NIC has the MAC, address and route of
     ip link set eth0 up && ip address add "$SDRUN_NET_ADDRESS" dev eth0 || fail "cannot configure eth0"
     [ -z "$SDRUN_NET_GATEWAY" ] || ip route add default via "$SDRUN_NET_GATEWAY" || fail "no route via $SDRUN_NET_GATEWAY"
 fi
+eval "set -- $SDRUN_SYSCTL"
+for sysctl in "$@"; do # PATH=VALUE, PATH under /proc/sys: --sysctl
+    printf '%s\n' "${sysctl#*=}" >"/proc/sys/${sysctl%%=*}" || fail "cannot set sysctl ${sysctl%%=*}"
+done
 
 # Exec the command $1 (shell-quoted words) as the app runs: only the spec's environment,
 # chrooted into the pod's root, in its working directory, as its uid and gid (nsenter's

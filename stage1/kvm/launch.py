@@ -104,6 +104,11 @@ def guest_config(pod: Pod, app: ResolvedApp, network: GuestNetwork | None = None
         "SDRUN_GID": str(app.credentials.gid),
         "SDRUN_HOSTNAME": pod_hostname(pod),
         "SDRUN_TMPFS": shlex.join(guest_tmpfs(pod)),
+        # --sysctl as PATH=VALUE, PATH under /proc/sys: the guest's kernel is the pod's own
+        "SDRUN_SYSCTL": shlex.join(
+            key.replace(".", "/") + "=" + value
+            for key, _, value in (text.partition("=") for text in pod.spec.isolation.sysctl)
+        ),
         "SDRUN_NET_ADDRESS": network.address if network else "",
         "SDRUN_NET_GATEWAY": network.gateway if network else "",
     }

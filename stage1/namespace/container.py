@@ -108,6 +108,7 @@ class ContainerPlan(NamedTuple):
     init: bool
     notify: bool  # the app says READY=1 itself, through systemd's socket bound into the container
     payload_cgroup: bool  # run the container in a child cgroup of the unit's (sdrun.linux.cgroups)
+    sysctls: tuple[tuple[str, str], ...] = ()  # (key, value): --sysctl, for the pod's own namespaces
 
     def entry_plan(self, app: ResolvedApp) -> dict[str, Any]:
         """What the in-unit entry carries out (stage1.namespace.launch), as plain values."""
@@ -129,6 +130,7 @@ class ContainerPlan(NamedTuple):
             "init": self.init,
             "notify": self.notify,
             "payload_cgroup": self.payload_cgroup,
+            "sysctl": [list(sysctl) for sysctl in self.sysctls],
             "app": app.plan_fields(),
         }
 
@@ -183,6 +185,22 @@ def user_namespace_of(pod: Pod) -> UserNamespace | None:
     if int(base) == 0:
         raise SpecError("--private-users: the range must not start at host uid 0", hint="e.g. 100000:65536")
     return UserNamespace(int(base), int(count))
+
+
+def sysctl_settings(spec: PodSpec) -> tuple[tuple[str, str], ...]:
+    """--sysctl KEY=VALUE as (key, value), checked when the spec was read (sdrun.spec.parse_sysctl);
+    a key this kernel does not have is refused here, rather than by the entry inside the unit (but
+    one of an interface, net.ipv4.conf.eth0.*: the pod's eth0 is not the host's)."""
+    settings = tuple((key, value) for key, _, value in (text.partition("=") for text in spec.isolation.sysctl))
+    for key, _ in settings:
+        of_an_interface = key.split(".")[2:3] in (["conf"], ["neigh"])
+        if not (of_an_interface or os.path.exists(sysctl_path(key))):
+            raise SpecError(f"--sysctl {key}: this kernel has no such sysctl")
+    return settings
+
+
+def sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
 
 
 def parse_tmpfs(text: str) -> FilesystemMount:
@@ -317,4 +335,5 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
         init=isolation.init,
         notify=spec.service.notify,
         payload_cgroup=may_mount_cgroups(spec),
+        sysctls=sysctl_settings(spec),
     )

@@ -22,7 +22,9 @@ Three processes, each with one job, and only the last one stays:
       brings up loopback in a network namespace of its own) and forks,
       because a new PID namespace only takes the children; exits.
   container init (PID 1 of the new PID namespace)
-    - mounts /proc, /sys, /dev, volumes... into the rootfs, sets the hostname,
+    - writes the --sysctl settings (those of a joined network namespace
+      are the intermediate's, before the user namespace, with the host's
+      privileges), mounts /proc, /sys, /dev, volumes... into the rootfs, sets the hostname,
       pivot_root()s, waits for the entry's go, then drops
       capabilities, sets no_new_privs, loads seccomp and execs the app.
 
@@ -237,6 +239,9 @@ def _intermediate(
     joined = _join_network_namespace(plan)
     if joined:  # with the host's privileges still: a user namespace of ours will not own it
         _allow_icmp_sockets(ALL_GROUPS)
+        if plan.get("sysctl"):  # its net.* now: the rest are the container init's
+            _set_sysctls(plan["sysctl"], network=True)
+            plan["sysctl"] = [sysctl for sysctl in plan["sysctl"] if not sysctl[0].startswith("net.")]
     if plan["userns"] is not None:
         set_resource_limits(plan["app"])  # while we may raise them; the app's exec sets the same again
         sc.unshare(sc.CLONE_NEWUSER)
@@ -274,6 +279,9 @@ def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, s
     if plan["userns"] is not None:
         os.setresgid(0, 0, 0)  # root of the new namespace: setup may then create files as root
         os.setresuid(0, 0, 0)
+    if plan.get("sysctl"):  # as the root of the pod's namespaces: the IPC namespace's take no capability
+        _set_sysctls(plan["sysctl"], network=False)
+        _set_sysctls(plan["sysctl"], network=True)
     root = plan["root"]
     # A mount made by the entry is locked in a user namespace's copy, and pivot_root refuses a
     # locked root: bind the root onto itself for a mount of our own (as runc does).
@@ -339,6 +347,21 @@ def _allow_icmp_sockets(groups: str) -> None:
     app, writes those packets' headers. Group ids are the writer's user namespace's."""
     with open("/proc/sys/net/ipv4/ping_group_range", "w") as stream:  # the opener's network namespace
         stream.write(groups)
+
+
+def _set_sysctls(sysctls: list[list[str]], *, network: bool) -> None:
+    """--sysctl: write the network namespace's (net.*) or the IPC namespace's ones, in the namespaces
+    of this process (through the host's /proc, before the container's read-only /proc/sys exists). The
+    kernel lets a network namespace's sysctls be written with NET_ADMIN over it, and an IPC namespace's
+    only by the uid that is root of the user namespace owning it."""
+    for key, value in sysctls:
+        if key.startswith("net.") != network:
+            continue
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as stream:
+                stream.write(value)
+        except OSError as error:
+            raise SdrunError(f"--sysctl {key}={value}: {error.strerror}") from None
 
 
 def _bring_up_loopback() -> None:
