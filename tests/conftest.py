@@ -107,6 +107,15 @@ def sdrun() -> Iterator[Sdrun]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def installed(sdrun: Sdrun) -> Iterator[list[str]]:
+    """Names of pods a test installs, uninstalled afterwards whatever happens (dependents first)."""
+    names: list[str] = []
+    yield names
+    for name in reversed(names):
+        sdrun("uninstall", name, check=False)
+
+
 def wait_for(predicate: object, timeout: float = 20.0, interval: float = 0.05) -> None:
     assert callable(predicate)
     deadline = time.monotonic() + timeout

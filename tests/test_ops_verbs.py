@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,14 +109,6 @@ def test_run_replace_removes_the_pod_of_that_name_first(sdrun: Sdrun, rootfs: Pa
     assert pod_json(sdrun, name)["state"] == "exited"
     # Without a pod of that name, --replace is a plain run (and the fast parser's path, too).
     sdrun("run", "--rm", "--replace", "--name", unique_name(), "--rootfs", str(rootfs), "--", "true")
-
-
-@pytest.fixture
-def installed(sdrun: Sdrun) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in reversed(names):
-        sdrun("uninstall", name, check=False)
 
 
 def test_start_and_restart_of_an_installed_pod_go_to_its_unit(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,14 +89,6 @@ def assert_unchanged_across_reloads(units: list[str]) -> None:
     journal = journal_since(since)
     for unit in units:
         assert f"/run/systemd/transient/{unit}" not in journal, journal
-
-
-@pytest.fixture
-def installed(sdrun: Sdrun) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        sdrun("uninstall", name, check=False)
 
 
 POD_KINDS = {

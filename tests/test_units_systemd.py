@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,15 +63,6 @@ def python_rootfs(sdrun: Sdrun, rootfs: Path) -> Path:
     (copy / "usr" / "bin").mkdir(parents=True, exist_ok=True)
     (copy / HOST_PYTHON.lstrip("/")).touch(mode=0o755)
     return copy
-
-
-@pytest.fixture
-def installed(sdrun: Sdrun) -> Iterator[list[str]]:
-    """Names of installed pods, uninstalled afterwards whatever happens."""
-    names: list[str] = []
-    yield names
-    for name in reversed(names):
-        sdrun("uninstall", name, check=False)
 
 
 def test_dependencies_restarts_machined_and_the_journal(sdrun: Sdrun, rootfs: Path, installed: list[str]) -> None:
