@@ -188,6 +188,9 @@ def test_no_raw_sockets_without_cap_add_net_raw(sdrun: Sdrun, rootfs: Path, sysp
     assert probe_results(probed.stdout) == {"icmp-socket": "0"}
     ranges = shell(sdrun, rootfs, "cat /proc/sys/net/ipv4/ping_group_range", "--private-users").split()
     assert ranges == ["0", "65535"]  # the groups of its user namespace
+    bridged = ("--stage1", "namespace", "--net", "default", "--rootfs", str(rootfs), "--")
+    ranges = sdrun("run", "--rm", *bridged, "cat", "/proc/sys/net/ipv4/ping_group_range").stdout.split()
+    assert ranges == ["0", "2147483647"]  # sdrun.net's namespace: set by the network's set-up
     pinged = shell(sdrun, rootfs, "ping -c 1 -W 5 127.0.0.1 >/dev/null && echo pinged", "--cap-add", "NET_RAW")
     assert pinged == "pinged\n"
 

@@ -63,6 +63,9 @@ CAPABILITIES = (
     "CHECKPOINT_RESTORE",
 )
 NUMBERS = {name: number for number, name in enumerate(CAPABILITIES)}
+# net.ipv4.ping_group_range of a pod's network namespace: every gid may open ICMP echo sockets, as
+# in Docker and podman, so that ping needs no NET_RAW (below); the kernel writes those headers.
+ICMP_SOCKET_GROUPS = "0 2147483647"
 
 # Left out of Docker's set, as podman does (`--cap-add` brings each back):
 # - NET_RAW: raw and packet sockets forge frames to the other pods on a bridge (ARP, router

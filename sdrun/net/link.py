@@ -29,6 +29,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg  # noqa: E402
 from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
 
 from sdrun.errors import SdrunError, describe  # noqa: E402
+from sdrun.linux import caps  # noqa: E402
 from sdrun.linux import syscalls as sc  # noqa: E402
 from sdrun.net import NETNS_DIR, peer_mac  # noqa: E402
 from sdrun.net.config import Network  # noqa: E402
@@ -180,6 +181,7 @@ def create_pod_interface(network: Network, netns_name: str, veth: str, address: 
         os.close(namespace_fd)
     with _netlink_in(namespace) as inside:
         refuse_router_advertisements("all", "default", POD_INTERFACE)
+        sysctl("net/ipv4/ping_group_range", caps.ICMP_SOCKET_GROUPS)  # ping without NET_RAW
         inside.add_address(POD_INTERFACE, address, network.prefixlen)
         inside.set_link(POD_INTERFACE, up=True)
         inside.set_link("lo", up=True)

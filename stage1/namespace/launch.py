@@ -68,7 +68,6 @@ TIOCSPTLCK, TIOCGPTPEER, TIOCSCTTY = 0x40045431, 0x5441, 0x540E  # termios's, wi
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 INIT_PATH = "/dev/init"  # where the container sees tini: under /dev, out of the image's way
 CONTAINER_NOTIFY_SOCKET = "/run/host/notify"  # where systemd-nspawn puts it too
-ALL_GROUPS = "0 2147483647"  # net.ipv4.ping_group_range: every gid
 
 
 class Channel:
@@ -237,11 +236,10 @@ def _intermediate(
     plan: Plan, seccomp_program: bytes | None, to_intermediate: Channel, from_intermediate: Channel, *rest: Channel
 ) -> None:
     joined = _join_network_namespace(plan)
-    if joined:  # with the host's privileges still: a user namespace of ours will not own it
-        _allow_icmp_sockets(ALL_GROUPS)
-        if plan.get("sysctl"):  # its net.* now: the rest are the container init's
-            _set_sysctls(plan["sysctl"], network=True)
-            plan["sysctl"] = [sysctl for sysctl in plan["sysctl"] if not sysctl[0].startswith("net.")]
+    if joined and plan.get("sysctl"):
+        # Its net.* now, with the host's privileges: a user namespace of ours will not own it.
+        _set_sysctls([sysctl for sysctl in plan["sysctl"] if sysctl[0].startswith("net.")])
+        plan["sysctl"] = [sysctl for sysctl in plan["sysctl"] if not sysctl[0].startswith("net.")]
     if plan["userns"] is not None:
         set_resource_limits(plan["app"])  # while we may raise them; the app's exec sets the same again
         sc.unshare(sc.CLONE_NEWUSER)
@@ -253,7 +251,8 @@ def _intermediate(
         # Only in a namespace of our own: a joined one's loopback is up already, and in a user
         # namespace that does not own it the ioctl would be refused.
         _bring_up_loopback()
-        _allow_icmp_sockets(ALL_GROUPS if plan["userns"] is None else f"0 {plan['userns'][1] - 1}")
+        # As in a network namespace sdrun.net makes (link.py), but in this user namespace's gids.
+        _allow_icmp_sockets(caps.ICMP_SOCKET_GROUPS if plan["userns"] is None else f"0 {plan['userns'][1] - 1}")
     init_pid = os.fork()
     if init_pid == 0:
         ready, start = rest
@@ -280,8 +279,7 @@ def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, s
         os.setresgid(0, 0, 0)  # root of the new namespace: setup may then create files as root
         os.setresuid(0, 0, 0)
     if plan.get("sysctl"):  # as the root of the pod's namespaces: the IPC namespace's take no capability
-        _set_sysctls(plan["sysctl"], network=False)
-        _set_sysctls(plan["sysctl"], network=True)
+        _set_sysctls(plan["sysctl"])
     root = plan["root"]
     # A mount made by the entry is locked in a user namespace's copy, and pivot_root refuses a
     # locked root: bind the root onto itself for a mount of our own (as runc does).
@@ -349,14 +347,12 @@ def _allow_icmp_sockets(groups: str) -> None:
         stream.write(groups)
 
 
-def _set_sysctls(sysctls: list[list[str]], *, network: bool) -> None:
-    """--sysctl: write the network namespace's (net.*) or the IPC namespace's ones, in the namespaces
-    of this process (through the host's /proc, before the container's read-only /proc/sys exists). The
-    kernel lets a network namespace's sysctls be written with NET_ADMIN over it, and an IPC namespace's
-    only by the uid that is root of the user namespace owning it."""
+def _set_sysctls(sysctls: list[list[str]]) -> None:
+    """--sysctl: write them in the namespaces of this process (through the host's /proc, before the
+    container's read-only /proc/sys exists). The kernel lets a network namespace's sysctls (net.*) be
+    written with NET_ADMIN over it, and an IPC namespace's only by the uid that is root of the user
+    namespace owning it."""
     for key, value in sysctls:
-        if key.startswith("net.") != network:
-            continue
         try:
             with open("/proc/sys/" + key.replace(".", "/"), "w") as stream:
                 stream.write(value)
