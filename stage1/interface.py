@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
 # since each pulls in its own dependencies (seccomp, qemu helpers...).
-BUILTIN_BACKENDS = {"fly": "stage1.fly.backend", "namespace": "stage1.namespace.backend", "kvm": "stage1.kvm"}
+BUILTIN_BACKENDS = {"fly": "stage1.fly.backend", "namespace": "stage1.namespace.backend", "kvm": "stage1.kvm.backend"}
 
 
 class UnitPlan(NamedTuple):

@@ -1,7 +1,7 @@
 """What a namespace container looks like, as data: its root, its mounts, its identity, its confinement.
 
 Nothing here touches the system: `container_plan(pod)` reads the pod's spec and
-returns a ContainerPlan; stage1.namespace.launch carries it out. The defaults
+returns a ContainerPlan; stage1.namespace.entry carries it out. The defaults
 follow runc's and Docker's (masked and read-only /proc paths, a minimal /dev,
 podman's eleven capabilities, a seccomp allowlist), each overridable from the spec.
 """
@@ -28,7 +28,7 @@ from sdrun.net import NETNS_DIR, netns_name
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 from stage1.etcfiles import etc_mounts, pod_hostname
-from stage1.namespace.launch import INIT_PATH, PLAN_FILE
+from stage1.namespace.entry import INIT_PATH, PLAN_FILE
 from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options, read_only_tmpfs
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class ContainerPlan(NamedTuple):
     sysctls: tuple[tuple[str, str], ...] = ()  # (key, value): --sysctl, for the pod's own namespaces
 
     def entry_plan(self, app: ResolvedApp) -> dict[str, Any]:
-        """What the in-unit entry carries out (stage1.namespace.launch), as plain values."""
+        """What the in-unit entry carries out (stage1.namespace.entry), as plain values."""
         userns = self.user_namespace
         return {
             "directory": self.directory,
@@ -147,7 +147,7 @@ def network_namespace(pod: Pod) -> Path | None:
 
 
 def plan_file(pod: Pod) -> Path:
-    """What stage0 planned for the entry (and for `enter`): launch.PLAN_FILE in the stage1 directory."""
+    """What stage0 planned for the entry (and for `enter`): entry.PLAN_FILE in the stage1 directory."""
     return stage1_dir(pod) / PLAN_FILE
 
 

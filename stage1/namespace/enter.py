@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import EXIT_RUNTIME_ERROR, describe
 from sdrun.linux import syscalls as sc
 from stage1.namespace.container import plan_file
-from stage1.namespace.launch import (
+from stage1.namespace.entry import (
     TIOCSCTTY,
     confine_and_exec,
     open_pod_terminal,

@@ -21,7 +21,7 @@ from sdrun.linux.inroot import make_mount_point, remount_read_only
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
 from stage1.app import ResolvedApp, resolve_app
 from stage1.etcfiles import etc_mounts, pod_hostname
-from stage1.kvm import stage1_dir
+from stage1.kvm.backend import stage1_dir
 from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
 from stage1.process import SystemdNotifier
 from stage1.rootfs import read_only_tmpfs
