@@ -84,7 +84,7 @@ def root_mounts(pod: Pod) -> list[MountOperation]:
 
 def attach_network(pod: Pod) -> GuestNetwork | None:
     """The pod's network namespace, if the networking setup made one; else no NIC (loopback only)."""
-    from stage1.namespace.container import network_namespace
+    from sdrun.net import network_namespace
 
     netns = network_namespace(pod)
     if netns is None:

@@ -139,13 +139,6 @@ def stage1_dir(pod: Pod) -> Path:
     return Paths.stage1_dir(pod.dir)
 
 
-def network_namespace(pod: Pod) -> Path | None:
-    """The named network namespace the networking setup made for this pod, to join instead of
-    creating one; None when there is none (then a private one with loopback only, or the host's)."""
-    path = NETNS_DIR / netns_name(pod.uuid)
-    return path if pod.spec.net != "host" and path.exists() else None
-
-
 def plan_file(pod: Pod) -> Path:
     """What stage0 planned for the entry (and for `enter`): entry.PLAN_FILE in the stage1 directory."""
     return stage1_dir(pod) / PLAN_FILE
