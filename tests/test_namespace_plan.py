@@ -167,7 +167,7 @@ def test_the_entry_plan_carries_every_mount_and_the_app_as_plain_values(tmp_path
     app = ResolvedApp(
         "/bin/sh", ("sh", "-c", "true"), {"HOME": "/home", "PATH": "/bin"}, "/", Credentials(1000, 100, (10,), "/home")
     )
-    entry = marshal.loads(marshal.dumps(plan.entry_plan(app)))
+    entry = marshal.loads(marshal.dumps(dict(plan.entry_plan(app))))
     rebuilt = [MountOperation.from_plan(item) for item in entry["mounts"] + entry["lockdown"]]
     assert rebuilt == list(plan.mounts + plan.lockdown)
     assert entry["capabilities"] == caps.mask(["KILL"]) == 1 << 5

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from stage1 import INTERFACE_VERSION
 from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
 
 if TYPE_CHECKING:
@@ -18,9 +19,11 @@ if TYPE_CHECKING:
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
     from stage1.interface import EnterTerminal
+    from stage1.kvm.entry import Plan
     from stage1.process import AppChanges
 
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
+PLAN_FILE = "qemu.json"  # in the pod's stage1 directory; JSON, to read when a VM does not boot
 
 
 class Kvm(Stage1, name="kvm"):
@@ -143,7 +146,8 @@ def prepare(pod: Pod) -> None:
 
     # A uid of the pod's own, out of the host's way: the first of the range --private-users=auto would give it.
     command = machine.qemu_command(spec, kernel, image, accel, auto_range_base(pod.uuid))
-    (scratch / "qemu.json").write_text(json.dumps(command, indent=1) + "\n")
+    plan: Plan = {"interface": INTERFACE_VERSION, "qemu": command}
+    (scratch / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")
 
 
 def kvm_cache(pod: Pod) -> Path:
