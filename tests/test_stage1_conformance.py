@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SpecError
-from sdrun.pod import Pod
+from sdrun.paths import Paths
+from sdrun.pod import Pod, PodStore
 from sdrun.spec import PodSpec
 from stage1 import INTERFACE_VERSION
 from stage1.interface import ENTRY_POINT_GROUP, Stage1, entry_command, installed_backends
@@ -270,7 +271,12 @@ def test_a_backend_of_a_newer_interface_is_refused() -> None:
 
 
 ENTRIES = ["stage1.namespace", "stage1.fly", "stage1.kvm", "tests.stub_stage1"]
-PLANS = {"stage1.namespace": "namespace.plan", "stage1.fly": "fly.plan", "tests.stub_stage1": "stub.plan"}
+PLANS = {
+    "stage1.namespace": "namespace.plan",
+    "stage1.fly": "fly.plan",
+    "stage1.kvm": "qemu.json",  # JSON; the kvm entry reads the pod's manifest first
+    "tests.stub_stage1": "stub.plan",
+}
 
 
 def run_entry_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -289,10 +295,12 @@ def test_an_entry_refuses_a_unit_of_another_interface_version(module: str, tmp_p
 
 @pytest.mark.parametrize("module", sorted(PLANS))
 def test_an_entry_refuses_a_plan_of_another_interface_version(module: str, tmp_path: Path) -> None:
-    (tmp_path / "stage1").mkdir()
-    plan = tmp_path / "stage1" / PLANS[module]
-    plan.write_bytes(marshal.dumps({"interface": INTERFACE_VERSION + 1}))
-    result = run_entry_module(module, "run", f"--interface={INTERFACE_VERSION}", str(tmp_path))
+    pod = PodStore(Paths(tmp_path)).create(PodSpec("p", module.rsplit(".", maxsplit=1)[-1], rootfs="/"))
+    (pod.dir / "stage1").mkdir()
+    plan = pod.dir / "stage1" / PLANS[module]
+    newer = {"interface": INTERFACE_VERSION + 1}
+    plan.write_bytes(json.dumps(newer).encode() if plan.suffix == ".json" else marshal.dumps(newer))
+    result = run_entry_module(module, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
     assert result.returncode == 125
     assert result.stderr == (
         f"sdrun stage1: {plan} is for stage1 interface version {INTERFACE_VERSION + 1}, and this sdrun's entry "
