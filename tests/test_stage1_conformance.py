@@ -253,6 +253,24 @@ def test_a_backend_outside_sdrun_is_found_by_its_entry_point(stub_site: Path, tm
     assert argv[-2:] == (f"--interface={INTERFACE_VERSION}", str(tmp_path))
 
 
+def test_the_entry_of_a_backend_installed_elsewhere_finds_its_package(tmp_path: Path) -> None:
+    """Its directory goes on the entry's sys.path after sdrun's, which the unit's `python -S` has not."""
+    package = tmp_path / "site" / "elsewhere_stage1"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("import sys\nimport stage1\nprint(stage1.entry_pod_dir(sys.argv))\n")
+    pod = Pod("0" * 32, tmp_path / "pod", PodSpec("p", "elsewhere", rootfs="/"), 0.0)
+    sys.path.insert(0, str(package.parent))
+    try:
+        _, argv = entry_command("elsewhere_stage1", pod)
+    finally:
+        sys.path.remove(str(package.parent))
+        del sys.modules["elsewhere_stage1"]
+    assert argv[4].startswith(f"__import__('sys').path.insert(0, {str(package.parent)!r}) or ")
+    started = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, check=False, timeout=60)
+    assert (started.returncode, started.stdout, started.stderr) == (0, f"{pod.dir}\n", "")
+
+
 def test_an_unknown_backend_is_refused_with_those_there_are() -> None:
     with pytest.raises(SpecError, match="unknown stage1 'nosuch'") as refused:
         Stage1.named("nosuch")
