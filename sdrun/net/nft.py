@@ -101,11 +101,11 @@ flush chain {BRIDGE_TABLE} from_pod
 flush chain {BRIDGE_TABLE} neighbour_discovery
 add rule {BRIDGE_TABLE} prerouting iifname @pods jump from_pod
 add rule {BRIDGE_TABLE} from_pod ip daddr 127.0.0.0/8 drop
-add rule {BRIDGE_TABLE} from_pod ip6 daddr ::1 drop
-add rule {BRIDGE_TABLE} from_pod icmpv6 type {{ nd-router-advert, nd-redirect }} drop
 add rule {BRIDGE_TABLE} from_pod iifname . ether saddr . ip saddr @sources accept
 add rule {BRIDGE_TABLE} from_pod arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
 iifname . ether saddr . arp saddr ip @sources iifname . arp saddr ether . arp saddr ip @sources accept
+add rule {BRIDGE_TABLE} from_pod ip6 daddr ::1 drop
+add rule {BRIDGE_TABLE} from_pod icmpv6 type {{ nd-router-advert, nd-redirect }} drop
 add rule {BRIDGE_TABLE} from_pod icmpv6 type {ICMPV6_NEIGHBOUR} jump neighbour_discovery
 add rule {BRIDGE_TABLE} from_pod ip6 saddr :: icmpv6 type nd-neighbor-solicit \
 iifname . ether saddr . ip6 saddr @sources6 accept
