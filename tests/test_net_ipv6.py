@@ -271,3 +271,15 @@ def test_a_pod_reaches_no_host_service_on_ipv6_loopback(clean_host: Sdrun, rootf
         script = f"/netattack udp6 $gw own ::1 {port}; /netattack udp6 $gw ::1 ::1 {port}"
         attack(clean_host, rootfs, netattack, network, script)
         assert received(udp) == []
+
+
+def test_pods_without_ipv6_make_no_ipv6_table_and_gc_makes_none(clean_host: Sdrun, rootfs: Path) -> None:
+    """The default network (no IPv6) runs as before; a network with IPv6 that no pod has used
+    has nothing in nftables, and gc retiring it must not make an empty IPv6 table."""
+    ipv6_network(clean_host)
+    name = unique_name("plain")
+    server(clean_host, rootfs, name, "--net", "default")
+    clean_host("gc")  # retires the unused network, the default one's pod running
+    state = host_state()
+    assert "table ip sdrun" in state and "table ip6 sdrun" not in state, state
+    clean_host("rm", "-f", name)

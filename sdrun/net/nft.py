@@ -285,9 +285,12 @@ def remove_source_commands(veth: str, address: str, address6: str = "") -> str:
     )
 
 
-def remove_network_commands(network: Network) -> str:
-    tables = [(TABLE, network.subnet)] + ([(TABLE6, network.subnet6)] if network.subnet6 else [])
-    lines = [_declare_table6()] if network.subnet6 else []
+def remove_network_commands(network: Network, ipv6_table: bool = True) -> str:
+    """Remove a network's elements; from the IPv6 table too if it has IPv6 and ipv6_table (the
+    table exists: a network none of whose pods ran has nothing there, and needs no empty table)."""
+    ipv6 = bool(network.subnet6) and ipv6_table
+    tables = [(TABLE, network.subnet)] + ([(TABLE6, network.subnet6)] if ipv6 else [])
+    lines = [_declare_table6()] if ipv6 else []
     for table, subnet in tables:
         for name, element in network_elements(network, subnet):
             lines.append(f"add element {table} {name} {{ {element} }}\n")
@@ -299,8 +302,8 @@ def remove_table_commands() -> str:
     return "".join(f"add table {table}\ndelete table {table}\n" for table in (TABLE, TABLE6, BRIDGE_TABLE))
 
 
-def table_exists() -> bool:
-    return subprocess.run(["nft", "list", "table", *TABLE.split()], capture_output=True, check=False).returncode == 0
+def table_exists(table: str = TABLE) -> bool:
+    return subprocess.run(["nft", "list", "table", *table.split()], capture_output=True, check=False).returncode == 0
 
 
 def apply(commands: str) -> None:

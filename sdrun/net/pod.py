@@ -214,7 +214,8 @@ def retire(root: Path, network_name: str) -> None:
 
             link.delete_link(network.bridge)
         if nft.table_exists():
-            nft.apply(nft.remove_network_commands(network))
+            ipv6_table = bool(network.subnet6) and nft.table_exists(nft.TABLE6)
+            nft.apply(nft.remove_network_commands(network, ipv6_table))
     for name in ("hosts", "resolv.conf"):
         with contextlib.suppress(FileNotFoundError):
             (root / "net" / network_name / name).unlink()
