@@ -429,3 +429,33 @@ def test_install_and_an_installed_pods_start_refuse_a_rejected_image(
     assert reference not in sdrun("image", "list").stdout
     journal = subprocess.run(["journalctl", "-u", unit, "--no-pager"], capture_output=True, text=True, check=False)
     assert f"{reference} refused by signedBy" in journal.stdout
+
+
+@needs_systemd
+def test_trust_add_asks_copies_the_key_and_edits_the_policy(sdrun: Sdrun, world: World) -> None:
+    reference = world.push("base", "trust/one:1", signer="trusted")  # (one digest: a repository of its own each,
+    rotated = world.push("base", "trust/two:1", signer="untrusted")  # or the second push replaces the signature)
+    policy = WORK / "trust-policy.json"
+    policy.unlink(missing_ok=True)
+    shown = sdrun("image", "trust", "show", "--signature-policy", str(policy)).stdout
+    assert shown == f"no signature policy at {policy}: every image is accepted\n"
+    scope = f"{world.host}/trust"  # a namespace: both repositories
+    add = ("image", "trust", "add", "--signature-policy", str(policy))
+    declined = sdrun(*add, str(world.keys.files["trusted"]), scope, input="n\n", check=False)
+    assert declined.returncode == 125 and f"GPG key {world.keys.fingerprints['trusted']}" in declined.stdout
+    assert not policy.exists() and not (sdrun.root / "trustedkeys").exists()
+    sdrun(*add, str(world.keys.files["trusted"]), scope, input="y\n")
+    sdrun("image", "trust", "set", "--signature-policy", str(policy), "default", "reject")
+    copied = sdrun.root / "trustedkeys" / f"{world.keys.fingerprints['trusted']}.gpg"
+    assert copied.read_bytes() == world.keys.files["trusted"].read_bytes()
+    rows = sdrun("image", "trust", "show", "--signature-policy", str(policy)).stdout.splitlines()
+    assert rows[2].split() == ["default", "reject"] and rows[3].split() == ["docker", scope, "signedBy", f"({copied})"]
+    assert pull(sdrun, world, reference, policy).returncode == 0 and world.skopeo_accepts(reference, policy)
+    assert "which the policy does not trust" in refused(sdrun, world, rotated, policy)
+    # A second key for the scope joins the first (keyPaths): either one's signature is enough.
+    sdrun(*add, "--yes", str(world.keys.files["untrusted"]), scope)
+    requirements = json.loads(policy.read_text())["transports"]["docker"][scope]
+    assert len(requirements) == 1 and len(requirements[0]["keyPaths"]) == 2
+    assert pull(sdrun, world, rotated, policy).returncode == 0 and world.skopeo_accepts(rotated, policy)
+    sdrun("image", "trust", "rm", "--signature-policy", str(policy), scope)
+    assert "rejects every image" in refused(sdrun, world, reference, policy)

@@ -337,3 +337,90 @@ def logout(ctx: Context, host: str) -> None:
 
     save_credentials(auth_file(ctx.paths), host, "", None)
     click.echo(f"logged out of {host}")
+
+
+# --- the signature policy ---
+
+
+@image.group()
+def trust() -> None:
+    """The signature policy (containers-policy.json, which podman and skopeo read too): show and edit it."""
+
+
+transport_option = click.option(
+    "--transport", default="docker", show_default=True, help="The policy's transport the scope belongs to."
+)
+
+
+@trust.command(name="show")
+@signature_policy_option
+@click.option("--json", "as_json", is_flag=True, help="Print the file's JSON.")
+@pass_context
+def trust_show(ctx: Context, signature_policy: Path | None, as_json: bool) -> None:
+    """Show the effective policy: each scope and what it requires (all of it must hold)."""
+    from sdrun.image.trustedit import describe_policy
+    from sdrun.image.trustpolicy import DEFAULT_POLICY, load_trust_policy
+
+    path = signature_policy or DEFAULT_POLICY
+    policy = load_trust_policy(signature_policy) if path.exists() else None
+    if as_json:
+        click.echo(path.read_text().rstrip("\n") if policy is not None else "{}")
+        return
+    if policy is not None:
+        click.echo(str(path))
+    for line in describe_policy(policy, path):
+        click.echo(line)
+
+
+@trust.command(name="add")
+@signature_policy_option
+@transport_option
+@click.option(
+    "--type", "kind", type=click.Choice(["gpg", "sigstore"]), default="gpg", show_default=True, help="The key's kind."
+)
+@click.option("-y", "--yes", is_flag=True, help="Trust the key without asking.")
+@click.argument("key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("scope")
+@pass_context
+def trust_add(
+    ctx: Context, signature_policy: Path | None, transport: str, kind: str, yes: bool, key: Path, scope: str
+) -> None:
+    """Trust KEY (a GPG public key, or a cosign public key in PEM) for SCOPE (HOST[:PORT][/REPO...], or
+    'default'): images there must then be signed by it. Shows the fingerprint and asks first."""
+    from sdrun.image.trustedit import SIGSTORE, add_key, install_key, read_key, sigstore_fingerprint_note
+
+    found = read_key(key, kind)
+    for fingerprint in found.fingerprints:
+        click.echo(f"{'GPG key' if kind == 'gpg' else 'cosign key sha256'} {fingerprint}")
+    if not yes and not click.confirm(f"Trust {'this key' if len(found.fingerprints) == 1 else 'these keys'} "
+                                     f"for {scope}?", default=False, err=True):  # fmt: skip
+        raise SdrunError("not trusted: nothing changed")
+    installed = install_key(ctx.paths, found)
+    click.echo(add_key(signature_policy, transport, scope, installed, kind))
+    if kind == SIGSTORE:
+        click.echo(f"note: {sigstore_fingerprint_note()}")
+
+
+@trust.command(name="set")
+@signature_policy_option
+@transport_option
+@click.argument("scope")
+@click.argument("verdict", type=click.Choice(["accept", "reject"]))
+@pass_context
+def trust_set(ctx: Context, signature_policy: Path | None, transport: str, scope: str, verdict: str) -> None:
+    """Make SCOPE (or 'default') accept anything, or reject every image."""
+    from sdrun.image.trustedit import set_scope
+
+    click.echo(set_scope(signature_policy, transport, scope, verdict))
+
+
+@trust.command(name="rm")
+@signature_policy_option
+@transport_option
+@click.argument("scope")
+@pass_context
+def trust_rm(ctx: Context, signature_policy: Path | None, transport: str, scope: str) -> None:
+    """Remove SCOPE from the policy: its images fall under a wider scope, or the default."""
+    from sdrun.image.trustedit import remove_scope
+
+    click.echo(remove_scope(signature_policy, transport, scope))

@@ -58,3 +58,12 @@ def verify(keys: list[PublicKey], payload: bytes, signature_base64: str) -> None
         except InvalidSignature:
             continue
     raise CosignRefused("not signed by a key the policy trusts")
+
+
+def key_fingerprint(pem: bytes) -> str:
+    """SHA-256 of the key's DER SubjectPublicKeyInfo, hex: what `image trust add` shows for a cosign key."""
+    (key,) = public_keys([pem])
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex()
