@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import PROJECT, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
-from tests.test_image_support import LocalRegistry, local_registry, umoci_change, umoci_image
+from tests.test_image_support import LocalRegistry, local_registry, multi_platform, umoci_change, umoci_image
 
 WORK = PROJECT / "build" / "test-signatures"  # the harness wipes /tmp: keep keys and images in the project
 SIMPLE = "atomic container signature"
@@ -105,12 +105,12 @@ class World:
     def host(self) -> str:
         return self.registry.host
 
-    def push(self, tag: str, repo: str, signer: str | None = None) -> str:
+    def push(self, tag: str, repo: str, signer: str | None = None, *extra: str) -> str:
         """skopeo copy oci:LAYOUT:TAG docker://HOST/REPO, signed by the named key (skopeo --sign-by)."""
         sign = ["--sign-by", self.keys.fingerprints[signer]] if signer else []
         target = f"{self.host}/{repo}"
         run("skopeo", "--insecure-policy", "--registries.d", str(self.registries_d), "copy", "--quiet",
-            "--dest-tls-verify=false", *sign, f"oci:{self.layout}:{tag}", f"docker://{target}",
+            "--dest-tls-verify=false", *sign, *extra, f"oci:{self.layout}:{tag}", f"docker://{target}",
             env=self.keys.env)  # fmt: skip
         return target
 
@@ -459,3 +459,52 @@ def test_trust_add_asks_copies_the_key_and_edits_the_policy(sdrun: Sdrun, world:
     assert pull(sdrun, world, rotated, policy).returncode == 0 and world.skopeo_accepts(rotated, policy)
     sdrun("image", "trust", "rm", "--signature-policy", str(policy), scope)
     assert "rejects every image" in refused(sdrun, world, reference, policy)
+
+
+@needs_systemd
+def test_image_import_obeys_the_policys_file_transports(sdrun: Sdrun, world: World) -> None:
+    """An OCI layout or archive carries no signature sdrun reads: only a scope that accepts anything admits it."""
+    layout = str(world.layout.resolve())
+    archive = WORK / "base.tar"
+    oci_archive = WORK / "base-oci.tar"
+    run("skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout}:base", f"docker-archive:{archive}:x/base:1")
+    run("skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout}:base", f"oci-archive:{oci_archive}:base")
+    policy = write_json(
+        WORK / "import-policy.json",
+        {"default": [{"type": "reject"}],
+         "transports": {"oci": {str(Path(layout).parent): [{"type": "insecureAcceptAnything"}]},
+                        "docker-archive": {"": [signed_by(world.keys.files["trusted"])]}}},
+    )  # fmt: skip
+    imported = sdrun("image", "import", "--signature-policy", str(policy), f"oci:{layout}:base", "local/base:1")
+    assert imported.returncode == 0  # the layout's parent directory is a scope that accepts anything
+    for source, fragment in (
+        (f"docker-archive:{archive}", "signedBy (" + str(world.keys.files["trusted"]) + ') (scope docker-archive "")'),
+        (f"oci-archive:{oci_archive}", "refused by reject (scope default)"),  # no oci-archive scope: the default
+    ):
+        before = store_files(sdrun)
+        result = sdrun("image", "import", "--signature-policy", str(policy), source, "local/other:1", check=False)
+        assert result.returncode == 125 and len(result.stderr.splitlines()) == 1 and fragment in result.stderr, (
+            result.stderr
+        )
+        assert store_files(sdrun) == before
+
+
+@needs_systemd
+def test_an_index_signature_alone_does_not_admit_a_platforms_manifest(sdrun: Sdrun, world: World) -> None:
+    """skopeo copy --all --sign-by signs the index and each manifest; a pull checks the manifest it chooses, and
+    the index's signature alone (what `cosign sign` without --recursive leaves) admits nothing."""
+    umoci_change(world.layout, "base", "arm64", "echo arm64 > platform")
+    run("umoci", "config", "--image", f"{world.layout}:arm64", "--architecture=arm64")
+    multi_platform(world.layout, "multi", {"linux/amd64": "base", "linux/arm64": "arm64"})
+    reference = world.push("multi", "multi:1", "trusted", "--all")
+    index = world.digest(reference)
+    listing = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"))
+    amd64 = next(item["digest"] for item in listing["manifests"] if item["platform"]["architecture"] == "amd64")
+    assert (world.signatures("multi", index) / "signature-1").exists()
+    accepted = pull(sdrun, world, reference)
+    assert accepted.returncode == 0 and accepted.stdout.strip() == amd64, accepted.stderr
+    assert world.skopeo_accepts(reference)
+    sdrun("image", "rm", reference)
+    shutil.rmtree(world.signatures("multi", amd64))
+    refusal = refused(sdrun, world, reference)
+    assert "no signature at http://127.0.0.1:" in refusal and f"/multi@sha256={amd64[7:]}/signature-1" in refusal
