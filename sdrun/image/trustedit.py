@@ -129,6 +129,8 @@ def add_key(policy_path: Path | None, transport: str, scope: str, key_path: Path
             keys.append(str(key_path))
         requirement["keyPaths" if len(keys) > 1 else "keyPath"] = keys if len(keys) > 1 else keys[0]
         how = f"added to the keys of {wanted_type} for {scope} (either key's signature is enough)"
+        if kind == SIGSTORE and len(keys) > 1:
+            how += "; note: podman and skopeo read keyPaths in sigstoreSigned from containers/image 5.33 on"
         break
     else:
         added: dict[str, Any] = {"type": wanted_type}
