@@ -1,5 +1,6 @@
 """Copying an image from any source into the store: pull, import, and `run IMAGE`'s pull-if-absent.
 
+The manifest is chosen and admitted (digest pins, signatures) before the store is touched.
 Order of writes (the crash-safety argument, see sdrun.image.store): config blob, then
 each layer's blob and tree (in parallel), then the manifest blob, then the name in
 index.json. Blobs and trees already in the store are never fetched again.
@@ -125,11 +126,13 @@ def copy_image(
     admit: Admission | None = None,
 ) -> Image:
     """Copy the image the source names (its platform's, from an index) into the store, then name it.
+    The manifest is chosen, and admitted, before the store is touched: a refusal leaves it as it was.
     A copy that fails takes away the blobs and trees it brought."""
+    chosen = _chosen_manifest(source, options, admit)
     brought = Brought(set(), set())
     try:
         with store.shared():
-            return _copy_image(store, source, names, options, admit, brought)
+            return _copy_image(store, source, names, options, chosen, brought)
     except BaseException:
         if brought.blobs or brought.diff_ids:
             store.discard(brought.blobs, brought.diff_ids)
@@ -143,30 +146,43 @@ class Brought(NamedTuple):
     diff_ids: set[str]
 
 
+class Chosen(NamedTuple):
+    raw: bytes  # the manifest, as the source sent it
+    media_type: str
+    digest: str
+    index_digest: str | None  # of the index it was chosen from
+
+
+def _chosen_manifest(source: ImageSource, options: PullOptions, admit: Admission | None) -> Chosen:
+    """The manifest to copy (the platform's, from an index), admitted by the policies."""
+    raw, media_type = source.top()
+    digest, index_digest = digest_of(raw), None
+    if media_type in oci.INDEX_TYPES:
+        entry = oci.select_manifest(
+            oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
+        )
+        index_digest = digest
+        if admit:
+            admit((index_digest, entry.digest))
+        raw, media_type = source.manifest_by_digest(entry.digest)
+        digest = digest_of(raw)
+        if digest != entry.digest:
+            raise TamperedBlob(f"{source.description}: manifest {entry.digest} arrived with digest {digest}")
+    elif admit:
+        admit((digest,))
+    return Chosen(raw, media_type, digest, index_digest)
+
+
 def _copy_image(
     store: ImageStore,
     source: ImageSource,
     names: tuple[str, ...],
     options: PullOptions,
-    admit: Admission | None,
+    chosen: Chosen,
     brought: Brought,
 ) -> Image:
-    raw, media_type = source.top()
-    digest, index_digest = digest_of(raw), None
-    if media_type in oci.INDEX_TYPES:
-        chosen = oci.select_manifest(
-            oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
-        )
-        index_digest = digest
-        if admit:
-            admit((index_digest, chosen.digest))
-        raw, media_type = source.manifest_by_digest(chosen.digest)
-        digest = digest_of(raw)
-        if digest != chosen.digest:
-            raise TamperedBlob(f"{source.description}: manifest {chosen.digest} arrived with digest {digest}")
-    elif admit:
-        admit((digest,))
-    manifest = oci.parse_manifest(raw, digest, media_type)
+    raw, digest, index_digest = chosen.raw, chosen.digest, chosen.index_digest
+    manifest = oci.parse_manifest(raw, digest, chosen.media_type)
     if not store.has_blob(digest) or not _complete(store, digest):
         _copy_content(store, source, manifest, options, brought)
         store.put_bytes(raw)  # the manifest last: it only exists once everything it names does
