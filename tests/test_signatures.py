@@ -59,9 +59,10 @@ def keys() -> Iterator[Keys]:
     home = WORK / "gnupg"
     home.mkdir(parents=True, mode=0o700)
     made = Keys(home, {}, {})
-    for name, extra, expiry in (("trusted", (), "never"), ("untrusted", (), "never"),
-                                ("expired", ("--faked-system-time", "20200101T000000"), "1d")):  # fmt: skip
-        made.gpg(*extra, "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", expiry)
+    for name, extra, usage, expiry in (("trusted", (), "sign", "never"), ("untrusted", (), "sign", "never"),
+                                       ("expired", ("--faked-system-time", "20200101T000000"), "sign", "1d"),
+                                       ("revoked", (), "cert", "never")):  # fmt: skip
+        made.gpg(*extra, "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", usage, expiry)
         listing = made.gpg("--with-colons", "--list-keys", f"{name}@example.org").decode()
         made.fingerprints[name] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
         armor = ("--armor",) if name == "trusted" else ()
@@ -207,7 +208,7 @@ def test_signed_images_are_accepted_by_tag_and_by_digest(sdrun: Sdrun, world: Wo
 
 
 @needs_systemd
-def test_unsigned_and_untrusted_and_expired_signatures_are_refused(sdrun: Sdrun, world: World) -> None:
+def test_unsigned_untrusted_expired_and_revoked_signatures_are_refused(sdrun: Sdrun, world: World) -> None:
     unsigned = world.push("base", "unsigned:1")
     digest = world.digest(unsigned)
     refusal = refused(sdrun, world, unsigned)
@@ -219,24 +220,50 @@ def test_unsigned_and_untrusted_and_expired_signatures_are_refused(sdrun: Sdrun,
     refusal = refused(sdrun, world, untrusted)
     assert "signature-1: signed by key" in refusal and "which the policy does not trust" in refusal
 
-    # A key that expired: gpgv exits 0 for its good signature, made while it was valid (faked time).
-    expired = world.push("base", "expired:1")
+    # A key that expired, and a signing subkey revoked: gpgv exits 0 for their good signatures (made while
+    # they were valid); only its status lines say EXPKEYSIG, REVKEYSIG.
+    for name, signer, fragment in (
+        ("expired", ("--faked-system-time", "20200101T000100", "-u", world.keys.fingerprints["expired"]),
+         "which has expired"),
+        ("revoked", ("-u", revoked_subkey(world.keys) + "!"), "which is revoked"),
+    ):  # fmt: skip
+        reference = world.push("base", f"{name}:1")
+        signature = sign_into_lookaside(world, name, digest, reference, signer)
+        if name == "revoked":
+            revoke_subkey(world.keys)
+        keyring = WORK / f"{name}-now.gpg"
+        keyring.write_bytes(world.keys.gpg("--export", world.keys.fingerprints[name]))  # (with the revocation)
+        gpgv = subprocess.run(["gpgv", "--keyring", str(keyring), str(signature)], capture_output=True, check=False)
+        assert gpgv.returncode == 0  # the pitfall
+        key_policy = write_json(WORK / f"{name}-policy.json", {"default": [signed_by(keyring)]})
+        assert fragment in refused(sdrun, world, reference, key_policy)
+
+
+def sign_into_lookaside(world: World, repo: str, digest: str, reference: str, signer: tuple[str, ...]) -> Path:
+    """A simple signing signature of digest as reference, made by gpg --sign as skopeo would, in the lookaside."""
     payload = json.dumps({
         "critical": {"type": SIMPLE, "image": {"docker-manifest-digest": digest},
-                     "identity": {"docker-reference": expired}},
+                     "identity": {"docker-reference": reference}},
         "optional": {"creator": "test", "timestamp": 1577836900},
     }).encode()  # fmt: skip
-    blob = world.keys.gpg("--faked-system-time", "20200101T000100", "-u", world.keys.fingerprints["expired"],
-                          "--sign", data=payload)  # fmt: skip
-    expired_policy = write_json(WORK / "expired-policy.json", {"default": [signed_by(world.keys.files["expired"])]})
-    world.signatures("expired", digest).mkdir()
-    (world.signatures("expired", digest) / "signature-1").write_bytes(blob)
-    signature = world.signatures("expired", digest) / "signature-1"
-    keyring = str(world.keys.files["expired"])
-    gpgv = subprocess.run(["gpgv", "--keyring", keyring, str(signature)], capture_output=True, check=False)
-    assert gpgv.returncode == 0  # the pitfall: only the status lines say EXPKEYSIG
-    refusal = refused(sdrun, world, expired, expired_policy)
-    assert "which has expired" in refusal
+    directory = world.signatures(repo, digest)
+    directory.mkdir()
+    (directory / "signature-1").write_bytes(world.keys.gpg(*signer, "--sign", data=payload))
+    return directory / "signature-1"
+
+
+def revoked_subkey(keys: Keys) -> str:
+    """A signing subkey added to the 'revoked' key (whose primary only certifies), then revoked."""
+    primary = keys.fingerprints["revoked"]
+    keys.gpg("--quick-add-key", primary, "ed25519", "sign", "never")
+    listing = keys.gpg("--with-colons", "--list-keys", primary).decode()
+    subkey = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")][1]
+    return subkey
+
+
+def revoke_subkey(keys: Keys) -> None:
+    commands = b"key 1\nrevkey\ny\n0\n\ny\nsave\n"  # select the subkey, revoke it (no reason), save
+    keys.gpg("--command-fd", "0", "--edit-key", keys.fingerprints["revoked"], data=commands)
 
 
 @needs_systemd
