@@ -1,0 +1,398 @@
+"""create, start, kill and delete: the container as a descendant of the caller, in a systemd scope.
+
+`create` forks a set-up child, which systemd moves into a transient scope (PIDs=, Delegate=yes)
+before it does anything; it then joins and unshares the namespaces and forks the container init,
+and exits, so that the init is re-parented to the caller (conmon and containerd's shim are
+subreapers, and learn its exit status by waitpid()). The init mounts what config.json says with
+the namespace stage1's mount operations, pivot_root()s, reports "ready" to `create`, and blocks
+opening exec.fifo for writing until `start` opens it for reading; then it confines itself
+(stage1.namespace.entry.confine_and_exec: bounding set, no_new_privs, seccomp, user) and execs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from sdrun.errors import EXIT_RUNTIME_ERROR, NotFound, SdrunError, describe
+from sdrun.oci import state
+from sdrun.oci.config import ID_PATTERN, ContainerConfig
+
+if TYPE_CHECKING:
+    from sdrun.systemd.bus import Property, Systemd
+
+DEFAULT_SLICE = "machine.slice"
+# runc's defaults for a container's devices cgroup, which DevicePolicy=closed (null, zero, full,
+# random, urandom) and these make: the terminal devices and the container's own ptys.
+DEVICE_ALLOW = [["/dev/tty", "rwm"], ["/dev/ptmx", "rwm"], ["/dev/console", "rwm"], ["char-pts", "rwm"]]
+KILL_WAIT_SECONDS = 10.0
+
+
+class Options:
+    """The global flags and create's flags, as the callers pass them."""
+
+    def __init__(self, root: Path, *, systemd_cgroup: bool = False) -> None:
+        self.root = root
+        self.systemd_cgroup = systemd_cgroup
+
+
+def check_id(container_id: str) -> None:
+    if not ID_PATTERN.fullmatch(container_id):
+        raise SdrunError(f"invalid container id '{container_id}'")
+
+
+def scope_of(config: ContainerConfig, container_id: str, systemd_cgroup: bool) -> tuple[str, str]:
+    """(the scope's name, its slice). With --systemd-cgroup, cgroupsPath "slice:prefix:name" names
+    prefix-name.scope in slice, as runc and crun read it; otherwise sdrun-oci-ID.scope in machine.slice."""
+    if systemd_cgroup and config.cgroups_path:
+        parts = config.cgroups_path.split(":")
+        if len(parts) != 3:
+            raise SdrunError(f"cgroupsPath '{config.cgroups_path}': expected slice:prefix:name with --systemd-cgroup")
+        slice_, prefix, name = parts
+        return (f"{prefix}-{name}.scope" if prefix else f"{name}.scope"), slice_ or DEFAULT_SLICE
+    return f"sdrun-oci-{container_id}.scope", DEFAULT_SLICE
+
+
+def scope_properties(config: ContainerConfig, container_id: str, slice_: str, pid: int) -> list[Property]:
+    properties: list[Property] = [
+        ("Description", "s", f"sdrun-oci container {container_id}"),
+        ("Slice", "s", slice_),
+        ("PIDs", "au", [pid]),
+        ("Delegate", "b", True),
+        ("DevicePolicy", "s", "closed"),
+        ("DeviceAllow", "a(ss)", DEVICE_ALLOW),
+    ]
+    if config.pids_limit is not None and config.pids_limit > 0:
+        properties.append(("TasksMax", "t", config.pids_limit))
+    if config.memory_limit is not None and config.memory_limit > 0:
+        properties.append(("MemoryMax", "t", config.memory_limit))
+    return properties
+
+
+# --- create ---
+
+
+def create(
+    options: Options,
+    container_id: str,
+    bundle: str,
+    pid_file: str | None,
+    console_socket: str | None,
+    preserve_fds: int,
+) -> None:
+    from sdrun.oci import config as oci_config
+
+    check_id(container_id)
+    config = oci_config.load(bundle)
+    unit, slice_ = scope_of(config, container_id, options.systemd_cgroup)
+    console = _connect_console(console_socket) if config.terminal else None
+    container = state.ContainerDir(options.root, container_id)
+    container.claim()
+    try:
+        os.mkfifo(container.fifo, 0o600)
+        init_pid = _start_container(config, container, unit, slice_, console, preserve_fds)
+        record = state.Record(
+            id=container_id,
+            pid=init_pid,
+            start_time=state.process_start_time(init_pid) or 0,
+            bundle=os.path.abspath(bundle),
+            unit=unit,
+            annotations=config.annotations,
+            created=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+        )
+        container.write(record)
+        if pid_file:
+            from sdrun.pod import write_file_atomically
+
+            write_file_atomically(Path(pid_file), str(init_pid))
+    except BaseException:
+        container.remove()
+        raise
+    finally:
+        if console is not None:
+            os.close(console)
+
+
+def _connect_console(path: str | None) -> int:
+    import socket
+
+    if not path:
+        raise SdrunError("process.terminal is set: --console-socket is required")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as error:
+        sock.close()
+        raise SdrunError(f"cannot connect to console socket {path}: {error.strerror}") from None
+    return sock.detach()
+
+
+def _start_container(
+    config: ContainerConfig,
+    container: state.ContainerDir,
+    unit: str,
+    slice_: str,
+    console: int | None,
+    preserve_fds: int,
+) -> int:
+    """Fork the set-up child, put it in the scope, let it go; the init's pid once it is ready."""
+    from sdrun.systemd.bus import Systemd
+
+    systemd = Systemd.connect()
+    go_read, go_write = os.pipe()
+    report_read, report_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(go_write)
+        os.close(report_read)
+        systemd.connection.close()
+        container.forget_lock()
+        _setup_child(config, str(container.fifo), go_read, report_write, console, preserve_fds)
+    os.close(go_read)
+    os.close(report_write)
+    try:
+        job = systemd.start_transient_unit(unit, scope_properties(config, container.id, slice_, child))
+        systemd.wait_for_job(job, f"starting {unit}")
+        os.write(go_write, b"go")
+        os.close(go_write)
+        go_write = -1
+        init_pid = _read_report(report_read)
+        os.waitpid(child, 0)
+        return init_pid
+    except BaseException:
+        _kill_and_reap(child)
+        _stop_scope(systemd, unit)
+        raise
+    finally:
+        if go_write >= 0:
+            os.close(go_write)
+        os.close(report_read)
+        systemd.close()
+
+
+def _read_report(fd: int) -> int:
+    """The set-up's messages: "pid N" (from the set-up child), then "ready" (from the init), or "error: ..."."""
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+        if b"ready\n" in data:
+            break
+    lines = data.decode(errors="replace").splitlines()
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if errors:
+        raise SdrunError(errors[-1])
+    pids = [int(line.split()[1]) for line in lines if line.startswith("pid ")]
+    if "ready" not in lines or not pids:
+        raise SdrunError("container set-up failed")
+    return pids[0]
+
+
+def _kill_and_reap(child: int) -> None:
+    try:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _stop_scope(systemd: Systemd, unit: str) -> None:
+    with contextlib.suppress(SdrunError):
+        systemd.stop_unit(unit)
+    with contextlib.suppress(SdrunError):
+        systemd.reset_failed_unit(unit)
+
+
+def _setup_child(
+    config: ContainerConfig, fifo: str, go_read: int, report: int, console: int | None, preserve_fds: int
+) -> NoReturn:
+    """In the scope: join and make the namespaces, fork the init (PID 1 of a new PID namespace)."""
+    try:
+        if os.read(go_read, 2) != b"go":
+            os._exit(EXIT_RUNTIME_ERROR)  # create failed to make the scope
+        os.close(go_read)
+        from sdrun.linux import syscalls as sc
+
+        unshare = 0
+        for namespace in config.namespaces:
+            if namespace.path is None:
+                unshare |= namespace.flag
+            else:
+                sc.setns_path(namespace.path, namespace.flag)
+        sc.unshare(unshare)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # nothing the container mounts reaches the host
+        init = os.fork()
+        if init == 0:
+            _container_init(config, fifo, report, console, preserve_fds)
+        os.write(report, f"pid {init}\n".encode())
+        os._exit(0)
+    except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
+        _report_error(report, error)
+    os._exit(EXIT_RUNTIME_ERROR)
+
+
+def _report_error(report: int, error: BaseException) -> None:
+    with contextlib.suppress(OSError):
+        os.write(report, f"error: {describe(error)}\n".encode())
+
+
+def _container_init(
+    config: ContainerConfig, fifo: str, report: int, console: int | None, preserve_fds: int
+) -> NoReturn:
+    try:
+        _prepare_init(config, fifo, report, console, preserve_fds)
+    except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
+        _report_error(report, error)
+    os._exit(EXIT_RUNTIME_ERROR)
+
+
+def _prepare_init(config: ContainerConfig, fifo: str, report: int, console: int | None, preserve_fds: int) -> None:
+    from sdrun.linux import syscalls as sc
+    from sdrun.linux.mounts import execute_plan
+    from stage1.namespace import entry
+
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)  # until the exec, /proc/1/exe is the host's interpreter
+    if config.sysctls:
+        entry._set_sysctls(list(config.sysctls))
+    if config.oom_score_adj is not None:
+        with open("/proc/self/oom_score_adj", "w") as stream:
+            stream.write(str(config.oom_score_adj))
+    root = config.root
+    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # a mount of our own, which pivot_root takes
+    execute_plan([*config.mounts, *config.lockdown], root)
+    if config.hostname:
+        sc.sethostname(config.hostname)
+    fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)  # reopened for writing after pivot_root
+    entry._pivot_root(root)
+    if config.terminal and console is not None:
+        _take_terminal(config, console)
+    os.write(report, b"ready\n")
+    os.close(report)
+    held = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)  # blocks until `start`
+    os.write(held, b"0")
+    os.close(held)
+    os.close(fifo_fd)
+    if config.umask is not None:
+        os.umask(config.umask)
+    for fd in range(3, 3 + preserve_fds):
+        os.set_inheritable(fd, True)
+    entry.confine_and_exec(config.app, config.capabilities, config.seccomp, None, inheritable=0)
+
+
+def _take_terminal(config: ContainerConfig, console: int) -> None:
+    """A pty of the container's devpts becomes the app's controlling terminal and stdio; its
+    master goes to the caller over the console socket (SCM_RIGHTS)."""
+    import fcntl
+
+    from stage1.namespace import entry
+
+    master, slave = entry.open_pod_terminal(config.app["uid"])
+    entry.send_terminal(console, master)
+    os.close(console)
+    os.setsid()
+    fcntl.ioctl(slave, entry.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+
+
+# --- start, kill, delete ---
+
+
+def open_container(
+    options: Options, container_id: str, *, lock: bool = True
+) -> tuple[state.ContainerDir, state.Record]:
+    """lock: hold the container's lock until we exit (every verb but state, which only reads)."""
+    check_id(container_id)
+    container = state.ContainerDir(options.root, container_id)
+    if not container.path.is_dir():
+        raise NotFound(f"container '{container_id}' does not exist")
+    if lock:
+        container.lock()
+    return container, container.read()
+
+
+def start(options: Options, container_id: str) -> None:
+    container, record = open_container(options, container_id)
+    current = state.status(container, record)
+    if current != "created":
+        raise SdrunError(f"cannot start a container that is {current}")
+    fd = os.open(container.fifo, os.O_RDONLY | os.O_CLOEXEC)  # the init is waiting to open it for writing
+    try:
+        if not os.read(fd, 1):
+            raise SdrunError(f"container '{container_id}' exited before it started")
+    finally:
+        os.close(fd)
+        container.fifo.unlink(missing_ok=True)
+
+
+def signal_number(text: str) -> int:
+    """15, TERM, SIGTERM or sigterm."""
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise SdrunError(f"unknown signal '{text}'") from None
+
+
+def kill(options: Options, container_id: str, signal_text: str, *, all_processes: bool) -> None:
+    container, record = open_container(options, container_id)
+    number = signal_number(signal_text)
+    if state.status(container, record) == "stopped":
+        raise SdrunError("container not running")
+    if all_processes:
+        from sdrun.systemd.bus import Systemd
+
+        systemd = Systemd.connect()
+        try:
+            systemd.kill_unit(record.unit, number, "all")
+            return
+        except NotFound:
+            pass
+        finally:
+            systemd.close()
+    os.kill(record.pid, number)
+
+
+def delete(options: Options, container_id: str, *, force: bool) -> None:
+    check_id(container_id)
+    container = state.ContainerDir(options.root, container_id)
+    if not container.path.is_dir():
+        if force:
+            return
+        raise NotFound(f"container '{container_id}' does not exist")
+    container.lock()
+    try:
+        record = container.read()
+    except NotFound:
+        if not force:
+            raise
+        container.remove()  # a create that never finished
+        return
+    current = state.status(container, record)
+    if current != "stopped" and not force:
+        raise SdrunError(f"cannot delete container {container_id} that is not stopped: {current}")
+    if current != "stopped":
+        os.kill(record.pid, signal.SIGKILL)  # the PID namespace's init: the kernel kills the rest
+        _wait_gone(record)
+    from sdrun.systemd.bus import Systemd
+
+    systemd = Systemd.connect()
+    try:
+        _stop_scope(systemd, record.unit)
+    finally:
+        systemd.close()
+    container.remove()
+
+
+def _wait_gone(record: state.Record) -> None:
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while state.process_start_time(record.pid) == record.start_time and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -1,0 +1,117 @@
+"""A container's state under sdrun-oci's --root: ROOT/ID/ with state.json, lock and exec.fifo.
+
+The directory is made with mkdir(2), which reserves the ID; state.json is written atomically
+(sdrun.pod.write_file_atomically) once `create` has succeeded, so a directory without it is a
+create that never finished, which `delete --force` removes. exec.fifo holds the container
+before its app until `start` (as runc's): while it exists the container is "created".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sdrun.errors import NotFound, SdrunError
+
+STATE = "state.json"
+LOCK = "lock"
+FIFO = "exec.fifo"
+OCI_VERSION = "1.0.2"
+
+
+class Record(NamedTuple):
+    id: str
+    pid: int
+    start_time: int  # the init's start time (/proc/PID/stat field 22): a recycled pid is not it
+    bundle: str
+    unit: str  # the transient scope
+    annotations: dict[str, str]
+    created: str
+
+
+class ContainerDir:
+    def __init__(self, root: Path, container_id: str) -> None:
+        self.id = container_id
+        self.path = root / container_id
+        self._lock_fd: int | None = None
+
+    @property
+    def fifo(self) -> Path:
+        return self.path / FIFO
+
+    def claim(self) -> None:
+        """Reserve the ID: make its directory, or fail if another container has it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise SdrunError(f"container with id '{self.id}' already exists") from None
+        self.lock()
+
+    def lock(self) -> None:
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise NotFound(f"container '{self.id}' does not exist") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd = fd
+
+    def forget_lock(self) -> None:
+        """In a forked child: close our copy of the lock, which would otherwise hold it as long as we live."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def read(self) -> Record:
+        try:
+            data: dict[str, Any] = json.loads((self.path / STATE).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"container '{self.id}' does not exist") from None
+        return Record(**data)
+
+    def write(self, record: Record) -> None:
+        from sdrun.pod import write_file_atomically
+
+        write_file_atomically(self.path / STATE, json.dumps(record._asdict()) + "\n")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat, or None if there is no such process or it is a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            text = stream.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after the command, which may hold spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def status(container: ContainerDir, record: Record) -> str:
+    """created (held before its app), running, or stopped, as the runtime spec says them."""
+    if record.pid <= 0 or process_start_time(record.pid) != record.start_time:
+        return "stopped"
+    return "created" if container.fifo.exists() else "running"
+
+
+def state_document(container: ContainerDir, record: Record) -> dict[str, Any]:
+    """The runtime spec's state of a container (and runc's `created` time)."""
+    current = status(container, record)
+    return {
+        "ociVersion": OCI_VERSION,
+        "id": record.id,
+        "status": current,
+        "pid": record.pid if current != "stopped" else 0,
+        "bundle": record.bundle,
+        "rootfs": "",
+        "created": record.created,
+        "annotations": record.annotations,
+    }
