@@ -1,0 +1,385 @@
+"""sdrun-oci, the OCI runtime: driven by the real podman 4.3 (with --runtime), and directly with bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PROJECT, STATE_BASE, VENV_BIN, needs_systemd, wait_for
+
+pytestmark = needs_systemd
+
+DEFAULT_ROOT = Path("/run/sdrun-oci")
+PODMAN_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+]
+
+
+def runtime_path() -> Path:
+    """The console script; made here if the editable install predates it (pyproject's sdrun-oci)."""
+    installed = VENV_BIN / "sdrun-oci"
+    if installed.exists():
+        return installed
+    script = PROJECT / "build" / "sdrun-oci"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!{VENV_BIN / 'python'}\nfrom sdrun.oci.cli import entry_point\nentry_point()\n")
+    script.chmod(0o755)
+    return script
+
+
+RUNTIME = runtime_path()
+
+
+def oci_scopes() -> set[str]:
+    """The scopes sdrun-oci made: sdrun-oci-ID.scope, or libpod-ID.scope under podman."""
+    listing = subprocess.run(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--type=scope", "sdrun-oci-*", "libpod-*"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip() and "conmon" not in line.split()[0]}
+
+
+# --- podman ---
+
+
+class Podman:
+    def __init__(self, storage: Path, conf: Path) -> None:
+        self.storage = storage
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "HOME": str(storage)}
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        command = [
+            "podman",
+            "--root",
+            str(self.storage / "root"),
+            "--runroot",
+            str(self.storage / "run"),
+            "--storage-driver",
+            "vfs",
+            "--runtime",
+            str(RUNTIME),
+            *args,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self.env, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"podman {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+
+@pytest.fixture(scope="module")
+def podman(rootfs: Path) -> Iterator[Podman]:
+    """podman with its storage on the harness's /var/tmp (tmpfs: vfs works there), sdrun-oci as its
+    runtime (listed in runtime_supports_json, so that podman passes --log-format=json), and the
+    busybox rootfs imported as localhost/busybox."""
+    storage = Path("/var/tmp") / f"podman-{uuid.uuid4().hex[:8]}"
+    storage.mkdir(parents=True)
+    conf = storage / "containers.conf"
+    conf.write_text(f'[engine]\nruntime_supports_json = ["{RUNTIME.name}"]\n')
+    runner = Podman(storage, conf)
+    archive = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+    store = ["--root", str(storage / "root"), "--runroot", str(storage / "run"), "--storage-driver", "vfs"]
+    subprocess.run(
+        ["podman", *store, "import", "-", "localhost/busybox"],
+        input=archive,
+        capture_output=True,
+        check=True,
+        env=runner.env,
+    )
+    yield runner
+    runner("rm", "-af", "-t", "0", check=False)
+    shutil.rmtree(storage, ignore_errors=True)
+
+
+def test_podman_run_rm_exits_with_the_apps_status_and_leaves_nothing(podman: Podman) -> None:
+    before = oci_scopes()
+    result = podman("run", "--rm", "localhost/busybox", "sh", "-c", "echo out; exit 5", check=False)
+    assert result.returncode == 5, result.stderr
+    assert result.stdout == "out\n"
+    assert oci_scopes() - before == set()
+    assert not DEFAULT_ROOT.exists() or list(DEFAULT_ROOT.iterdir()) == []
+
+
+def test_podman_container_is_confined_as_its_config_says(podman: Podman) -> None:
+    script = "grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; hostname; touch /proc/sys/x || echo ro"
+    result = podman("run", "--rm", "--hostname", "box", "localhost/busybox", "sh", "-c", script)
+    status = dict(line.split(":\t") for line in result.stdout.splitlines() if ":\t" in line)
+    assert status["CapEff"] == status["CapBnd"]
+    assert not int(status["CapBnd"], 16) & (1 << 21)  # no SYS_ADMIN in podman's default set
+    assert status["CapInh"] == "0000000000000000"  # podman's config.json asks for none
+    assert status["Seccomp"] == "2"  # podman's default profile, compiled
+    assert status["NoNewPrivs"] == "1"
+    assert "box" in result.stdout.splitlines()
+    assert "ro" in result.stdout.splitlines()
+
+
+def test_podman_run_detached_ps_stop_rm(podman: Podman) -> None:
+    name = f"d{uuid.uuid4().hex[:8]}"
+    container = podman("run", "-d", "--name", name, "localhost/busybox", "sleep", "1000").stdout.strip()
+    try:
+        listed = podman("ps", "--format", "{{.Names}} {{.Status}}").stdout
+        assert f"{name} Up" in listed
+        scope = f"libpod-{container}.scope"
+        shown = subprocess.run(
+            ["systemctl", "show", scope, "-p", "ActiveState", "-p", "Delegate", "-p", "Slice", "-p", "TasksMax"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "ActiveState=active" in shown
+        assert "Delegate=yes" in shown
+        assert "Slice=machine.slice" in shown
+        assert "TasksMax=2048" in shown  # podman's pids limit
+        assert (
+            json.loads(subprocess.run([str(RUNTIME), "state", container], capture_output=True, check=True).stdout)[
+                "status"
+            ]
+            == "running"
+        )
+        podman("stop", "-t", "1", name)
+        assert podman("inspect", "-f", "{{.State.Status}}", name).stdout.strip() == "exited"
+        podman("rm", name)
+        wait_for(lambda: scope not in oci_scopes())
+        assert not (DEFAULT_ROOT / container).exists()
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_podman_kill_reaches_the_app(podman: Podman) -> None:
+    name = f"k{uuid.uuid4().hex[:8]}"
+    script = "trap 'exit 42' USR1; while :; do sleep 0.1; done"
+    podman("run", "-d", "--name", name, "localhost/busybox", "sh", "-c", script)
+    try:
+        podman("kill", "-s", "USR1", name)
+        assert podman("wait", name).stdout.strip() == "42"
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+# --- bundles, directly ---
+
+
+def bundle_config(rootfs: Path, args: list[str], **changes: Any) -> dict[str, Any]:
+    """A config.json as podman writes it (its mounts, capabilities, namespaces), for rootfs."""
+    config: dict[str, Any] = {
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0, "umask": 0o22},
+            "args": args,
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {name: PODMAN_CAPABILITIES for name in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1000, "hard": 1000}],
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "bundle",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"],
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+            },
+        },
+    }
+    config.update(changes)
+    return config
+
+
+class Bundle:
+    def __init__(self, directory: Path, root: Path) -> None:
+        self.directory = directory
+        self.root = root  # sdrun-oci's --root
+        self.output = directory / "output"
+
+    def write(self, config: dict[str, Any]) -> None:
+        (self.directory / "config.json").write_text(json.dumps(config))
+
+    def oci(self, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """sdrun-oci VERB...: its stdout and stderr into files, which the container inherits from create
+        (a pipe would stay open as long as the container lives); stderr comes back in the result."""
+        logging = ["--log", str(log), "--log-format", "json"] if log else []
+        errors = self.directory / "stderr"
+        with self.output.open("a") as sink, errors.open("w") as error_sink:
+            result = subprocess.run(
+                [str(RUNTIME), "--root", str(self.root), *logging, *args],
+                stdout=sink,
+                stderr=error_sink,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        result.stderr = errors.read_text()
+        return result
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [str(RUNTIME), "--root", str(self.root), "state", container_id], capture_output=True, text=True, check=True
+        )
+        state: dict[str, Any] = json.loads(result.stdout)
+        return state
+
+
+@pytest.fixture
+def bundle(private_rootfs: Path) -> Iterator[Bundle]:
+    directory = STATE_BASE / f"bundle-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(parents=True)
+    made = Bundle(directory, directory / "state")
+    made.write(bundle_config(private_rootfs, ["true"]))
+    yield made
+    for container in made.root.iterdir() if made.root.exists() else ():
+        made.oci("delete", "--force", container.name)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_create_start_state_delete(bundle: Bundle, private_rootfs: Path) -> None:
+    script = "hostname; ulimit -n; mkdir /tmp/d 2>/dev/null || echo no-mkdir; touch /x 2>/dev/null || echo ro-root"
+    bundle.write(bundle_config(private_rootfs, ["sh", "-c", script]))
+    name = f"c{uuid.uuid4().hex[:8]}"
+    pid_file = bundle.directory / "pid"
+    created = bundle.oci("create", "--bundle", str(bundle.directory), "--pid-file", str(pid_file), name)
+    assert created.returncode == 0, created.stderr
+    state = bundle.state(name)
+    assert state["status"] == "created"
+    assert state["pid"] == int(pid_file.read_text())
+    assert state["bundle"] == str(bundle.directory)
+    assert f"sdrun-oci-{name}.scope" in oci_scopes()
+    assert bundle.output.read_text() == ""  # held before the app until start
+    assert bundle.oci("start", name).returncode == 0
+    wait_for(lambda: bundle.state(name)["status"] == "stopped")
+    # The hostname, the rlimit, the seccomp rule (mkdir refused) and the read-only root were honoured.
+    assert bundle.output.read_text().split() == ["bundle", "1000", "no-mkdir", "ro-root"]
+    deleted = bundle.oci("delete", name)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (bundle.root / name).exists()
+    wait_for(lambda: f"sdrun-oci-{name}.scope" not in oci_scopes())
+    gone = bundle.oci("state", name)
+    assert gone.returncode != 0
+    assert "does not exist" in gone.stderr
+
+
+@pytest.mark.parametrize("signal_text", ["TERM", "SIGTERM", "15"])
+def test_kill_by_name_or_number(bundle: Bundle, private_rootfs: Path, signal_text: str) -> None:
+    bundle.write(bundle_config(private_rootfs, ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done"]))
+    name = f"k{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    assert bundle.oci("start", name).returncode == 0
+    assert bundle.state(name)["status"] == "running"
+    refused = bundle.oci("delete", name)
+    assert refused.returncode != 0
+    assert "not stopped" in refused.stderr
+    assert bundle.oci("kill", name, signal_text).returncode == 0
+    wait_for(lambda: bundle.state(name)["status"] == "stopped")
+    assert bundle.oci("delete", name).returncode == 0
+
+
+def test_delete_force_kills_a_created_container(bundle: Bundle, private_rootfs: Path) -> None:
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    name = f"f{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    pid = bundle.state(name)["pid"]
+    assert bundle.oci("kill", "--all", name, "KILL").returncode == 0
+    wait_for(lambda: bundle.state(name)["status"] == "stopped")
+    assert not Path(f"/proc/{pid}/cmdline").exists() or Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+    assert bundle.oci("delete", "--force", name).returncode == 0
+    assert not (bundle.root / name).exists()
+    wait_for(lambda: f"sdrun-oci-{name}.scope" not in oci_scopes())
+
+
+def assert_refused_leaving_nothing(bundle: Bundle, name: str, args: list[str], expected: str) -> None:
+    log = bundle.directory / "log.json"
+    before = oci_scopes()
+    result = bundle.oci(*args, name, log=log)
+    assert result.returncode != 0
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert expected in result.stderr
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["level"] == "error"
+    assert expected in last["msg"]
+    assert not (bundle.root / name).exists()
+    assert oci_scopes() - before == set()
+
+
+def test_bundle_not_a_directory_is_refused(bundle: Bundle) -> None:
+    missing = str(bundle.directory / "nothing")
+    assert_refused_leaving_nothing(bundle, "b1", ["create", "--bundle", missing], "is not a directory")
+
+
+def test_malformed_config_is_refused(bundle: Bundle) -> None:
+    (bundle.directory / "config.json").write_text("{not json")
+    assert_refused_leaving_nothing(bundle, "b2", ["create", "--bundle", str(bundle.directory)], "not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}, "user namespace"),
+        ({"linux": {"namespaces": [{"type": "mount"}], "intelRdt": {"closID": "x"}}}, "linux.intelRdt"),
+        ({"hooks": {"prestart": [{"path": "/bin/true"}]}}, "hooks"),
+    ],
+)
+def test_unsupported_security_fields_are_refused(
+    bundle: Bundle, private_rootfs: Path, change: dict[str, Any], expected: str
+) -> None:
+    bundle.write(bundle_config(private_rootfs, ["true"], **change))
+    assert_refused_leaving_nothing(bundle, "b3", ["create", "--bundle", str(bundle.directory)], expected)
+
+
+def test_setup_failure_leaves_nothing(bundle: Bundle, private_rootfs: Path) -> None:
+    """A failure inside the container's set-up (a bind of a source that is not there) comes back as one line."""
+    config = bundle_config(private_rootfs, ["true"])
+    config["mounts"].append({"destination": "/mnt", "type": "bind", "source": "/nonexistent", "options": ["rbind"]})
+    bundle.write(config)
+    assert_refused_leaving_nothing(bundle, "b4", ["create", "--bundle", str(bundle.directory)], "nonexistent")
+
+
+def test_id_in_use_is_refused_and_the_first_container_is_kept(bundle: Bundle, private_rootfs: Path) -> None:
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    name = f"u{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    again = bundle.oci("create", "--bundle", str(bundle.directory), name)
+    assert again.returncode != 0
+    assert "already exists" in again.stderr
+    assert bundle.state(name)["status"] == "created"
+    assert bundle.oci("delete", "--force", name).returncode == 0
+    assert not (bundle.root / name).exists()
+
+
+def test_version_and_features() -> None:
+    version = subprocess.run([str(RUNTIME), "--version"], capture_output=True, text=True, check=True).stdout
+    lines = version.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("sdrun-oci version ")
+    assert lines[1].startswith("commit: ")
+    assert lines[2].startswith("spec: 1.0")
+    features = json.loads(subprocess.run([str(RUNTIME), "features"], capture_output=True, check=True).stdout)
+    assert "mount" in features["linux"]["namespaces"]
+    assert features["linux"]["cgroup"]["systemd"] is True
