@@ -177,6 +177,24 @@ def test_podman_kill_reaches_the_app(podman: Podman) -> None:
         podman("rm", "-f", "-t", "0", name, check=False)
 
 
+def test_podman_exec_joins_the_container_confined(podman: Podman) -> None:
+    name = f"e{uuid.uuid4().hex[:8]}"
+    container = podman("run", "-d", "--name", name, "localhost/busybox", "sleep", "1000").stdout.strip()
+    try:
+        result = podman(
+            "exec", name, "sh", "-c", "hostname; grep -E '^(CapInh|Seccomp):' /proc/self/status; exit 3", check=False
+        )
+        assert result.returncode == 3, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == container[:12]  # the container's UTS namespace
+        assert "CapInh:\t0000000000000000" in lines
+        assert "Seccomp:\t2" in lines
+        procs = podman("exec", name, "ps", "-o", "pid,comm").stdout
+        assert "sleep" in procs  # its PID namespace
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
 # --- bundles, directly ---
 
 
@@ -383,3 +401,26 @@ def test_version_and_features() -> None:
     features = json.loads(subprocess.run([str(RUNTIME), "features"], capture_output=True, check=True).stdout)
     assert "mount" in features["linux"]["namespaces"]
     assert features["linux"]["cgroup"]["systemd"] is True
+
+
+def test_exec_runs_a_process_json_in_the_container(bundle: Bundle, private_rootfs: Path) -> None:
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    name = f"x{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    assert bundle.oci("start", name).returncode == 0
+    process = bundle_config(private_rootfs, ["sh", "-c", "hostname; mkdir /tmp/e || echo no-mkdir; exit 4"])["process"]
+    (bundle.directory / "process.json").write_text(json.dumps(process))
+    executed = bundle.oci("exec", "--process", str(bundle.directory / "process.json"), name)
+    assert executed.returncode == 4, executed.stderr
+    assert bundle.output.read_text().split() == ["bundle", "no-mkdir"]  # its hostname, its seccomp filter
+    pid_file = bundle.directory / "exec.pid"
+    process["args"] = ["sleep", "1000"]
+    (bundle.directory / "process.json").write_text(json.dumps(process))
+    detached = bundle.oci(
+        "exec", "--detach", "--pid-file", str(pid_file), "--process", str(bundle.directory / "process.json"), name
+    )
+    assert detached.returncode == 0, detached.stderr
+    scope_cgroup = Path(f"/proc/{bundle.state(name)['pid']}/cgroup").read_text()
+    assert Path(f"/proc/{int(pid_file.read_text())}/cgroup").read_text() == scope_cgroup
+    assert bundle.oci("delete", "--force", name).returncode == 0
+    wait_for(lambda: f"sdrun-oci-{name}.scope" not in oci_scopes())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from sdrun.errors import SdrunError, describe
+from sdrun.oci import lifecycle
 
 VERSION = "0.1.0"
 SPEC_VERSION = "1.0.2"
@@ -145,8 +146,6 @@ def run_verb(options: GlobalOptions, argv: list[str]) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     flags, positional = parse_verb(verb, rest)
-    from sdrun.oci import lifecycle
-
     runtime = lifecycle.Options(options.root, systemd_cgroup=options.systemd_cgroup)
     if verb == "create":
         bundle = text_flag(flags, "bundle", "b") or "."
@@ -174,11 +173,34 @@ def run_verb(options: GlobalOptions, argv: list[str]) -> int:
         lifecycle.kill(runtime, container_id, signal_text, all_processes=bool(flags.get("all") or flags.get("a")))
     elif verb == "delete":
         lifecycle.delete(runtime, one_id(verb, positional), force=bool(flags.get("force") or flags.get("f")))
+    elif verb == "exec":
+        return exec_verb(runtime, flags, positional)
     elif verb == "features":
         print(json.dumps(features(), indent=2))
     else:
         raise UsageError(f"'{verb}' is not supported by sdrun-oci yet", hint="see docs/oci.md")
     return 0
+
+
+def exec_verb(runtime: lifecycle.Options, flags: dict[str, str | bool], positional: list[str]) -> int:
+    from sdrun.oci import execute
+
+    process = text_flag(flags, "process", "p")
+    if process is None:
+        raise UsageError("exec: only --process FILE is supported yet (not a command line)")
+    if len(positional) != 1:
+        raise UsageError("exec: expected a container ID")
+    preserve = text_flag(flags, "preserve-fds") or "0"
+    if not preserve.isdigit():
+        raise UsageError(f"--preserve-fds {preserve}: not a number")
+    request = execute.ExecRequest(
+        process,
+        detach=bool(flags.get("detach") or flags.get("d")),
+        pid_file=text_flag(flags, "pid-file"),
+        console_socket=text_flag(flags, "console-socket"),
+        preserve_fds=int(preserve),
+    )
+    return execute.exec_process(runtime, positional[0], request)
 
 
 def features() -> dict[str, object]:

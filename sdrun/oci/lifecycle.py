@@ -95,6 +95,8 @@ def create(
     container.claim()
     try:
         os.mkfifo(container.fifo, 0o600)
+        if config.seccomp is not None:  # for exec, which confines its process as the container's
+            (container.path / state.SECCOMP).write_bytes(config.seccomp)
         init_pid = _start_container(config, container, unit, slice_, console, preserve_fds)
         record = state.Record(
             id=container_id,

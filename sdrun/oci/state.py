@@ -20,6 +20,7 @@ from sdrun.errors import NotFound, SdrunError
 STATE = "state.json"
 LOCK = "lock"
 FIFO = "exec.fifo"
+SECCOMP = "seccomp.bpf"  # the container's compiled filter, which exec loads too
 OCI_VERSION = "1.0.2"
 
 
