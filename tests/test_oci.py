@@ -195,6 +195,34 @@ def test_podman_exec_joins_the_container_confined(podman: Podman) -> None:
         podman("rm", "-f", "-t", "0", name, check=False)
 
 
+def test_podman_run_tty_gets_a_terminal_over_the_console_socket(podman: Podman) -> None:
+    result = podman("run", "--rm", "-t", "localhost/busybox", "sh", "-c", "tty; exit 3", check=False)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip() == "/dev/pts/0"
+
+
+def test_podman_exec_tty(podman: Podman) -> None:
+    name = f"t{uuid.uuid4().hex[:8]}"
+    podman("run", "-d", "--name", name, "localhost/busybox", "sleep", "1000")
+    try:
+        result = podman("exec", "-t", name, "tty")
+        assert result.stdout.strip().startswith("/dev/pts/")
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_podman_pod_containers_share_the_network_namespace(podman: Podman) -> None:
+    """A pod's containers join its infra container's namespaces by path (linux.namespaces[].path)."""
+    pod = f"p{uuid.uuid4().hex[:8]}"
+    podman("pod", "create", "--name", pod, "--infra-image", "localhost/busybox", "--infra-command", "sleep 100000")
+    try:
+        podman("run", "-d", "--pod", pod, "localhost/busybox", "sh", "-c", "echo from-server | nc -l -p 8080")
+        client = podman("run", "--rm", "--pod", pod, "localhost/busybox", "sh", "-c", "sleep 0.5; nc 127.0.0.1 8080")
+        assert client.stdout.strip() == "from-server"
+    finally:
+        podman("pod", "rm", "-f", "-t", "0", pod, check=False)
+
+
 # --- bundles, directly ---
 
 
