@@ -315,11 +315,27 @@ def test_generate_needs_a_name_the_output_can_keep(rootfs: Path) -> None:
         (("TimeoutStopUSec", "t", 0), "no timeout"),
         (("RestartUSec", "t", 1_500), "round"),
         (("CPUQuotaPerSecUSec", "t", 333_300), "round"),
+        (("LogExtraFields", "aay", [b"SDRUN_ROOT=/a b"]), "'SDRUN_ROOT=/a b'"),
+        (("ExecStart", "a(sasas)", [["/bin/true", ["true"], []]]), "ExecStart"),  # the table's signature only
+        (("CPUQuota", "s", "50%"), "CPUQuota"),  # a name not in the table
     ],
 )
 def test_a_property_systemd_252_cannot_reload_is_refused(prop: Property, refusal: str) -> None:
     with pytest.raises(SdrunError, match=refusal):
         propertytable.refuse_unreloadable([prop])
+
+
+def test_a_journal_field_with_a_blank_is_quoted_in_a_unit_file() -> None:
+    """systemd splits LogExtraFields= at blanks: the root's path may have one."""
+    entries = propertytable.unit_file_entries([("LogExtraFields", "aay", [b"SDRUN_ROOT=/a b", b"SDRUN_POD=x"])])
+    assert entries == [("Service", "LogExtraFields", '"SDRUN_ROOT=/a b"'), ("Service", "LogExtraFields", "SDRUN_POD=x")]
+
+
+def test_a_property_is_made_by_its_name_and_an_unknown_name_is_refused_at_once() -> None:
+    assert propertytable.prop("TimeoutStopUSec", 5_000_000) == ("TimeoutStopUSec", "t", 5_000_000)
+    assert propertytable.prop("DeviceAllow", []) == ("DeviceAllow", "a(ss)", [])
+    with pytest.raises(SdrunError, match="ExecStopPostEx"):
+        propertytable.prop("ExecStopPostEx", [])
 
 
 def test_what_systemd_252_reloads_unchanged_is_sent() -> None:

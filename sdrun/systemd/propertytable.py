@@ -40,6 +40,8 @@ RLIM_INFINITY = (1 << 64) - 1  # (rlim_t) -1, as systemd's Limit*= properties ta
 MS_REC = 0x4000  # BindPaths= flags: a recursive bind
 # 252 writes a command's `$` and `;` as `\$` and `\;`, which it reads back as those two characters.
 UNRELOADABLE_CHARACTERS = "$;"
+# ... and a LogExtraFields= field as it is, which it reads back split at blanks and unquoted.
+UNRELOADABLE_IN_FIELDS = frozenset(" \t\n\r\"'\\")
 
 
 class UnitProperty(NamedTuple):
@@ -100,6 +102,15 @@ def _reloadable_commands(name: str, commands: Any) -> None:
                     hint=f"a command systemd runs for sdrun cannot have {' or '.join(UNRELOADABLE_CHARACTERS)}"
                     " in it (its paths among it)",
                 )
+
+
+def _reloadable_fields(name: str, fields: Any) -> None:
+    for field in fields:
+        if UNRELOADABLE_IN_FIELDS.intersection(text := field.decode(errors="replace")):
+            raise SdrunError(
+                f"{name}: systemd 252 would change the field {text!r} at a daemon-reload",
+                hint="sdrun's journal fields (the root's path among them) cannot have blanks, quotes or backslashes",
+            )
 
 
 def _whole_milliseconds(name: str, usec: int) -> None:
@@ -187,7 +198,8 @@ def _bind_paths(binds: Any) -> list[Any]:
 
 
 def _fields(fields: Any) -> list[Any]:
-    return [field.decode() for field in fields]
+    """LogExtraFields=: one field a line, quoted where it needs it (systemd unquotes each word)."""
+    return [quote_unexpanded(field.decode()) for field in fields]
 
 
 def _devices(devices: Any) -> list[Any]:
@@ -284,7 +296,7 @@ PROPERTIES: dict[str, UnitProperty] = {
     "StandardError": _text_in(SERVICE, "StandardError"),
     "SyslogIdentifier": _text_in(SERVICE, "SyslogIdentifier"),
     "SyslogLevelPrefix": _boolean_in("SyslogLevelPrefix"),
-    "LogExtraFields": UnitProperty("aay", SERVICE, "LogExtraFields", _fields),
+    "LogExtraFields": UnitProperty("aay", SERVICE, "LogExtraFields", _fields, _reloadable_fields),
     "LogRateLimitIntervalUSec": _duration_in(SERVICE, "LogRateLimitIntervalSec"),
     "MemoryMax": UnitProperty("t", SERVICE, "MemoryMax", _text),
     "CPUQuotaPerSecUSec": UnitProperty("t", SERVICE, "CPUQuota", _cpu_percent, _whole_percent),
