@@ -11,10 +11,10 @@ file in /run/systemd/transient and reads it back at every daemon-reload and daem
 it cannot read back is lost from the running unit, or changed. So a property is in the table only
 if systemd 252 writes it there in a form it reads back unchanged (not the ExecStartPreEx= kind,
 which 252 writes under a key its parser does not know), and a row's `check` refuses the values
-it would not (a command's `$` and `;`, a duration it would round). refuse_unreloadable() applies
-both to every property StartTransientUnit is sent; tests/test_reload.py checks each row with
-systemd itself. The few that never reach a file (AddRef=, a scope's PIDs=, a file descriptor)
-are in the table without a unit-file form.
+it would not (a command's `$` and `;`, a journal field's blank, a duration it would round).
+refuse_unreloadable() applies both to every property StartTransientUnit is sent;
+tests/test_reload.py checks each row with systemd itself. The few that never reach a file
+(AddRef=, a scope's PIDs=, a file descriptor) are in the table without a unit-file form.
 """
 
 from __future__ import annotations
