@@ -8,11 +8,12 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 # Debian packages. What an installed sdrun needs (`make install`): systemd and machined, the bus,
-# netlink and nftables for networks, tini for --init, and what building systemd-python takes.
+# netlink and nftables for networks, tini for --init, gpg and gpgv for image signatures, and what building
+# systemd-python takes.
 RUNTIME_APT_PACKAGES := python3-venv gcc pkg-config libsystemd-dev python3-dev dbus systemd systemd-container \
-	util-linux iproute2 nftables tini libseccomp2 zstd
+	util-linux iproute2 nftables tini libseccomp2 zstd gpg gpgv
 # ... and for development: the test rootfs, the kvm stage1's guest, the peers tests and benchmarks drive for real.
-APT_PACKAGES := $(RUNTIME_APT_PACKAGES) busybox-static crun runc podman skopeo umoci docker-registry \
+APT_PACKAGES := $(RUNTIME_APT_PACKAGES) busybox-static crun runc podman skopeo umoci docker-registry gnupg \
 	qemu-system-x86 linux-image-cloud-amd64 hyperfine bubblewrap apache2-utils
 
 .PHONY: setup apt venv bytecode wheels test lint unit demo bench install uninstall clean

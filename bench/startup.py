@@ -23,7 +23,7 @@ from bench.stats import Summary, format_number
 # and what the stage1 entries import inside the unit.
 IMPORTS = {
     "sdrun run (sdrun.cli.runcommand, sdrun.run)": "sdrun.cli.runcommand, sdrun.run",
-    "namespace stage1 entry (in the unit)": "stage1.namespace.launch",
+    "namespace stage1 entry (in the unit)": "stage1.namespace.entry",
     "fly stage1 entry (in the unit, image pods)": "stage1.fly.entry",
 }
 HELP_PEERS = ("podman", "crun", "runc", "systemd-run", "systemd-nspawn", "bwrap")

@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import signal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, describe
 from sdrun.net import collect_garbage, pod_address, release
@@ -18,6 +18,9 @@ from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
 from sdrun.systemd.bus import SERVICE, UNIT, Systemd, UnitStatus
 from stage1.interface import EnterTerminal, Stage1
+
+if TYPE_CHECKING:
+    from stage1.process import AppChanges
 
 UNIT_PATTERNS = ("sdrun-*.service", "sdrun-*.scope")
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
@@ -312,7 +315,7 @@ class EnterOptions(NamedTuple):
     env: dict[str, str] = {}  # noqa: RUF012 - a NamedTuple's default, never changed
     workdir: str | None = None
 
-    def changes(self, leader: int) -> dict[str, Any]:
+    def changes(self, leader: int) -> AppChanges:
         """The app's planned fields these change (stage1.process.changed_app); a user's name is
         looked up in the pod's /etc/passwd and /etc/group as they are now, in the leader's root."""
         from pathlib import Path
@@ -353,7 +356,7 @@ def _enter_child(
     leader: int,
     argv: list[str],
     go_read: int,
-    changes: dict[str, Any] | None,
+    changes: AppChanges | None,
     terminal: EnterTerminal | None,
 ) -> None:
     try:

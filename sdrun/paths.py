@@ -9,6 +9,7 @@
 <root>/pods/<uuid>/rootfs      an image pod's overlayfs root, mounted only inside its stage1's namespace
 <root>/names/<name>            symlink to ../pods/<uuid>; its creation reserves the name
 <root>/images/                 the OCI image store
+<root>/trustedkeys/            keys `image trust add` copied, which the signature policy names by path
 
 Host-wide, shared by every root:
 /run/sdrun/python/<key>        a sealed, read-only view of an interpreter prefix (stage1.sealed)
@@ -66,6 +67,10 @@ class Paths(NamedTuple):
     @property
     def images(self) -> Path:
         return self.root / "images"
+
+    @property
+    def trusted_keys(self) -> Path:
+        return self.root / "trustedkeys"
 
     def pod_dir(self, uuid: str) -> Path:
         return self.pods / uuid

@@ -112,7 +112,7 @@ def _copy_window_size(source: int, target: int) -> None:
 
 class TerminalRelay:
     """`sdrun run -t`, `sdrun enter`: the caller's stdin and stdout relayed to and from the master
-    of the pseudo-terminal the pod made for its app or the entered command (stage1.namespace.launch,
+    of the pseudo-terminal the pod made for its app or the entered command (stage1.namespace.entry,
     stage1.namespace.enter), the caller's terminal raw meanwhile, so that the pod's terminal does
     the line editing and turns ^C into SIGINT."""
 

@@ -28,7 +28,7 @@ from stage1.process import Identity, exec_as
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
-    from stage1.process import AppChanges
+    from stage1.process import AppChanges, AppPlan
 
 
 class ResolvedApp(NamedTuple):
@@ -39,7 +39,7 @@ class ResolvedApp(NamedTuple):
     credentials: Credentials
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard), -1 for no limit
 
-    def plan_fields(self) -> dict[str, Any]:
+    def plan_fields(self) -> AppPlan:
         """The app as plain values, for the plan file a stage1 entry reads (stage1.process.exec_planned)."""
         credentials = self.credentials
         return {
@@ -50,11 +50,11 @@ class ResolvedApp(NamedTuple):
             "uid": credentials.uid,
             "gid": credentials.gid,
             "groups": list(credentials.groups),
-            "rlimits": [list(limit) for limit in self.rlimits],
+            "rlimits": list(self.rlimits),
         }
 
     @classmethod
-    def from_plan_fields(cls, fields: dict[str, Any]) -> ResolvedApp:
+    def from_plan_fields(cls, fields: AppPlan) -> ResolvedApp:
         credentials = Credentials(fields["uid"], fields["gid"], tuple(fields["groups"]), fields["env"].get("HOME", "/"))
         rlimits = tuple((number, soft, hard) for number, soft, hard in fields.get("rlimits", ()))
         return cls(fields["executable"], tuple(fields["argv"]), fields["env"], fields["workdir"], credentials, rlimits)
@@ -132,7 +132,7 @@ def resolve_pod_app(pod: Pod) -> ResolvedApp:
     return ResolvedApp.from_plan_fields(_in_private_mount(lowers, mountpoint, pod.spec.app))
 
 
-def _in_private_mount(lowers: list[str], mountpoint: Path, app: AppSpec) -> dict[str, Any]:
+def _in_private_mount(lowers: list[str], mountpoint: Path, app: AppSpec) -> AppPlan:
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # the child reports through the pipe and never returns
@@ -150,7 +150,7 @@ def _in_private_mount(lowers: list[str], mountpoint: Path, app: AppSpec) -> dict
         raise SdrunError("resolving the app in the image failed") from None
     if kind == "error":
         raise SpecError(value, hint=hint)
-    fields: dict[str, Any] = value
+    fields: AppPlan = value
     return fields
 
 

@@ -2,8 +2,10 @@
 
 stage0 (the `sdrun` CLI) prepares a pod directory; a stage1 backend turns it
 into what systemd runs. Backends register themselves by subclassing Stage1 with
-a `name=`; stage0 looks them up by that name and never branches on it.
-docs/stage1.md documents the contract and its versions.
+a `name=`; stage0 looks them up by that name and never branches on it. One
+outside sdrun is found by the entry point of its distribution in the group
+`sdrun.stage1` (ENTRY_POINT_GROUP), whose name is the backend's and whose value
+the module to import. docs/stage1.md documents the contract and its versions.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ if TYPE_CHECKING:
 
 # Backends shipped with sdrun, by name: Stage1.named() imports only the one a pod uses,
 # since each pulls in its own dependencies (seccomp, qemu helpers...).
-BUILTIN_BACKENDS = {"fly": "stage1.fly.backend", "namespace": "stage1.namespace.backend", "kvm": "stage1.kvm"}
+BUILTIN_BACKENDS = {"fly": "stage1.fly.backend", "namespace": "stage1.namespace.backend", "kvm": "stage1.kvm.backend"}
+# A backend of another distribution: `[project.entry-points."sdrun.stage1"] NAME = "MODULE"`, MODULE
+# being the one whose import registers it (its `Stage1` subclass with name="NAME").
+ENTRY_POINT_GROUP = "sdrun.stage1"
 
 
 class UnitPlan(NamedTuple):
@@ -65,14 +70,19 @@ class Stage1:
 
     @classmethod
     def named(cls, name: str) -> Stage1:
-        if name not in cls.registry and name in BUILTIN_BACKENDS:
-            importlib.import_module(BUILTIN_BACKENDS[name])  # registers it; only this one is loaded
+        if name not in cls.registry:
+            module = BUILTIN_BACKENDS.get(name) or installed_backends().get(name)
+            if module is not None:
+                import_backend(name, module)  # registers it; only this one is loaded
         backend = cls.registry.get(name)
         if backend is None:
-            known = sorted(set(BUILTIN_BACKENDS) | set(cls.registry))
+            known = sorted(set(BUILTIN_BACKENDS) | set(installed_backends()) | set(cls.registry))
             raise SpecError(f"unknown stage1 '{name}'", hint=f"available: {', '.join(known)}")
         if backend.interface_version > INTERFACE_VERSION:
-            raise SpecError(f"stage1 '{name}' needs interface version {backend.interface_version}")
+            raise SpecError(
+                f"stage1 '{name}' needs interface version {backend.interface_version}, "
+                f"and this sdrun implements version {INTERFACE_VERSION}"
+            )
         return backend()
 
     def refuse_unsupported(self, spec: PodSpec) -> None:
@@ -114,6 +124,24 @@ class Stage1:
         """Release whatever the backend left on the host for a pod that has ended."""
 
 
+def installed_backends() -> dict[str, str]:
+    """The backends other distributions declare (ENTRY_POINT_GROUP): name -> module. Read only for a
+    name that is not built in: scanning the installed distributions' metadata takes milliseconds."""
+    from importlib.metadata import entry_points
+
+    return {point.name: point.module for point in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def import_backend(name: str, module: str) -> None:
+    """Import the module that registers backend `name`, in one line if it is broken."""
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise SpecError(f"stage1 '{name}': cannot import {module}: {error}") from None
+    if name not in Stage1.registry:
+        raise SpecError(f"stage1 '{name}': {module} registers no stage1 of that name")
+
+
 def refuse_flags(given: dict[str, bool], why: str, hint: str | None = None) -> None:
     """Refuse the first flag given (see Isolation.flags_given): `FLAG <why>`."""
     for flag, present in given.items():
@@ -135,6 +163,8 @@ def default_network(stage1: str) -> str:
 # which it reads back at a daemon-reload as those two characters (and a newline would break the
 # command's line in `systemctl show`).
 ENTRY_PROGRAM = "__import__('sys').path.insert(0, {directory!r}) or __import__('{module}.__main__')"
+# For a backend installed elsewhere than sdrun: its directory goes on sys.path too, after sdrun's.
+ENTRY_PATH = "__import__('sys').path.insert(0, {directory!r}) or "
 
 
 def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:
@@ -145,9 +175,23 @@ def entry_command(module: str, pod: Pod) -> tuple[str, tuple[str, ...]]:
     /proc/self/exe), which stage0 mounts before it starts the unit (ensure_unit_interpreter)."""
     directory = os.path.dirname(os.path.dirname(os.path.abspath(stage1.__file__)))  # holds sdrun and stage1
     program = ENTRY_PROGRAM.format(directory=directory, module=module)
+    own = module_directory(module)
+    if own != directory:
+        program = ENTRY_PATH.format(directory=own) + program
     python = sealed.executable()
     argv = (python, "-S", "-P", "-c", program, "run", f"--interface={INTERFACE_VERSION}", str(pod.dir))
     return python, argv
+
+
+def module_directory(module: str) -> str:
+    """The sys.path entry that module's top-level package is found in."""
+    top = importlib.import_module(module.partition(".")[0])
+    if top.__file__ is None:  # a namespace package: one of its directories
+        return os.path.dirname(os.path.abspath(next(iter(top.__path__))))
+    location = os.path.abspath(top.__file__)
+    if os.path.basename(location) == "__init__.py":  # a package: its directory
+        location = os.path.dirname(location)
+    return os.path.dirname(location)
 
 
 def ensure_unit_interpreter(plan: UnitPlan) -> None:

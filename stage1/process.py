@@ -20,7 +20,29 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal  # typeshed has no stubs for _signal: the same functions and constants
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn
+    from typing import NoReturn, TypedDict
+
+    class AppPlan(TypedDict):
+        """The app as a plan carries it (stage1.app.ResolvedApp.plan_fields), resolved by stage0."""
+
+        executable: str
+        argv: list[str]
+        env: dict[str, str]
+        workdir: str
+        uid: int
+        gid: int
+        groups: list[int]
+        rlimits: list[tuple[int, int, int]]  # (RLIMIT_*, soft, hard)
+
+    class AppChanges(TypedDict, total=False):
+        """`sdrun enter -u USER -e KEY=VALUE -w DIR` (stage1.app.enter_changes): uid, gid, groups
+        and workdir replace the planned ones, env adds to its."""
+
+        uid: int
+        gid: int
+        groups: list[int]
+        workdir: str
+        env: dict[str, str]
 else:
     import _signal
 
@@ -130,7 +152,7 @@ def stop_ignoring_signals() -> None:
             _signal.signal(number, _signal.SIG_DFL)
 
 
-def set_resource_limits(app: dict[str, Any]) -> None:
+def set_resource_limits(app: AppPlan) -> None:
     """setrlimit(2) for each of a planned app's limits. Raising a hard limit takes CAP_SYS_RESOURCE
     in the host's user namespace: a stage1 that enters a user namespace first sets them before."""
     for number, soft, hard in app.get("rlimits", ()):
@@ -138,7 +160,7 @@ def set_resource_limits(app: dict[str, Any]) -> None:
 
 
 def exec_planned(
-    app: dict[str, Any], argv: Sequence[str] | None = None, before_exec: Callable[[], None] | None = None
+    app: AppPlan, argv: Sequence[str] | None = None, before_exec: Callable[[], None] | None = None
 ) -> NoReturn:
     """exec_as for an app a stage1 plan carries (stage1.app.ResolvedApp.plan_fields): the planned
     command, or argv (its first word an absolute path in the container) instead."""
@@ -149,13 +171,8 @@ def exec_planned(
     exec_as(identity, app["workdir"], executable, command, app["env"], before_exec)
 
 
-# `sdrun enter -u USER -e KEY=VALUE -w DIR`: changes to the planned app's fields (plan_fields), as
-# data (stage1.app.enter_changes): uid, gid, groups and workdir replace the planned ones, env adds to its.
-if TYPE_CHECKING:
-    AppChanges = dict[str, Any]
-
-
-def changed_app(fields: dict[str, Any], changes: AppChanges | None) -> dict[str, Any]:
+def changed_app(fields: AppPlan, changes: AppChanges | None) -> AppPlan:
+    """The planned app with `sdrun enter`'s changes (AppChanges), as data."""
     if not changes:
         return fields
     return {**fields, **changes, "env": {**fields["env"], **changes.get("env", {})}}

@@ -586,7 +586,7 @@ def test_bad_run_input(sdrun: Sdrun, rootfs: Path, args: list[str], fragment: st
         (["--debug", "run", "--memroy", "1G", "--rootfs", "{rootfs}", "--", "/bin/true"],
          "No such option '--memroy'"),  # click's from the start; --debug adds no traceback to a usage error
         (["run", "--requires", "db", "--rootfs", "{rootfs}", "--", "/bin/true"],
-         "sdrun: No such option '--requires'. (hint: 'sdrun run --help')"),
+         "sdrun: No such option '--requires'. Did you mean '--registries.d'? (hint: 'sdrun run --help')"),
         (["run", "--rootfs", "{rootfs}", "--name"], "Option '--name' requires an argument. (hint: 'sdrun run --help')"),
         (["run", "--rm=yes", "--rootfs", "{rootfs}", "--", "/bin/true"], "Option '--rm' does not take a value."),
         (["run", "--tls-verify=maybe", "img"], "Invalid value for '--tls-verify': 'maybe' is not a valid boolean"),

@@ -16,7 +16,7 @@ from sdrun.pod import Pod
 from sdrun.spec import Isolation, PodSpec, parse_sysctl
 from stage1.app import ResolvedApp
 from stage1.etcfiles import etc_mounts, pod_resolv_conf
-from stage1.kvm.launch import guest_config
+from stage1.kvm.entry import guest_config
 from stage1.namespace.container import container_plan
 from tests.conftest import STATE_BASE, Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_kvm import needs_vm, run_vm

@@ -300,7 +300,7 @@ def test_guest_config_survives_the_shell(tmp_path: Path) -> None:
     """What the guest init sources and evals gives back the exact argv and environment."""
     from sdrun.linux.rootfs import Credentials
     from stage1.app import ResolvedApp
-    from stage1.kvm.launch import guest_config
+    from stage1.kvm.entry import guest_config
 
     argv = ("/bin/printf", "%s|", "it's", "two words", "$HOME", "line\nbreak", "")
     env = {"A": "x y", "B": "'quoted' $(not run)"}
@@ -318,7 +318,7 @@ def test_a_guest_on_a_network_gets_its_networks_hosts_and_resolv_conf(tmp_path: 
     and what the guest's configuration says, for a pod on network "blue" with a volume."""
     from sdrun.linux.rootfs import Credentials
     from stage1.app import ResolvedApp
-    from stage1.kvm.launch import guest_config, root_mounts
+    from stage1.kvm.entry import guest_config, root_mounts
     from stage1.kvm.network import GuestNetwork
 
     app_spec = AppSpec(argv=("/bin/true",), volumes=(Volume("/srv/data", "/data", read_only=True),))
@@ -340,7 +340,7 @@ def test_a_guest_on_a_network_gets_its_networks_hosts_and_resolv_conf(tmp_path: 
 
 def test_a_read_only_guest_gets_podmans_tmpfs_but_over_a_volume(tmp_path: Path) -> None:
     """Pure logic: the guest mounts SDRUN_TMPFS once the host has bound the volumes into the root."""
-    from stage1.kvm.launch import guest_tmpfs
+    from stage1.kvm.entry import guest_tmpfs
 
     app_spec = AppSpec(argv=("/bin/true",), volumes=(Volume("/srv/data", "/run/data"),))
     isolation = Isolation(read_only=True, tmpfs=("/tmp:size=1m",))

@@ -167,7 +167,7 @@ def test_the_entry_plan_carries_every_mount_and_the_app_as_plain_values(tmp_path
     app = ResolvedApp(
         "/bin/sh", ("sh", "-c", "true"), {"HOME": "/home", "PATH": "/bin"}, "/", Credentials(1000, 100, (10,), "/home")
     )
-    entry = marshal.loads(marshal.dumps(plan.entry_plan(app)))
+    entry = marshal.loads(marshal.dumps(dict(plan.entry_plan(app))))
     rebuilt = [MountOperation.from_plan(item) for item in entry["mounts"] + entry["lockdown"]]
     assert rebuilt == list(plan.mounts + plan.lockdown)
     assert entry["capabilities"] == caps.mask(["KILL"]) == 1 << 5
@@ -187,7 +187,7 @@ def test_the_entry_imports_only_what_it_needs(tmp_path: Path) -> None:
     command = [executable, "-X", "importtime", *argv[1 : argv.index("run")]]
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     modules = {line.rsplit("|", 1)[-1].strip() for line in finished.stderr.splitlines() if "|" in line}
-    assert "stage1.namespace.launch" in modules and "usage:" in finished.stderr
+    assert "stage1.namespace.entry" in modules and "usage:" in finished.stderr
     heavy = {"dataclasses", "typing", "pathlib", "json", "re", "enum", "socket", "contextlib", "collections"}
     assert not (heavy | {"site", "runpy", "sdrun.spec", "sdrun.pod", "stage1.app"}) & modules
 

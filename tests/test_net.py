@@ -3,6 +3,7 @@ commands, subnet checks, and the promise that commands without a network never i
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -253,3 +254,93 @@ def test_a_pods_mac_is_locally_administered_unicast_and_fixed_by_its_veth_so_its
     veth = veth_name("1c775767-a02b-4c4e-8f96-4889db237d8b")
     assert peer_mac(veth) == "02:1c:77:57:67:a0" == peer_mac(veth)
     assert peer_mac(veth_name("2c775767-a02b-4c4e-8f96-4889db237d8b")) != peer_mac(veth)
+
+
+NETWORK6 = Network("six", "10.123.0.0/24", "sdrun8", "fd12:3456:789a::/64")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[fd00::1]:8001:8000", PortMapping(8001, 8000, "tcp", "fd00::1")),
+        ("[FD00:0:0::1]:53:53/udp", PortMapping(53, 53, "udp", "fd00::1")),  # canonical: compressed, lower-case
+        ("[::]:8080:80", PortMapping(8080, 80, "tcp", "::")),
+    ],
+)
+def test_ipv6_port_mappings_parse_and_print_back(text: str, expected: PortMapping) -> None:
+    assert PortMapping.parse(text) == expected
+    assert PortMapping.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[::1]:8001:80", "on \\[::1\\]: the kernel does not forward"),
+        ("[1.2.3.4]:8001:80", "an IPv6 address in brackets"),
+        ("[fd00::1]8001:80", "expected"),
+        ("fd00::1:8001:80", "expected"),
+    ],
+)
+def test_bad_ipv6_port_mappings_are_refused(text: str, reason: str) -> None:
+    with pytest.raises(SpecError, match=reason):
+        PortMapping.parse(text)
+
+
+def test_ipv6_port_clashes_follow_the_address_family() -> None:
+    every_ipv6 = PortMapping.parse("[::]:8001:80")
+    assert every_ipv6.clashes_with(PortMapping.parse("8001:81"))  # every address: both families
+    assert every_ipv6.clashes_with(PortMapping.parse("[fd00::1]:8001:81"))
+    assert not every_ipv6.clashes_with(PortMapping.parse("127.0.0.1:8001:81"))
+    assert not PortMapping.parse("[fd00::1]:8001:80").clashes_with(PortMapping.parse("[fd00::2]:8001:80"))
+
+
+def test_a_pods_ipv6_address_twins_its_ipv4_lease() -> None:
+    assert NETWORK6.gateway6 == "fd12:3456:789a::1"
+    assert NETWORK6.address6("10.123.0.2") == "fd12:3456:789a::2"
+    wide = Network("wide", "10.80.0.0/16", "sdrun9", "fd12:3456:789a:1::/64")
+    assert wide.address6("10.80.1.5") == "fd12:3456:789a:1::105"  # the host part 0.0.1.5, as 0x105
+
+
+def test_ipv6_subnets_are_unique_local_per_network_and_checked(tmp_path: Path) -> None:
+    first = config.unique_local_subnet(tmp_path, "one")
+    assert first == config.unique_local_subnet(tmp_path, "one") != config.unique_local_subnet(tmp_path, "two")
+    assert first.startswith("fd") and first.endswith("::/64")
+    one = config.create(tmp_path, "one", "10.123.0.0/24", ipv6=True)
+    assert one.subnet6 == first and config.create(tmp_path, "four", "10.126.0.0/24").subnet6 == ""
+    with pytest.raises(SdrunError, match="overlaps network 'one'"):
+        config.create(tmp_path, "two", "10.124.0.0/24", subnet6=str(list(ipaddress.IPv6Network(first).subnets(1))[1]))
+    for bad, reason in [("fd00::1/64", "host bits"), ("fd00::/112", "at most"), ("fe80::/64", "unique local")]:
+        with pytest.raises(SpecError, match=reason):
+            config.create(tmp_path, "three", "10.125.0.0/24", subnet6=bad)
+    (tmp_path / "net.toml").write_text('subnet = "10.127.0.0/24"\nipv6 = true\n')
+    assert config.load(tmp_path, "default").subnet6 == config.unique_local_subnet(tmp_path, "default")
+
+
+def test_hosts_file_names_pods_by_their_ipv6_address_too() -> None:
+    six = lease("a", "10.123.0.2")._replace(address6="fd12:3456:789a::2")
+    assert ipam.hosts_file([six]).endswith("10.123.0.2\ta\nfd12:3456:789a::2\ta\n")
+
+
+def test_nft_commands_of_a_pod_with_ipv6() -> None:
+    ports = (
+        PortMapping.parse("8001:8000"),
+        PortMapping.parse("[fd00::9]:8002:8000"),
+        PortMapping.parse("127.0.0.1:8003:80"),
+    )
+    added = nft.element_commands(NETWORK6, "10.123.0.2", ports, "fd12:3456:789a::2")
+    assert "add element ip6 sdrun published { tcp . 8001 : fd12:3456:789a::2 . 8000 }" in added
+    assert "add element ip6 sdrun published_at { fd00::9 . tcp . 8002 : fd12:3456:789a::2 . 8000 }" in added
+    assert "add element ip6 sdrun subnets { fd12:3456:789a::/64 }" in added
+    assert "fd00::9" not in added.replace("ip6 sdrun published_at { fd00::9", "")  # not in the IPv4 table
+    assert "ip6 sdrun published_at { 127.0.0.1" not in added
+    sources = nft.source_commands("add", "sdv0123456789ab", "10.123.0.2", "fd12:3456:789a::2")
+    assert '"sdv0123456789ab" . 02:01:23:45:67:89 . fe80::1:23ff:fe45:6789' in sources  # its EUI-64 link-local
+    assert '"sdv0123456789ab" . 02:01:23:45:67:89 . ::' in sources  # duplicate address detection
+    assert '"sdv0123456789ab" . 0xfd123456789a00000000000000000002' in sources  # a target it may advertise
+    assert "ip6" not in nft.element_commands(NETWORK6, "10.123.0.2", ports)  # no IPv6 address, no IPv6 table
+    commands = nft.SKELETON + nft.SKELETON6 + added + sources
+    commands += nft.remove_port_commands("10.123.0.2", ports, "fd12:3456:789a::2")
+    commands += nft.remove_source_commands("sdv0123456789ab", "10.123.0.2", "fd12:3456:789a::2")
+    commands += nft.remove_network_commands(NETWORK6)
+    result = subprocess.run(["nft", "-c", "-f", "-"], input=commands, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

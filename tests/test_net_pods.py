@@ -144,7 +144,7 @@ def test_pods_on_one_network_reach_each_other_by_name(clean_host: Sdrun, rootfs:
     client = clean_host("run", "--rm", "--net", network, "--rootfs", str(rootfs), "--", "/bin/sh", "-c", script)
     assert client.stdout == f"hello from {name}\n"
     listed = json.loads(clean_host("network", "list", "--json").stdout)
-    assert {"name": network, "subnet": "10.231.7.0/24", "pods": 1} == {
+    assert {"name": network, "subnet": "10.231.7.0/24", "subnet6": "", "pods": 1} == {
         key: value for key, value in next(item for item in listed if item["name"] == network).items() if key != "bridge"
     }
     busy = clean_host("network", "rm", network, check=False)

@@ -24,7 +24,14 @@ def _store(ctx: Context) -> ImageStore:
     return ImageStore(ctx.paths.images)
 
 
-def _pull_options(platform: str | None, tls_verify: bool | None, quiet: bool, verify: bool = False) -> PullOptions:
+def _pull_options(
+    platform: str | None,
+    tls_verify: bool | None,
+    quiet: bool,
+    verify: bool = False,
+    signature_policy: Path | None = None,
+    registries_d: Path | None = None,
+) -> PullOptions:
     from sdrun.image.oci import Platform
     from sdrun.image.transfer import PullOptions, default_progress
 
@@ -33,6 +40,8 @@ def _pull_options(platform: str | None, tls_verify: bool | None, quiet: bool, ve
         tls_verify=tls_verify,
         progress=None if quiet else default_progress(),
         verify=verify,
+        signature_policy=signature_policy,
+        registries_d=registries_d,
     )
 
 
@@ -44,6 +53,17 @@ tls_option = click.option(
     help="Verify the registry's certificate; false also allows plain HTTP [true, false on loopback].",
 )
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+signature_policy_option = click.option(
+    "--signature-policy",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="containers-policy.json(5) to obey [/etc/containers/policy.json, if any].",
+)
+registries_d_option = click.option(
+    "--registries.d",
+    "registries_d",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where signatures are looked up, registries.d(5) [/etc/containers/registries.d].",
+)
 
 
 @main.group()
@@ -56,6 +76,8 @@ def image() -> None:
 @tls_option
 @click.option("--insecure-registry", is_flag=True, help="Same as --tls-verify=false.")
 @click.option("--verify", is_flag=True, help="Refuse an image no digest pins (<root>/policy.json or @sha256:).")
+@signature_policy_option
+@registries_d_option
 @quiet_option
 @click.argument("source", metavar="SOURCE")
 @pass_context
@@ -65,14 +87,18 @@ def pull(
     tls_verify: bool | None,
     insecure_registry: bool,
     verify: bool,
+    signature_policy: Path | None,
+    registries_d: Path | None,
     quiet: bool,
     source: str,
 ) -> None:
     """Pull an image: [docker://]HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE.
-    A registry pull obeys <root>/policy.json (trusted registries, pinned digests) when there is one."""
+    A registry pull obeys <root>/policy.json (trusted registries, pinned digests) when there is one, and
+    the signature policy (containers-policy.json) when there is one."""
     from sdrun.image.transfer import pull as pull_image
 
-    options = _pull_options(platform, False if insecure_registry else tls_verify, quiet, verify)
+    tls = False if insecure_registry else tls_verify
+    options = _pull_options(platform, tls, quiet, verify, signature_policy, registries_d)
     pulled = pull_image(ctx.paths, source, options)
     click.echo(pulled.digest)
 
@@ -80,16 +106,24 @@ def pull(
 @image.command(name="import")
 @click.option("--rootfs-tar", type=click.Path(path_type=Path, dir_okay=False), help="A plain rootfs tarball.")
 @platform_option
+@signature_policy_option
 @quiet_option
 @click.argument("args", metavar="SOURCE [NAME] | --rootfs-tar FILE NAME", nargs=-1, required=True)
 @pass_context
-def import_(ctx: Context, rootfs_tar: Path | None, platform: str | None, quiet: bool, args: tuple[str, ...]) -> None:
+def import_(
+    ctx: Context,
+    rootfs_tar: Path | None,
+    platform: str | None,
+    signature_policy: Path | None,
+    quiet: bool,
+    args: tuple[str, ...],
+) -> None:
     """Import an image from oci:DIR, oci-archive:FILE or docker-archive:FILE (or a rootfs tarball), naming it NAME."""
     from sdrun.image.reference import parse_local_name
     from sdrun.image.store import ImageStore
-    from sdrun.image.transfer import copy_image, rootfs_source, source_for
+    from sdrun.image.transfer import copy_image, import_admission, rootfs_source, source_for
 
-    options = _pull_options(platform, None, quiet)
+    options = _pull_options(platform, None, quiet, signature_policy=signature_policy)
     if rootfs_tar is not None:
         if len(args) != 1:
             raise SdrunError("give the image's NAME: sdrun image import --rootfs-tar FILE NAME")
@@ -101,6 +135,7 @@ def import_(ctx: Context, rootfs_tar: Path | None, platform: str | None, quiet: 
     names = (parse_local_name(name).name,) if name else source.names()
     if not names:
         raise SdrunError(f"{source.description} names no image: give a NAME", hint="sdrun image import SOURCE NAME")
+    import_admission(source, options)
     imported = copy_image(ImageStore(ctx.paths.images), source, names, options)
     click.echo(imported.digest)
 
@@ -302,3 +337,90 @@ def logout(ctx: Context, host: str) -> None:
 
     save_credentials(auth_file(ctx.paths), host, "", None)
     click.echo(f"logged out of {host}")
+
+
+# --- the signature policy ---
+
+
+@image.group()
+def trust() -> None:
+    """The signature policy (containers-policy.json, which podman and skopeo read too): show and edit it."""
+
+
+transport_option = click.option(
+    "--transport", default="docker", show_default=True, help="The policy's transport the scope belongs to."
+)
+
+
+@trust.command(name="show")
+@signature_policy_option
+@click.option("--json", "as_json", is_flag=True, help="Print the file's JSON.")
+@pass_context
+def trust_show(ctx: Context, signature_policy: Path | None, as_json: bool) -> None:
+    """Show the effective policy: each scope and what it requires (all of it must hold)."""
+    from sdrun.image.trustedit import describe_policy
+    from sdrun.image.trustpolicy import DEFAULT_POLICY, load_trust_policy
+
+    path = signature_policy or DEFAULT_POLICY
+    policy = load_trust_policy(signature_policy) if path.exists() else None
+    if as_json:
+        click.echo(path.read_text().rstrip("\n") if policy is not None else "{}")
+        return
+    if policy is not None:
+        click.echo(str(path))
+    for line in describe_policy(policy, path):
+        click.echo(line)
+
+
+@trust.command(name="add")
+@signature_policy_option
+@transport_option
+@click.option(
+    "--type", "kind", type=click.Choice(["gpg", "sigstore"]), default="gpg", show_default=True, help="The key's kind."
+)
+@click.option("-y", "--yes", is_flag=True, help="Trust the key without asking.")
+@click.argument("key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("scope")
+@pass_context
+def trust_add(
+    ctx: Context, signature_policy: Path | None, transport: str, kind: str, yes: bool, key: Path, scope: str
+) -> None:
+    """Trust KEY (a GPG public key, or a cosign public key in PEM) for SCOPE (HOST[:PORT][/REPO...], or
+    'default'): images there must then be signed by it. Shows the fingerprint and asks first."""
+    from sdrun.image.trustedit import SIGSTORE, add_key, install_key, read_key, sigstore_fingerprint_note
+
+    found = read_key(key, kind)
+    for fingerprint in found.fingerprints:
+        click.echo(f"{'GPG key' if kind == 'gpg' else 'cosign key sha256'} {fingerprint}")
+    if not yes and not click.confirm(f"Trust {'this key' if len(found.fingerprints) == 1 else 'these keys'} "
+                                     f"for {scope}?", default=False, err=True):  # fmt: skip
+        raise SdrunError("not trusted: nothing changed")
+    installed = install_key(ctx.paths, found)
+    click.echo(add_key(signature_policy, transport, scope, installed, kind))
+    if kind == SIGSTORE:
+        click.echo(f"note: {sigstore_fingerprint_note()}")
+
+
+@trust.command(name="set")
+@signature_policy_option
+@transport_option
+@click.argument("scope")
+@click.argument("verdict", type=click.Choice(["accept", "reject"]))
+@pass_context
+def trust_set(ctx: Context, signature_policy: Path | None, transport: str, scope: str, verdict: str) -> None:
+    """Make SCOPE (or 'default') accept anything, or reject every image."""
+    from sdrun.image.trustedit import set_scope
+
+    click.echo(set_scope(signature_policy, transport, scope, verdict))
+
+
+@trust.command(name="rm")
+@signature_policy_option
+@transport_option
+@click.argument("scope")
+@pass_context
+def trust_rm(ctx: Context, signature_policy: Path | None, transport: str, scope: str) -> None:
+    """Remove SCOPE from the policy: its images fall under a wider scope, or the default."""
+    from sdrun.image.trustedit import remove_scope
+
+    click.echo(remove_scope(signature_policy, transport, scope))

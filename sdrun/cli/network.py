@@ -19,14 +19,18 @@ def network() -> None:
 @network.command()
 @click.argument("name")
 @click.option("--subnet", required=True, metavar="CIDR", help="The network's IPv4 subnet, e.g. 10.89.0.0/24.")
+@click.option("--ipv6", is_flag=True, help="Give pods IPv6 too: a ULA /64 of the network's own, unless --subnet6.")
+@click.option(
+    "--subnet6", default="", metavar="CIDR", help="The network's IPv6 subnet (implies --ipv6), e.g. fd00:89::/64."
+)
 @pass_context
-def create(ctx: Context, name: str, subnet: str) -> None:
-    """Create a network: a bridge and a subnet, set up when its first pod starts."""
+def create(ctx: Context, name: str, subnet: str, ipv6: bool, subnet6: str) -> None:
+    """Create a network: a bridge and a subnet (and an IPv6 one), set up when its first pod starts."""
     from sdrun.net import config, ipam
     from sdrun.spec import parse_network
 
     with ipam.locked(ctx.paths.root):
-        created = config.create(ctx.paths.root, parse_network(name), subnet)
+        created = config.create(ctx.paths.root, parse_network(name), subnet, ipv6, subnet6)
     click.echo(created.name)
 
 
@@ -43,12 +47,13 @@ def list_networks(ctx: Context, as_json: bool) -> None:
         rows = [(item, len(ipam.leases(root, item.name))) for item in config.networks(root)]
     if as_json:
         entries = [
-            {"name": item.name, "subnet": item.subnet, "bridge": item.bridge, "pods": pods} for item, pods in rows
+            {"name": item.name, "subnet": item.subnet, "subnet6": item.subnet6, "bridge": item.bridge, "pods": pods}
+            for item, pods in rows
         ]
         click.echo(json.dumps(entries, indent=2))
         return
-    table = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "PODS")]
-    table += [(item.name, item.subnet, item.gateway, item.bridge, str(pods)) for item, pods in rows]
+    table = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "PODS", "SUBNET6")]
+    table += [(item.name, item.subnet, item.gateway, item.bridge, str(pods), item.subnet6) for item, pods in rows]
     widths = [max(len(row[column]) for row in table) for column in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -141,6 +141,20 @@ RUN_OPTIONS = (
         FLAG,
         setting=False,
     ),
+    RunOption(
+        ("--signature-policy",),
+        "signature_policy",
+        "Image pods: the signature policy of a pull [/etc/containers/policy.json, if any].",
+        PATH,
+        setting=False,
+    ),
+    RunOption(
+        ("--registries.d",),
+        "registries_d",
+        "Image pods: where a pull looks up signatures [/etc/containers/registries.d].",
+        PATH,
+        setting=False,
+    ),
 )
 OPTIONS_BY_NAME = {name: option for option in RUN_OPTIONS for name in option.names}
 FAST_KINDS = (VALUE, MULTIPLE, FLAG, PATH, OPTIONAL_VALUE)
@@ -250,9 +264,15 @@ def run_verb(paths: Paths, options: Mapping[str, Any], args: tuple[str, ...]) ->
 
     given = {option.dest: options[option.dest] for option in RUN_OPTIONS if option.setting and option.dest in options}
     spec = spec_from_run_options(options.get("spec_file"), args, given)
-    pull = PullSettings(options.get("platform"), options.get("tls_verify"), bool(options.get("verify")))
+    pull = PullSettings(
+        options.get("platform"),
+        options.get("tls_verify"),
+        bool(options.get("verify")),
+        options.get("signature_policy"),
+        options.get("registries_d"),
+    )
     if pull != PullSettings() and not spec.image:
-        raise SdrunError("--platform, --tls-verify and --verify are for image pods")
+        raise SdrunError("--platform, --tls-verify, --verify, --signature-policy and --registries.d are for image pods")
     run_options = running.RunOptions(
         detach=bool(options.get("detach")),
         remove=bool(options.get("remove")),

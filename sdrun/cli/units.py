@@ -17,8 +17,21 @@ from sdrun.spec import PodSpec, check_settings, parse_name
 if TYPE_CHECKING:
     from sdrun.systemd.bus import Systemd
 
-# run options that make no sense for an installed unit (its ExecStartPre does not pull)
-RUN_ONLY = ("detach", "remove", "replace", "interactive", "tty", "scope", "platform", "tls_verify", "verify")
+# run options that make no sense for an installed unit (its ExecStartPre does not pull; the pulls of
+# install, and of a start that finds its image gone, obey /etc/containers/policy.json and registries.d)
+RUN_ONLY = (
+    "detach",
+    "remove",
+    "replace",
+    "interactive",
+    "tty",
+    "scope",
+    "platform",
+    "tls_verify",
+    "verify",
+    "signature_policy",
+    "registries_d",
+)
 UNIT_SETTINGS = (
     click.option("--requires", multiple=True, metavar="POD", help="Start after POD's unit, and only with it."),
     click.option("--start-limit-interval", help="StartLimitIntervalSec=, in seconds."),

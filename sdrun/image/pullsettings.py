@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -12,3 +13,5 @@ class PullSettings(NamedTuple):
     platform: str | None = None  # OS/ARCH[/VARIANT]; a stored image of another platform is pulled again
     tls_verify: bool | None = None
     verify: bool = False
+    signature_policy: Path | None = None  # containers-policy.json(5) [/etc/containers/policy.json]
+    registries_d: Path | None = None  # registries.d(5) [/etc/containers/registries.d]

@@ -1,5 +1,6 @@
 """Copying an image from any source into the store: pull, import, and `run IMAGE`'s pull-if-absent.
 
+The manifest is chosen and admitted (digest pins, signatures) before the store is touched.
 Order of writes (the crash-safety argument, see sdrun.image.store): config blob, then
 each layer's blob and tree (in parallel), then the manifest blob, then the name in
 index.json. Blobs and trees already in the store are never fetched again.
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from sdrun.errors import SdrunError
 from sdrun.image import oci
@@ -34,6 +35,9 @@ from sdrun.image.sources import (
 from sdrun.image.store import Image, ImageStore, TamperedBlob, digest_of
 from sdrun.paths import Paths
 
+if TYPE_CHECKING:
+    from sdrun.image.trustpolicy import TrustPolicy
+
 PARALLEL_LAYERS = 4
 BLOB_ATTEMPTS = 3
 
@@ -43,6 +47,8 @@ class PullOptions(NamedTuple):
     tls_verify: bool | None = None  # None: verify, except for registries on loopback
     progress: TextIO | None = None  # where progress goes, when it is a terminal
     verify: bool = False  # refuse a registry image that no digest pins (sdrun.image.policy)
+    signature_policy: Path | None = None  # containers-policy.json(5); None: /etc/containers/policy.json, if any
+    registries_d: Path | None = None  # where signatures are (registries.d(5)); None: /etc/containers/registries.d
 
 
 class ProgressLine:
@@ -120,11 +126,13 @@ def copy_image(
     admit: Admission | None = None,
 ) -> Image:
     """Copy the image the source names (its platform's, from an index) into the store, then name it.
+    The manifest is chosen, and admitted, before the store is touched: a refusal leaves it as it was.
     A copy that fails takes away the blobs and trees it brought."""
+    chosen = _chosen_manifest(source, options, admit)
     brought = Brought(set(), set())
     try:
         with store.shared():
-            return _copy_image(store, source, names, options, admit, brought)
+            return _copy_image(store, source, names, options, chosen, brought)
     except BaseException:
         if brought.blobs or brought.diff_ids:
             store.discard(brought.blobs, brought.diff_ids)
@@ -138,30 +146,43 @@ class Brought(NamedTuple):
     diff_ids: set[str]
 
 
+class Chosen(NamedTuple):
+    raw: bytes  # the manifest, as the source sent it
+    media_type: str
+    digest: str
+    index_digest: str | None  # of the index it was chosen from
+
+
+def _chosen_manifest(source: ImageSource, options: PullOptions, admit: Admission | None) -> Chosen:
+    """The manifest to copy (the platform's, from an index), admitted by the policies."""
+    raw, media_type = source.top()
+    digest, index_digest = digest_of(raw), None
+    if media_type in oci.INDEX_TYPES:
+        entry = oci.select_manifest(
+            oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
+        )
+        index_digest = digest
+        if admit:
+            admit((index_digest, entry.digest))
+        raw, media_type = source.manifest_by_digest(entry.digest)
+        digest = digest_of(raw)
+        if digest != entry.digest:
+            raise TamperedBlob(f"{source.description}: manifest {entry.digest} arrived with digest {digest}")
+    elif admit:
+        admit((digest,))
+    return Chosen(raw, media_type, digest, index_digest)
+
+
 def _copy_image(
     store: ImageStore,
     source: ImageSource,
     names: tuple[str, ...],
     options: PullOptions,
-    admit: Admission | None,
+    chosen: Chosen,
     brought: Brought,
 ) -> Image:
-    raw, media_type = source.top()
-    digest, index_digest = digest_of(raw), None
-    if media_type in oci.INDEX_TYPES:
-        chosen = oci.select_manifest(
-            oci.parse_index(raw, digest), options.platform or oci.Platform.host(), source.description
-        )
-        index_digest = digest
-        if admit:
-            admit((index_digest, chosen.digest))
-        raw, media_type = source.manifest_by_digest(chosen.digest)
-        digest = digest_of(raw)
-        if digest != chosen.digest:
-            raise TamperedBlob(f"{source.description}: manifest {chosen.digest} arrived with digest {digest}")
-    elif admit:
-        admit((digest,))
-    manifest = oci.parse_manifest(raw, digest, media_type)
+    raw, digest, index_digest = chosen.raw, chosen.digest, chosen.index_digest
+    manifest = oci.parse_manifest(raw, digest, chosen.media_type)
     if not store.has_blob(digest) or not _complete(store, digest):
         _copy_content(store, source, manifest, options, brought)
         store.put_bytes(raw)  # the manifest last: it only exists once everything it names does
@@ -245,23 +266,66 @@ def _check_platform(config: object, wanted: oci.Platform | None, description: st
 def pull(paths: Paths, text: str, options: PullOptions) -> Image:
     store = ImageStore(paths.images)
     source = source_for(paths, text, tls_verify=options.tls_verify)
-    return copy_image(store, source, source.names(), options, _admission(paths, source, options.verify))
+    return copy_image(store, source, source.names(), options, _admission(paths, source, options))
 
 
 def policy_file(paths: Paths) -> Path:
     return paths.root / "policy.json"
 
 
-def _admission(paths: Paths, source: ImageSource, verify: bool) -> Admission | None:
-    """The policy's checks of a registry pull: the registry now, the digests once the registry sends them."""
+def _admission(paths: Paths, source: ImageSource, options: PullOptions) -> Admission | None:
+    """The policies' checks of a pull: now, what the registry need not be asked for (the registries
+    trusted, a signature policy's scope that rejects); then, once the registry has sent the digests,
+    the pins and the signatures of the chosen manifest, before any blob is fetched."""
+    from sdrun.image.trustpolicy import load_trust_policy  # not for `run` of a stored image: not on its path
+
+    trust = load_trust_policy(options.signature_policy)
     if not isinstance(source, RegistrySource):
-        if verify:
+        if options.verify:
             raise PolicyError(f"--verify: {source.description} is not from a registry: no policy covers it")
+        if trust is not None:
+            check_file_source_trust(trust, source)
         return None
     policy = load_policy(policy_file(paths))
     reference = source.reference
     policy.check_registry(reference)
-    return lambda digests: policy.check_digests(reference, digests, verify=verify)
+    image_trust = None
+    if trust is not None:
+        from sdrun.image.signatures import ImageTrust
+
+        image_trust = ImageTrust(trust, options.registries_d, reference, source.registry)
+        image_trust.check_scope()
+
+    def admit(digests: tuple[str, ...]) -> None:
+        policy.check_digests(reference, digests, verify=options.verify)
+        if image_trust is not None:
+            image_trust.check_manifest(digests[-1])  # an index's platform manifest: its own signatures
+
+    return admit
+
+
+def import_admission(source: ImageSource, options: PullOptions) -> None:
+    """`image import`: the signature policy's scope of the file transport must accept anything
+    (an OCI layout or archive carries no signature sdrun reads; a plain rootfs tarball is no transport
+    of containers/image, and no policy covers it)."""
+    if isinstance(source, OciLayoutSource | DockerArchiveSource):  # (OciArchiveSource is an OciLayoutSource)
+        from sdrun.image.trustpolicy import load_trust_policy
+
+        trust = load_trust_policy(options.signature_policy)
+        if trust is not None:
+            check_file_source_trust(trust, source)
+
+
+def check_file_source_trust(trust: TrustPolicy, source: ImageSource) -> None:
+    from sdrun.image.signatures import check_file_source
+    from sdrun.image.trustpolicy import path_namespaces
+
+    transport, _, path = source.description.partition(":")
+    if transport == "docker-archive":
+        check_file_source(trust, transport, "", [], source.description)
+        return
+    resolved = str(Path(path).resolve())
+    check_file_source(trust, transport, resolved, path_namespaces(resolved), source.description)
 
 
 def find_or_pull(paths: Paths, text: str, options: PullOptions) -> Image:

@@ -39,6 +39,8 @@ def create_image_pod(
         tls_verify=pull.tls_verify,
         progress=progress,
         verify=pull.verify,
+        signature_policy=pull.signature_policy,
+        registries_d=pull.registries_d,
     )
     store = ImageStore(paths.images)
     pulled = find_or_pull(paths, spec.image, options)

@@ -45,6 +45,13 @@ def netns_name(pod_uuid: str) -> str:
     return f"{NETNS_PREFIX}{pod_uuid}"
 
 
+def network_namespace(pod: Pod) -> Path | None:
+    """The named network namespace the networking set-up made for this pod, for its stage1 to join
+    instead of making one; None when there is none (then a private one with loopback only, or the host's)."""
+    path = NETNS_DIR / netns_name(pod.uuid)
+    return path if pod.spec.net != HOST and path.exists() else None
+
+
 def veth_name(pod_uuid: str) -> str:
     return VETH_PREFIX + pod_uuid.replace("-", "")[:12]
 

@@ -43,6 +43,7 @@ class Lease(NamedTuple):
     veth: str
     ports: tuple[PortMapping, ...] = ()
     added_hosts: tuple[str, ...] = ()  # the pod's --add-host NAME:IP, host-gateway resolved
+    address6: str = ""  # on a network with IPv6: the IPv6 twin of address (Network.address6), else ""
 
     def to_json(self) -> str:
         return json.dumps(records.plain(self), indent=2) + "\n"
@@ -162,8 +163,10 @@ def hosts_file(network_leases: list[Lease]) -> str:
     """localhost, then each pod of the network by name (and hostname, when it differs)."""
     lines = [LOCALHOST_LINES]
     for lease in sorted(network_leases, key=lambda item: ipaddress.IPv4Address(item.address)):
-        names = dict.fromkeys((lease.name, lease.hostname))  # ordered, without a repeat
-        lines.append(f"{lease.address}\t{' '.join(names)}\n")
+        names = " ".join(dict.fromkeys((lease.name, lease.hostname)))  # ordered, without a repeat
+        lines.append(f"{lease.address}\t{names}\n")
+        if lease.address6:
+            lines.append(f"{lease.address6}\t{names}\n")
     return "".join(lines)
 
 

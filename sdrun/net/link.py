@@ -41,6 +41,7 @@ NLMSG_ERROR_CODE = struct.Struct("=i")  # after the header: 0 (an acknowledgemen
 RECEIVE_BUFFER = 65536
 CREATE = NLM_F_CREATE | NLM_F_EXCL
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
+IFA_F_NODAD = 0x02  # usable at once: the address is the pod's own by its lease, no duplicate to detect
 
 
 class Netlink:
@@ -119,6 +120,20 @@ class Netlink:
         message["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", interface_index(name))]
         self.request(message, RTM_NEWROUTE, "add default route", name, CREATE)
 
+    def add_address6(self, name: str, address: str, prefixlen: int) -> None:
+        message = ifaddrmsg()
+        message["family"], message["prefixlen"], message["index"] = socket.AF_INET6, prefixlen, interface_index(name)
+        message["flags"] = IFA_F_NODAD
+        message["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address), ("IFA_FLAGS", IFA_F_NODAD)]
+        self.request(message, RTM_NEWADDR, "add IPv6 address", name, CREATE)
+
+    def add_default_route6(self, name: str, gateway: str) -> None:
+        message = rtmsg()
+        message["family"], message["table"], message["proto"] = socket.AF_INET6, RT_TABLE_MAIN, RTPROT_BOOT
+        message["scope"], message["type"] = RT_SCOPE_UNIVERSE, RTN_UNICAST
+        message["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", interface_index(name))]
+        self.request(message, RTM_NEWROUTE, "add IPv6 default route", name, CREATE)
+
 
 def interface_index(name: str) -> int:
     """The index of an interface of the calling thread's network namespace."""
@@ -151,6 +166,33 @@ def ensure_bridge(network: Network) -> None:
     refuse_router_advertisements(network.bridge)  # the host takes no route from a pod either
     if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
         sysctl("net/ipv4/ip_forward", "1")  # outbound NAT and published ports reached from other hosts route
+
+
+def ensure_bridge_ipv6(network: Network) -> None:
+    """The IPv6 side of a network with IPv6 (after ensure_bridge): the bridge's ::1 of the subnet,
+    and IPv6 forwarding on. Forwarding on `all` makes the kernel ignore router advertisements on
+    every interface whose accept_ra is 1, as Docker's and podman's IPv6 networks do too
+    (docs/networking.md, "IPv6")."""
+    with Netlink() as netlink, contextlib.suppress(FileExistsError):
+        netlink.add_address6(network.bridge, network.gateway6, _prefixlen6(network))
+    if Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() != "1":
+        sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
+def configure_pod_ipv6(network: Network, netns_name: str, address6: str) -> None:
+    """A pod's IPv6 address and default route through the bridge, in its namespace (after
+    create_pod_interface). Its link-local address is the EUI-64 one (addr_gen_mode 0), which
+    the pod's source filter allows (sdrun.net.nft.link_local)."""
+    with _netlink_in(NETNS_DIR / netns_name) as inside:
+        mode = f"net/ipv6/conf/{POD_INTERFACE}/addr_gen_mode"
+        if Path("/proc/sys", mode).read_text().strip() != "0":
+            sysctl(mode, "0")
+        inside.add_address6(POD_INTERFACE, address6, _prefixlen6(network))
+        inside.add_default_route6(POD_INTERFACE, network.gateway6)
+
+
+def _prefixlen6(network: Network) -> int:
+    return int(network.subnet6.partition("/")[2])
 
 
 def random_mac() -> str:

@@ -85,16 +85,19 @@ def _reclaim_ports_of_removed_pods(root: Path, ports: tuple[PortMapping, ...]) -
 
 def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
     everyone = ipam.all_leases(root)
+    _check_ports_fit(network, pod.spec.ports)
     ipam.check_ports(pod.spec.ports, everyone)
     for port in pod.spec.ports:
-        _check_host_port_free(port)
+        _check_host_port_free(port, bool(network.subnet6))
     taken = {lease.address for lease in everyone if lease.network == network.name}
+    address = ipam.free_address(network, taken)
     return Lease(
         pod=pod.uuid,
         name=pod.name,
         hostname=pod.spec.isolation.hostname or pod.name,
         network=network.name,
-        address=ipam.free_address(network, taken),
+        address=address,
+        address6=network.address6(address) if network.subnet6 else "",
         netns=netns_name(pod.uuid),
         veth=veth_name(pod.uuid),
         ports=pod.spec.ports,
@@ -105,16 +108,40 @@ def _new_lease(root: Path, network: Network, pod: Pod) -> Lease:
     )
 
 
-def _check_host_port_free(port: PortMapping) -> None:
+def _check_ports_fit(network: Network, ports: tuple[PortMapping, ...]) -> None:
+    """A port on an IPv6 address needs a network with IPv6."""
+    for port in ports:
+        if port.is_ipv6 and not network.subnet6:
+            raise SdrunError(
+                f"cannot publish port {port}: network '{network.name}' has no IPv6",
+                hint="use a network made with 'sdrun network create --ipv6' (or ipv6 = true in net.toml)",
+            )
+
+
+def _check_host_port_free(port: PortMapping, ipv6: bool) -> None:
     """A host process listening on the port would be shadowed by the DNAT without a word: refuse.
-    Binding (and closing at once) sends nothing anywhere."""
+    Binding (and closing at once) sends nothing anywhere. On a network with IPv6 (ipv6), a port
+    on every address is checked on IPv6's every address too."""
+    import socket
+
+    if port.is_ipv6:
+        _probe(port, socket.AF_INET6, port.host_ip)
+        return
+    _probe(port, socket.AF_INET, port.host_ip or "0.0.0.0")
+    if ipv6 and not port.host_ip and socket.has_ipv6:
+        _probe(port, socket.AF_INET6, "::")
+
+
+def _probe(port: PortMapping, family: int, address: str) -> None:
     import socket
 
     kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as probe:
+    with socket.socket(family, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
-            probe.bind((port.host_ip or "0.0.0.0", port.host_port))
+            probe.bind((address, port.host_port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise SdrunError(f"port {port.host_port}/{port.protocol} is in use on the host") from None
@@ -127,8 +154,13 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     from sdrun.net import link  # pyroute2: only here
 
     link.ensure_bridge(network)
-    nft.add(network, lease.address, lease.ports, lease.veth)  # the veth's filter exists before the veth
+    if lease.address6:
+        link.ensure_bridge_ipv6(network)
+    # The veth's filter exists before the veth.
+    nft.add(network, lease.address, lease.ports, lease.veth, lease.address6)
     link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
+    if lease.address6:
+        link.configure_pod_ipv6(network, lease.netns, lease.address6)
     with ipam.locked(root):
         ipam.update_network_files(root, network.name)
 
@@ -149,7 +181,8 @@ def _undo(root: Path, lease: Lease) -> None:
     nftables elements stay for the next pod (as docker0 does): `sdrun gc` and `sdrun network rm`
     retire a network no pod uses."""
     nft.apply(
-        nft.remove_port_commands(lease.address, lease.ports) + nft.remove_source_commands(lease.veth, lease.address)
+        nft.remove_port_commands(lease.address, lease.ports, lease.address6)
+        + nft.remove_source_commands(lease.veth, lease.address, lease.address6)
     )
     _delete_veth(lease.veth)
     remove_netns(lease.netns)  # the kernel frees it later (nothing of ours is left in it)
@@ -181,7 +214,8 @@ def retire(root: Path, network_name: str) -> None:
 
             link.delete_link(network.bridge)
         if nft.table_exists():
-            nft.apply(nft.remove_network_commands(network))
+            ipv6_table = bool(network.subnet6) and nft.table_exists(nft.TABLE6)
+            nft.apply(nft.remove_network_commands(network, ipv6_table))
     for name in ("hosts", "resolv.conf"):
         with contextlib.suppress(FileNotFoundError):
             (root / "net" / network_name / name).unlink()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import marshal
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -11,6 +10,8 @@ from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
 from sdrun.systemd.propertytable import prop
+from stage1 import INTERFACE_VERSION, read_plan
+from stage1 import write_plan as write_entry_plan
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan
@@ -20,6 +21,7 @@ from stage1.process import changed_app
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
+    from stage1.fly.entry import Plan
     from stage1.interface import EnterTerminal
     from stage1.process import AppChanges
 
@@ -43,7 +45,7 @@ class Fly(Stage1, name="fly"):
         return UnitPlan(*entry_command("stage1.fly", pod), properties)
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
-        entry.become_app(entry.read_plan(str(write_plan(pod))))
+        entry.become_app(read_plan(str(write_plan(pod))))
 
     def enter(
         self,
@@ -54,7 +56,8 @@ class Fly(Stage1, name="fly"):
         terminal: EnterTerminal | None = None,  # never given: enter_terminal is False, stage0 makes one
     ) -> NoReturn:
         # The app as planned: the root it sees now is the app's to change (its /etc/passwd among it).
-        app = ResolvedApp.from_plan_fields(changed_app(entry.read_plan(str(plan_file(pod)))["app"], changes))
+        plan: Plan = read_plan(str(plan_file(pod)))
+        app = ResolvedApp.from_plan_fields(changed_app(plan["app"], changes))
         root_fd = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY)
         namespace = os.open(f"/proc/{leader}/ns/mnt", os.O_RDONLY)
         sc.setns(namespace, sc.CLONE_NEWNS)
@@ -93,15 +96,16 @@ def write_plan(pod: Pod, app: ResolvedApp | None = None) -> Path:
         from stage1.rootfs import pod_overlay
 
         target, options = pod_overlay(pod)
-        overlay = [str(target), options]
-    plan = {
+        overlay = (str(target), options)
+    plan: Plan = {
+        "interface": INTERFACE_VERSION,
         "rootfs": pod.spec.rootfs,
         "rootfs_overlay": overlay,
         "app": app.plan_fields(),
-        "binds": [[path, path, False] for path in entry.HOST_API_FILESYSTEMS]
-        + [[volume.source, volume.target, volume.read_only] for volume in pod.spec.app.volumes],
+        "binds": [(path, path, False) for path in entry.HOST_API_FILESYSTEMS]
+        + [(volume.source, volume.target, volume.read_only) for volume in pod.spec.app.volumes],
     }
     path = plan_file(pod)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    path.write_bytes(marshal.dumps(plan))
+    write_entry_plan(str(path), plan)
     return path

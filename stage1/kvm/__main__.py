@@ -3,6 +3,6 @@
 import sys
 
 from stage1.interface import run_entry
-from stage1.kvm.launch import become_vm
+from stage1.kvm.entry import become_vm
 
 run_entry(sys.argv, become_vm)

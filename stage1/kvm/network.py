@@ -1,7 +1,7 @@
 """The VM's NIC in the pod's network namespace: a tap that takes over the pod's interface.
 
 When the networking setup made the pod a named network namespace (the path
-stage1.namespace.container.network_namespace() names), the entry joins it,
+sdrun.net.network_namespace() names), the entry joins it,
 creates a tap there and redirects, with tc, everything that arrives on the
 pod's interface to the tap and back (as Kata Containers does). The guest's NIC
 gets the interface's MAC, address and default route, so whatever the host side

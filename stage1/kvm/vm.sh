@@ -1,7 +1,7 @@
 #!/bin/sh
 # The kvm pod's main process while its VM runs: vm.sh STOP_SIGNAL QEMU [ARGS...]
 #
-# Run in the pod's stage1 directory by the entry (stage1/kvm/launch.py), which
+# Run in the pod's stage1 directory by the entry (stage1/kvm/entry.py), which
 # execs it: no Python stays resident. It exists for two things qemu cannot do:
 # - exit with the app's exit status, which the guest init writes to the
 #   "status" file (the sdrun.status port); qemu itself exits 0 at power-off;

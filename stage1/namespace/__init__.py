@@ -3,7 +3,7 @@
 stage0's planner (backend.py) checks what can be checked before the unit exists,
 resolves the app, writes the pod's scratch files (hostname, hosts, resolv.conf,
 the compiled seccomp filter, the overlay's upper layer) and the entry's plan
-(stage1/namespace.plan), and returns a Type=notify unit. Its entry (launch.py,
+(stage1/namespace.plan), and returns a Type=notify unit. Its entry (entry.py,
 run as `python -m stage1.namespace run --interface=1 POD_DIR`) carries the plan
 out and hands systemd the container's init as MainPID; it imports almost
 nothing, as its start-up is on the path of every container start.

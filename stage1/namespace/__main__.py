@@ -2,6 +2,6 @@
 
 import sys
 
-from stage1.namespace.launch import main
+from stage1.namespace.entry import main
 
 main(sys.argv)

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
 from sdrun.systemd.propertytable import prop
-from stage1 import sealed
+from stage1 import sealed, write_plan
 from stage1.app import resolve_pod_app
 from stage1.etcfiles import write_etc_files
 from stage1.interface import Stage1, UnitPlan, entry_command
-from stage1.namespace import launch
 from stage1.namespace.container import (
     DEVICE_ALLOW,
     TINI,
@@ -58,7 +57,7 @@ class Namespace(Stage1, name="namespace"):
     def exec_in_scope(self, pod: Pod) -> NoReturn:
         console = os.ttyname(0) if os.isatty(0) else None  # the terminal the app runs on
         # The container init is a fork of this process: from the sealed interpreter (stage1.sealed).
-        sealed.exec_python("stage1.namespace.launch.supervise", [str(prepare(pod, console))])
+        sealed.exec_python("stage1.namespace.entry.supervise", [str(prepare(pod, console))])
 
     def enter(
         self,
@@ -167,7 +166,7 @@ def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
     path = plan_file(pod)
-    launch.write_plan(str(path), {**plan.entry_plan(app), "terminal": terminal})
+    write_plan(str(path), plan.entry_plan(app, terminal=terminal))
     return path
 
 

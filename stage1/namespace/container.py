@@ -1,7 +1,7 @@
 """What a namespace container looks like, as data: its root, its mounts, its identity, its confinement.
 
 Nothing here touches the system: `container_plan(pod)` reads the pod's spec and
-returns a ContainerPlan; stage1.namespace.launch carries it out. The defaults
+returns a ContainerPlan; stage1.namespace.entry carries it out. The defaults
 follow runc's and Docker's (masked and read-only /proc paths, a minimal /dev,
 podman's eleven capabilities, a seccomp allowlist), each overridable from the spec.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from sdrun.errors import SpecError
 from sdrun.linux import caps
@@ -27,13 +27,15 @@ from sdrun.linux.mounts import (
 from sdrun.net import NETNS_DIR, netns_name
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
+from stage1 import INTERFACE_VERSION
 from stage1.etcfiles import etc_mounts, pod_hostname
-from stage1.namespace.launch import INIT_PATH, PLAN_FILE
+from stage1.namespace.entry import INIT_PATH, PLAN_FILE
 from stage1.rootfs import UPPER, WORK, image_lowers, overlay_options, read_only_tmpfs
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from stage1.app import ResolvedApp
+    from stage1.namespace.entry import Plan
 
 # Under /proc and /sys, what a container must not read (kernel memory, timers of the
 # host) or write (sysctls, sysrq). runc's and Docker's lists (Docker's /proc/interrupts and
@@ -110,27 +112,29 @@ class ContainerPlan(NamedTuple):
     payload_cgroup: bool  # run the container in a child cgroup of the unit's (sdrun.linux.cgroups)
     sysctls: tuple[tuple[str, str], ...] = ()  # (key, value): --sysctl, for the pod's own namespaces
 
-    def entry_plan(self, app: ResolvedApp) -> dict[str, Any]:
-        """What the in-unit entry carries out (stage1.namespace.launch), as plain values."""
+    def entry_plan(self, app: ResolvedApp, *, terminal: bool = False) -> Plan:
+        """What the in-unit entry carries out (stage1.namespace.entry), as plain values."""
         userns = self.user_namespace
         return {
+            "interface": INTERFACE_VERSION,
             "directory": self.directory,
             "root": self.root,
-            "lowers": [list(lower) for lower in self.lowers],
-            "volumes": [list(tree) for tree in self.volume_trees],
+            "lowers": list(self.lowers),
+            "volumes": list(self.volume_trees),
             "overlay": self.overlay,
             "hostname": self.hostname,
             "mounts": [operation.to_plan() for operation in self.mounts],
             "lockdown": [operation.to_plan() for operation in self.lockdown],
             "capabilities": caps.mask(self.capabilities),
             "seccomp": self.seccomp_filter,
-            "userns": None if userns is None else [userns.base, userns.size],
+            "userns": None if userns is None else (userns.base, userns.size),
             "host_network": self.host_network,
             "netns": self.netns,
             "init": self.init,
             "notify": self.notify,
             "payload_cgroup": self.payload_cgroup,
-            "sysctl": [list(sysctl) for sysctl in self.sysctls],
+            "sysctl": list(self.sysctls),
+            "terminal": terminal,
             "app": app.plan_fields(),
         }
 
@@ -139,15 +143,8 @@ def stage1_dir(pod: Pod) -> Path:
     return Paths.stage1_dir(pod.dir)
 
 
-def network_namespace(pod: Pod) -> Path | None:
-    """The named network namespace the networking setup made for this pod, to join instead of
-    creating one; None when there is none (then a private one with loopback only, or the host's)."""
-    path = NETNS_DIR / netns_name(pod.uuid)
-    return path if pod.spec.net != "host" and path.exists() else None
-
-
 def plan_file(pod: Pod) -> Path:
-    """What stage0 planned for the entry (and for `enter`): launch.PLAN_FILE in the stage1 directory."""
+    """What stage0 planned for the entry (and for `enter`): entry.PLAN_FILE in the stage1 directory."""
     return stage1_dir(pod) / PLAN_FILE
 
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, describe
 from sdrun.linux import syscalls as sc
+from stage1 import read_plan
 from stage1.namespace.container import plan_file
-from stage1.namespace.launch import (
+from stage1.namespace.entry import (
     TIOCSCTTY,
     confine_and_exec,
     open_pod_terminal,
-    read_plan,
     send_terminal,
     wait_forwarding_signals,
 )
@@ -23,6 +23,7 @@ from stage1.process import changed_app, set_resource_limits
 if TYPE_CHECKING:
     from sdrun.pod import Pod
     from stage1.interface import EnterTerminal
+    from stage1.namespace.entry import Plan
     from stage1.process import AppChanges
 
 # The user namespace comes last, as nsenter does for a privileged caller: joining it takes our
@@ -70,7 +71,7 @@ def enter(
     terminal.channel."""
     # The app as stage0 resolved it, user and groups included: never the container's /etc/passwd of
     # now, which the app may have rewritten (an app user that named itself uid 0 would enter as root).
-    plan = read_plan(str(plan_file(pod)))
+    plan: Plan = read_plan(str(plan_file(pod)))
     seccomp_program = Path(plan["seccomp"]).read_bytes() if plan["seccomp"] else None
     app = changed_app(plan["app"], changes)  # enter -u, -e, -w
     set_resource_limits(app)  # before a user namespace takes the right to raise them

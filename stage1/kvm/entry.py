@@ -19,15 +19,23 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.linux import syscalls as sc
 from sdrun.linux.inroot import make_mount_point, remount_read_only
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
+from stage1 import checked_plan
 from stage1.app import ResolvedApp, resolve_app
 from stage1.etcfiles import etc_mounts, pod_hostname
-from stage1.kvm import stage1_dir
+from stage1.kvm.backend import PLAN_FILE, stage1_dir
 from stage1.kvm.machine import VIRTIOFS_SOCKET, virtiofsd_command
 from stage1.process import SystemdNotifier
 from stage1.rootfs import read_only_tmpfs
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from stage1 import EntryPlan
+
+    class Plan(EntryPlan):
+        """stage1/qemu.json (backend.prepare); the entry reads the pod's manifest too."""
+
+        qemu: list[str]  # qemu's command line, relative to the stage1 directory (machine.qemu_command)
+
     from stage1.kvm.network import GuestNetwork
 
 VM_SCRIPT = Path(__file__).with_name("vm.sh")
@@ -35,7 +43,8 @@ VM_SCRIPT = Path(__file__).with_name("vm.sh")
 
 def become_vm(pod: Pod) -> NoReturn:
     scratch = stage1_dir(pod)
-    qemu = json.loads((scratch / "qemu.json").read_text())
+    plan: Plan = checked_plan(str(scratch / PLAN_FILE), json.loads((scratch / PLAN_FILE).read_text()))
+    qemu = plan["qemu"]
     notifier = SystemdNotifier()
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # our mounts never reach the host
@@ -84,7 +93,7 @@ def root_mounts(pod: Pod) -> list[MountOperation]:
 
 def attach_network(pod: Pod) -> GuestNetwork | None:
     """The pod's network namespace, if the networking setup made one; else no NIC (loopback only)."""
-    from stage1.namespace.container import network_namespace
+    from sdrun.net import network_namespace
 
     netns = network_namespace(pod)
     if netns is None:

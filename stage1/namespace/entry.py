@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import _socket
 import fcntl
-import marshal
 import os
 import struct
 
@@ -43,7 +42,7 @@ from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
-from stage1 import entry_pod_dir, fail
+from stage1 import entry_pod_dir, fail, read_plan
 from stage1.process import SystemdNotifier, exec_planned, set_resource_limits
 
 # Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
@@ -51,9 +50,33 @@ from stage1.process import SystemdNotifier, exec_planned, set_resource_limits
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, NoReturn
+    from typing import NoReturn
 
-    Plan = dict[str, Any]
+    from stage1 import EntryPlan
+    from stage1.process import AppPlan
+
+    class Plan(EntryPlan):
+        """stage1/namespace.plan: what ContainerPlan.entry_plan makes of the container, as plain values."""
+
+        directory: str  # the pod's stage1 directory: every relative path below is relative to it
+        root: str
+        lowers: list[tuple[str, str]]  # (directory, where)
+        volumes: list[tuple[str, str, bool]]  # (source, where, idmapped)
+        overlay: str
+        hostname: str
+        mounts: list[tuple[object, ...]]  # MountOperation.to_plan()
+        lockdown: list[tuple[object, ...]]
+        capabilities: int  # a mask (sdrun.linux.caps)
+        seccomp: str | None  # the compiled filter's path; None: unconfined
+        userns: tuple[int, int] | None  # (base, size)
+        host_network: bool
+        netns: str
+        init: bool
+        notify: bool
+        payload_cgroup: bool
+        sysctl: list[tuple[str, str]]
+        terminal: bool  # `run -t`: the app's terminal, whose master goes out on stdin
+        app: AppPlan
 
     import signal as _signal  # typeshed has no stubs for _signal: the same functions and constants
 else:
@@ -95,17 +118,6 @@ class Channel:
         return message
 
 
-def read_plan(path: str) -> Plan:
-    with open(path, "rb") as stream:
-        plan: Plan = marshal.load(stream)
-    return plan
-
-
-def write_plan(path: str, plan: Plan) -> None:
-    with open(path, "wb") as stream:
-        marshal.dump(plan, stream)
-
-
 def main(argv: list[str]) -> NoReturn:
     """`python -m stage1.namespace run --interface=N POD_DIR`: the unit's entry."""
     pod_dir = entry_pod_dir(argv)
@@ -113,7 +125,7 @@ def main(argv: list[str]) -> NoReturn:
         launch(read_plan(os.path.join(pod_dir, "stage1", PLAN_FILE)), supervise=False)
     except (SdrunError, OSError) as error:
         fail(describe(error))
-    except (ValueError, EOFError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError) as error:
         fail(f"{PLAN_FILE} of {pod_dir} is damaged: {error}")
 
 
@@ -183,7 +195,7 @@ def _guard(step: Callable[[], object]) -> NoReturn:
     os._exit(EXIT_RUNTIME_ERROR)
 
 
-def _map_user_namespace(pid: int, userns: list[int]) -> int:
+def _map_user_namespace(pid: int, userns: tuple[int, int]) -> int:
     base, count = userns
     for name in ("uid_map", "gid_map"):
         with open(f"/proc/{pid}/{name}", "w") as stream:
@@ -296,7 +308,7 @@ def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, s
     confine_and_exec(app, plan["capabilities"], seccomp_program, argv)
 
 
-def _take_terminal(app: dict[str, Any]) -> None:
+def _take_terminal(app: AppPlan) -> None:
     """`run -t`: a pseudo-terminal of the container's own devpts (so `tty` names /dev/pts/N inside)
     becomes the app's controlling terminal and stdin, stdout and stderr; its master goes to
     `sdrun run`, which relays it, over the socket that is the unit's stdin (as runc's console socket)."""
@@ -347,7 +359,7 @@ def _allow_icmp_sockets(groups: str) -> None:
         stream.write(groups)
 
 
-def _set_sysctls(sysctls: list[list[str]]) -> None:
+def _set_sysctls(sysctls: list[tuple[str, str]]) -> None:
     """--sysctl: write them in the namespaces of this process (through the host's /proc, before the
     container's read-only /proc/sys exists). The kernel lets a network namespace's sysctls (net.*) be
     written with NET_ADMIN over it, and an IPC namespace's only by the uid that is root of the user
@@ -371,7 +383,7 @@ def _bring_up_loopback() -> None:
 
 
 def confine_and_exec(
-    app: dict[str, Any], capabilities: int, seccomp_program: bytes | None, argv: list[str] | None
+    app: AppPlan, capabilities: int, seccomp_program: bytes | None, argv: list[str] | None
 ) -> NoReturn:
     """Drop to the container's capabilities (a mask), set no_new_privs, load seccomp, and exec as
     the app's user: the planned app, or argv instead of its command."""

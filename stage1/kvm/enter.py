@@ -20,7 +20,7 @@ import shlex
 from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SdrunError
-from stage1.kvm import stage1_dir
+from stage1.kvm.backend import stage1_dir
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
