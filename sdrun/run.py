@@ -26,6 +26,7 @@ from sdrun.pod import Pod, PodStore, exit_status_of, unit_name, write_file_atomi
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
+from sdrun.systemd.propertytable import prop
 from stage1.interface import Stage1, ensure_unit_interpreter
 
 if TYPE_CHECKING:
@@ -62,12 +63,12 @@ class Attachment(NamedTuple):
             import socket
 
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            return cls((("StandardInputFileDescriptor", "h", 0),), (theirs.detach(),), ours.detach())
+            return cls((prop("StandardInputFileDescriptor", 0),), (theirs.detach(),), ours.detach())
         if options.interactive and os.isatty(0):  # not the terminal itself, which the pod could keep
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            return cls((("StandardInputFileDescriptor", "h", 0),), (read_end,), typed=WriteEnd(write_end))
+            return cls((prop("StandardInputFileDescriptor", 0),), (read_end,), typed=WriteEnd(write_end))
         if options.interactive:  # our stdin itself: a pipe or a file
-            return cls((("StandardInputFileDescriptor", "h", 0),), (0,))
+            return cls((prop("StandardInputFileDescriptor", 0),), (0,))
         return cls()
 
     def close_given(self) -> None:
@@ -218,7 +219,7 @@ def _start_service(
     try:
         systemd.wait_for_job(job, f"starting {pod.unit}")
     except JobFailed as failure:
-        if not (("Type", "s", "exec") in plan.properties and _the_app_ran(systemd, pod)):
+        if not (prop("Type", "exec") in plan.properties and _the_app_ran(systemd, pod)):
             complaint, killed = _first_complaint(pod), _killed(systemd, pod)
             if pod.spec.restart != "no":  # else systemd starts it again, and keeps it once it gives up
                 systemd.stop_unit(pod.unit)

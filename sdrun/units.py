@@ -13,7 +13,7 @@ transient one is. Each start of sdrun-NAME.service (docs/units.md):
 The pod has a stable UUID derived from its name, so its journal stream (and
 `sdrun logs NAME`) spans restarts as `journalctl -u sdrun-NAME` does. Every
 other property comes from the same list a transient run hands to systemd
-(properties.pod_service_properties), written through properties.UNIT_KEYS.
+(properties.pod_service_properties), written through propertytable.PROPERTIES.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from sdrun.pod import Pod, PodStore, load_pod, unit_name, write_file_atomically
 from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings
 from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
+from sdrun.systemd.propertytable import USEC, _duration, prop, unit_file_entries
 from sdrun.systemd.unitfile import UnitFile
 from stage1.interface import Stage1, UnitPlan, ensure_unit_interpreter
 
@@ -176,15 +177,11 @@ def pod_units(spec: PodSpec, paths: Paths, *, scratch: Path | None = None) -> Po
     unit_properties = [
         # sdrun's own commands run as root whatever User= the stage1 gives the app (PermissionsStartOnly=).
         *properties.pod_service_properties(pod, plan, start_pre=[properties.exec_command(prepare)]),
-        (
-            "ExecStartPost",
-            "a(sasb)",
-            [properties.exec_command([*sdrun, "register-machine", pod.uuid], ignore_failure=True)],
-        ),
+        prop("ExecStartPost", [properties.exec_command([*sdrun, "register-machine", pod.uuid], ignore_failure=True)]),
         *_companion_dependencies(spec),
     ]
     service = UnitFile(tuple(line.format(name=spec.name) for line in HEADER))
-    service.extend(properties.unit_file_entries(unit_properties))
+    service.extend(unit_file_entries(unit_properties))
     service.add("Install", "WantedBy", " ".join(spec.service.wanted_by or ("multi-user.target",)))
     files = {pod.unit: service}
     if spec.service.listen:
@@ -202,7 +199,7 @@ def _companion_dependencies(spec: PodSpec) -> list[Property]:
         companions += [unit_name(spec.name, "socket")]
     if spec.service.healthcheck:
         companions += [health_unit(spec.name, "timer")]
-    return [("Wants", "as", companions)] if companions else []
+    return [prop("Wants", companions)] if companions else []
 
 
 def _plan_without_pod_dir(pod: Pod, scratch: Path | None, image_record: PodImage | None) -> UnitPlan:
@@ -240,18 +237,18 @@ def _health_service(spec: PodSpec, sdrun: list[str], pod: Pod) -> UnitFile:
     interval is more than the default 5 starts in 10 s, and a limit hit would stop the checks."""
     unit = UnitFile(tuple(line.format(name=spec.name) for line in HEADER))
     entries = [
-        ("Description", "s", f"sdrun pod {spec.name}: health check"),
-        ("After", "as", [pod.unit]),
-        ("StartLimitIntervalUSec", "t", 0),
-        ("Type", "s", "oneshot"),
-        ("ExecStart", "a(sasb)", [properties.start_command([*sdrun, "healthcheck", pod.uuid])]),
+        prop("Description", f"sdrun pod {spec.name}: health check"),
+        prop("After", [pod.unit]),
+        prop("StartLimitIntervalUSec", 0),
+        prop("Type", "oneshot"),
+        prop("ExecStart", [properties.start_command([*sdrun, "healthcheck", pod.uuid])]),
     ]
-    return unit.extend(properties.unit_file_entries(entries))
+    return unit.extend(unit_file_entries(entries))
 
 
 def _health_timer(spec: PodSpec) -> UnitFile:
     unit = UnitFile(tuple(line.format(name=spec.name) for line in HEADER))
-    interval = properties._duration(round(spec.service.healthcheck_interval * properties.USEC))[0]
+    interval = _duration(round(spec.service.healthcheck_interval * USEC))[0]
     unit.add("Unit", "Description", f"sdrun pod {spec.name}: health checks every {interval}")
     unit.add("Unit", "PartOf", unit_name(spec.name, "service"))  # stops and restarts with the pod
     unit.add("Timer", "OnActiveSec", interval)

@@ -25,7 +25,8 @@ from sdrun.spec import (
     parse_ulimit,
 )
 from sdrun.systemd.bus import unit_object_path
-from sdrun.systemd.properties import DEFAULT_PIDS_LIMIT, TASKS_MAX_INFINITY, escape_variables, resource_properties
+from sdrun.systemd.properties import DEFAULT_PIDS_LIMIT, escape_variables, resource_properties
+from sdrun.systemd.propertytable import TASKS_MAX_INFINITY
 
 
 @pytest.mark.parametrize(

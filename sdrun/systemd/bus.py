@@ -81,47 +81,6 @@ class UnitStatus(NamedTuple):
     description: str = ""
 
 
-# systemd writes a transient unit to /run/systemd/transient and reads that file back at every
-# daemon-reload and daemon-reexec; what it cannot read back is lost from the running unit, or
-# changed. 252 writes the ExecStartPreEx= kind of property under its own name, a key its parser
-# does not know (the command goes), and a command's `$` and `;` as `\$` and `\;`, which it reads
-# back as those two characters (the command changes). Properties are checked as they are sent.
-UNRELOADABLE_CHARACTERS = "$;"
-
-
-def refuse_unreloadable(properties: Sequence[Property]) -> None:
-    """SdrunError for a property a transient unit would not keep across a daemon-reload on 252."""
-    for name, signature, value in properties:
-        if signature == "t" and name.endswith("USec"):
-            _refuse_unreloadable_duration(name, value)
-        if not name.startswith("Exec"):
-            continue
-        if signature != "a(sasb)":
-            raise SdrunError(f"unit property {name} ({signature}) would not survive a daemon-reload of systemd 252")
-        for executable, argv, _ in value:
-            for word in (executable, *argv):
-                if any(char in word for char in UNRELOADABLE_CHARACTERS):
-                    raise SdrunError(
-                        f"{name}: systemd 252 would change the argument {word!r} at a daemon-reload",
-                        hint=f"a command systemd runs for sdrun cannot have {' or '.join(UNRELOADABLE_CHARACTERS)}"
-                        " in it (its paths among it)",
-                    )
-
-
-USEC_INFINITY = (1 << 64) - 1
-
-
-def _refuse_unreloadable_duration(name: str, usec: int) -> None:
-    """252 writes durations in whole milliseconds (below one, in microseconds), CPUQuota= in whole
-    percent, and reads a zero timeout as none (TimeoutStopSec=0)."""
-    cpu = name == "CPUQuotaPerSecUSec"
-    step = 10_000 if cpu else 1000
-    if usec != USEC_INFINITY and (usec >= step or cpu) and usec % step:
-        raise SdrunError(f"unit property {name}={usec}: systemd 252 would round it at a daemon-reload")
-    if name.startswith("Timeout") and usec == 0:
-        raise SdrunError(f"unit property {name}=0: systemd 252 would read it back as no timeout at all")
-
-
 def system_bus_address() -> str:
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", DEFAULT_ADDRESS)
 
@@ -338,7 +297,10 @@ class Systemd:
         """Create a transient unit and queue its start; return the job, for wait_for_job().
         Between the two, systemd starts the unit while the caller does other work. fds: the
         descriptors that properties of type "h" name by their index in it (StandardInputFileDescriptor=...),
-        on a connection made with unix_fds."""
+        on a connection made with unix_fds. A property systemd 252 would not keep across a
+        daemon-reload is refused (propertytable, loaded already by whoever made the properties)."""
+        from sdrun.systemd.propertytable import refuse_unreloadable
+
         refuse_unreloadable(properties)
         wrapped = [[name, Variant(signature, value)] for name, signature, value in properties]
         message = _call("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", wrapped, []])

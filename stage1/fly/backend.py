@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
+from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION, read_plan
 from stage1 import write_plan as write_entry_plan
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
@@ -40,7 +41,7 @@ class Fly(Stage1, name="fly"):
         # The other pods (image pods, volumes...: native_obstacle says why) keep the Python entry.
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
-        properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
+        properties = (prop("Type", "notify"), prop("NotifyAccess", "main"))
         return UnitPlan(*entry_command("stage1.fly", pod), properties)
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:

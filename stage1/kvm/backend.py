@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION
 from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
 
@@ -71,17 +72,17 @@ def unit_properties(pod: Pod) -> list[Property]:
     spec = pod.spec
     stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
     properties: list[Property] = [
-        ("Type", "s", "notify"),
+        prop("Type", "notify"),
         # vm.sh's READY=1, and the network tear-down's EXTEND_TIMEOUT_USEC= (sdrun.net.hook); not qemu's.
-        ("NotifyAccess", "s", "exec"),
+        prop("NotifyAccess", "exec"),
         # SIGTERM goes to vm.sh alone, which asks the guest to stop the app; SIGKILL, after
         # TimeoutStopSec=, to everything: qemu and virtiofsd. A stop timeout of 0 is SIGKILL at
         # once (stop_properties), to everything.
-        ("KillMode", "s", "control-group" if stop_timeout == 0 else "mixed"),
+        prop("KillMode", "control-group" if stop_timeout == 0 else "mixed"),
         *stop_properties(stop_timeout, signal.SIGTERM),
     ]
     if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
-        properties.append(("MemoryMax", "t", guest_memory(spec) + VM_OVERHEAD))
+        properties.append(prop("MemoryMax", guest_memory(spec) + VM_OVERHEAD))
     return properties
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from sdrun.systemd.propertytable import prop
 from stage1 import sealed, write_plan
 from stage1.app import resolve_pod_app
 from stage1.etcfiles import write_etc_files
@@ -87,17 +88,15 @@ class Namespace(Stage1, name="namespace"):
 def unit_properties(pod: Pod) -> list[Property]:
     spec = pod.spec
     properties: list[Property] = [
-        ("Type", "s", "notify"),
-        ("NotifyAccess", "s", "all"),  # MAINPID= comes from the entry, which then exits
+        prop("Type", "notify"),
+        prop("NotifyAccess", "all"),  # MAINPID= comes from the entry, which then exits
         *device_properties(pod),
         *stop_properties(pod),
     ]
-    # As systemd-run sends them: SELinuxContext= as a string (read back as a struct), AppArmorProfile=
-    # as (ignore failure, profile), a struct that dbus-next wants as a list.
     if spec.isolation.selinux_type:
-        properties.append(("SELinuxContext", "s", spec.isolation.selinux_type))
-    if spec.isolation.apparmor:
-        properties.append(("AppArmorProfile", "(bs)", [False, spec.isolation.apparmor]))
+        properties.append(prop("SELinuxContext", spec.isolation.selinux_type))
+    if spec.isolation.apparmor:  # (ignore failure, profile)
+        properties.append(prop("AppArmorProfile", [False, spec.isolation.apparmor]))
     return properties
 
 
@@ -119,7 +118,7 @@ def device_properties(pod: Pod) -> list[Property]:
     for text in pod.spec.isolation.device:
         host, _, permissions = text.split(":")
         allowed.append([os.path.realpath(host), permissions])
-    return [("DevicePolicy", "s", "closed"), ("DeviceAllow", "a(ss)", allowed)]
+    return [prop("DevicePolicy", "closed"), prop("DeviceAllow", allowed)]
 
 
 def stop_properties(pod: Pod) -> list[Property]:

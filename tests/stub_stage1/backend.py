@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION, write_plan
 from stage1.app import resolve_pod_app
 from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
@@ -42,5 +43,5 @@ class Stub(Stage1, name="stub"):
         scratch.mkdir(mode=0o700, exist_ok=True)
         write_plan(str(Path(scratch, PLAN_FILE)), plan)
         # READY=1 comes from the entry right before its exec: `run -d` returns with the app running.
-        properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
+        properties = (prop("Type", "notify"), prop("NotifyAccess", "main"))
         return UnitPlan(*entry_command("tests.stub_stage1", pod), properties)
