@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
+from sdrun.settings import not_honoured
+from sdrun.spec import SETTINGS_TABLE
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan
@@ -69,7 +71,7 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         raise SpecError(f"--net {spec.net} needs network isolation: fly shares the host's (--net host)")
     if spec.service.notify:
         raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-    given = spec.isolation.flags_given()
+    given = not_honoured(spec, SETTINGS_TABLE, "fly")
     given["--seccomp"] = spec.isolation.seccomp not in ("default", "unconfined")  # unconfined is what fly is
     given["a volume's :U"] = any(volume.chown for volume in spec.app.volumes)
     given["a volume's :idmap"] = any(volume.idmap for volume in spec.app.volumes)
