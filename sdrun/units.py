@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore, load_pod, unit_name, write_file_atomically
-from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings
+from sdrun.settings import UNITS, field_value
+from sdrun.spec import SETTINGS_TABLE, PodSpec, check_settings
+from sdrun.specbuild import all_settings, build_spec, settings_table
 from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
 from sdrun.systemd.propertytable import USEC, _duration, prop, unit_file_entries
@@ -64,60 +66,18 @@ def health_unit(name: str, kind: str) -> str:
 
 
 def spec_settings(spec: PodSpec) -> list[tuple[str, str | None]]:
-    """The spec as (setting, value) pairs that check_settings turns back into the same spec.
-    A list repeats its key; a true flag has no value; defaults are left out."""
-    app, resources = spec.app, spec.resources
-    pairs: list[tuple[str, Any]] = [
-        ("name", spec.name),
-        ("stage1", spec.stage1),
-        ("rootfs", spec.rootfs),
-        ("image", spec.image),
-        *[("exec", arg) for arg in app.argv],
-        *_entrypoint_settings(app.entrypoint),
-        *[("env", f"{key}={value}") for key, value in app.env.items()],
-        ("workdir", app.workdir),
-        ("user", app.user),
-        *[("volume", str(volume)) for volume in app.volumes],
-        *[("ulimit", limit) for limit in app.ulimits],
-        ("memory", resources.memory),
-        ("cpus", resources.cpus),
-        ("pids_limit", resources.pids),
-        ("restart", None if spec.restart == "no" else spec.restart),
-        *[("label", f"{key}={value}") for key, value in spec.labels.items()],
-        ("net", spec.net),  # always: the stage1's default may be another
-        *[("port", str(port)) for port in spec.ports],
-        ("stop_signal", spec.stop_signal),
-        ("stop_timeout", spec.stop_timeout),
-        *_record_settings(spec.isolation),
-        *_record_settings(spec.service),
-        *[pair for pair in _record_settings(spec) if pair[0] in SETTINGS and pair[0] not in SPELLED_OUT],
-    ]
+    """The spec as (setting, value) pairs that check_settings turns back into the same spec, in the
+    settings table's order: each setting a unit carries (sdrun.settings.UNITS), unless at its default.
+    A list repeats its key; a true flag has no value."""
     if spec.scope:
         raise SpecError("a --scope pod cannot be an installed unit: it runs as a child of the CLI")
-    return [(key, None if value is True else str(value)) for key, value in pairs if value not in (None, False)]
-
-
-# PodSpec fields written above by hand; any other top-level field named as a setting
-# (a stage1's own, e.g. kvm_kernel) is carried as it is.
-SPELLED_OUT = frozenset({"name", "stage1", "rootfs", "image", "restart", "net", "stop_signal", "stop_timeout"})
-
-
-def _entrypoint_settings(entrypoint: tuple[str, ...] | None) -> list[tuple[str, str]]:
-    """None keeps the image's entrypoint; an empty one clears it, which the setting spells ""."""
-    if entrypoint is None:
-        return []
-    return [("entrypoint", item) for item in entrypoint] or [("entrypoint", "")]
-
-
-def _record_settings(options: Any) -> list[tuple[str, Any]]:
-    """Fields of Isolation and ServiceOptions (and PodSpec's plain ones) are named as their settings."""
-    pairs: list[tuple[str, Any]] = []
-    defaults = options._field_defaults
-    for name, value in options._asdict().items():
-        if name in defaults and value == defaults[name]:
-            continue
-        pairs += [(name, item) for item in value] if type(value) is tuple else [(name, value)]
-    return pairs
+    table = all_settings().values() if spec.stage1_settings else SETTINGS_TABLE
+    return [
+        (setting.dest, value)
+        for setting in table
+        if UNITS in setting.front_ends and setting.field is not None
+        for value in setting.unit_values(field_value(spec, setting))
+    ]
 
 
 def spec_arguments(spec: PodSpec) -> list[str]:
@@ -137,7 +97,7 @@ def spec_from_arguments(arguments: Sequence[str], default_stage1: str) -> PodSpe
             raw[key] = item
         else:
             raw[key] = [*raw[key], item] if isinstance(raw[key], list) else [raw[key], item]
-    settings = check_settings(raw, "unit settings")
+    settings = check_settings(raw, "unit settings", settings_table(raw))
     if "name" not in settings:
         raise SpecError("unit settings: no --name")
     return build_spec(settings, default_name=str(settings["name"]), default_stage1=default_stage1)
@@ -329,7 +289,7 @@ def generate_from_directory(spec_dir: Path, output: Path, paths: Paths, default_
     errors = []
     for spec_file in sorted(spec_dir.glob("*.toml")):
         try:
-            settings = load_spec_file(spec_file)
+            settings = load_spec_file(spec_file, settings_table)
             settings.setdefault("name", spec_file.stem)
             spec = build_spec(settings, default_name=spec_file.stem, default_stage1=default_stage1)
             if spec.name != spec_file.stem:

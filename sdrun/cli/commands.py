@@ -18,14 +18,16 @@ import click
 from click.core import ParameterSource
 
 from sdrun import manage
+from sdrun import settings as setting_kinds
 from sdrun.cli import die, errors_reported, runcommand
-from sdrun.cli.runcommand import RunOption, without_separator
+from sdrun.cli.runcommand import without_separator
 from sdrun.errors import NotFound, SdrunError
 from sdrun.net import pod_address
 from sdrun.paths import Paths
 from sdrun.pod import MIN_PREFIX, Pod, PodStore
 
 if TYPE_CHECKING:
+    from sdrun.settings import Setting
     from sdrun.systemd.bus import Systemd
 
 T = TypeVar("T")
@@ -103,6 +105,15 @@ class SdrunGroup(SdrunCommand, click.Group):
         with usage_errors_reported(ctx), errors_reported(debug=_debugging(ctx), passed_on=CLICK_EXITS):
             return super().invoke(ctx)
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and cmd_name in TAKE_RUN_OPTIONS:
+            add_stage1_options(command)
+        return command
+
+
+TAKE_RUN_OPTIONS = ("run", "generate", "install")
+
 
 # How click itself leaves (--help, a usage error, ^C at a prompt): usage_errors_reported words
 # the usage errors; click prints the others.
@@ -157,17 +168,41 @@ pass_context = click.make_pass_decorator(Context)
 # --- run ---
 
 
-def run_option(option: RunOption) -> Callable[[click.Command], click.Command]:
-    """The click option for one entry of runcommand.RUN_OPTIONS."""
+def run_option(option: Setting) -> Callable[[click.Command], click.Command]:
+    """The click option for one row of the settings table (or of runcommand.RUN_OPTIONS)."""
     kinds: dict[str, dict[str, Any]] = {
-        runcommand.VALUE: {},
-        runcommand.MULTIPLE: {"multiple": True},
-        runcommand.FLAG: {"is_flag": True, "default": None if option.setting else False},
-        runcommand.PATH: {"type": click.Path(path_type=Path)},
-        runcommand.BOOLEAN: {"type": click.BOOL, "default": None},
-        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied, "cls": ValueAfterEquals},
+        setting_kinds.VALUE: {},
+        setting_kinds.COMMAND: {},  # the words are split by the verb (sdrun.cli.units)
+        setting_kinds.MULTIPLE: {"multiple": True},
+        setting_kinds.FLAG: {"is_flag": True, "default": None if option.spec else False},
+        setting_kinds.PATH: {"type": click.Path(path_type=Path)},
+        setting_kinds.BOOLEAN: {"type": click.BOOL, "default": None},
+        setting_kinds.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied, "cls": ValueAfterEquals},
     }
     return click.option(*option.names, option.dest, help=option.help, metavar=option.metavar, **kinds[option.kind])
+
+
+def click_options(options: Iterable[Setting]) -> list[click.Parameter]:
+    """The click options of rows of the settings table, in their order."""
+    probe = click.Command("probe")
+    for option in options:
+        run_option(option)(probe)  # on a command (not a function), click appends the option
+    return probe.params
+
+
+# The commands that take run's options, and so the stage1s' own settings too: those are added
+# when the command is looked up (SdrunGroup.get_command), since finding them imports every stage1.
+STAGE1_OPTIONS_ADDED: set[str] = set()
+
+
+def add_stage1_options(command: click.Command) -> click.Command:
+    """Give a command that takes run's options the stage1s' own settings as options too (once)."""
+    if command.name not in STAGE1_OPTIONS_ADDED:
+        STAGE1_OPTIONS_ADDED.add(str(command.name))
+        arguments = [param for param in command.params if isinstance(param, click.Argument)]
+        options = [param for param in command.params if not isinstance(param, click.Argument)]
+        command.params = [*options, *click_options(runcommand.stage1_options()), *arguments]
+    return command
 
 
 def given_options(click_ctx: click.Context, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from sdrun.paths import Paths
 from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION, read_plan
 from stage1 import write_plan as write_entry_plan
+from sdrun.settings import not_honoured
+from sdrun.spec import SETTINGS_TABLE
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan
@@ -73,7 +75,7 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         raise SpecError(f"--net {spec.net} needs network isolation: fly shares the host's (--net host)")
     if spec.service.notify:
         raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-    given = spec.isolation.flags_given()
+    given = not_honoured(spec, SETTINGS_TABLE, "fly")
     given["--seccomp"] = spec.isolation.seccomp not in ("default", "unconfined")  # unconfined is what fly is
     given["a volume's :U"] = any(volume.chown for volume in spec.app.volumes)
     given["a volume's :idmap"] = any(volume.idmap for volume in spec.app.volumes)
