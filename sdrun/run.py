@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe, error_line
 from sdrun.image.pullsettings import PullSettings
 from sdrun.net import on_network, release, scope_network
 from sdrun.paths import Paths
@@ -577,7 +577,7 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
         close_all_but_stdio()  # the app gets the terminal, and no other descriptor of ours (the bus...)
         backend.exec_in_scope(pod)
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
-        sys.stderr.write(f"sdrun: {describe(error)}\n")
+        sys.stderr.write(error_line(describe(error)))
         os._exit(EXIT_RUNTIME_ERROR)
 
 

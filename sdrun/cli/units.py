@@ -11,7 +11,7 @@ import click
 
 from sdrun.cli.commands import Context, given_options, main, pass_context, with_systemd
 from sdrun.cli.runcommand import DEFAULT_STAGE1, spec_from_run_options
-from sdrun.errors import SdrunError, SpecError
+from sdrun.errors import SdrunError, SpecError, error_line
 from sdrun.spec import PodSpec, check_settings, parse_name
 
 if TYPE_CHECKING:
@@ -181,8 +181,8 @@ def healthcheck(ctx: Context, pod_uuid: str) -> None:
     pod = ctx.store.load(pod_uuid)
     status = with_systemd(lambda systemd: units.healthcheck(systemd, pod))
     if status is None:
-        click.echo(f"sdrun: pod '{pod.name}' is not active: not checked", err=True)
+        sys.stderr.write(error_line(f"pod '{pod.name}' is not active: not checked"))
         return
     if status:
-        click.echo(f"sdrun: health check of pod '{pod.name}' failed (exit status {status}): restarting it", err=True)
+        sys.stderr.write(error_line(f"health check of pod '{pod.name}' failed (exit status {status}): restarting it"))
     sys.exit(status)
