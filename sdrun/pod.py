@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sdrun.errors import NotFound, SdrunError
+from sdrun.files import write_atomically
 from sdrun.paths import Paths
 from sdrun.spec import PodSpec
 
@@ -130,7 +131,7 @@ class PodStore:
         pod = Pod(pod_uuid, final, spec, time.time())
         manifest = {"version": MANIFEST_VERSION, "uuid": pod_uuid, "created": pod.created, "spec": spec.to_json()}
         try:
-            write_file_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
+            write_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
             staging.rename(final)
             self._reserve_name(spec.name, pod_uuid)
         except BaseException:
@@ -259,13 +260,3 @@ def new_uuid() -> str:
     value = value & ~(0xC000 << 48) | (0x8000 << 48)  # the RFC 4122 variant
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file, fsync, then rename: readers see all or nothing."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    temporary.rename(path)

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdrun.errors import NotFound, SdrunError, SpecError
+from sdrun.files import write_atomically
 from sdrun.paths import Paths
-from sdrun.pod import Pod, PodStore, load_pod, unit_name, write_file_atomically
+from sdrun.pod import Pod, PodStore, load_pod, unit_name
 from sdrun.spec import SETTINGS, PodSpec, build_spec, check_settings
 from sdrun.systemd import bus, properties
 from sdrun.systemd.bus import Property, Systemd
@@ -294,7 +295,7 @@ def write_units(units: PodUnits, unit_dir: Path) -> list[Path]:
     written = []
     for name, text in units.rendered().items():
         path = unit_dir / name
-        write_file_atomically(path, text)
+        write_atomically(path, text)
         path.chmod(0o644)
         written.append(path)
     return written
@@ -453,7 +454,7 @@ def healthcheck(systemd: Systemd, pod: Pod) -> int | None:
         return None
     status = manage.enter(systemd, pod, list(pod.spec.service.healthcheck))
     # For list and status; gone with the pod directory, which each start makes anew (prepare).
-    write_file_atomically(Paths.health_record(pod.dir), f"{status} {time.time():.0f}\n")
+    write_atomically(Paths.health_record(pod.dir), f"{status} {time.time():.0f}\n")
     if status != 0:
         bus.restart_unit(systemd, pod.unit)  # queued: this unit is not part of the restart
     return status

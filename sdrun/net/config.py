@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from sdrun import records
 from sdrun.errors import NotFound, SdrunError, SpecError
+from sdrun.files import write_atomically
 from sdrun.net import DEFAULT, HOST, NONE, network_dir
 
 # Candidates for the default subnet, in order; podman's 10.88.0.0/16 and Docker's 172.17.0.0/16 are left out.
@@ -159,10 +160,8 @@ def create(root: Path, name: str, subnet: str) -> Network:
 
 
 def _save(root: Path, network: Network) -> Network:
-    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
-
     path = definition_path(root, network.name)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(root / "net", 0o755)  # a pod in a user namespace reads its network's hosts file through it
-    write_file_atomically(path, json.dumps(records.plain(network), indent=2) + "\n")
+    write_atomically(path, json.dumps(records.plain(network), indent=2) + "\n")
     return network

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from sdrun import records
 from sdrun.errors import SdrunError
+from sdrun.files import write_atomically
 from sdrun.net import added_hosts, lease_path, network_dir, own_hosts_path
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
@@ -144,11 +145,9 @@ def check_ports(ports: tuple[PortMapping, ...], others: list[Lease]) -> None:
 
 
 def write_lease(root: Path, lease: Lease) -> None:
-    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
-
     path = lease_path(root, lease.network, lease.pod)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    write_file_atomically(path, lease.to_json())
+    write_atomically(path, lease.to_json())
 
 
 def remove_lease(root: Path, lease: Lease) -> None:
