@@ -25,11 +25,10 @@ from typing import NamedTuple
 
 from sdrun.errors import NotFound, SdrunError
 from sdrun.files import write_atomically
-from sdrun.paths import Paths
+from sdrun.paths import REMOVING_PREFIX, STAGING_PREFIX, Paths
 from sdrun.spec import PodSpec
 
 MANIFEST_VERSION = 1
-REMOVING = ".removing-"  # pods/.removing-<uuid>.<random>: a pod directory on its way out
 MIN_PREFIX = 4  # the shortest UUID prefix that names a pod: fewer is too easily a typo's match
 
 
@@ -124,7 +123,7 @@ class PodStore:
         self.paths.pods.mkdir(parents=True, exist_ok=True)
         self.paths.names.mkdir(parents=True, exist_ok=True)
         final = self.paths.pod_dir(pod_uuid)
-        staging = self.paths.pods / f".new-{pod_uuid}"
+        staging = self.paths.staging_dir(pod_uuid)
         staging.mkdir(mode=0o700)
         lock = _try_lock(Paths.lock(staging))  # held across the rename: the flock follows the file
         assert lock is not None  # nobody else knows the directory yet
@@ -209,7 +208,7 @@ class PodStore:
         link = self.paths.name_link(pod.name)
         if self._pod_behind(link) == pod.uuid:
             link.unlink()
-        trash = self.paths.pods / f"{REMOVING}{pod.uuid}.{os.urandom(4).hex()}"
+        trash = self.paths.removing_dir(pod.uuid)
         try:
             pod.dir.rename(trash)  # the flock a caller holds goes with it
         except FileNotFoundError:
@@ -222,7 +221,7 @@ class PodStore:
         directories stay whatever they hold."""
         removed = []
         for entry in self._entries(self.paths.pods):
-            if entry.name.startswith((".new-", REMOVING)):
+            if entry.name.startswith((STAGING_PREFIX, REMOVING_PREFIX)):
                 leftover = True  # its creator or remover died, or is at work and holds its lock
             else:  # a pod's directory that lost its manifest, and is no unit's: it was being removed
                 leftover = entry.name not in in_units and not Paths.manifest(Path(entry.path)).exists()

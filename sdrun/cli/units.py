@@ -12,6 +12,7 @@ import click
 from sdrun.cli.commands import Context, given_options, main, pass_context, with_systemd
 from sdrun.cli.runcommand import DEFAULT_STAGE1, spec_from_run_options
 from sdrun.errors import SdrunError, SpecError, error_line
+from sdrun.paths import DEFAULT_UNIT_DIR
 from sdrun.spec import PodSpec, check_settings, parse_name
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def install(
     if options.get("name") not in (None, pod_name):
         raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
     spec = _spec_from(click_ctx, options)._replace(name=parse_name(pod_name))
-    target = unit_dir or units.DEFAULT_UNIT_DIR
+    target = unit_dir or DEFAULT_UNIT_DIR
 
     def install_pod(systemd: Systemd) -> str:
         units.check_install(systemd, spec, target, replace=replace)  # before a pull
@@ -140,7 +141,7 @@ def uninstall(ctx: Context, unit_dir: Path | None, name: str) -> None:
     """Stop, disable and remove an installed pod's units (and its pod directory)."""
     from sdrun import units
 
-    target = unit_dir or units.DEFAULT_UNIT_DIR
+    target = unit_dir or DEFAULT_UNIT_DIR
     with_systemd(lambda systemd: units.uninstall(systemd, ctx.paths, name, target))
     click.echo(f"sdrun-{name}.service")
 

@@ -89,7 +89,7 @@ class ProgressLine:
 def source_for(paths: Paths, text: str, *, tls_verify: bool | None) -> ImageSource:
     reference = parse_reference(text)
     if isinstance(reference, RegistryReference):
-        credentials = credentials_for(reference.host, auth_files(auth_file(paths)))
+        credentials = credentials_for(reference.host, auth_files(paths.auth_file))
         return RegistrySource(reference, tls_verify=tls_verify, credentials=credentials)
     assert isinstance(reference, FileReference)
     if reference.transport == "oci":
@@ -97,10 +97,6 @@ def source_for(paths: Paths, text: str, *, tls_verify: bool | None) -> ImageSour
     if reference.transport == "oci-archive":
         return OciArchiveSource(reference)
     return DockerArchiveSource(reference)
-
-
-def auth_file(paths: Paths) -> Path:
-    return paths.root / "auth.json"
 
 
 def rootfs_source(path: Path, platform: oci.Platform | None) -> ImageSource:
@@ -248,17 +244,13 @@ def pull(paths: Paths, text: str, options: PullOptions) -> Image:
     return copy_image(store, source, source.names(), options, _admission(paths, source, options.verify))
 
 
-def policy_file(paths: Paths) -> Path:
-    return paths.root / "policy.json"
-
-
 def _admission(paths: Paths, source: ImageSource, verify: bool) -> Admission | None:
     """The policy's checks of a registry pull: the registry now, the digests once the registry sends them."""
     if not isinstance(source, RegistrySource):
         if verify:
             raise PolicyError(f"--verify: {source.description} is not from a registry: no policy covers it")
         return None
-    policy = load_policy(policy_file(paths))
+    policy = load_policy(paths.policy_file)
     reference = source.reference
     policy.check_registry(reference)
     return lambda digests: policy.check_digests(reference, digests, verify=verify)

@@ -18,7 +18,8 @@ from typing import NamedTuple
 from sdrun import records
 from sdrun.errors import NotFound, SdrunError, SpecError
 from sdrun.files import write_atomically
-from sdrun.net import DEFAULT, HOST, NONE, network_dir
+from sdrun.net import DEFAULT, HOST, NONE
+from sdrun.paths import Paths
 
 # Candidates for the default subnet, in order; podman's 10.88.0.0/16 and Docker's 172.17.0.0/16 are left out.
 DEFAULT_SUBNETS = ("10.87.0.0/16", "10.86.0.0/16", "10.85.0.0/16", "172.30.0.0/16", "192.168.230.0/24")
@@ -48,7 +49,7 @@ class Network(NamedTuple):
 
 
 def definition_path(root: Path, name: str) -> Path:
-    return network_dir(root, name) / "network.json"
+    return Paths(root).network_definition(name)
 
 
 def parse_subnet(text: str) -> str:
@@ -95,11 +96,11 @@ def clash(subnet: str, root: Path, ignore: str | None = None) -> str | None:
 def networks(root: Path) -> list[Network]:
     found = []
     try:
-        entries = sorted(os.scandir(root / "net"), key=lambda entry: entry.name)
+        entries = sorted(os.scandir(Paths(root).net), key=lambda entry: entry.name)
     except FileNotFoundError:
         return []
     for entry in entries:
-        path = Path(entry.path) / "network.json"
+        path = definition_path(root, entry.name)
         if path.exists():
             found.append(Network(**json.loads(path.read_text())))
     return found
@@ -121,7 +122,7 @@ def _default_network(root: Path) -> Network:
     if "subnet" in settings:
         subnet = parse_subnet(str(settings["subnet"]))
         if (reason := clash(subnet, root, ignore=DEFAULT)) is not None:
-            raise SdrunError(f"{root / 'net.toml'}: subnet {subnet} overlaps {reason}")
+            raise SdrunError(f"{Paths(root).net_settings}: subnet {subnet} overlaps {reason}")
         return Network(DEFAULT, subnet, bridge)
     for candidate in DEFAULT_SUBNETS:
         if clash(candidate, root, ignore=DEFAULT) is None:
@@ -132,7 +133,7 @@ def _default_network(root: Path) -> Network:
 def _net_toml(root: Path) -> dict[str, object]:
     import tomllib
 
-    path = root / "net.toml"
+    path = Paths(root).net_settings
     try:
         with path.open("rb") as stream:
             settings = tomllib.load(stream)
@@ -162,6 +163,6 @@ def create(root: Path, name: str, subnet: str) -> Network:
 def _save(root: Path, network: Network) -> Network:
     path = definition_path(root, network.name)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(root / "net", 0o755)  # a pod in a user namespace reads its network's hosts file through it
+    os.chmod(Paths(root).net, 0o755)  # a pod in a user namespace reads its network's hosts file through it
     write_atomically(path, json.dumps(records.plain(network), indent=2) + "\n")
     return network

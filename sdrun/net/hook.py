@@ -72,7 +72,8 @@ def teardown(pod_dir: Path) -> None:
     from sdrun.net.pod import teardown as undo
 
     root = Paths.root_of(pod_dir)
-    for network in sorted(os.listdir(root / "net")) if (root / "net").is_dir() else []:
+    net = Paths(root).net
+    for network in sorted(os.listdir(net)) if net.is_dir() else []:
         if lease_path(root, network, pod_dir.name).exists():
             undo(root, pod_dir.name, network)
 

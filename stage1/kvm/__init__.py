@@ -139,7 +139,7 @@ def prepare(pod: Pod) -> None:
     elif importlib.util.find_spec("stage1.rootfs") is None:
         raise SpecError("the kvm stage1 cannot mount images yet", hint="use --rootfs DIR")
     kernel = initramfs.find_kernel(spec.kvm_kernel)
-    cache = kvm_cache(pod)
+    cache = Paths.of_pod(pod.dir).kvm_cache
     image = initramfs.initramfs(kernel, cache)
     accel = machine.choose_accel(spec.kvm_accel, kernel, image, cache)
     scratch = stage1_dir(pod)
@@ -154,8 +154,3 @@ def prepare(pod: Pod) -> None:
     # A uid of the pod's own, out of the host's way: the first of the range --private-users=auto would give it.
     command = machine.qemu_command(spec, kernel, image, accel, auto_range_base(pod.uuid))
     (scratch / "qemu.json").write_text(json.dumps(command, indent=1) + "\n")
-
-
-def kvm_cache(pod: Pod) -> Path:
-    """Shared by every pod of the same sdrun root: <root>/cache/kvm (pod dirs are <root>/pods/<uuid>)."""
-    return pod.dir.parent.parent / "cache" / "kvm"
