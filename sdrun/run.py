@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe, error_line
+from sdrun.files import write_atomically
 from sdrun.image.pullsettings import PullSettings
 from sdrun.net import on_network, release, scope_network
 from sdrun.paths import Paths
-from sdrun.pod import Pod, PodStore, exit_status_of, unit_name, write_file_atomically
+from sdrun.pod import Pod, PodStore, exit_status_of, unit_name
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
@@ -546,7 +547,7 @@ def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         record = f"{'success' if exit_status == 0 else 'exit-code'} exited {exit_status}"
     else:
         record = f"signal killed {signal.Signals(-exit_status).name.removeprefix('SIG')}"
-    write_file_atomically(Paths.exit_record(pod.dir), record + "\n")
+    write_atomically(Paths.exit_record(pod.dir), record + "\n")
     return exit_status if exit_status >= 0 else 128 - exit_status
 
 
@@ -578,7 +579,7 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
         close_all_but_stdio()  # the app gets the terminal, and no other descriptor of ours (the bus...)
         backend.exec_in_scope(pod)
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
-        sys.stderr.write(f"sdrun: {describe(error)}\n")
+        sys.stderr.write(error_line(describe(error)))
         os._exit(EXIT_RUNTIME_ERROR)
 
 

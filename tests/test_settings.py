@@ -14,7 +14,7 @@ from sdrun.settings import IMAGE_NONE, RUN, UNITS, field_value, not_honoured
 from sdrun.spec import SETTINGS, SETTINGS_TABLE, AppSpec, Isolation, PodSpec, check_settings
 from sdrun.specbuild import all_settings, build_spec, stage1_settings
 from sdrun.units import spec_from_arguments, spec_settings
-from stage1.kvm import ACCEL, KERNEL, Kvm
+from stage1.kvm.backend import ACCEL, KERNEL, Kvm
 from tests.conftest import PROJECT
 
 

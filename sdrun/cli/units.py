@@ -11,7 +11,8 @@ import click
 
 from sdrun.cli.commands import Context, click_options, given_options, main, pass_context, with_systemd
 from sdrun.cli.runcommand import RUN_OPTIONS, spec_from_run_options, unit_options
-from sdrun.errors import SdrunError, SpecError
+from sdrun.errors import SdrunError, SpecError, error_line
+from sdrun.paths import DEFAULT_UNIT_DIR
 from sdrun.settings import COMMAND, UNITS
 from sdrun.spec import DEFAULT_STAGE1, SETTINGS_TABLE, PodSpec, parse_name
 
@@ -92,7 +93,7 @@ def install(
     if options.get("name") not in (None, pod_name):
         raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
     spec = _spec_from(click_ctx, options)._replace(name=parse_name(pod_name))
-    target = unit_dir or units.DEFAULT_UNIT_DIR
+    target = unit_dir or DEFAULT_UNIT_DIR
 
     def install_pod(systemd: Systemd) -> str:
         units.check_install(systemd, spec, target, replace=replace)  # before a pull
@@ -122,7 +123,7 @@ def uninstall(ctx: Context, unit_dir: Path | None, name: str) -> None:
     """Stop, disable and remove an installed pod's units (and its pod directory)."""
     from sdrun import units
 
-    target = unit_dir or units.DEFAULT_UNIT_DIR
+    target = unit_dir or DEFAULT_UNIT_DIR
     with_systemd(lambda systemd: units.uninstall(systemd, ctx.paths, name, target))
     click.echo(f"sdrun-{name}.service")
 
@@ -163,8 +164,8 @@ def healthcheck(ctx: Context, pod_uuid: str) -> None:
     pod = ctx.store.load(pod_uuid)
     status = with_systemd(lambda systemd: units.healthcheck(systemd, pod))
     if status is None:
-        click.echo(f"sdrun: pod '{pod.name}' is not active: not checked", err=True)
+        sys.stderr.write(error_line(f"pod '{pod.name}' is not active: not checked"))
         return
     if status:
-        click.echo(f"sdrun: health check of pod '{pod.name}' failed (exit status {status}): restarting it", err=True)
+        sys.stderr.write(error_line(f"health check of pod '{pod.name}' failed (exit status {status}): restarting it"))
     sys.exit(status)

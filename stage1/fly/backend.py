@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
+from sdrun.settings import not_honoured
+from sdrun.spec import SETTINGS_TABLE
 from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION, read_plan
 from stage1 import write_plan as write_entry_plan
-from sdrun.settings import not_honoured
-from sdrun.spec import SETTINGS_TABLE
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
 from stage1.fly import entry
 from stage1.fly.native import native_obstacle, native_plan

@@ -143,7 +143,7 @@ def prepare(pod: Pod) -> None:
         raise SpecError("the kvm stage1 cannot mount images yet", hint="use --rootfs DIR")
     chosen = field_value(spec, KERNEL)
     kernel = initramfs.find_kernel(None if chosen is None else str(chosen))
-    cache = kvm_cache(pod)
+    cache = Paths.of_pod(pod.dir).kvm_cache
     image = initramfs.initramfs(kernel, cache)
     accel = machine.choose_accel(str(field_value(spec, ACCEL)), kernel, image, cache)
     scratch = stage1_dir(pod)
@@ -159,8 +159,3 @@ def prepare(pod: Pod) -> None:
     command = machine.qemu_command(spec, kernel, image, accel, auto_range_base(pod.uuid))
     plan: Plan = {"interface": INTERFACE_VERSION, "qemu": command}
     (scratch / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")
-
-
-def kvm_cache(pod: Pod) -> Path:
-    """Shared by every pod of the same sdrun root: <root>/cache/kvm (pod dirs are <root>/pods/<uuid>)."""
-    return pod.dir.parent.parent / "cache" / "kvm"

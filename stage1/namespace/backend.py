@@ -162,7 +162,7 @@ def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
     chown_volumes(pod, app.credentials.uid, app.credentials.gid, user_namespace)
     from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
 
-    compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, _seccomp_cache(pod))
+    compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, Paths.of_pod(pod.dir).seccomp_cache)
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
     path = plan_file(pod)
@@ -193,8 +193,3 @@ def _chown_tree(top: str, uid: int, gid: int) -> None:
                 subdirectories.remove(name)
         for name in [*subdirectories, *files]:
             os.chown(name, uid, gid, dir_fd=directory, follow_symlinks=False)
-
-
-def _seccomp_cache(pod: Pod) -> Path:
-    """Shared by every pod of the same sdrun root: <root>/cache/seccomp (pod dirs are <root>/pods/<uuid>)."""
-    return Paths.root_of(pod.dir) / "cache" / "seccomp"
