@@ -19,6 +19,12 @@ class SdrunError(Exception):
         self.exit_code = exit_code
 
 
+def error_line(message: str, hint: str | None = None, *, program: str = "sdrun") -> str:
+    """The one line every front end prints for a failure (the CLI, the network hook, a stage1
+    entry, a forked child): `PROGRAM: MESSAGE (hint: HINT)` and a newline."""
+    return f"{program}: {message}" + (f" (hint: {hint})" if hint else "") + "\n"
+
+
 def describe(error: BaseException) -> str:
     """One line for an error shown where no CLI edge exists (a forked child, a stage1 entry)."""
     if isinstance(error, SdrunError):

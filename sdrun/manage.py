@@ -12,7 +12,7 @@ import re
 import signal
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sdrun.errors import NotFound, SdrunError, describe
+from sdrun.errors import NotFound, SdrunError, describe, error_line
 from sdrun.net import collect_garbage, pod_address, release
 from sdrun.paths import Paths
 from sdrun.pod import Pod, PodStore
@@ -370,5 +370,5 @@ def _enter_child(
         close_all_but_stdio(keep=terminal.channel if terminal is not None else None)
         backend.enter(pod, leader, argv, changes, terminal)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
-        os.write(2, f"sdrun: {describe(error)}\n".encode())
+        os.write(2, error_line(describe(error)).encode())
         os._exit(125)

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sdrun.errors import NotFound, SdrunError
-from sdrun.paths import Paths
+from sdrun.files import write_atomically
+from sdrun.paths import REMOVING_PREFIX, STAGING_PREFIX, Paths
 from sdrun.spec import PodSpec
 
 MANIFEST_VERSION = 1
-REMOVING = ".removing-"  # pods/.removing-<uuid>.<random>: a pod directory on its way out
 MIN_PREFIX = 4  # the shortest UUID prefix that names a pod: fewer is too easily a typo's match
 
 
@@ -123,14 +123,14 @@ class PodStore:
         self.paths.pods.mkdir(parents=True, exist_ok=True)
         self.paths.names.mkdir(parents=True, exist_ok=True)
         final = self.paths.pod_dir(pod_uuid)
-        staging = self.paths.pods / f".new-{pod_uuid}"
+        staging = self.paths.staging_dir(pod_uuid)
         staging.mkdir(mode=0o700)
         lock = _try_lock(Paths.lock(staging))  # held across the rename: the flock follows the file
         assert lock is not None  # nobody else knows the directory yet
         pod = Pod(pod_uuid, final, spec, time.time())
         manifest = {"version": MANIFEST_VERSION, "uuid": pod_uuid, "created": pod.created, "spec": spec.to_json()}
         try:
-            write_file_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
+            write_atomically(Paths.manifest(staging), json.dumps(manifest, indent=2) + "\n")
             staging.rename(final)
             self._reserve_name(spec.name, pod_uuid)
         except BaseException:
@@ -208,7 +208,7 @@ class PodStore:
         link = self.paths.name_link(pod.name)
         if self._pod_behind(link) == pod.uuid:
             link.unlink()
-        trash = self.paths.pods / f"{REMOVING}{pod.uuid}.{os.urandom(4).hex()}"
+        trash = self.paths.removing_dir(pod.uuid)
         try:
             pod.dir.rename(trash)  # the flock a caller holds goes with it
         except FileNotFoundError:
@@ -221,7 +221,7 @@ class PodStore:
         directories stay whatever they hold."""
         removed = []
         for entry in self._entries(self.paths.pods):
-            if entry.name.startswith((".new-", REMOVING)):
+            if entry.name.startswith((STAGING_PREFIX, REMOVING_PREFIX)):
                 leftover = True  # its creator or remover died, or is at work and holds its lock
             else:  # a pod's directory that lost its manifest, and is no unit's: it was being removed
                 leftover = entry.name not in in_units and not Paths.manifest(Path(entry.path)).exists()
@@ -259,13 +259,3 @@ def new_uuid() -> str:
     value = value & ~(0xC000 << 48) | (0x8000 << 48)  # the RFC 4122 variant
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file, fsync, then rename: readers see all or nothing."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    temporary.rename(path)

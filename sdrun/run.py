@@ -18,14 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, SpecError, describe, error_line
+from sdrun.files import write_atomically
 from sdrun.image.pullsettings import PullSettings
 from sdrun.net import on_network, release, scope_network
 from sdrun.paths import Paths
-from sdrun.pod import Pod, PodStore, exit_status_of, unit_name, write_file_atomically
+from sdrun.pod import Pod, PodStore, exit_status_of, unit_name
 from sdrun.spec import PodSpec
 from sdrun.systemd import machined, properties
 from sdrun.systemd.bus import SERVICE, JobFailed, Systemd
+from sdrun.systemd.propertytable import prop
 from stage1.interface import Stage1, ensure_unit_interpreter
 
 if TYPE_CHECKING:
@@ -62,12 +64,12 @@ class Attachment(NamedTuple):
             import socket
 
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            return cls((("StandardInputFileDescriptor", "h", 0),), (theirs.detach(),), ours.detach())
+            return cls((prop("StandardInputFileDescriptor", 0),), (theirs.detach(),), ours.detach())
         if options.interactive and os.isatty(0):  # not the terminal itself, which the pod could keep
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            return cls((("StandardInputFileDescriptor", "h", 0),), (read_end,), typed=WriteEnd(write_end))
+            return cls((prop("StandardInputFileDescriptor", 0),), (read_end,), typed=WriteEnd(write_end))
         if options.interactive:  # our stdin itself: a pipe or a file
-            return cls((("StandardInputFileDescriptor", "h", 0),), (0,))
+            return cls((prop("StandardInputFileDescriptor", 0),), (0,))
         return cls()
 
     def close_given(self) -> None:
@@ -218,7 +220,7 @@ def _start_service(
     try:
         systemd.wait_for_job(job, f"starting {pod.unit}")
     except JobFailed as failure:
-        if not (("Type", "s", "exec") in plan.properties and _the_app_ran(systemd, pod)):
+        if not (prop("Type", "exec") in plan.properties and _the_app_ran(systemd, pod)):
             complaint, killed = _first_complaint(pod), _killed(systemd, pod)
             if pod.spec.restart != "no":  # else systemd starts it again, and keeps it once it gives up
                 systemd.stop_unit(pod.unit)
@@ -545,7 +547,7 @@ def _run_in_scope(systemd: Systemd, backend: Stage1, pod: Pod) -> int:
         record = f"{'success' if exit_status == 0 else 'exit-code'} exited {exit_status}"
     else:
         record = f"signal killed {signal.Signals(-exit_status).name.removeprefix('SIG')}"
-    write_file_atomically(Paths.exit_record(pod.dir), record + "\n")
+    write_atomically(Paths.exit_record(pod.dir), record + "\n")
     return exit_status if exit_status >= 0 else 128 - exit_status
 
 
@@ -577,7 +579,7 @@ def _scope_child(backend: Stage1, pod: Pod, go_read: int) -> None:
         close_all_but_stdio()  # the app gets the terminal, and no other descriptor of ours (the bus...)
         backend.exec_in_scope(pod)
     except BaseException as error:  # noqa: BLE001 - we are a forked child: report and leave
-        sys.stderr.write(f"sdrun: {describe(error)}\n")
+        sys.stderr.write(error_line(describe(error)))
         os._exit(EXIT_RUNTIME_ERROR)
 
 

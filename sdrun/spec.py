@@ -1,8 +1,10 @@
-"""The container spec: what to run and how, as frozen records.
+"""The container spec: what to run and how, as frozen records, and the table of its settings.
 
-A spec comes from CLI flags or from a TOML spec file; both are first reduced to
-the same flat mapping of settings (the TOML keys are the long flag names with
-`_` for `-`), so one table of converters validates both and rejects unknown keys.
+A spec comes from CLI flags, from a TOML spec file or from an installed unit's
+arguments; each is first reduced to the same flat mapping of settings (the TOML
+keys are the long flag names with `_` for `-`), which the settings table
+(SETTINGS_TABLE: sdrun.settings says what a row holds) checks, rejecting unknown
+keys, and puts together into a PodSpec.
 
 The records are NamedTuples, as everywhere in sdrun (sdrun.records says why).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,10 +21,27 @@ from sdrun import records
 from sdrun.errors import SpecError
 from sdrun.net import HOST_GATEWAY
 from sdrun.net.ports import PortMapping
+from sdrun.settings import (
+    COMMAND,
+    FLAG,
+    IMAGE_COMMAND,
+    IMAGE_DEFAULT,
+    IMAGE_UNDER,
+    MULTIPLE,
+    OPTIONAL_VALUE,
+    PATH,
+    RUN,
+    STAGE1_FIELD,
+    UNITS,
+    Setting,
+    by_key,
+    with_field_defaults,
+)
 
 RESTART_POLICIES = ("no", "on-failure", "always")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DEFAULT_STAGE1 = "namespace"  # the command line's, a unit's and the generator's
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -96,37 +115,13 @@ class Isolation(NamedTuple):
     dns_option: tuple[str, ...] = ()  # its options [the host's]
     sysctl: tuple[str, ...] = ()  # KEY=VALUE of namespaced sysctls, as parse_sysctl writes them
 
-    def flags_given(self) -> dict[str, bool]:
-        """Whether each setting differs from its default, by its flag: a stage1 that cannot
-        honour one refuses it rather than ignore it (stage1.interface.refuse_flags)."""
-        return {
-            "--hostname": self.hostname is not None,
-            "--cap-add": bool(self.cap_add),
-            "--cap-drop": bool(self.cap_drop),
-            "--seccomp": self.seccomp != "default",
-            "--private-users": self.private_users is not None,
-            "--read-only": self.read_only,
-            "--tmpfs": bool(self.tmpfs),
-            "--device": bool(self.device),
-            "--init": self.init,
-            "--selinux-type": self.selinux_type is not None,
-            "--apparmor": self.apparmor is not None,
-            "--add-host": bool(self.add_host),
-            "--dns": bool(self.dns),
-            "--dns-search": bool(self.dns_search),
-            "--dns-option": bool(self.dns_option),
-            "--sysctl": bool(self.sysctl),
-        }
-
     def own_resolv_conf(self) -> bool:
         """Whether the pod's resolv.conf is its own, not the host's copy nor its network's."""
         return bool(self.dns or self.dns_search or self.dns_option)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Isolation:
-        tuples = ("cap_add", "cap_drop", "tmpfs", "device", "add_host", "dns", "dns_search", "dns_option", "sysctl")
-        values: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in data.items()}
-        return cls(**values)
+        return cls(**_lists_as_tuples(data))
 
 
 class ServiceOptions(NamedTuple):
@@ -144,9 +139,12 @@ class ServiceOptions(NamedTuple):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ServiceOptions:
-        tuples = ("requires", "listen", "healthcheck", "wanted_by")
-        values: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in data.items()}
-        return cls(**values)
+        return cls(**_lists_as_tuples(data))
+
+
+def _lists_as_tuples(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's fields as pod.json has them: JSON has lists where the records have tuples."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
 
 
 class PodSpec(NamedTuple):
@@ -163,10 +161,9 @@ class PodSpec(NamedTuple):
     ports: tuple[PortMapping, ...] = ()  # published ports (a network pod only)
     stop_signal: str | None = None  # KillSignal= [SIGTERM]
     stop_timeout: float | None = None  # seconds before SIGKILL (TimeoutStopSec=) [systemd's default]
-    kvm_accel: str = "auto"  # the kvm stage1's accelerator: kvm, tcg, or auto (KVM if a probe boots, else TCG)
-    kvm_kernel: str | None = None  # the kvm stage1's guest kernel [the newest /boot/vmlinuz-*-cloud-amd64]
     isolation: Isolation = Isolation()
     service: ServiceOptions = ServiceOptions()
+    stage1_settings: dict[str, Any] = {}  # noqa: RUF012 - a stage1's own settings (Stage1.settings) given, by key
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = records.plain(self)
@@ -174,15 +171,14 @@ class PodSpec(NamedTuple):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PodSpec:
-        app = dict(data["app"])
-        app["argv"] = tuple(app["argv"])
+        app = _lists_as_tuples(data["app"])
         app["volumes"] = tuple(Volume(**volume) for volume in app["volumes"])
-        app["ulimits"] = tuple(app.get("ulimits", ()))
-        if app.get("entrypoint") is not None:
-            app["entrypoint"] = tuple(app["entrypoint"])
-        nested = ("app", "resources", "isolation", "service", "ports")
+        nested = ("app", "resources", "isolation", "service", "ports", "stage1_settings")
+        # A pod made before a stage1's settings were its own has them as fields of the spec (kvm_accel).
+        stage1_settings = {key: value for key, value in data.items() if key not in cls._fields}
         return cls(
-            **{key: value for key, value in data.items() if key not in nested},
+            **{key: value for key, value in data.items() if key not in nested and key in cls._fields},
+            stage1_settings=stage1_settings | data.get("stage1_settings", {}),
             ports=tuple(PortMapping(**port) for port in data.get("ports", ())),
             app=AppSpec(**app),
             resources=Resources(**data["resources"]),
@@ -552,78 +548,376 @@ def normal_path(path: str) -> str:
     return "/" + os.path.normpath(path).lstrip("/")
 
 
-# One table: every setting a spec file or the CLI may give, and how to check it.
-SETTINGS: dict[str, Callable[[object], object]] = {
-    "name": parse_name,
-    "stage1": str,
-    "rootfs": lambda value: str(Path(str(value)).absolute()),
-    "image": str,
-    "exec": lambda value: tuple(_as_list(value, "exec")),
-    "entrypoint": lambda value: tuple(item for item in _as_list(value, "entrypoint") if item),  # "" clears it
-    "env": lambda value: parse_pairs(value, "env", os.environ),
-    "env_file": lambda value: _as_list(value, "env_file"),
-    "workdir": lambda value: _absolute_path(value, "workdir"),
-    "user": str,
-    "volume": lambda value: tuple(Volume.parse(item) for item in _as_list(value, "volume")),
-    "ulimit": lambda value: tuple(parse_ulimit(item) for item in _as_list(value, "ulimit")),
-    "memory": parse_memory,
-    "cpus": parse_cpus,
-    "pids_limit": parse_pids_limit,
-    "restart": parse_restart,
-    "label": lambda value: parse_pairs(value, "label"),
-    "scope": lambda value: parse_flag(value, "scope"),
-    "net": parse_network,
-    "port": lambda value: tuple(PortMapping.parse(item) for item in _as_list(value, "port")),
-    "stop_signal": parse_stop_signal,
-    "stop_timeout": parse_seconds,
-    "hostname": parse_hostname,
-    "cap_add": lambda value: tuple(_as_list(value, "cap_add")),
-    "cap_drop": lambda value: tuple(_as_list(value, "cap_drop")),
-    "seccomp": str,
-    "private_users": parse_private_users,
-    "read_only": lambda value: parse_flag(value, "read_only"),
-    "tmpfs": lambda value: tuple(parse_tmpfs(item) for item in _as_list(value, "tmpfs")),
-    "device": lambda value: tuple(parse_device(item) for item in _as_list(value, "device")),
-    "init": lambda value: parse_flag(value, "init"),
-    "selinux_type": str,
-    "apparmor": str,
-    "add_host": lambda value: tuple(parse_add_host(item) for item in _as_list(value, "add_host")),
-    "dns": lambda value: tuple(parse_dns(item) for item in _as_list(value, "dns")),
-    "dns_search": lambda value: tuple(parse_dns_search(item) for item in _as_list(value, "dns_search")),
-    "dns_option": lambda value: tuple(parse_dns_option(item) for item in _as_list(value, "dns_option")),
-    "sysctl": lambda value: tuple(parse_sysctl(item) for item in _as_list(value, "sysctl")),
-    "kvm_accel": lambda value: parse_choice(value, ("kvm", "tcg", "auto"), "kvm accelerator"),
-    "kvm_kernel": lambda value: str(Path(str(value)).absolute()),
-    "requires": lambda value: tuple(parse_name(item) for item in _as_list(value, "requires")),
-    "restart_sec": lambda value: parse_seconds(value, "restart_sec"),
-    "start_limit_interval": lambda value: parse_seconds(value, "start_limit_interval"),
-    "start_limit_burst": parse_count,
-    "notify": lambda value: parse_flag(value, "notify"),
-    "listen": lambda value: tuple(parse_listen(item) for item in _as_list(value, "listen")),
-    "healthcheck": lambda value: tuple(_as_list(value, "healthcheck")),
-    "healthcheck_interval": parse_seconds,
-    "wanted_by": lambda value: tuple(_as_list(value, "wanted_by")),
-}
-ISOLATION_SETTINGS = Isolation._fields
-SERVICE_SETTINGS = ServiceOptions._fields
+def _each(parse: Callable[[Any], object], key: str) -> Callable[[object], tuple[object, ...]]:
+    """A repeatable setting's converter: parse applied to each item of a string or list of strings."""
+    return lambda value: tuple(parse(item) for item in _as_list(value, key))
 
 
-def check_settings(raw: Mapping[str, object], origin: str) -> dict[str, object]:
-    """Convert raw settings through SETTINGS; unknown keys and bad values name their origin."""
+def _words(key: str) -> Callable[[object], tuple[str, ...]]:
+    return lambda value: tuple(_as_list(value, key))
+
+
+def _flag(key: str) -> Callable[[object], bool]:
+    return lambda value: parse_flag(value, key)
+
+
+def _absolute(value: object) -> str:
+    return str(Path(str(value)).absolute())
+
+
+RECORDS = {"app": AppSpec, "resources": Resources, "isolation": Isolation, "service": ServiceOptions}
+
+
+# The settings table: every setting a spec file or the command line may give, once (sdrun.settings
+# says what a row holds and what is derived from it). The order is an installed unit's `--KEY=VALUE`
+# arguments' (tests/golden), and the command line's help's. A stage1's own settings are its
+# Stage1.settings rows, which follow these.
+NAMESPACE_AND_KVM = ("namespace", "kvm")  # the isolation a VM has too: its guest honours them
+NAMESPACE = ("namespace",)
+SETTINGS_TABLE: tuple[Setting, ...] = (
+    Setting("name", parse_name, "Pod name (unit sdrun-NAME.service) [random].", "name"),
+    Setting("stage1", str, f"Isolation backend [{DEFAULT_STAGE1}].", "stage1"),
+    Setting("rootfs", _absolute, "Run this directory as the root filesystem.", "rootfs", kind=PATH),
+    Setting("image", str, "The image to run.", "image", positional=True),
+    Setting("exec", _words("exec"), "The command.", "app.argv", kind=COMMAND, image=IMAGE_COMMAND, positional=True),
+    Setting(
+        "entrypoint",
+        lambda value: tuple(item for item in _as_list(value, "entrypoint") if item),  # "" clears it
+        "Image pods: run CMD instead of the image's entrypoint and command.",
+        "app.entrypoint",
+        metavar="CMD",
+        image=IMAGE_COMMAND,
+    ),
+    Setting(
+        "env",
+        lambda value: parse_pairs(value, "env", os.environ),
+        "Set an environment variable.",
+        "app.env",
+        flags=("-e", "--env"),
+        kind=MULTIPLE,
+        metavar="KEY=VALUE",
+        image=IMAGE_UNDER,
+    ),
+    Setting("env_file", _words("env_file"), "Read KEY=VALUE lines from FILE.", kind=MULTIPLE, metavar="FILE"),
+    Setting(
+        "workdir",
+        lambda value: _absolute_path(value, "workdir"),
+        "Working directory inside the container.",
+        "app.workdir",
+        flags=("-w", "--workdir"),
+        image=IMAGE_DEFAULT,
+    ),
+    Setting(
+        "user",
+        str,
+        "USER[:GROUP], names or numbers from the container's /etc/passwd.",
+        "app.user",
+        flags=("-u", "--user"),
+        image=IMAGE_DEFAULT,
+    ),
+    Setting(
+        "volume",
+        _each(Volume.parse, "volume"),
+        "Bind a host path into the container; OPTIONS: ro or rw, and U or idmap.",
+        "app.volumes",
+        flags=("-v", "--volume"),
+        kind=MULTIPLE,
+        metavar="HOST:CTR[:OPTIONS]",
+    ),
+    Setting(
+        "ulimit",
+        _each(parse_ulimit, "ulimit"),
+        "Resource limit, e.g. nofile=1024.",
+        "app.ulimits",
+        kind=MULTIPLE,
+        metavar="NAME=SOFT[:HARD]",
+    ),
+    Setting("memory", parse_memory, "Memory limit (MemoryMax=), e.g. 256M.", "resources.memory"),
+    Setting("cpus", parse_cpus, "CPU limit in CPUs (CPUQuota=), e.g. 0.5.", "resources.cpus"),
+    Setting("pids_limit", parse_pids_limit, "Maximum number of tasks (TasksMax=).", "resources.pids"),
+    Setting("restart", parse_restart, "Restart policy: no, on-failure or always.", "restart"),
+    Setting(
+        "label",
+        lambda value: parse_pairs(value, "label"),
+        "Attach a label to the pod.",
+        "labels",
+        kind=MULTIPLE,
+        metavar="KEY=VALUE",
+        image=IMAGE_UNDER,
+    ),
+    Setting(
+        "scope",
+        _flag("scope"),
+        "Run as our child in a transient scope, on this terminal.",
+        "scope",
+        kind=FLAG,
+        front_ends=frozenset({RUN}),  # a scope runs under the CLI: no unit
+    ),
+    Setting(
+        "net",
+        parse_network,
+        "Network: none (loopback only), host, default (the sdrun0 bridge) or a network's name.",
+        "net",
+        # No default: the stage1's (Stage1.default_network), which the spec then carries, and
+        # a unit too: another stage1 version's default may be another.
+        default=None,
+    ),
+    Setting(
+        "port",
+        _each(PortMapping.parse, "port"),
+        "Publish a container port.",
+        "ports",
+        flags=("-p", "--port"),
+        kind=MULTIPLE,
+        metavar="[IP:]HOST:CTR[/udp]",
+    ),
+    Setting(
+        "stop_signal", parse_stop_signal, "Signal that stops the app [SIGTERM].", "stop_signal", image=IMAGE_DEFAULT
+    ),
+    Setting("stop_timeout", parse_seconds, "Seconds between the stop signal and SIGKILL.", "stop_timeout"),
+    # The confinement of the app (Isolation): fly honours none of it, and refuses each.
+    Setting(
+        "hostname",
+        parse_hostname,
+        "Hostname inside the container [pod name].",
+        "isolation.hostname",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "cap_add",
+        _words("cap_add"),
+        "Keep a capability beyond the default set (ALL: all).",
+        "isolation.cap_add",
+        kind=MULTIPLE,
+        metavar="CAP",
+        stage1s=NAMESPACE,
+    ),
+    Setting(
+        "cap_drop",
+        _words("cap_drop"),
+        "Drop a capability of the default set (ALL: all).",
+        "isolation.cap_drop",
+        kind=MULTIPLE,
+        metavar="CAP",
+        stage1s=NAMESPACE,
+    ),
+    Setting(
+        "seccomp",
+        str,
+        "Seccomp: default, unconfined or an OCI JSON profile file.",
+        "isolation.seccomp",
+        metavar="PROFILE",
+        stage1s=NAMESPACE,  # fly takes unconfined, which is what it is (its refuse_unsupported)
+    ),
+    Setting(
+        "private_users",
+        parse_private_users,
+        "User namespace.",
+        "isolation.private_users",
+        kind=OPTIONAL_VALUE,
+        metavar="auto|UID:COUNT",
+        implied="auto",
+        stage1s=NAMESPACE,
+    ),
+    Setting(
+        "read_only",
+        _flag("read_only"),
+        "Mount the container's root read-only.",
+        "isolation.read_only",
+        kind=FLAG,
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "tmpfs",
+        _each(parse_tmpfs, "tmpfs"),
+        "Mount a tmpfs inside the container.",
+        "isolation.tmpfs",
+        kind=MULTIPLE,
+        metavar="PATH[:OPTS]",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "device",
+        _each(parse_device, "device"),
+        "Give the app a device node of the host.",
+        "isolation.device",
+        kind=MULTIPLE,
+        metavar="HOST[:CTR][:PERMS]",
+        stage1s=NAMESPACE,
+    ),
+    Setting(
+        "init",
+        _flag("init"),
+        "Run tini as PID 1: reaps zombies, forwards signals.",
+        "isolation.init",
+        kind=FLAG,
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "selinux_type",
+        str,
+        "SELinux context for the app (SELinuxContext=).",
+        "isolation.selinux_type",
+        stage1s=NAMESPACE,
+    ),
+    Setting(
+        "apparmor",
+        str,
+        "AppArmor profile for the app (AppArmorProfile=).",
+        "isolation.apparmor",
+        metavar="PROFILE",
+        stage1s=NAMESPACE,
+    ),
+    Setting(
+        "add_host",
+        _each(parse_add_host, "add_host"),
+        "Add a line to /etc/hosts (IP host-gateway: the network's gateway).",
+        "isolation.add_host",
+        kind=MULTIPLE,
+        metavar="NAME:IP",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "dns",
+        _each(parse_dns, "dns"),
+        "Nameserver of /etc/resolv.conf, instead of the host's.",
+        "isolation.dns",
+        kind=MULTIPLE,
+        metavar="IP",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "dns_search",
+        _each(parse_dns_search, "dns_search"),
+        "Search domain of /etc/resolv.conf (.: none).",
+        "isolation.dns_search",
+        kind=MULTIPLE,
+        metavar="DOMAIN",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "dns_option",
+        _each(parse_dns_option, "dns_option"),
+        "Option of /etc/resolv.conf, e.g. ndots:2.",
+        "isolation.dns_option",
+        kind=MULTIPLE,
+        metavar="OPT",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    Setting(
+        "sysctl",
+        _each(parse_sysctl, "sysctl"),
+        "Set a namespaced sysctl: net.*, fs.mqueue.*, kernel.shm*...",
+        "isolation.sysctl",
+        kind=MULTIPLE,
+        metavar="KEY=VALUE",
+        stage1s=NAMESPACE_AND_KVM,
+    ),
+    # How systemd runs the service (ServiceOptions); most of them only an installed unit's.
+    Setting(
+        "requires",
+        _each(parse_name, "requires"),
+        "Start after POD's unit, and only with it.",
+        "service.requires",
+        kind=MULTIPLE,
+        metavar="POD",
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "restart_sec",
+        lambda value: parse_seconds(value, "restart_sec"),
+        "Seconds before a restart (RestartSec=) [0.1].",
+        "service.restart_sec",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "start_limit_interval",
+        lambda value: parse_seconds(value, "start_limit_interval"),
+        "StartLimitIntervalSec=, in seconds.",
+        "service.start_limit_interval",
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "start_limit_burst",
+        parse_count,
+        "StartLimitBurst=.",
+        "service.start_limit_burst",
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "notify",
+        _flag("notify"),
+        "The app says READY=1 itself (sd_notify).",
+        "service.notify",
+        kind=FLAG,
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "listen",
+        _each(parse_listen, "listen"),
+        "Socket activation: PORT, HOST:PORT or PATH.",
+        "service.listen",
+        kind=MULTIPLE,
+        metavar="ADDRESS",
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "healthcheck",
+        _words("healthcheck"),
+        "A command run inside the pod; failing restarts it.",
+        "service.healthcheck",
+        kind=COMMAND,
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "healthcheck_interval",
+        parse_seconds,
+        "Seconds between health checks [30].",
+        "service.healthcheck_interval",
+        front_ends=frozenset({UNITS}),
+    ),
+    Setting(
+        "wanted_by",
+        _words("wanted_by"),
+        "[Install] WantedBy= [multi-user.target].",
+        "service.wanted_by",
+        kind=MULTIPLE,
+        metavar="TARGET",
+        front_ends=frozenset({UNITS}),
+    ),
+)
+SETTINGS_TABLE = with_field_defaults(SETTINGS_TABLE, {"": PodSpec, **RECORDS})
+SETTINGS = by_key(SETTINGS_TABLE)
+
+
+def check_settings(
+    raw: Mapping[str, object], origin: str, table: Mapping[str, Setting] = SETTINGS
+) -> dict[str, object]:
+    """Convert raw settings through the table's rows; unknown keys and bad values name their origin.
+    table: the shared settings, and those of the stage1s stage0 knows (sdrun.specbuild.all_settings)."""
     checked: dict[str, object] = {}
     for key, value in raw.items():
         if value is None or value == ():
             continue
-        if key not in SETTINGS:
-            raise SpecError(f"{origin}: unknown key '{key}'", hint=f"known keys: {', '.join(sorted(SETTINGS))}")
+        setting = table.get(key)
+        if setting is None or setting.parse is None:
+            raise SpecError(f"{origin}: unknown key '{key}'", hint=f"known keys: {', '.join(sorted(table))}")
         try:
-            checked[key] = SETTINGS[key](value)
+            checked[key] = setting.parse(value)
         except SpecError as error:
             raise SpecError(f"{origin}: {error.message}") from None
     return checked
 
 
-def load_spec_file(path: Path) -> dict[str, object]:
+def shared_settings(raw: Mapping[str, object]) -> Mapping[str, Setting]:
+    return SETTINGS
+
+
+def load_spec_file(
+    path: Path, table_for: Callable[[Mapping[str, object]], Mapping[str, Setting]] = shared_settings
+) -> dict[str, object]:
+    """A spec file's settings, checked with the table table_for gives for its keys: the shared one,
+    or with the stage1s' settings too (sdrun.specbuild.settings_table)."""
     import tomllib  # only spec files need it: not worth its import time on every run
 
     try:
@@ -633,20 +927,18 @@ def load_spec_file(path: Path) -> dict[str, object]:
         raise SpecError(f"cannot read spec file '{path}': {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: invalid TOML: {error}") from None
-    _check_command_lists(raw, str(path))
-    return check_settings(raw, str(path))
+    table = table_for(raw)
+    _check_command_lists(raw, str(path), table)
+    return check_settings(raw, str(path), table)
 
 
-# Keys whose value is a command's words. A spec file gives them as a TOML array: a string would
-# be one word, `exec = "echo a b"` a program 'echo a b' not found, a health check never passing.
-# (Not in SETTINGS: a unit's `prepare` gives a one-word command as a string.)
-COMMAND_KEYS = ("exec", "healthcheck")
-
-
-def _check_command_lists(raw: Mapping[str, object], origin: str) -> None:
-    for key in COMMAND_KEYS:
-        value = raw.get(key)
-        if value is not None and not isinstance(value, list):
+def _check_command_lists(raw: Mapping[str, object], origin: str, table: Mapping[str, Setting]) -> None:
+    """A command's words (exec, healthcheck) are a TOML array in a spec file: a string would be one
+    word, `exec = "echo a b"` a program 'echo a b' not found, a health check never passing. (Their
+    converters take a string: a unit's `prepare` gives a one-word command as one.)"""
+    for key, value in raw.items():
+        setting = table.get(key)
+        if setting is not None and setting.kind == COMMAND and value is not None and not isinstance(value, list):
             hint = _as_words(key, value) if isinstance(value, str) else None
             raise SpecError(f"{origin}: invalid {key} {value!r}: expected a list of words", hint=hint)
 
@@ -662,14 +954,13 @@ def _as_words(key: str, text: str) -> str | None:
         return None
 
 
-def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1: str) -> PodSpec:
-    """Assemble a PodSpec from checked settings (spec file values overridden by flags)."""
+def assemble_spec(
+    settings: Mapping[str, Any], table: Iterable[Setting], *, name: str, stage1: str, net: str
+) -> PodSpec:
+    """A PodSpec of checked settings, each put where its row says, with the name, stage1 and network
+    resolved (sdrun.specbuild.build_spec, which knows the stage1s' defaults)."""
     if bool(settings.get("rootfs")) == bool(settings.get("image")):
         raise SpecError("give exactly one of --rootfs DIR or an IMAGE")
-    from stage1.interface import default_network
-
-    stage1 = settings.get("stage1", default_stage1)
-    net = settings.get("net") or default_network(stage1)
     if settings.get("port") and net in ("host", "none"):
         raise SpecError("--port needs a network: --net default or --net NAME")
     if net in ("host", "none") and any(item.endswith(":" + HOST_GATEWAY) for item in settings.get("add_host", ())):
@@ -681,36 +972,17 @@ def build_spec(settings: Mapping[str, Any], *, default_name: str, default_stage1
     rootfs = settings.get("rootfs")
     if rootfs is not None and not Path(rootfs).is_dir():
         raise SpecError(f"rootfs '{rootfs}' is not a directory")
+    fields: dict[str, dict[str, Any]] = {"": {}, STAGE1_FIELD: {}, **{record: {} for record in RECORDS}}
+    for setting in table:
+        if setting.field is not None and setting.dest in settings:
+            record, _, field = setting.field.rpartition(".")
+            if setting.field == STAGE1_FIELD:
+                record, field = STAGE1_FIELD, setting.dest
+            fields[record][field] = settings[setting.dest]
     env = {"PATH": DEFAULT_PATH}
     for env_file in settings.get("env_file", ()):
         env |= read_env_file(env_file)
-    env |= settings.get("env", {})
-    app = AppSpec(
-        argv=settings.get("exec", ()),
-        env=env,
-        workdir=settings.get("workdir"),
-        user=settings.get("user"),
-        volumes=settings.get("volume", ()),
-        entrypoint=settings.get("entrypoint"),
-        ulimits=settings.get("ulimit", ()),
-    )
-    resources = Resources(settings.get("memory"), settings.get("cpus"), settings.get("pids_limit"))
-    return PodSpec(
-        name=settings.get("name", default_name),
-        stage1=stage1,
-        rootfs=rootfs,
-        image=settings.get("image"),
-        app=app,
-        resources=resources,
-        restart=settings.get("restart", "no"),
-        labels=settings.get("label", {}),
-        scope=settings.get("scope", False),
-        net=net,
-        ports=settings.get("port", ()),
-        stop_signal=settings.get("stop_signal"),
-        stop_timeout=settings.get("stop_timeout"),
-        kvm_accel=settings.get("kvm_accel", "auto"),
-        kvm_kernel=settings.get("kvm_kernel"),
-        isolation=Isolation(**{key: settings[key] for key in ISOLATION_SETTINGS if key in settings}),
-        service=ServiceOptions(**{key: settings[key] for key in SERVICE_SETTINGS if key in settings}),
-    )
+    fields["app"]["env"] = env | settings.get("env", {})
+    records_ = {record: kind(**fields[record]) for record, kind in RECORDS.items()}
+    top = fields[""] | {"name": settings.get("name", name), "stage1": stage1, "net": net}
+    return PodSpec(**top, **records_, stage1_settings=fields[STAGE1_FIELD])

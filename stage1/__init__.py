@@ -13,6 +13,8 @@ import marshal
 import os
 import sys
 
+from sdrun.errors import error_line
+
 # Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
 # in-unit entry ~5 ms; mypy honours any constant of this name.
 TYPE_CHECKING = False
@@ -83,6 +85,6 @@ def write_plan(path: str, plan: EntryPlan) -> None:
 
 def fail(message: str) -> NoReturn:
     """An entry's last words: one line to stderr (so to the unit's journal), exit 125."""
-    sys.stderr.write(f"sdrun stage1: {message}\n")
+    sys.stderr.write(error_line(message, program="sdrun stage1"))
     sys.stderr.flush()
     os._exit(EXIT_STAGE1_FAILED)

@@ -22,6 +22,7 @@ from stage1 import INTERFACE_VERSION, entry_pod_dir, fail, sealed
 
 if TYPE_CHECKING:
     from sdrun.pod import Pod
+    from sdrun.settings import Setting
     from sdrun.spec import PodSpec
     from sdrun.systemd.bus import Property
     from stage1.process import AppChanges
@@ -56,6 +57,9 @@ class Stage1:
     name: ClassVar[str]
     interface_version: ClassVar[int] = INTERFACE_VERSION
     default_network: ClassVar[str] = "none"  # a pod's --net when it gives none (see sdrun.net)
+    # The backend's own settings: rows of the settings table (sdrun.settings), which stage0 adds to the
+    # shared ones; their values are in PodSpec.stage1_settings, read with sdrun.settings.field_value.
+    settings: ClassVar[tuple[Setting, ...]] = ()
     passes_stdin: ClassVar[bool] = True  # the app reads the unit's stdin (`run -i`)
     # enter makes the command's terminal inside the pod (EnterTerminal); else stage0 makes one on
     # the host, which only a stage1 that shares the host's devpts (fly) or runs nothing on it (kvm)
@@ -143,15 +147,10 @@ def import_backend(name: str, module: str) -> None:
 
 
 def refuse_flags(given: dict[str, bool], why: str, hint: str | None = None) -> None:
-    """Refuse the first flag given (see Isolation.flags_given): `FLAG <why>`."""
+    """Refuse the first flag given (see sdrun.settings.not_honoured): `FLAG <why>`."""
     for flag, present in given.items():
         if present:
             raise SpecError(f"{flag} {why}", hint=hint)
-
-
-def default_network(stage1: str) -> str:
-    """The network a pod of this stage1 gets when it names none."""
-    return Stage1.named(stage1).default_network
 
 
 # How a unit starts an entry: `python -S -P -c PROGRAM run --interface=N POD_DIR`, where PROGRAM

@@ -12,6 +12,7 @@ import os
 import select
 import sys
 
+from sdrun.errors import error_line
 from sdrun.linux import syscalls
 
 # Not `typing.TYPE_CHECKING`: importing typing (and the re it pulls in) costs the
@@ -128,7 +129,7 @@ def exec_as(
             os.execve(executable, argv, env)
         os.execvpe(executable, argv, env)
     except OSError as error:
-        os.write(2, f"sdrun: cannot execute '{argv[0]}': {error.strerror}\n".encode())
+        os.write(2, error_line(f"cannot execute '{argv[0]}': {error.strerror}").encode())
         os._exit(127 if error.errno == 2 else 126)
 
 

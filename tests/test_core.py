@@ -14,7 +14,8 @@ import pytest
 
 from sdrun.paths import Paths
 from sdrun.pod import PodStore
-from sdrun.spec import build_spec, check_settings
+from sdrun.spec import check_settings
+from sdrun.specbuild import build_spec
 from tests.conftest import SDRUN, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
 
 pytestmark = needs_systemd

@@ -416,7 +416,7 @@ def test_the_nic_takes_over_the_pods_network_namespace(
     unit by systemd-run. A pod on a network sdrun/net made is left to the networking tests."""
     from sdrun.paths import Paths
     from sdrun.pod import PodStore
-    from sdrun.spec import build_spec
+    from sdrun.specbuild import build_spec
     from stage1.interface import Stage1
 
     subnet = f"10.213.{uuid.uuid4().int % 250}"

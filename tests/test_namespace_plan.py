@@ -18,7 +18,8 @@ from sdrun.linux.inroot import make_mount_point
 from sdrun.linux.mounts import MountOperation
 from sdrun.linux.rootfs import Credentials
 from sdrun.pod import Pod
-from sdrun.spec import Isolation, PodSpec, build_spec, check_settings
+from sdrun.spec import Isolation, PodSpec, check_settings
+from sdrun.specbuild import build_spec
 from stage1 import sealed
 from stage1.app import ResolvedApp
 from stage1.interface import entry_command

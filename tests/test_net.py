@@ -18,7 +18,8 @@ from sdrun.net import config, ipam, nft, peer_mac, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
-from sdrun.spec import build_spec, check_settings
+from sdrun.spec import check_settings
+from sdrun.specbuild import build_spec
 from tests.conftest import SDRUN, Sdrun, needs_systemd
 
 NETWORK = Network("web", "10.123.0.0/29", "sdrun7")

@@ -22,7 +22,8 @@ from sdrun.net import ipam
 from sdrun.net import pod as network_pod
 from sdrun.paths import Paths
 from sdrun.pod import PodStore
-from sdrun.spec import build_spec, check_settings
+from sdrun.spec import check_settings
+from sdrun.specbuild import build_spec
 from tests.conftest import PROJECT, SDRUN, Sdrun, needs_systemd, unique_name, wait_for
 from tests.test_image_support import umoci_change, umoci_image
 

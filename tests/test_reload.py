@@ -8,6 +8,7 @@ after, and pods must go on running, restarting and stopping cleanly."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from sdrun.systemd import propertytable
+from sdrun.systemd.bus import Systemd
+from sdrun.systemd.unitfile import UnitFile
 from tests.conftest import SDRUN, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
 from tests.test_kvm import KVM, VM_TIMEOUT, needs_vm
 from tests.test_net_pods import assert_no_pod_left, fetch, free_ports
@@ -27,7 +31,8 @@ APP = ("--", "sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait")  # PID 1 of it
 # never ran, the health check's, gets a StateChangeTimestamp= there.)
 VOLATILE = re.compile(
     r"(Memory|CPUUsage|Tasks|IP|IO)[A-Za-z]*(Current|Available|NSec|Bytes|Packets|Operations)$"
-    r"|^(MemoryAvailable|EffectiveMemory[A-Za-z]*|EffectiveTasksMax|NextElapseUSec[A-Za-z]*|LastTriggerUSec.*|StateChangeTimestamp.*)$"
+    r"|^(MemoryAvailable|EffectiveMemory[A-Za-z]*|EffectiveTasksMax|NextElapseUSec[A-Za-z]*|LastTriggerUSec.*|StateChangeTimestamp.*"
+    r"|ControlGroupId)$"  # a failed unit's cgroup is gone: 0 after a reload
 )
 # Lists of units whose order systemd does not keep, and which has no meaning (nor has DeviceAllow='s).
 UNORDERED = re.compile(
@@ -226,13 +231,121 @@ def test_pods_keep_running_restarting_and_stopping_cleanly_across_reloads(
     sdrun("run", "--rm", "-p", f"{port}:8000", "--rootfs", str(rootfs), "--", "true")
 
 
-def test_a_root_whose_path_systemd_would_change_is_refused_and_leaves_nothing(sdrun: Sdrun, rootfs: Path) -> None:
-    """Every pod's unit names its directory: under a root with a `;`, 252 would change the command."""
-    odd = Sdrun(sdrun.root / "a;b", sdrun.units_at_start)
+@pytest.mark.parametrize(
+    ("directory", "refusal"),
+    [
+        ("a;b", "ExecStart: systemd 252 would change the argument"),  # the pod directory is in its commands
+        (
+            "a b",
+            "LogExtraFields: systemd 252 would change the field 'SDRUN_ROOT=",
+        ),  # and the root in its journal fields
+    ],
+)
+def test_a_root_whose_path_systemd_would_change_is_refused_and_leaves_nothing(
+    sdrun: Sdrun, rootfs: Path, directory: str, refusal: str
+) -> None:
+    """Every pod's unit names its directory and its root: under a root with a `;`, 252 would change
+    the command at a reload, with a blank the root's journal field (a pod's logs would go from `logs --all`)."""
+    odd = Sdrun(sdrun.root / directory, sdrun.units_at_start)
     result = odd("run", "-d", "--net", "none", "--rootfs", str(rootfs), *SLEEP, check=False)
     assert result.returncode == 125
-    assert (
-        result.stderr.startswith("sdrun: ExecStart: systemd 252 would change the argument")
-        and len(result.stderr.splitlines()) == 1
-    ), result.stderr
+    assert result.stderr.startswith(f"sdrun: {refusal}") and len(result.stderr.splitlines()) == 1, result.stderr
     assert not odd.pods() and not odd.names() and not sdrun.new_units()
+
+
+def command(*argv: str, ignore_failure: bool = False) -> list[object]:
+    return [argv[0], list(argv), ignore_failure]
+
+
+# A value for every property of propertytable.PROPERTIES. Together they make a service whose app
+# (/bin/false) fails at once, so that it stays, failed, for `systemctl show`; and a scope of PIDs=.
+TABLE_SAMPLES: dict[str, object] = {
+    "Description": "sdrun's table of properties, 100% written",
+    "Requires": ["systemd-journald.service"],
+    "After": ["systemd-journald.service"],
+    "Wants": ["systemd-journald.service"],
+    "Requisite": ["systemd-journald.service"],
+    "StartLimitIntervalUSec": 60_000_000,
+    "StartLimitBurst": 3,
+    "CollectMode": "inactive",  # a failed unit stays
+    "Type": "exec",
+    "NotifyAccess": "all",
+    "Slice": "machine.slice",
+    "ExecStartPre": [command("/bin/echo", "a b", '"c"', "50%", "\\", "")],
+    "ExecStart": [command("/bin/false")],
+    "ExecStartPost": [command("/bin/true", ignore_failure=True)],
+    "ExecStopPost": [command("/bin/true", ignore_failure=True), command("/bin/echo", "done")],
+    "PermissionsStartOnly": True,
+    "Delegate": True,
+    "StandardOutput": "journal",
+    "StandardError": "journal",
+    "SyslogIdentifier": "sdrun-table",
+    "SyslogLevelPrefix": False,
+    "LogExtraFields": [b"SDRUN_TABLE=1", b"SDRUN_ROOT=/a;b%d$e"],
+    "LogRateLimitIntervalUSec": 0,
+    "MemoryMax": 64 << 20,
+    "CPUQuotaPerSecUSec": 330_000,
+    "TasksMax": 50,
+    "Restart": "no",
+    "RestartUSec": 250_000,
+    "KillMode": "mixed",
+    "KillSignal": 2,
+    "TimeoutStopUSec": 2_500_000,
+    "DevicePolicy": "closed",
+    "DeviceAllow": [["/dev/null", "rw"], ["char-pts", "rw"]],
+    "SELinuxContext": "sdrun_t",
+    "AppArmorProfile": [True, "sdrun"],
+    "RootDirectory": str(Path(__file__).parents[1] / "build" / "rootfs"),
+    "RootDirectoryStartOnly": True,
+    "MountAPIVFS": False,
+    "BindPaths": [["/proc", "/proc", False, propertytable.MS_REC], ["/dev", "/dev", True, 0]],
+    "User": "65534",
+    "Group": "65534",
+    "SupplementaryGroups": ["100", "101"],
+    "WorkingDirectory": "-/tmp",
+    "Environment": ["A=b c;$d", "B=50%", 'C="q"\\'],
+    "UnsetEnvironment": ["LANG", "TERM"],
+    "IgnoreSIGPIPE": False,
+    **{name: 20 for name in propertytable.HARD_LIMITS},
+    **{f"{name}Soft": 10 for name in propertytable.HARD_LIMITS},
+    "AddRef": True,
+    "PIDs": None,  # the scope's process, made by the test
+    "StandardInputFileDescriptor": 0,  # the first of the call's descriptors: /dev/null
+}
+SCOPE_ONLY = ("PIDs",)
+
+
+def test_every_property_of_the_table_survives_a_reload_and_means_the_same_in_a_unit_file() -> None:
+    """What the table says systemd 252 reads back, it does: each property is the same after a
+    daemon-reload and a daemon-reexec as systemd took it over D-Bus, and its unit-file form
+    (`sdrun install`'s, the generator's) gives systemd the same value as D-Bus does."""
+    assert set(TABLE_SAMPLES) == set(propertytable.PROPERTIES)  # a new row needs its sample here
+    name = unique_name("sdrun-table")
+    service, scope, installed = f"{name}.service", f"{name}.scope", Path(f"/run/systemd/system/{name}-file.service")
+    sleeper = subprocess.Popen(["sleep", "1000"])
+    samples = [propertytable.prop(key, value) for key, value in TABLE_SAMPLES.items() if key not in SCOPE_ONLY]
+    scope_samples = [propertytable.prop(key, TABLE_SAMPLES[key]) for key in ("Description", "Slice", "Delegate")]
+    systemd = Systemd.connect(unix_fds=True)
+    null = os.open("/dev/null", os.O_RDWR)
+    try:
+        systemd.start_transient_unit(service, samples, [null])
+        systemd.start_transient_unit(scope, [*scope_samples, propertytable.prop("PIDs", [sleeper.pid])])
+        wait_for(lambda: systemctl_show(service, "ActiveState")["ActiveState"] == "failed")
+        wait_for(lambda: systemctl_show(scope, "ActiveState")["ActiveState"] == "active")
+        assert_unchanged_across_reloads([service, scope])
+
+        on_file = [sample for sample in samples if propertytable.PROPERTIES[sample[0]].section is not None]
+        installed.write_text(UnitFile().extend(propertytable.unit_file_entries(on_file)).render())
+        systemctl("daemon-reload")
+        sent, written = unit_properties(service), unit_properties(installed.name)
+        names = {key for key, _, _ in on_file}
+        assert {key: sent.get(key) for key in names} == {key: written.get(key) for key in names}
+        assert names - sent.keys() == {"PermissionsStartOnly"}, names - sent.keys()  # what systemctl shows not
+    finally:
+        os.close(null)
+        systemd.close()
+        sleeper.kill()
+        sleeper.wait()
+        installed.unlink(missing_ok=True)
+        subprocess.run(["systemctl", "reset-failed", service], check=False, capture_output=True)
+        systemctl("daemon-reload")

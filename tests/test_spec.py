@@ -16,7 +16,6 @@ from sdrun.spec import (
     PodSpec,
     Resources,
     Volume,
-    build_spec,
     check_settings,
     load_spec_file,
     parse_memory,
@@ -24,8 +23,10 @@ from sdrun.spec import (
     parse_tmpfs,
     parse_ulimit,
 )
+from sdrun.specbuild import build_spec
 from sdrun.systemd.bus import unit_object_path
-from sdrun.systemd.properties import DEFAULT_PIDS_LIMIT, TASKS_MAX_INFINITY, escape_variables, resource_properties
+from sdrun.systemd.properties import DEFAULT_PIDS_LIMIT, escape_variables, resource_properties
+from sdrun.systemd.propertytable import TASKS_MAX_INFINITY
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ import pytest
 
 from sdrun.errors import SdrunError
 from sdrun.net.ports import PortMapping
-from sdrun.spec import SETTINGS, AppSpec, Isolation, PodSpec, Resources, ServiceOptions, Volume
-from sdrun.systemd import bus, properties
+from sdrun.spec import AppSpec, Isolation, PodSpec, Resources, ServiceOptions, Volume
+from sdrun.specbuild import all_settings
+from sdrun.systemd import properties, propertytable
 from sdrun.systemd.bus import Property
 from sdrun.systemd.unitfile import Command, UnitFile, command_line, quote_word
 from sdrun.units import installed_pod_uuid, spec_from_arguments, spec_settings
@@ -138,14 +139,14 @@ def test_sections_come_in_systemds_order_keys_in_insertion_order() -> None:
 
 def test_a_zero_stop_timeout_stays_a_timeout_in_a_unit_file() -> None:
     """systemd reads TimeoutStopSec=0 as no timeout; --stop-timeout 0 means SIGKILL at once."""
-    assert properties.unit_file_entries([("TimeoutStopUSec", "t", 0)]) == [("Service", "TimeoutStopSec", "1us")]
+    assert propertytable.unit_file_entries([("TimeoutStopUSec", "t", 0)]) == [("Service", "TimeoutStopSec", "1us")]
 
 
 def test_every_property_a_pod_can_carry_has_a_unit_file_form() -> None:
     unknown = [("AddRef", "b", True)]
     with pytest.raises(SdrunError, match="AddRef"):
-        properties.unit_file_entries(unknown)
-    entries = properties.unit_file_entries(
+        propertytable.unit_file_entries(unknown)
+    entries = propertytable.unit_file_entries(
         [
             ("CPUQuotaPerSecUSec", "t", 1_500_000),
             ("TimeoutStopUSec", "t", 90_500),
@@ -246,8 +247,6 @@ def full_spec(rootfs: Path) -> PodSpec:
         ports=(PortMapping(8080, 80, "tcp", "127.0.0.1"), PortMapping(5353, 53, "udp")),
         stop_signal="SIGINT",
         stop_timeout=2.5,
-        kvm_accel="tcg",
-        kvm_kernel="/boot/vmlinuz",
         isolation=Isolation(
             hostname="box",
             cap_add=("NET_ADMIN",),
@@ -277,6 +276,7 @@ def full_spec(rootfs: Path) -> PodSpec:
             healthcheck_interval=5.0,
             wanted_by=("default.target",),
         ),
+        stage1_settings={"kvm_accel": "tcg", "kvm_kernel": "/boot/vmlinuz"},
     )
 
 
@@ -289,10 +289,10 @@ def test_the_unit_rebuilds_exactly_the_spec_it_was_made_from(rootfs: Path) -> No
 
 
 def test_every_setting_reaches_the_unit(rootfs: Path) -> None:
-    """A setting added to spec.SETTINGS must be carried by spec_settings too, or units would drop it:
+    """A setting added to the settings table must be carried by spec_settings too, or units would drop it:
     set it in full_spec above, and check this passes."""
     carried = {key for key, _ in spec_settings(full_spec(rootfs))}
-    assert carried == set(SETTINGS) - {"env_file", "scope", "image"}  # env files are read into env;
+    assert carried == set(all_settings()) - {"env_file", "scope", "image"}  # env files are read into env;
     # scopes are no units; rootfs and image exclude each other
 
 
@@ -315,16 +315,32 @@ def test_generate_needs_a_name_the_output_can_keep(rootfs: Path) -> None:
         (("TimeoutStopUSec", "t", 0), "no timeout"),
         (("RestartUSec", "t", 1_500), "round"),
         (("CPUQuotaPerSecUSec", "t", 333_300), "round"),
+        (("LogExtraFields", "aay", [b"SDRUN_ROOT=/a b"]), "'SDRUN_ROOT=/a b'"),
+        (("ExecStart", "a(sasas)", [["/bin/true", ["true"], []]]), "ExecStart"),  # the table's signature only
+        (("CPUQuota", "s", "50%"), "CPUQuota"),  # a name not in the table
     ],
 )
 def test_a_property_systemd_252_cannot_reload_is_refused(prop: Property, refusal: str) -> None:
     with pytest.raises(SdrunError, match=refusal):
-        bus.refuse_unreloadable([prop])
+        propertytable.refuse_unreloadable([prop])
+
+
+def test_a_journal_field_with_a_blank_is_quoted_in_a_unit_file() -> None:
+    """systemd splits LogExtraFields= at blanks: the root's path may have one."""
+    entries = propertytable.unit_file_entries([("LogExtraFields", "aay", [b"SDRUN_ROOT=/a b", b"SDRUN_POD=x"])])
+    assert entries == [("Service", "LogExtraFields", '"SDRUN_ROOT=/a b"'), ("Service", "LogExtraFields", "SDRUN_POD=x")]
+
+
+def test_a_property_is_made_by_its_name_and_an_unknown_name_is_refused_at_once() -> None:
+    assert propertytable.prop("TimeoutStopUSec", 5_000_000) == ("TimeoutStopUSec", "t", 5_000_000)
+    assert propertytable.prop("DeviceAllow", []) == ("DeviceAllow", "a(ss)", [])
+    with pytest.raises(SdrunError, match="ExecStopPostEx"):
+        propertytable.prop("ExecStopPostEx", [])
 
 
 def test_what_systemd_252_reloads_unchanged_is_sent() -> None:
     command = properties.exec_command(["/bin/sh", "-c", "exec printenv X > '/a b/\"c\"%d'"], ignore_failure=True)
-    bus.refuse_unreloadable(
+    propertytable.refuse_unreloadable(
         [
             ("ExecStopPost", "a(sasb)", [command]),
             ("TimeoutStopUSec", "t", 1),

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, error_line
 
 TYPE_CHECKING = False  # not typing's: the fast path of `run` need not import typing here
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def die(message: str, hint: str | None = None, exit_code: int = EXIT_RUNTIME_ERROR) -> NoReturn:
-    sys.stderr.write(f"sdrun: {message}" + (f" (hint: {hint})" if hint else "") + "\n")
+    sys.stderr.write(error_line(message, hint))
     sys.exit(exit_code)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import json
 import re
 import shlex
@@ -18,18 +17,19 @@ import click
 from click.core import ParameterSource
 
 from sdrun import manage
+from sdrun import settings as setting_kinds
 from sdrun.cli import die, errors_reported, runcommand
-from sdrun.cli.runcommand import RunOption, without_separator
+from sdrun.cli.runcommand import without_separator
 from sdrun.errors import NotFound, SdrunError
 from sdrun.net import pod_address
 from sdrun.paths import Paths
-from sdrun.pod import MIN_PREFIX, Pod, PodStore
+from sdrun.pod import Pod, PodStore
 
 if TYPE_CHECKING:
+    from sdrun.settings import Setting
     from sdrun.systemd.bus import Systemd
 
 T = TypeVar("T")
-UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Context(NamedTuple):
@@ -103,6 +103,15 @@ class SdrunGroup(SdrunCommand, click.Group):
         with usage_errors_reported(ctx), errors_reported(debug=_debugging(ctx), passed_on=CLICK_EXITS):
             return super().invoke(ctx)
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and cmd_name in TAKE_RUN_OPTIONS:
+            add_stage1_options(command)
+        return command
+
+
+TAKE_RUN_OPTIONS = ("run", "generate", "install")
+
 
 # How click itself leaves (--help, a usage error, ^C at a prompt): usage_errors_reported words
 # the usage errors; click prints the others.
@@ -157,17 +166,41 @@ pass_context = click.make_pass_decorator(Context)
 # --- run ---
 
 
-def run_option(option: RunOption) -> Callable[[click.Command], click.Command]:
-    """The click option for one entry of runcommand.RUN_OPTIONS."""
+def run_option(option: Setting) -> Callable[[click.Command], click.Command]:
+    """The click option for one row of the settings table (or of runcommand.RUN_OPTIONS)."""
     kinds: dict[str, dict[str, Any]] = {
-        runcommand.VALUE: {},
-        runcommand.MULTIPLE: {"multiple": True},
-        runcommand.FLAG: {"is_flag": True, "default": None if option.setting else False},
-        runcommand.PATH: {"type": click.Path(path_type=Path)},
-        runcommand.BOOLEAN: {"type": click.BOOL, "default": None},
-        runcommand.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied, "cls": ValueAfterEquals},
+        setting_kinds.VALUE: {},
+        setting_kinds.COMMAND: {},  # the words are split by the verb (sdrun.cli.units)
+        setting_kinds.MULTIPLE: {"multiple": True},
+        setting_kinds.FLAG: {"is_flag": True, "default": None if option.spec else False},
+        setting_kinds.PATH: {"type": click.Path(path_type=Path)},
+        setting_kinds.BOOLEAN: {"type": click.BOOL, "default": None},
+        setting_kinds.OPTIONAL_VALUE: {"is_flag": False, "flag_value": option.implied, "cls": ValueAfterEquals},
     }
     return click.option(*option.names, option.dest, help=option.help, metavar=option.metavar, **kinds[option.kind])
+
+
+def click_options(options: Iterable[Setting]) -> list[click.Parameter]:
+    """The click options of rows of the settings table, in their order."""
+    probe = click.Command("probe")
+    for option in options:
+        run_option(option)(probe)  # on a command (not a function), click appends the option
+    return probe.params
+
+
+# The commands that take run's options, and so the stage1s' own settings too: those are added
+# when the command is looked up (SdrunGroup.get_command), since finding them imports every stage1.
+STAGE1_OPTIONS_ADDED: set[str] = set()
+
+
+def add_stage1_options(command: click.Command) -> click.Command:
+    """Give a command that takes run's options the stage1s' own settings as options too (once)."""
+    if command.name not in STAGE1_OPTIONS_ADDED:
+        STAGE1_OPTIONS_ADDED.add(str(command.name))
+        arguments = [param for param in command.params if isinstance(param, click.Argument)]
+        options = [param for param in command.params if not isinstance(param, click.Argument)]
+        command.params = [*options, *click_options(runcommand.stage1_options()), *arguments]
+    return command
 
 
 def given_options(click_ctx: click.Context, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -506,122 +539,12 @@ def logs(
     pod_ref: str | None,
 ) -> None:
     """Print a pod's output from the journal (removed pods' too, by name or UUID)."""
-    from sdrun.systemd import journal
+    from sdrun.systemd.logs import LogQuery, print_logs
 
     if bool(pod_ref) == all_pods:
         raise SdrunError("give one POD, or --all")
-    names_by_uuid: Mapping[str, str] | None = None  # --all: each line after its pod's name
-    if all_pods:  # every pod of this root, removed ones too
-        names_by_uuid = {pod.uuid: pod.name for pod in ctx.store.all()}
-        log = journal.PodJournal.of_root(str(ctx.paths.root))
-        pod = None
-    else:
-        pod, pod_uuid = _logs_target(ctx, str(pod_ref))
-        log = journal.PodJournal(pod_uuid)
-    until_usec = _journal_time(until) if until else None
-    if since:
-        log.seek_realtime(_journal_time(since))
-    elif lines is not None:
-        log.seek_last(lines)
-    else:
-        log.seek_head()
-    read = log.entries_with_fields if (as_json or all_pods) else log.entries
-    first = read(until_usec)
-    if since and lines is not None:  # the last N of those since TIME, as journalctl -n with --since
-        first = iter(collections.deque(first, maxlen=lines))
-    render = functools.partial(_log_line, as_json=as_json, names=names_by_uuid)
-    _print_entries(first, render)
-    if follow:
-        _follow_logs(log, lambda: read(until_usec), render, until_usec, pod)
-
-
-def _print_entries(entries: Iterable[Any], render: Callable[[Any], bytes]) -> None:
-    out = sys.stdout.buffer
-    for entry in entries:
-        out.write(render(entry) + b"\n")
-    out.flush()
-
-
-def _follow_logs(
-    log: Any, new_entries: Callable[[], Iterable[Any]], render: Callable[[Any], bytes], until_usec: int | None,
-    pod: Pod | None,
-) -> None:  # fmt: skip
-    """Print new lines as they come; for one pod, until it has ended (a restarting pod has not:
-    its unit says), or until --until has passed."""
-    import time
-
-    from sdrun.systemd import journal
-    from sdrun.systemd.bus import Systemd
-
-    systemd = Systemd.connect() if pod is not None else None
-    while True:
-        log.wait(1_000_000)
-        _print_entries(new_entries(), render)
-        if until_usec is not None and time.time() * 1_000_000 > until_usec:
-            return
-        if pod is not None and systemd is not None and not manage.view(systemd, pod).running:
-            journal.synchronize()  # journald answers once it has written the pod's last lines
-            log.refresh()
-            _print_entries(new_entries(), render)
-            return
-
-
-def _log_line(entry: Any, *, as_json: bool, names: Mapping[str, str] | None) -> bytes:
-    if as_json:
-        fields = {
-            key: value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            for key, value in entry.fields.items()
-        }
-        return json.dumps({"__REALTIME_TIMESTAMP": str(entry.realtime_usec), **fields}, sort_keys=True).encode()
-    if names is not None:  # a removed pod's name is the journal's SYSLOG_IDENTIFIER
-        pod_uuid = _text(entry.fields.get("SDRUN_POD", b""))
-        name = names.get(pod_uuid) or _text(entry.fields.get("SYSLOG_IDENTIFIER", b"")) or pod_uuid[:8]
-        return name.encode() + b" | " + bytes(entry.message)
-    return bytes(entry.message)
-
-
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _journal_time(text: str) -> int:
-    """Microseconds since the epoch: an ISO 8601 time (local), or a span ago (30s, 10m, 2h, 1d)."""
-    import time
-    from datetime import datetime
-
-    spans = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    span = text.strip().removesuffix(" ago").removeprefix("-")
-    if span[:-1].isdigit() and span[-1:] in spans:
-        return round((time.time() - int(span[:-1]) * spans[span[-1]]) * 1_000_000)
-    try:
-        return round(datetime.fromisoformat(text).timestamp() * 1_000_000)
-    except ValueError:
-        raise SdrunError(f"invalid time '{text}': expected e.g. 2024-05-01T12:00, 10m or 2h") from None
-
-
-def _logs_target(ctx: Context, ref: str) -> tuple[Pod | None, str]:
-    """The pod whose lines `logs` prints, and its UUID; no Pod for a removed one, whose lines the
-    journal keeps. A pod's name, else a unique prefix of its UUID, as for every verb; for removed
-    pods of this root the journal has both (SYSLOG_IDENTIFIER, SDRUN_POD): a name then means the
-    latest pod of that name. A whole UUID names any pod's lines, as journalctl's match would."""
-    from sdrun.systemd import journal
-
-    if (pod := ctx.store.named(ref)) is not None:
-        return pod, pod.uuid
-    root = str(ctx.paths.root)
-    candidates = set(ctx.store.uuids_with_prefix(ref))
-    candidates |= journal.removed_pods_matching(root, ref, by_prefix=len(ref) >= MIN_PREFIX)
-    if UUID_PATTERN.fullmatch(ref):
-        candidates.add(ref)
-    if len(candidates) > 1:
-        raise SdrunError(f"'{ref}' matches {len(candidates)} pods: {', '.join(sorted(candidates))}",
-                         hint="give more of the UUID, or all of it")  # fmt: skip
-    if not candidates:
-        raise NotFound(f"no such pod: '{ref}'", hint="'sdrun list' shows the pods")
-    (pod_uuid,) = candidates
-    with contextlib.suppress(NotFound):
-        return ctx.store.load(pod_uuid), pod_uuid
-    return None, pod_uuid  # removed
+    query = LogQuery(follow, lines, since, until, as_json)
+    print_logs(ctx.store, str(ctx.paths.root), None if all_pods else pod_ref, query)
 
 
 from sdrun.cli import image as _image  # noqa: E402,F401

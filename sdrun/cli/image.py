@@ -319,11 +319,10 @@ def login(ctx: Context, username: str, password_stdin: bool, tls_verify: bool | 
     """Check credentials with a registry and store them in <root>/auth.json (mode 0600)."""
     from sdrun.image.auth import save_credentials
     from sdrun.image.registry import check_login
-    from sdrun.image.transfer import auth_file
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True)
     check_login(host, (username, password), tls_verify=tls_verify)
-    save_credentials(auth_file(ctx.paths), host, username, password)
+    save_credentials(ctx.paths.auth_file, host, username, password)
     click.echo(f"logged in to {host}")
 
 
@@ -333,9 +332,8 @@ def login(ctx: Context, username: str, password_stdin: bool, tls_verify: bool | 
 def logout(ctx: Context, host: str) -> None:
     """Forget the credentials stored for a registry."""
     from sdrun.image.auth import save_credentials
-    from sdrun.image.transfer import auth_file
 
-    save_credentials(auth_file(ctx.paths), host, "", None)
+    save_credentials(ctx.paths.auth_file, host, "", None)
     click.echo(f"logged out of {host}")
 
 

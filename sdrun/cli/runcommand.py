@@ -1,11 +1,13 @@
-"""`sdrun run` on the command line: its options as one table, a parser of them that needs
-no click, and the verb itself.
+"""`sdrun run` on the command line: its options, a parser of them that needs no click, and the
+verb itself.
 
 Every container start pays for the CLI's imports, and click (with the inspect,
 uuid, datetime... it pulls in) is ~20 ms of them. So `run`'s options are data:
-sdrun.cli.commands builds the click command from RUN_OPTIONS (its help, its
-errors, `generate` and `install`, which take the same options), and `parse`
-reads the plain forms of a `run` command line with the same table. `parse`
+the rows of the settings table (sdrun.spec.SETTINGS_TABLE, and the stage1s' own)
+that are run options, between the command's own options (RUN_OPTIONS).
+sdrun.cli.commands builds the click command from them (its help, its errors,
+`generate` and `install`, which take the same options), and `parse` reads the
+plain forms of a `run` command line with the same rows. `parse`
 returns None for anything it is not sure of (--help, an option it does not know,
 `-dt`, a missing value, a boolean's value...): that command line goes to click,
 which then words every error.
@@ -18,146 +20,124 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sdrun.settings import (
+    BOOLEAN,
+    FLAG,
+    MULTIPLE,
+    OPTIONAL_VALUE,
+    PATH,
+    RUN,
+    UNITS,
+    VALUE,
+    Setting,
+)
+from sdrun.spec import DEFAULT_STAGE1, SETTINGS_TABLE
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from sdrun.paths import Paths
     from sdrun.spec import PodSpec
 
-DEFAULT_STAGE1 = "namespace"
-
-# How an option takes its value, and what click makes of it.
-VALUE = "value"  # --opt VALUE, a string
-MULTIPLE = "multiple"  # repeatable: a tuple of strings
-FLAG = "flag"  # no value: True when given
-PATH = "path"  # a value, as a Path
-BOOLEAN = "boolean"  # a value click reads as a boolean (yes/no, true/false, 1/0): left to click
-OPTIONAL_VALUE = "optional-value"  # --opt (for `implied`) or --opt=VALUE, never --opt VALUE
-
-
-class RunOption(NamedTuple):
-    names: tuple[str, ...]  # ("-e", "--env"): the short and long spellings
-    dest: str  # the parameter name; for a setting, its key in sdrun.spec.SETTINGS
-    help: str
-    kind: str = VALUE
-    metavar: str | None = None
-    setting: bool = True  # a spec setting; otherwise it says how to run (detached, removed, pulled)
-    implied: str | None = None  # OPTIONAL_VALUE: the value when none is given
-
-
-RUN_OPTIONS = (
-    RunOption(("--rootfs",), "rootfs", "Run this directory as the root filesystem.", PATH),
-    RunOption(("--spec",), "spec_file", "Read the spec from a TOML file.", PATH, setting=False),
-    RunOption(("--name",), "name", "Pod name (unit sdrun-NAME.service) [random]."),
-    RunOption(("--stage1",), "stage1", f"Isolation backend [{DEFAULT_STAGE1}]."),
-    RunOption(("-d", "--detach"), "detach", "Start and return; print the pod UUID.", FLAG, setting=False),
-    RunOption(("--rm",), "remove", "Remove the pod when the app ends.", FLAG, setting=False),
-    RunOption(("-i", "--interactive"), "interactive", "Give the app this command's stdin.", FLAG, setting=False),
-    RunOption(("-t", "--tty"), "tty", "Give the app a terminal, relayed to this one.", FLAG, setting=False),
-    RunOption(("--replace",), "replace", "Remove a pod of the same name first.", FLAG, setting=False),
-    RunOption(("--scope",), "scope", "Run as our child in a transient scope, on this terminal.", FLAG),
-    RunOption(("-e", "--env"), "env", "Set an environment variable.", MULTIPLE, "KEY=VALUE"),
-    RunOption(("--env-file",), "env_file", "Read KEY=VALUE lines from FILE.", MULTIPLE, "FILE"),
-    RunOption(("-w", "--workdir"), "workdir", "Working directory inside the container."),
-    RunOption(("-u", "--user"), "user", "USER[:GROUP], names or numbers from the container's /etc/passwd."),
-    RunOption(("--memory",), "memory", "Memory limit (MemoryMax=), e.g. 256M."),
-    RunOption(("--cpus",), "cpus", "CPU limit in CPUs (CPUQuota=), e.g. 0.5."),
-    RunOption(("--pids-limit",), "pids_limit", "Maximum number of tasks (TasksMax=)."),
-    RunOption(("--ulimit",), "ulimit", "Resource limit, e.g. nofile=1024.", MULTIPLE, "NAME=SOFT[:HARD]"),
-    RunOption(("--restart",), "restart", "Restart policy: no, on-failure or always."),
-    RunOption(("--restart-sec",), "restart_sec", "Seconds before a restart (RestartSec=) [0.1].", metavar="SECONDS"),
-    RunOption(
-        ("-v", "--volume"),
-        "volume",
-        "Bind a host path into the container; OPTIONS: ro or rw, and U or idmap.",
-        MULTIPLE,
-        "HOST:CTR[:OPTIONS]",
+# The options of `run` that are no spec settings: how to run the spec (detached, removed, pulled).
+RUN_ONLY = frozenset({RUN})
+FIRST_OPTIONS = (
+    Setting("spec_file", None, "Read the spec from a TOML file.", flags=("--spec",), kind=PATH, spec=False),
+    Setting(
+        "detach",
+        None,
+        "Start and return; print the pod UUID.",
+        flags=("-d", "--detach"),
+        kind=FLAG,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
-    RunOption(("--label",), "label", "Attach a label to the pod.", MULTIPLE, "KEY=VALUE"),
-    RunOption(
-        ("--net",), "net", "Network: none (loopback only), host, default (the sdrun0 bridge) or a network's name."
+    Setting(
+        "remove", None, "Remove the pod when the app ends.", flags=("--rm",), kind=FLAG, front_ends=RUN_ONLY, spec=False
     ),
-    RunOption(("-p", "--port"), "port", "Publish a container port.", MULTIPLE, "[IP:]HOST:CTR[/udp]"),
-    RunOption(("--stop-signal",), "stop_signal", "Signal that stops the app [SIGTERM]."),
-    RunOption(("--stop-timeout",), "stop_timeout", "Seconds between the stop signal and SIGKILL."),
-    RunOption(("--hostname",), "hostname", "Hostname inside the container [pod name]."),
-    RunOption(
-        ("--add-host",),
-        "add_host",
-        "Add a line to /etc/hosts (IP host-gateway: the network's gateway).",
-        MULTIPLE,
-        "NAME:IP",
+    Setting(
+        "interactive",
+        None,
+        "Give the app this command's stdin.",
+        flags=("-i", "--interactive"),
+        kind=FLAG,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
-    RunOption(("--dns",), "dns", "Nameserver of /etc/resolv.conf, instead of the host's.", MULTIPLE, "IP"),
-    RunOption(("--dns-search",), "dns_search", "Search domain of /etc/resolv.conf (.: none).", MULTIPLE, "DOMAIN"),
-    RunOption(("--dns-option",), "dns_option", "Option of /etc/resolv.conf, e.g. ndots:2.", MULTIPLE, "OPT"),
-    RunOption(
-        ("--sysctl",), "sysctl", "Set a namespaced sysctl: net.*, fs.mqueue.*, kernel.shm*...", MULTIPLE, "KEY=VALUE"
+    Setting(
+        "tty",
+        None,
+        "Give the app a terminal, relayed to this one.",
+        flags=("-t", "--tty"),
+        kind=FLAG,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
-    RunOption(("--cap-add",), "cap_add", "Keep a capability beyond the default set (ALL: all).", MULTIPLE, "CAP"),
-    RunOption(("--cap-drop",), "cap_drop", "Drop a capability of the default set (ALL: all).", MULTIPLE, "CAP"),
-    RunOption(
-        ("--seccomp",), "seccomp", "Seccomp: default, unconfined or an OCI JSON profile file.", metavar="PROFILE"
-    ),
-    RunOption(
-        ("--private-users",), "private_users", "User namespace.", OPTIONAL_VALUE, "auto|UID:COUNT", implied="auto"
-    ),
-    RunOption(("--read-only",), "read_only", "Mount the container's root read-only.", FLAG),
-    RunOption(("--tmpfs",), "tmpfs", "Mount a tmpfs inside the container.", MULTIPLE, "PATH[:OPTS]"),
-    RunOption(("--device",), "device", "Give the app a device node of the host.", MULTIPLE, "HOST[:CTR][:PERMS]"),
-    RunOption(("--init",), "init", "Run tini as PID 1: reaps zombies, forwards signals.", FLAG),
-    RunOption(("--selinux-type",), "selinux_type", "SELinux context for the app (SELinuxContext=)."),
-    RunOption(("--apparmor",), "apparmor", "AppArmor profile for the app (AppArmorProfile=).", metavar="PROFILE"),
-    RunOption(
-        ("--kvm-accel",),
-        "kvm_accel",
-        "kvm stage1: accelerator [auto: KVM if it boots, else TCG].",
-        metavar="kvm|tcg|auto",
-    ),
-    RunOption(
-        ("--kvm-kernel",),
-        "kvm_kernel",
-        "kvm stage1: guest kernel [newest /boot/vmlinuz-*-cloud-amd64].",
-        metavar="PATH",
-    ),
-    RunOption(
-        ("--entrypoint",),
-        "entrypoint",
-        "Image pods: run CMD instead of the image's entrypoint and command.",
-        metavar="CMD",
-    ),
-    RunOption(
-        ("--platform",),
+    Setting("replace", None, "Remove a pod of the same name first.", kind=FLAG, front_ends=RUN_ONLY, spec=False),
+)
+PULL_OPTIONS = (
+    Setting(
         "platform",
+        None,
         "Image pods: the platform to pull, if absent [host's].",
         metavar="OS/ARCH[/VARIANT]",
-        setting=False,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
-    RunOption(("--tls-verify",), "tls_verify", "Image pods: as for 'sdrun image pull'.", BOOLEAN, setting=False),
-    RunOption(
-        ("--verify",),
+    Setting(
+        "tls_verify", None, "Image pods: as for 'sdrun image pull'.", kind=BOOLEAN, front_ends=RUN_ONLY, spec=False
+    ),
+    Setting(
         "verify",
+        None,
         "Image pods: pull only what a digest pins, as 'image pull --verify'.",
-        FLAG,
-        setting=False,
+        kind=FLAG,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
-    RunOption(
-        ("--signature-policy",),
+    Setting(
         "signature_policy",
+        None,
         "Image pods: the signature policy of a pull [/etc/containers/policy.json, if any].",
-        PATH,
-        setting=False,
+        kind=PATH,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
-    RunOption(
-        ("--registries.d",),
+    Setting(
         "registries_d",
+        None,
         "Image pods: where a pull looks up signatures [/etc/containers/registries.d].",
-        PATH,
-        setting=False,
+        flags=("--registries.d",),
+        kind=PATH,
+        front_ends=RUN_ONLY,
+        spec=False,
     ),
 )
+
+
+def run_options(settings: Iterable[Setting]) -> tuple[Setting, ...]:
+    """The settings of the table that are options of `run`."""
+    return tuple(setting for setting in settings if RUN in setting.front_ends and not setting.positional)
+
+
+def unit_options(settings: Iterable[Setting]) -> tuple[Setting, ...]:
+    """The settings of the table that are options of `generate` and `install` only."""
+    return tuple(setting for setting in settings if setting.front_ends == {UNITS} and not setting.positional)
+
+
+# `run`'s options: those of the shared settings table, between the command's own. The stage1s'
+# own settings are options too (stage1_options), found when a command line names one.
+RUN_OPTIONS = (*FIRST_OPTIONS, *run_options(SETTINGS_TABLE), *PULL_OPTIONS)
 OPTIONS_BY_NAME = {name: option for option in RUN_OPTIONS for name in option.names}
 FAST_KINDS = (VALUE, MULTIPLE, FLAG, PATH, OPTIONAL_VALUE)
+NOT_SETTINGS = frozenset(option.dest for option in (*FIRST_OPTIONS, *PULL_OPTIONS))
+
+
+def stage1_options() -> tuple[Setting, ...]:
+    """The stage1s' own settings, as options of `run` (this imports the built-in stage1s)."""
+    from sdrun.specbuild import stage1_settings
+
+    return run_options(stage1_settings())
 
 
 class RunCommandLine(NamedTuple):
@@ -206,7 +186,7 @@ def _group_options(argv: Sequence[str]) -> tuple[str | None, int | None]:
 def _option(token: str, following: Sequence[str], options: dict[str, Any]) -> int | None:
     """Record one option from token (and the token after it, for a value); how many tokens it took."""
     name, equals, value = token.partition("=") if token.startswith("--") else (token, "", "")
-    option = OPTIONS_BY_NAME.get(name)
+    option = OPTIONS_BY_NAME.get(name) or _stage1_option(name)
     if option is None or option.kind not in FAST_KINDS:
         return None
     if option.kind == FLAG:
@@ -229,6 +209,14 @@ def _option(token: str, following: Sequence[str], options: dict[str, Any]) -> in
     return taken
 
 
+def _stage1_option(name: str) -> Setting | None:
+    """A stage1's own option (--kvm-accel): only a command line that names an option the shared
+    table does not have imports the stage1s for theirs."""
+    if not name.startswith("--"):
+        return None
+    return next((option for option in stage1_options() if name in option.names), None)
+
+
 # --- the verb ---
 
 
@@ -242,10 +230,11 @@ def spec_from_run_options(
 ) -> PodSpec:
     """The spec `run` options describe (also for `generate` and `install`): the settings given
     on the command line override the spec file's."""
-    from sdrun.spec import build_spec, check_settings, load_spec_file
+    from sdrun.spec import check_settings, load_spec_file
+    from sdrun.specbuild import build_spec, settings_table
 
-    settings: dict[str, object] = load_spec_file(spec_file) if spec_file else {}
-    settings |= check_settings(given, "command line")
+    settings: dict[str, object] = load_spec_file(spec_file, settings_table) if spec_file else {}
+    settings |= check_settings(given, "command line", settings_table(given))
     if not settings.get("rootfs") and args:
         settings["image"], args = args[0], args[1:]
     args = without_separator(args)
@@ -262,7 +251,7 @@ def run_verb(paths: Paths, options: Mapping[str, Any], args: tuple[str, ...]) ->
     from sdrun.errors import SdrunError
     from sdrun.image.pullsettings import PullSettings
 
-    given = {option.dest: options[option.dest] for option in RUN_OPTIONS if option.setting and option.dest in options}
+    given = {key: value for key, value in options.items() if key not in NOT_SETTINGS}
     spec = spec_from_run_options(options.get("spec_file"), args, given)
     pull = PullSettings(
         options.get("platform"),

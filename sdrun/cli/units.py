@@ -9,71 +9,41 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sdrun.cli.commands import Context, given_options, main, pass_context, with_systemd
-from sdrun.cli.runcommand import DEFAULT_STAGE1, spec_from_run_options
-from sdrun.errors import SdrunError, SpecError
-from sdrun.spec import PodSpec, check_settings, parse_name
+from sdrun.cli.commands import Context, click_options, given_options, main, pass_context, with_systemd
+from sdrun.cli.runcommand import RUN_OPTIONS, spec_from_run_options, unit_options
+from sdrun.errors import SdrunError, SpecError, error_line
+from sdrun.paths import DEFAULT_UNIT_DIR
+from sdrun.settings import COMMAND, UNITS
+from sdrun.spec import DEFAULT_STAGE1, SETTINGS_TABLE, PodSpec, parse_name
 
 if TYPE_CHECKING:
     from sdrun.systemd.bus import Systemd
 
-# run options that make no sense for an installed unit (its ExecStartPre does not pull; the pulls of
-# install, and of a start that finds its image gone, obey /etc/containers/policy.json and registries.d)
-RUN_ONLY = (
-    "detach",
-    "remove",
-    "replace",
-    "interactive",
-    "tty",
-    "scope",
-    "platform",
-    "tls_verify",
-    "verify",
-    "signature_policy",
-    "registries_d",
-)
-UNIT_SETTINGS = (
-    click.option("--requires", multiple=True, metavar="POD", help="Start after POD's unit, and only with it."),
-    click.option("--start-limit-interval", help="StartLimitIntervalSec=, in seconds."),
-    click.option("--start-limit-burst", help="StartLimitBurst=."),
-    click.option("--notify", is_flag=True, default=None, help="The app says READY=1 itself (sd_notify)."),
-    click.option("--listen", multiple=True, metavar="ADDRESS", help="Socket activation: PORT, HOST:PORT or PATH."),
-    click.option("--healthcheck", help="A command run inside the pod; failing restarts it."),
-    click.option("--healthcheck-interval", help="Seconds between health checks [30]."),
-    click.option("--wanted-by", multiple=True, metavar="TARGET", help="[Install] WantedBy= [multi-user.target]."),
-)
+# run's options that an installed unit does not take (its ExecStartPre does not pull, nor detach...)
+RUN_ONLY = frozenset(option.dest for option in RUN_OPTIONS if UNITS not in option.front_ends)
+# The settings only installed units take, which `run` refuses (listen, healthcheck...)
+UNIT_SETTINGS = unit_options(SETTINGS_TABLE)
 
 
 def unit_command(command: click.Command) -> click.Command:
     """Give a verb the unit-only settings and every option and argument of `sdrun run`."""
-    for option in reversed(UNIT_SETTINGS):
-        option(command)
+    command.params += click_options(UNIT_SETTINGS)
     command.params += [param for param in main.commands["run"].params if param.name not in RUN_ONLY]
     return command
 
 
 def _spec_from(click_ctx: click.Context, options: dict[str, Any]) -> PodSpec:
-    """The spec: run's options as run reads them, plus the unit-only settings."""
-    unit_keys = {option.name for option in _unit_setting_params()}
-    settings = {key: options.pop(key) for key in unit_keys if options.get(key) not in (None, ())}
-    if "healthcheck" in settings:
-        import shlex
+    """The spec: run's options as run reads them, plus the unit-only settings; a command's words
+    (--healthcheck) are split as a shell would."""
+    for setting in UNIT_SETTINGS:
+        if setting.kind == COMMAND and options.get(setting.dest) is not None:
+            import shlex
 
-        settings["healthcheck"] = shlex.split(settings["healthcheck"])
+            options[setting.dest] = shlex.split(options[setting.dest])
     spec_file, args = options.pop("spec_file"), options.pop("args")
-    flags = {key: value for key, value in options.items() if key not in unit_keys}
     # As for the generator, a spec file names its pod unless it says otherwise.
-    given = given_options(click_ctx, flags)
-    spec = spec_from_run_options(spec_file, args, given, spec_file.stem if spec_file else None)
-    checked: dict[str, Any] = check_settings(settings, "command line")
-    return spec._replace(service=spec.service._replace(**checked)) if checked else spec
-
-
-def _unit_setting_params() -> list[click.Parameter]:
-    probe = click.Command("probe")
-    for option in UNIT_SETTINGS:
-        option(probe)
-    return probe.params
+    given = given_options(click_ctx, options)
+    return spec_from_run_options(spec_file, args, given, spec_file.stem if spec_file else None)
 
 
 @unit_command
@@ -123,7 +93,7 @@ def install(
     if options.get("name") not in (None, pod_name):
         raise SdrunError(f"--name {options['name']} contradicts NAME {pod_name}")
     spec = _spec_from(click_ctx, options)._replace(name=parse_name(pod_name))
-    target = unit_dir or units.DEFAULT_UNIT_DIR
+    target = unit_dir or DEFAULT_UNIT_DIR
 
     def install_pod(systemd: Systemd) -> str:
         units.check_install(systemd, spec, target, replace=replace)  # before a pull
@@ -153,7 +123,7 @@ def uninstall(ctx: Context, unit_dir: Path | None, name: str) -> None:
     """Stop, disable and remove an installed pod's units (and its pod directory)."""
     from sdrun import units
 
-    target = unit_dir or units.DEFAULT_UNIT_DIR
+    target = unit_dir or DEFAULT_UNIT_DIR
     with_systemd(lambda systemd: units.uninstall(systemd, ctx.paths, name, target))
     click.echo(f"sdrun-{name}.service")
 
@@ -194,8 +164,8 @@ def healthcheck(ctx: Context, pod_uuid: str) -> None:
     pod = ctx.store.load(pod_uuid)
     status = with_systemd(lambda systemd: units.healthcheck(systemd, pod))
     if status is None:
-        click.echo(f"sdrun: pod '{pod.name}' is not active: not checked", err=True)
+        sys.stderr.write(error_line(f"pod '{pod.name}' is not active: not checked"))
         return
     if status:
-        click.echo(f"sdrun: health check of pod '{pod.name}' failed (exit status {status}): restarting it", err=True)
+        sys.stderr.write(error_line(f"health check of pod '{pod.name}' failed (exit status {status}): restarting it"))
     sys.exit(status)

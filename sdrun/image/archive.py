@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sdrun.errors import SdrunError
+from sdrun.files import atomic_file
 from sdrun.image import oci
 from sdrun.image.layers import HashingReader, uncompressed
 from sdrun.image.store import Image, ImageStore, TamperedBlob
@@ -47,17 +47,14 @@ def export_image(store: ImageStore, image: Image, target: str) -> Path:
 @contextlib.contextmanager
 def _written_atomically(target: Path) -> Iterator[tarfile.TarFile]:
     """A tar written beside target and renamed over it once whole; nothing is left on failure."""
-    temporary = target.with_name(f".{target.name}.tmp")
     try:
-        with tarfile.open(temporary, "w", format=tarfile.PAX_FORMAT) as archive:
+        with (
+            atomic_file(target) as stream,
+            tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive,
+        ):
             yield archive
-        os.replace(temporary, target)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise SdrunError(f"cannot write {target}: {error.strerror}") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _write_oci_archive(archive: tarfile.TarFile, store: ImageStore, image: Image) -> None:

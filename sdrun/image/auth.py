@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from sdrun.errors import SdrunError
+from sdrun.files import write_atomically
 
 DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
 
@@ -69,11 +70,4 @@ def save_credentials(path: Path, host: str, user: str, password: str | None) -> 
     else:
         auths[host] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as stream:
-        json.dump({"auths": auths}, stream, indent=2)
-        stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    temporary.rename(path)
+    write_atomically(path, json.dumps({"auths": auths}, indent=2) + "\n", mode=0o600)

@@ -23,8 +23,6 @@ DOCKER_SCHEMA1 = (
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 REF_NAME = "org.opencontainers.image.ref.name"
-# Layers may be gzip, zstd or plain tars; the extractor looks at the bytes, not the media type.
-LAYER_SUFFIXES = ("", "+gzip", "+zstd")
 MACHINE_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le"}
 
 

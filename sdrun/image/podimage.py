@@ -58,6 +58,6 @@ def read_pod_image(pod_dir: str | os.PathLike[str]) -> PodImage | None:
 
 
 def write_pod_image(pod_dir: Path, record: PodImage) -> None:
-    from sdrun.pod import write_file_atomically
+    from sdrun.files import write_atomically
 
-    write_file_atomically(Paths.pod_image(pod_dir), record.render())
+    write_atomically(Paths.pod_image(pod_dir), record.render())

@@ -29,6 +29,7 @@ from typing import IO, Any, NamedTuple
 
 from sdrun.debug import debug
 from sdrun.errors import NotFound, SdrunError
+from sdrun.files import fsync_directory, write_atomically
 from sdrun.image import oci
 from sdrun.image.layers import extract_layer
 from sdrun.image.reference import DIGEST_PATTERN, BadReference, parse_local_name, parse_registry_reference
@@ -72,14 +73,6 @@ def digest_of(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ImageStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -114,7 +107,7 @@ class ImageStore:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         layout = self.directory / "oci-layout"
         if not layout.exists():
-            self._write_atomically(layout, b'{"imageLayoutVersion": "1.0.0"}\n')
+            write_atomically(layout, b'{"imageLayoutVersion": "1.0.0"}\n')
 
     # --- blobs ---
 
@@ -274,7 +267,7 @@ class ImageStore:
                 sc.syncfs(root_fd)  # every file of the tree is on disk before the marker is
             finally:
                 os.close(root_fd)
-            self._write_atomically(tree / RENDERED, f"{layer_digest}\n".encode())
+            write_atomically(tree / RENDERED, f"{layer_digest}\n".encode())
         return tree / "root"
 
     # --- index.json ---
@@ -288,7 +281,7 @@ class ImageStore:
 
     def _write_index(self, entries: list[oci.Descriptor]) -> None:
         index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [entry.to_json() for entry in entries]}
-        self._write_atomically(self.index_file, (json.dumps(index, indent=2) + "\n").encode())
+        write_atomically(self.index_file, (json.dumps(index, indent=2) + "\n").encode())
 
     @contextlib.contextmanager
     def _editing_index(self) -> Iterator[list[oci.Descriptor]]:
@@ -464,13 +457,3 @@ class ImageStore:
             return list(os.scandir(directory))
         except FileNotFoundError:
             return []
-
-    @staticmethod
-    def _write_atomically(path: Path, data: bytes) -> None:
-        temporary = path.with_name(f".{path.name}.tmp")
-        with temporary.open("wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        temporary.rename(path)
-        fsync_directory(path.parent)

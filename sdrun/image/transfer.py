@@ -95,7 +95,7 @@ class ProgressLine:
 def source_for(paths: Paths, text: str, *, tls_verify: bool | None) -> ImageSource:
     reference = parse_reference(text)
     if isinstance(reference, RegistryReference):
-        credentials = credentials_for(reference.host, auth_files(auth_file(paths)))
+        credentials = credentials_for(reference.host, auth_files(paths.auth_file))
         return RegistrySource(reference, tls_verify=tls_verify, credentials=credentials)
     assert isinstance(reference, FileReference)
     if reference.transport == "oci":
@@ -103,10 +103,6 @@ def source_for(paths: Paths, text: str, *, tls_verify: bool | None) -> ImageSour
     if reference.transport == "oci-archive":
         return OciArchiveSource(reference)
     return DockerArchiveSource(reference)
-
-
-def auth_file(paths: Paths) -> Path:
-    return paths.root / "auth.json"
 
 
 def rootfs_source(path: Path, platform: oci.Platform | None) -> ImageSource:
@@ -269,10 +265,6 @@ def pull(paths: Paths, text: str, options: PullOptions) -> Image:
     return copy_image(store, source, source.names(), options, _admission(paths, source, options))
 
 
-def policy_file(paths: Paths) -> Path:
-    return paths.root / "policy.json"
-
-
 def _admission(paths: Paths, source: ImageSource, options: PullOptions) -> Admission | None:
     """The policies' checks of a pull: now, what the registry need not be asked for (the registries
     trusted, a signature policy's scope that rejects); then, once the registry has sent the digests,
@@ -286,7 +278,7 @@ def _admission(paths: Paths, source: ImageSource, options: PullOptions) -> Admis
         if trust is not None:
             check_file_source_trust(trust, source)
         return None
-    policy = load_policy(policy_file(paths))
+    policy = load_policy(paths.policy_file)
     reference = source.reference
     policy.check_registry(reference)
     image_trust = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sdrun.errors import SdrunError
+from sdrun.files import write_atomically
 from sdrun.image.trustpolicy import (
     ACCEPT,
     DEFAULT_POLICY,
@@ -26,7 +27,6 @@ from sdrun.image.trustpolicy import (
     parse_trust_policy,
 )
 from sdrun.paths import Paths
-from sdrun.pod import write_file_atomically
 
 GPG = "gpg"
 SIGSTORE = "sigstore"
@@ -67,10 +67,8 @@ def install_key(paths: Paths, key: KeyToTrust) -> Path:
     directory.chmod(0o755)  # podman and skopeo, run by anyone, read the policy's keys
     name = f"{key.fingerprints[0]}.gpg" if key.kind == GPG else f"sigstore-{key.fingerprints[0][:40]}.pub"
     target = directory / name
-    temporary = target.with_name(f".{target.name}.tmp")  # (bytes: write_file_atomically writes text)
-    temporary.write_bytes(key.data)
-    temporary.chmod(0o644)
-    temporary.rename(target)
+    write_atomically(target, key.data, 0o644)
+    target.chmod(0o644)  # whatever the umask: podman and skopeo, run by anyone, read it
     return target
 
 
@@ -93,7 +91,7 @@ def _save(path: Path, document: dict[str, Any]) -> None:
     text = json.dumps(document, indent=4) + "\n"
     parse_trust_policy(text.encode(), path)  # what is written must read back as a policy
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomically(path, text)
+    write_atomically(path, text, 0o644)
     path.chmod(0o644)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sdrun.errors import SpecError
+from sdrun.files import write_atomically
 from sdrun.linux import caps
 
 UNCONFINED = "unconfined"
@@ -254,13 +255,9 @@ def compiled_filter(choice: str, capabilities: Collection[str], cache: Path) -> 
     key, build = _profile_source(choice, capabilities)
     path = cache / f"{key}.bpf"
     if not path.exists():
-        import tempfile
-
         program = compile_profile(build())
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache, prefix=".new-", delete=False) as stream:
-            stream.write(program)
-        os.rename(stream.name, path)  # atomic: a racing run sees the whole program or none
+        write_atomically(path, program, mode=0o600)  # a racing run sees the whole program or none
     return path
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from sdrun.errors import SdrunError
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -24,7 +26,6 @@ MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_NOATIME = 0x400
 MS_BIND = 0x1000
-MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
@@ -32,16 +33,37 @@ MS_SHARED = 0x100000
 
 MNT_DETACH = 0x2
 
-PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_SET_CHILD_SUBREAPER = 36
 SECCOMP_MODE_FILTER = 2
-PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# The syscalls libc has no wrapper for, called by number: per machine as uname(2) names it
+# (platform.machine()'s value, without importing platform), from the kernel's tables: x86-64's own
+# (arch/x86/entry/syscalls/syscall_64.tbl), arm64's the generic one (include/uapi/asm-generic/unistd.h).
+# From 5.1's (424) on, every architecture gives a new syscall the same number.
+SYSCALL_NUMBERS = {
+    "x86_64": {"pivot_root": 155, "open_tree": 428, "move_mount": 429, "openat2": 437, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "open_tree": 428, "move_mount": 429, "openat2": 437, "mount_setattr": 442},
+}
+MACHINE = os.uname().machine
+
+
+def syscall_number(name: str, machine: str = MACHINE) -> int:
+    """The number of a syscall libc has no wrapper for, on this machine; SdrunError on a machine
+    sdrun has no table for (a wrong number would call another syscall)."""
+    try:
+        return SYSCALL_NUMBERS[machine][name]
+    except KeyError:
+        known = ", ".join(SYSCALL_NUMBERS)
+        raise SdrunError(
+            f"sdrun knows no syscall number of {name} on machine '{machine}'", hint=f"known: {known}"
+        ) from None
+
 
 # dlopen(NULL): the C library the interpreter is linked with. ctypes.util.find_library
 # would import subprocess and tempfile, ~20 ms on every start of sdrun and of a stage1.
@@ -100,8 +122,7 @@ def syncfs(fd: int) -> None:
 
 
 def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
-    sys_pivot_root = 155  # x86_64; glibc has no wrapper
-    _check(_libc.syscall(sys_pivot_root, _encode(new_root), _encode(put_old)), "pivot_root", new_root)
+    _check(_libc.syscall(syscall_number("pivot_root"), _encode(new_root), _encode(put_old)), "pivot_root", new_root)
 
 
 PROC_SUPER_MAGIC = 0x9FA0
@@ -190,19 +211,19 @@ class _MountAttr(ctypes.Structure):
 
 
 def open_tree(path: str | os.PathLike[str], flags: int) -> int:
-    sys_open_tree = 428  # x86_64
     return _check(
-        _libc.syscall(sys_open_tree, ctypes.c_int(-100), _encode(path), ctypes.c_uint(flags | os.O_CLOEXEC)),
+        _libc.syscall(
+            syscall_number("open_tree"), ctypes.c_int(-100), _encode(path), ctypes.c_uint(flags | os.O_CLOEXEC)
+        ),
         "open_tree",
         path,
     )
 
 
 def _mount_setattr(fd: int, attr: _MountAttr, flags: int = 0) -> None:
-    sys_mount_setattr = 442  # x86_64
     _check(
         _libc.syscall(
-            sys_mount_setattr,
+            syscall_number("mount_setattr"),
             ctypes.c_int(fd),
             b"",
             ctypes.c_uint(AT_EMPTY_PATH | flags),
@@ -227,10 +248,9 @@ def make_tree_read_only(fd: int) -> None:
 
 def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
     """Attach the detached mount fd at target."""
-    sys_move_mount = 429  # x86_64
     _check(
         _libc.syscall(
-            sys_move_mount,
+            syscall_number("move_mount"),
             ctypes.c_int(fd),
             b"",
             ctypes.c_int(-100),
@@ -255,10 +275,11 @@ class _OpenHow(ctypes.Structure):
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): open path relative to dirfd under the given RESOLVE_* restrictions."""
-    sys_openat2 = 437  # x86_64
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     return _check(
-        _libc.syscall(sys_openat2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)),
+        _libc.syscall(
+            syscall_number("openat2"), ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)
+        ),
         "openat2",
         path,
     )

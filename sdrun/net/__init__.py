@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdrun.paths import NETNS_DIR as NETNS_DIR  # where sdrun.net's modules take it from
 from sdrun.paths import Paths
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 HOST = "host"  # the host's network namespace
 NONE = "none"  # a private namespace with loopback only
 DEFAULT = "default"  # the default bridge network
-NETNS_DIR = Path("/run/netns")
 NETNS_PREFIX = "sdrun-"
 HOST_GATEWAY = "host-gateway"  # --add-host NAME:host-gateway: the pod's network's gateway address
 VETH_PREFIX = "sdv"  # + 12 hex digits of the pod UUID: interface names have at most 15 characters
@@ -65,7 +65,7 @@ def peer_mac(veth: str) -> str:
 
 
 def network_dir(root: Path, network: str) -> Path:
-    return root / "net" / network
+    return Paths(root).network_dir(network)
 
 
 def pod_files(pod: Pod) -> dict[str, Path]:
@@ -75,15 +75,14 @@ def pod_files(pod: Pod) -> dict[str, Path]:
     resolv.conf without the host's loopback resolvers, which a pod cannot reach."""
     if not on_network(pod.spec):
         return {}
-    root = Paths.root_of(pod.dir)
-    directory = network_dir(root, pod.spec.net)
-    hosts = own_hosts_path(root, pod.spec.net, pod.uuid) if pod.spec.isolation.add_host else directory / "hosts"
-    return {"hosts": hosts, "resolv.conf": directory / "resolv.conf"}
+    paths, network = Paths.of_pod(pod.dir), pod.spec.net
+    hosts = paths.own_hosts(network, pod.uuid) if pod.spec.isolation.add_host else paths.network_hosts(network)
+    return {"hosts": hosts, "resolv.conf": paths.network_resolv_conf(network)}
 
 
 def own_hosts_path(root: Path, network: str, pod_uuid: str) -> Path:
     """The hosts file of a pod with --add-host on a network: the network's, and the pod's lines."""
-    return network_dir(root, network) / f"hosts.{pod_uuid}"
+    return Paths(root).own_hosts(network, pod_uuid)
 
 
 def added_hosts(entries: tuple[str, ...]) -> str:
@@ -108,7 +107,7 @@ def scope_network(pod: Pod) -> Iterator[None]:
 
 
 def lease_path(root: Path, network: str, pod_uuid: str) -> Path:
-    return network_dir(root, network) / "leases" / pod_uuid
+    return Paths(root).lease(network, pod_uuid)
 
 
 def pod_address(pod: Pod) -> str | None:
@@ -137,7 +136,7 @@ def release(pod: Pod) -> bool:
 
 def collect_garbage(root: Path, keep: set[str]) -> list[str]:
     """`sdrun gc`'s part: the networks of pods not in keep, and objects no lease names."""
-    if not (root / "net").is_dir():
+    if not Paths(root).net.is_dir():
         return []
     from sdrun.net.pod import gc
 

@@ -20,7 +20,9 @@ from typing import NamedTuple
 
 from sdrun import records
 from sdrun.errors import NotFound, SdrunError, SpecError
-from sdrun.net import DEFAULT, HOST, NONE, network_dir
+from sdrun.files import write_atomically
+from sdrun.net import DEFAULT, HOST, NONE
+from sdrun.paths import Paths
 
 # Candidates for the default subnet, in order; podman's 10.88.0.0/16 and Docker's 172.17.0.0/16 are left out.
 DEFAULT_SUBNETS = ("10.87.0.0/16", "10.86.0.0/16", "10.85.0.0/16", "172.30.0.0/16", "192.168.230.0/24")
@@ -65,7 +67,7 @@ class Network(NamedTuple):
 
 
 def definition_path(root: Path, name: str) -> Path:
-    return network_dir(root, name) / "network.json"
+    return Paths(root).network_definition(name)
 
 
 def parse_subnet(text: str) -> str:
@@ -176,11 +178,11 @@ def ipv6_subnet(root: Path, name: str, given: str, where: str = "") -> str:
 def networks(root: Path) -> list[Network]:
     found = []
     try:
-        entries = sorted(os.scandir(root / "net"), key=lambda entry: entry.name)
+        entries = sorted(os.scandir(Paths(root).net), key=lambda entry: entry.name)
     except FileNotFoundError:
         return []
     for entry in entries:
-        path = Path(entry.path) / "network.json"
+        path = definition_path(root, entry.name)
         if path.exists():
             found.append(Network(**json.loads(path.read_text())))
     return found
@@ -205,7 +207,7 @@ def _default_network(root: Path) -> Network:
     if "subnet" in settings:
         subnet = parse_subnet(str(settings["subnet"]))
         if (reason := clash(subnet, root, ignore=DEFAULT)) is not None:
-            raise SdrunError(f"{root / 'net.toml'}: subnet {subnet} overlaps {reason}")
+            raise SdrunError(f"{Paths(root).net_settings}: subnet {subnet} overlaps {reason}")
         return Network(DEFAULT, subnet, bridge, subnet6)
     for candidate in DEFAULT_SUBNETS:
         if clash(candidate, root, ignore=DEFAULT) is None:
@@ -216,7 +218,7 @@ def _default_network(root: Path) -> Network:
 def _net_toml(root: Path) -> dict[str, object]:
     import tomllib
 
-    path = root / "net.toml"
+    path = Paths(root).net_settings
     try:
         with path.open("rb") as stream:
             settings = tomllib.load(stream)
@@ -253,10 +255,8 @@ def create(root: Path, name: str, subnet: str, ipv6: bool = False, subnet6: str 
 
 
 def _save(root: Path, network: Network) -> Network:
-    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
-
     path = definition_path(root, network.name)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(root / "net", 0o755)  # a pod in a user namespace reads its network's hosts file through it
-    write_file_atomically(path, json.dumps(records.plain(network), indent=2) + "\n")
+    os.chmod(Paths(root).net, 0o755)  # a pod in a user namespace reads its network's hosts file through it
+    write_atomically(path, json.dumps(records.plain(network), indent=2) + "\n")
     return network

@@ -21,9 +21,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe, error_line
 from sdrun.paths import Paths
 
+PROGRAM = "sdrun network"  # as its lines in the unit's journal begin
 USAGE = "usage: python -m sdrun.net.hook setup|teardown POD_DIR\n"
 TEARDOWN_BUDGET_USEC = 30_000_000
 DETACH_TEARDOWN_BELOW = 10.0  # seconds of stop timeout (the stage1s' default is 10 s)
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
         else:
             teardown(pod_dir)
     except (SdrunError, OSError) as error:
-        sys.stderr.write(f"sdrun network: {describe(error)}\n")
+        sys.stderr.write(error_line(describe(error), program=PROGRAM))
         return EXIT_RUNTIME_ERROR
     return 0
 
@@ -60,7 +61,7 @@ def extend_timeout(usec: int) -> None:
     try:
         notify.sendto(f"EXTEND_TIMEOUT_USEC={usec}".encode(), "\0" + address[1:] if address[0] == "@" else address)
     except OSError as error:  # no harm but a shorter deadline: say so in the unit's journal
-        sys.stderr.write(f"sdrun network: cannot ask systemd for time to tear down: {error.strerror}\n")
+        sys.stderr.write(error_line(f"cannot ask systemd for time to tear down: {error.strerror}", program=PROGRAM))
     finally:
         notify.close()
 
@@ -71,7 +72,8 @@ def teardown(pod_dir: Path) -> None:
     from sdrun.net.pod import teardown as undo
 
     root = Paths.root_of(pod_dir)
-    for network in sorted(os.listdir(root / "net")) if (root / "net").is_dir() else []:
+    net = Paths(root).net
+    for network in sorted(os.listdir(net)) if net.is_dir() else []:
         if lease_path(root, network, pod_dir.name).exists():
             undo(root, pod_dir.name, network)
 

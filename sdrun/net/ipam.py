@@ -26,9 +26,11 @@ from typing import NamedTuple
 
 from sdrun import records
 from sdrun.errors import SdrunError
-from sdrun.net import added_hosts, lease_path, network_dir, own_hosts_path
+from sdrun.files import write_atomically
+from sdrun.net import added_hosts, lease_path, own_hosts_path
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
+from sdrun.paths import Paths
 
 LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -60,9 +62,9 @@ class Lease(NamedTuple):
 def locked(root: Path) -> Iterator[None]:
     """Hold the networking lock of this sdrun root; waits for the holder, who holds it for the
     bookkeeping of leases alone (milliseconds), or for a whole `sdrun gc`."""
-    directory = root / "net"
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    paths = Paths(root)
+    paths.net.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(paths.net_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -71,7 +73,7 @@ def locked(root: Path) -> Iterator[None]:
 
 
 def leases_dir(root: Path, network: str) -> Path:
-    return network_dir(root, network) / "leases"
+    return Paths(root).leases_dir(network)
 
 
 def leases(root: Path, network: str) -> list[Lease]:
@@ -89,7 +91,7 @@ def leases(root: Path, network: str) -> list[Lease]:
 
 def all_leases(root: Path) -> list[Lease]:
     try:
-        networks = sorted(entry.name for entry in os.scandir(root / "net") if entry.is_dir())
+        networks = sorted(entry.name for entry in os.scandir(Paths(root).net) if entry.is_dir())
     except FileNotFoundError:
         return []
     return [lease for network in networks for lease in leases(root, network)]
@@ -145,11 +147,9 @@ def check_ports(ports: tuple[PortMapping, ...], others: list[Lease]) -> None:
 
 
 def write_lease(root: Path, lease: Lease) -> None:
-    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
-
     path = lease_path(root, lease.network, lease.pod)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    write_file_atomically(path, lease.to_json())
+    write_atomically(path, lease.to_json())
 
 
 def remove_lease(root: Path, lease: Lease) -> None:
@@ -204,10 +204,10 @@ def rewrite_in_place(path: Path, text: str) -> None:
 def update_network_files(root: Path, network: str) -> None:
     """The network's hosts file and resolv.conf, from its current leases and the host's resolv.conf;
     and the hosts file of each of its pods with --add-host."""
-    directory = network_dir(root, network)
+    paths = Paths(root)
     current = leases(root, network)
     shared = hosts_file(current)
-    rewrite_in_place(directory / "hosts", shared)
+    rewrite_in_place(paths.network_hosts(network), shared)
     for lease in current:
         if lease.added_hosts:
             rewrite_in_place(own_hosts_path(root, network, lease.pod), shared + added_hosts(lease.added_hosts))
@@ -215,4 +215,4 @@ def update_network_files(root: Path, network: str) -> None:
         host_resolv_conf = Path("/etc/resolv.conf").read_text()
     except OSError:
         host_resolv_conf = ""
-    rewrite_in_place(directory / "resolv.conf", resolv_conf(host_resolv_conf))
+    rewrite_in_place(paths.network_resolv_conf(network), resolv_conf(host_resolv_conf))

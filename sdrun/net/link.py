@@ -33,6 +33,7 @@ from sdrun.linux import caps  # noqa: E402
 from sdrun.linux import syscalls as sc  # noqa: E402
 from sdrun.net import NETNS_DIR, peer_mac  # noqa: E402
 from sdrun.net.config import Network  # noqa: E402
+from sdrun.paths import netns_path  # noqa: E402
 
 POD_INTERFACE = "eth0"
 ENODEV = 19
@@ -246,7 +247,7 @@ def create_netns(name: str) -> Path:
     /run/netns, a shared mount so that the name shows in every mount namespace. Made by this
     thread and left again, with no helper process."""
     _share_netns_dir()
-    path = NETNS_DIR / name
+    path = netns_path(name)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     try:
         with _original_netns():

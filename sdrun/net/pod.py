@@ -38,7 +38,7 @@ from sdrun.net import (
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
-from sdrun.paths import Paths
+from sdrun.paths import Paths, netns_path
 
 if TYPE_CHECKING:  # sdrun.pod (and the spec it imports) would cost every tear-down ~10 ms
     from sdrun.pod import Pod
@@ -216,9 +216,10 @@ def retire(root: Path, network_name: str) -> None:
         if nft.table_exists():
             ipv6_table = bool(network.subnet6) and nft.table_exists(nft.TABLE6)
             nft.apply(nft.remove_network_commands(network, ipv6_table))
-    for name in ("hosts", "resolv.conf"):
+    paths = Paths(root)
+    for path in (paths.network_hosts(network_name), paths.network_resolv_conf(network_name)):
         with contextlib.suppress(FileNotFoundError):
-            (root / "net" / network_name / name).unlink()
+            path.unlink()
     if not ipam.all_leases(root) and nft.table_exists():
         nft.apply(nft.remove_table_commands())
 
@@ -226,7 +227,7 @@ def retire(root: Path, network_name: str) -> None:
 def remove_netns(name: str) -> None:
     """Unmount and remove a named network namespace (as `ip netns delete`); the kernel frees it,
     and any interface left in it, once no process uses it."""
-    path = NETNS_DIR / name
+    path = netns_path(name)
     with contextlib.suppress(OSError):
         sc.umount2(str(path), sc.MNT_DETACH)
     with contextlib.suppress(FileNotFoundError):
@@ -258,7 +259,7 @@ def _orphans(root: Path, leased: set[str], running: set[str]) -> list[str]:
 
             link.delete_link(name)
             removed.append(f"interface {name}")
-    pods = root / "pods"
+    pods = Paths(root).pods
     for entry in _listdir(NETNS_DIR):
         pod_uuid = entry.removeprefix(NETNS_PREFIX)
         # Only namespaces of this root's pods: another root's are not ours to judge.

@@ -93,11 +93,9 @@ def exec_process(options: Options, container_id: str, request: ExecRequest) -> i
         if console is not None:
             os.close(console)
     if request.pid_file:
-        from pathlib import Path
+        from sdrun.files import write_atomically
 
-        from sdrun.pod import write_file_atomically
-
-        write_file_atomically(Path(request.pid_file), str(pid))
+        write_atomically(request.pid_file, str(pid))
     if request.detach:
         return 0
     from stage1.namespace.entry import exit_status

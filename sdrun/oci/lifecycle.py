@@ -59,18 +59,20 @@ def scope_of(config: ContainerConfig, container_id: str, systemd_cgroup: bool) -
 
 
 def scope_properties(config: ContainerConfig, container_id: str, slice_: str, pid: int) -> list[Property]:
-    properties: list[Property] = [
-        ("Description", "s", f"sdrun-oci container {container_id}"),
-        ("Slice", "s", slice_),
-        ("PIDs", "au", [pid]),
-        ("Delegate", "b", True),
-        ("DevicePolicy", "s", "closed"),
-        ("DeviceAllow", "a(ss)", DEVICE_ALLOW),
+    from sdrun.systemd.propertytable import prop
+
+    properties = [
+        prop("Description", f"sdrun-oci container {container_id}"),
+        prop("Slice", slice_),
+        prop("PIDs", [pid]),
+        prop("Delegate", True),
+        prop("DevicePolicy", "closed"),
+        prop("DeviceAllow", DEVICE_ALLOW),
     ]
     if config.pids_limit is not None and config.pids_limit > 0:
-        properties.append(("TasksMax", "t", config.pids_limit))
+        properties.append(prop("TasksMax", config.pids_limit))
     if config.memory_limit is not None and config.memory_limit > 0:
-        properties.append(("MemoryMax", "t", config.memory_limit))
+        properties.append(prop("MemoryMax", config.memory_limit))
     return properties
 
 
@@ -109,9 +111,9 @@ def create(
         )
         container.write(record)
         if pid_file:
-            from sdrun.pod import write_file_atomically
+            from sdrun.files import write_atomically
 
-            write_file_atomically(Path(pid_file), str(init_pid))
+            write_atomically(pid_file, str(init_pid))
     except BaseException:
         container.remove()
         raise

@@ -1,7 +1,7 @@
 """A container's state under sdrun-oci's --root: ROOT/ID/ with state.json, lock and exec.fifo.
 
 The directory is made with mkdir(2), which reserves the ID; state.json is written atomically
-(sdrun.pod.write_file_atomically) once `create` has succeeded, so a directory without it is a
+(sdrun.files.write_atomically) once `create` has succeeded, so a directory without it is a
 create that never finished, which `delete --force` removes. exec.fifo holds the container
 before its app until `start` (as runc's): while it exists the container is "created".
 """
@@ -75,9 +75,9 @@ class ContainerDir:
         return Record(**data)
 
     def write(self, record: Record) -> None:
-        from sdrun.pod import write_file_atomically
+        from sdrun.files import write_atomically
 
-        write_file_atomically(self.path / STATE, json.dumps(record._asdict()) + "\n")
+        write_atomically(self.path / STATE, json.dumps(record._asdict()) + "\n")
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

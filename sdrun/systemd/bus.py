@@ -15,6 +15,7 @@ import (~40 ms of a ~150 ms run) and buy nothing.
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib
 import os
 import socket
@@ -66,11 +67,46 @@ class JobFailed(SdrunError):
 
 
 class BusError(SdrunError):
-    """A D-Bus call failed; `name` is the D-Bus error name."""
+    """A D-Bus call failed; `name` is the D-Bus error name. The names sdrun acts on have a class
+    of their own (BUS_ERRORS), which callers catch instead of comparing names."""
 
     def __init__(self, name: str, text: str) -> None:
         super().__init__(text)
         self.name = name
+
+
+class UnknownObject(BusError):
+    """No object at the path called: a unit systemd has not loaded, asked by its object path."""
+
+
+class NoSuchUnit(BusError):
+    """The manager has no unit of that name loaded."""
+
+
+class UnitExists(BusError):
+    """A transient unit of that name exists already (a failed one not yet reset, say)."""
+
+
+class NoSuchMachine(BusError):
+    """machined has no machine of that name."""
+
+
+class MachineExists(BusError):
+    """machined has a machine of that name already."""
+
+
+BUS_ERRORS: dict[str, type[BusError]] = {
+    "org.freedesktop.DBus.Error.UnknownObject": UnknownObject,
+    "org.freedesktop.systemd1.NoSuchUnit": NoSuchUnit,
+    "org.freedesktop.systemd1.UnitExists": UnitExists,
+    "org.freedesktop.machine1.NoSuchMachine": NoSuchMachine,
+    "org.freedesktop.machine1.MachineExists": MachineExists,
+}
+
+
+def bus_error(name: str, text: str) -> BusError:
+    """The exception for a D-Bus error reply: its name's class, else a plain BusError."""
+    return BUS_ERRORS.get(name, BusError)(name, text)
 
 
 class UnitStatus(NamedTuple):
@@ -79,47 +115,6 @@ class UnitStatus(NamedTuple):
     active_state: str
     sub_state: str
     description: str = ""
-
-
-# systemd writes a transient unit to /run/systemd/transient and reads that file back at every
-# daemon-reload and daemon-reexec; what it cannot read back is lost from the running unit, or
-# changed. 252 writes the ExecStartPreEx= kind of property under its own name, a key its parser
-# does not know (the command goes), and a command's `$` and `;` as `\$` and `\;`, which it reads
-# back as those two characters (the command changes). Properties are checked as they are sent.
-UNRELOADABLE_CHARACTERS = "$;"
-
-
-def refuse_unreloadable(properties: Sequence[Property]) -> None:
-    """SdrunError for a property a transient unit would not keep across a daemon-reload on 252."""
-    for name, signature, value in properties:
-        if signature == "t" and name.endswith("USec"):
-            _refuse_unreloadable_duration(name, value)
-        if not name.startswith("Exec"):
-            continue
-        if signature != "a(sasb)":
-            raise SdrunError(f"unit property {name} ({signature}) would not survive a daemon-reload of systemd 252")
-        for executable, argv, _ in value:
-            for word in (executable, *argv):
-                if any(char in word for char in UNRELOADABLE_CHARACTERS):
-                    raise SdrunError(
-                        f"{name}: systemd 252 would change the argument {word!r} at a daemon-reload",
-                        hint=f"a command systemd runs for sdrun cannot have {' or '.join(UNRELOADABLE_CHARACTERS)}"
-                        " in it (its paths among it)",
-                    )
-
-
-USEC_INFINITY = (1 << 64) - 1
-
-
-def _refuse_unreloadable_duration(name: str, usec: int) -> None:
-    """252 writes durations in whole milliseconds (below one, in microseconds), CPUQuota= in whole
-    percent, and reads a zero timeout as none (TimeoutStopSec=0)."""
-    cpu = name == "CPUQuotaPerSecUSec"
-    step = 10_000 if cpu else 1000
-    if usec != USEC_INFINITY and (usec >= step or cpu) and usec % step:
-        raise SdrunError(f"unit property {name}={usec}: systemd 252 would round it at a daemon-reload")
-    if name.startswith("Timeout") and usec == 0:
-        raise SdrunError(f"unit property {name}=0: systemd 252 would read it back as no timeout at all")
 
 
 def system_bus_address() -> str:
@@ -289,10 +284,7 @@ class Systemd:
         while len(replies) < len(serials):
             message = self.connection.receive(block=True)
             assert message is not None
-            if message.reply_serial in serials and message.message_type in (
-                MessageType.METHOD_RETURN,
-                MessageType.ERROR,
-            ):
+            if message.reply_serial in serials and message.message_type in REPLY_TYPES:
                 replies[message.reply_serial] = message
             else:
                 self._on_message(message)
@@ -301,7 +293,7 @@ class Systemd:
             reply = replies[serial]
             if reply.message_type == MessageType.ERROR:
                 text = reply.body[0] if reply.body else reply.error_name
-                raise BusError(str(reply.error_name), f"{member}: {text}")
+                raise bus_error(str(reply.error_name), f"{member}: {text}")
             bodies.append(list(reply.body))
         return bodies
 
@@ -338,44 +330,38 @@ class Systemd:
         """Create a transient unit and queue its start; return the job, for wait_for_job().
         Between the two, systemd starts the unit while the caller does other work. fds: the
         descriptors that properties of type "h" name by their index in it (StandardInputFileDescriptor=...),
-        on a connection made with unix_fds."""
+        on a connection made with unix_fds. A property systemd 252 would not keep across a
+        daemon-reload is refused (propertytable, loaded already by whoever made the properties)."""
+        from sdrun.systemd.propertytable import refuse_unreloadable
+
         refuse_unreloadable(properties)
         wrapped = [[name, Variant(signature, value)] for name, signature, value in properties]
         message = _call("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", wrapped, []])
         message.unix_fds = list(fds)
         try:
             ((job,),) = self.call_all([message])
-        except BusError as error:
-            if error.name == "org.freedesktop.systemd1.UnitExists":
-                raise SdrunError(
-                    f"unit {unit} already exists", hint=f"'systemctl reset-failed {unit}' or 'sdrun gc'"
-                ) from None
-            raise
+        except UnitExists:
+            raise SdrunError(
+                f"unit {unit} already exists", hint=f"'systemctl reset-failed {unit}' or 'sdrun gc'"
+            ) from None
         return str(job)
 
     def stop_unit(self, unit: str) -> None:
         try:
             (job,) = self.call("StopUnit", "ss", [unit, "replace"])
-        except BusError as error:
-            if error.name == "org.freedesktop.systemd1.NoSuchUnit":
-                return  # already gone: stopping is done
-            raise
+        except NoSuchUnit:
+            return  # already gone: stopping is done
         self.wait_for_job(job, f"stopping {unit}")
 
     def kill_unit(self, unit: str, signal_number: int, whom: str = "all") -> None:
         try:
             self.call("KillUnit", "ssi", [unit, whom, signal_number])
-        except BusError as error:
-            if error.name in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.UnknownObject"):
-                raise NotFound(f"{unit} is not running") from None
-            raise
+        except (NoSuchUnit, UnknownObject):
+            raise NotFound(f"{unit} is not running") from None
 
     def reset_failed_unit(self, unit: str) -> None:
-        try:
+        with contextlib.suppress(NoSuchUnit):
             self.call("ResetFailedUnit", "s", [unit])
-        except BusError as error:
-            if error.name != "org.freedesktop.systemd1.NoSuchUnit":
-                raise
 
     def attach_processes(self, unit: str, pids: Sequence[int]) -> None:
         self.call("AttachProcessesToUnit", "ssau", [unit, "", list(pids)])
@@ -402,10 +388,8 @@ class Systemd:
     def _call_on_unit(self, unit: str, member: str, signature: str, body: Sequence[Any]) -> list[Any]:
         try:
             return self.call(member, signature, body, path=unit_object_path(unit), interface=PROPERTIES)
-        except BusError as error:
-            if error.name in ("org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.systemd1.NoSuchUnit"):
-                raise NotFound(f"{unit} is not loaded") from None
-            raise
+        except (UnknownObject, NoSuchUnit):
+            raise NotFound(f"{unit} is not loaded") from None
 
     def watch_unit(self, unit: str) -> None:
         """Start noting when the unit reaches inactive or failed; watch before the change can happen."""
@@ -430,15 +414,6 @@ class Systemd:
         if state in ("inactive", "failed"):
             self._ended.add(unit_object_path(unit))
         return self.unit_has_ended(unit)
-
-    def wait_until_inactive(self, unit: str) -> None:
-        """Block until a watched unit, whose start job is done, is inactive or failed."""
-        if self.check_unit_ended(unit):
-            return
-        while not self.unit_has_ended(unit):
-            message = self.connection.receive(block=True)
-            assert message is not None
-            self._on_message(message)
 
 
 def _call(
@@ -485,9 +460,6 @@ def register_machine(
     )
 
 
-MACHINE_EXISTS = "org.freedesktop.machine1.MachineExists"
-
-
 def machine_id(systemd: Systemd, name: str) -> bytes | None:
     """The id of the machine registered as name; None if there is none."""
     try:
@@ -502,10 +474,8 @@ def machine_id(systemd: Systemd, name: str) -> bytes | None:
             interface=PROPERTIES,
             destination=MACHINED,
         )
-    except BusError as error:
-        if error.name == "org.freedesktop.machine1.NoSuchMachine":
-            return None
-        raise
+    except NoSuchMachine:
+        return None
     return bytes(variant.value)
 
 

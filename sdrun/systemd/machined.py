@@ -42,8 +42,8 @@ def register(systemd: bus.Systemd, pod: Pod) -> bool:
         root = pod.spec.rootfs or ""
         try:
             bus.register_machine(systemd, name, machine_id, leader, root, host_interfaces(pod))
-        except bus.BusError as error:
-            if error.name != bus.MACHINE_EXISTS or bus.machine_id(systemd, name) != machine_id:
+        except bus.MachineExists:
+            if bus.machine_id(systemd, name) != machine_id:
                 raise  # a machine of that name that is not this pod is left alone
             # This pod's own, from before a restart: systemd restarted the unit faster than
             # machined saw it stop, so the machine outlived its leader.

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, NoReturn
 from sdrun.errors import SpecError
 from sdrun.linux import syscalls as sc
 from sdrun.paths import Paths
+from sdrun.settings import not_honoured
+from sdrun.spec import SETTINGS_TABLE
+from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION, read_plan
 from stage1 import write_plan as write_entry_plan
 from stage1.app import ResolvedApp, exec_app, resolve_pod_app
@@ -40,7 +43,7 @@ class Fly(Stage1, name="fly"):
         # The other pods (image pods, volumes...: native_obstacle says why) keep the Python entry.
         # Type=notify: the entry says READY=1 just before it execs the app, so `sdrun run -d`
         # returns once the app, not the stage1, is what runs (Type=exec would return a step early).
-        properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
+        properties = (prop("Type", "notify"), prop("NotifyAccess", "main"))
         return UnitPlan(*entry_command("stage1.fly", pod), properties)
 
     def exec_in_scope(self, pod: Pod) -> NoReturn:
@@ -72,7 +75,7 @@ def refuse_what_does_not_apply(spec: PodSpec) -> None:
         raise SpecError(f"--net {spec.net} needs network isolation: fly shares the host's (--net host)")
     if spec.service.notify:
         raise SpecError("notify = true needs the namespace stage1: a chroot cannot reach systemd's socket")
-    given = spec.isolation.flags_given()
+    given = not_honoured(spec, SETTINGS_TABLE, "fly")
     given["--seccomp"] = spec.isolation.seccomp not in ("default", "unconfined")  # unconfined is what fly is
     given["a volume's :U"] = any(volume.chown for volume in spec.app.volumes)
     given["a volume's :idmap"] = any(volume.idmap for volume in spec.app.volumes)

@@ -26,8 +26,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from sdrun.linux import syscalls as sc
-from sdrun.systemd.bus import UNRELOADABLE_CHARACTERS
-from sdrun.systemd.properties import MS_REC, RLIM_INFINITY
+from sdrun.systemd.propertytable import MS_REC, RLIM_INFINITY, UNRELOADABLE_CHARACTERS, prop
 from stage1.fly.entry import HOST_API_FILESYSTEMS
 from stage1.interface import UnitPlan
 
@@ -101,22 +100,22 @@ def native_plan(rootfs: str, app: ResolvedApp) -> UnitPlan:
     properties: list[Property] = [
         # Type=exec: the start job ends once the app's execve() succeeded, so `run -d` returns
         # with the app running; there is no entry left whose exit to wait for.
-        ("Type", "s", "exec"),
-        ("RootDirectory", "s", rootfs),
-        ("RootDirectoryStartOnly", "b", True),  # ExecStopPost= must write to the host's pod directory
-        ("MountAPIVFS", "b", False),  # the host's own /proc, /sys and /dev, bound as below, as the entry does
-        ("BindPaths", "a(ssbt)", [[path, path, False, MS_REC] for path in HOST_API_FILESYSTEMS]),
-        ("User", "s", str(credentials.uid)),
-        ("Group", "s", str(credentials.gid)),
+        prop("Type", "exec"),
+        prop("RootDirectory", rootfs),
+        prop("RootDirectoryStartOnly", True),  # ExecStopPost= must write to the host's pod directory
+        prop("MountAPIVFS", False),  # the host's own /proc, /sys and /dev, bound as below, as the entry does
+        prop("BindPaths", [[path, path, False, MS_REC] for path in HOST_API_FILESYSTEMS]),
+        prop("User", str(credentials.uid)),
+        prop("Group", str(credentials.gid)),
         # "-": the other commands, at the host's root, may not find it; the app's was checked in stage0.
-        ("WorkingDirectory", "s", "-" + app.workdir),
-        ("Environment", "as", [f"{name}={value}" for name, value in app.env.items()]),
-        ("UnsetEnvironment", "as", [name for name in SYSTEMD_ENVIRONMENT if name not in app.env]),
-        ("IgnoreSIGPIPE", "b", False),  # systemd's default ignores it: the app gets SIGPIPE, as from the entry
+        prop("WorkingDirectory", "-" + app.workdir),
+        prop("Environment", [f"{name}={value}" for name, value in app.env.items()]),
+        prop("UnsetEnvironment", [name for name in SYSTEMD_ENVIRONMENT if name not in app.env]),
+        prop("IgnoreSIGPIPE", False),  # systemd's default ignores it: the app gets SIGPIPE, as from the entry
         *limit_properties(app.rlimits),
     ]
     if credentials.groups:  # none: systemd sets none (for gid 0 it asks no user database either)
-        properties.append(("SupplementaryGroups", "as", [str(gid) for gid in credentials.groups]))
+        properties.append(prop("SupplementaryGroups", [str(gid) for gid in credentials.groups]))
     return UnitPlan(app.executable, app.argv, tuple(properties))
 
 
@@ -125,7 +124,7 @@ def limit_properties(rlimits: tuple[tuple[int, int, int], ...]) -> list[Property
     properties: list[Property] = []
     for number, soft, hard in rlimits:
         name = "Limit" + sc.RLIMIT_NAMES[number].upper()
-        properties += [(name, "t", _dbus_rlimit(hard)), (name + "Soft", "t", _dbus_rlimit(soft))]
+        properties += [prop(name, _dbus_rlimit(hard)), prop(name + "Soft", _dbus_rlimit(soft))]
     return properties
 
 

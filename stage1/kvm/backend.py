@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from sdrun.settings import STAGE1_FIELD, Setting, field_value, not_honoured
+from sdrun.spec import SETTINGS_TABLE, parse_choice
+from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION
 from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
 
@@ -25,10 +28,27 @@ if TYPE_CHECKING:
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds, as the namespace stage1
 PLAN_FILE = "qemu.json"  # in the pod's stage1 directory; JSON, to read when a VM does not boot
 
+ACCEL = Setting(
+    "kvm_accel",
+    lambda value: parse_choice(value, ("kvm", "tcg", "auto"), "kvm accelerator"),
+    "kvm stage1: accelerator [auto: KVM if it boots, else TCG].",
+    STAGE1_FIELD,
+    "auto",
+    metavar="kvm|tcg|auto",
+)
+KERNEL = Setting(
+    "kvm_kernel",
+    lambda value: str(Path(str(value)).absolute()),
+    "kvm stage1: guest kernel [newest /boot/vmlinuz-*-cloud-amd64].",
+    STAGE1_FIELD,
+    metavar="PATH",
+)
+
 
 class Kvm(Stage1, name="kvm"):
     default_network = "none"  # a VM gets a NIC on a network only: --net default or --net NAME
     passes_stdin = False  # qemu's stdio chardev is the app's output, not its input
+    settings = (ACCEL, KERNEL)
 
     def refuse_unsupported(self, spec: PodSpec) -> None:
         refuse_what_does_not_apply(spec)
@@ -71,17 +91,17 @@ def unit_properties(pod: Pod) -> list[Property]:
     spec = pod.spec
     stop_timeout = DEFAULT_STOP_TIMEOUT if spec.stop_timeout is None else spec.stop_timeout
     properties: list[Property] = [
-        ("Type", "s", "notify"),
+        prop("Type", "notify"),
         # vm.sh's READY=1, and the network tear-down's EXTEND_TIMEOUT_USEC= (sdrun.net.hook); not qemu's.
-        ("NotifyAccess", "s", "exec"),
+        prop("NotifyAccess", "exec"),
         # SIGTERM goes to vm.sh alone, which asks the guest to stop the app; SIGKILL, after
         # TimeoutStopSec=, to everything: qemu and virtiofsd. A stop timeout of 0 is SIGKILL at
         # once (stop_properties), to everything.
-        ("KillMode", "s", "control-group" if stop_timeout == 0 else "mixed"),
+        prop("KillMode", "control-group" if stop_timeout == 0 else "mixed"),
         *stop_properties(stop_timeout, signal.SIGTERM),
     ]
     if spec.resources.memory is not None:  # --memory is the guest's RAM; the unit also holds qemu
-        properties.append(("MemoryMax", "t", guest_memory(spec) + VM_OVERHEAD))
+        properties.append(prop("MemoryMax", guest_memory(spec) + VM_OVERHEAD))
     return properties
 
 
@@ -89,21 +109,11 @@ def stage1_dir(pod: Pod) -> Path:
     return Paths.stage1_dir(pod.dir)
 
 
-# The guest honours --hostname, --read-only, --tmpfs and --init itself; these mean nothing for a VM.
-REFUSED_ISOLATION = (
-    "--private-users",
-    "--cap-add",
-    "--cap-drop",
-    "--seccomp",
-    "--device",
-    "--selinux-type",
-    "--apparmor",
-)
-
-
 def refuse_what_does_not_apply(spec: PodSpec) -> None:
-    """Flags of the namespace stage1 that mean nothing for a VM: refuse rather than ignore them."""
-    given = {flag: present for flag, present in spec.isolation.flags_given().items() if flag in REFUSED_ISOLATION}
+    """Flags of the namespace stage1 that mean nothing for a VM (the settings table's rows that kvm
+    does not honour: the guest honours --hostname, --read-only, --tmpfs, --init and /etc's itself):
+    refuse rather than ignore them."""
+    given = not_honoured(spec, SETTINGS_TABLE, "kvm")
     given |= {
         "--net host": spec.net == "host",
         # The VM's main process says READY=1 once qemu runs, and the guest has no way to the
@@ -131,10 +141,11 @@ def prepare(pod: Pod) -> None:
         resolve_app(Path(spec.rootfs), spec.app)  # fail now, not inside the unit
     elif importlib.util.find_spec("stage1.rootfs") is None:
         raise SpecError("the kvm stage1 cannot mount images yet", hint="use --rootfs DIR")
-    kernel = initramfs.find_kernel(spec.kvm_kernel)
-    cache = kvm_cache(pod)
+    chosen = field_value(spec, KERNEL)
+    kernel = initramfs.find_kernel(None if chosen is None else str(chosen))
+    cache = Paths.of_pod(pod.dir).kvm_cache
     image = initramfs.initramfs(kernel, cache)
-    accel = machine.choose_accel(spec.kvm_accel, kernel, image, cache)
+    accel = machine.choose_accel(str(field_value(spec, ACCEL)), kernel, image, cache)
     scratch = stage1_dir(pod)
     for directory in (scratch, scratch / "upper", scratch / "work", scratch / "lower", scratch / "rootfs"):
         directory.mkdir(mode=0o755, exist_ok=True)
@@ -148,8 +159,3 @@ def prepare(pod: Pod) -> None:
     command = machine.qemu_command(spec, kernel, image, accel, auto_range_base(pod.uuid))
     plan: Plan = {"interface": INTERFACE_VERSION, "qemu": command}
     (scratch / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")
-
-
-def kvm_cache(pod: Pod) -> Path:
-    """Shared by every pod of the same sdrun root: <root>/cache/kvm (pod dirs are <root>/pods/<uuid>)."""
-    return pod.dir.parent.parent / "cache" / "kvm"

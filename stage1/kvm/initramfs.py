@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from sdrun.errors import SdrunError
+from sdrun.files import atomic_file
 
 BUSYBOX = Path("/bin/busybox")
 GUEST_INIT = Path(__file__).with_name("init.sh")
@@ -136,14 +136,9 @@ def initramfs(kernel: Kernel, cache: Path) -> Path:
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        with partial.open("wb") as stream:
-            for chunk in archive(modules):
-                stream.write(chunk)
-        partial.rename(target)  # atomic: a concurrent run sees all of it or builds its own
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(target) as stream:  # a concurrent run sees all of it or builds its own
+        for chunk in archive(modules):
+            stream.write(chunk)
     return target
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sdrun.errors import SdrunError
+from sdrun.files import write_atomically
 from sdrun.spec import PodSpec
 from stage1.kvm.initramfs import Kernel
 
@@ -147,9 +148,7 @@ def choose_accel(wanted: str, kernel: Kernel, initramfs: Path, cache: Path) -> s
     except FileNotFoundError:
         verdict = "kvm" if kvm_boots(kernel, initramfs) else "tcg"
         cache.mkdir(parents=True, exist_ok=True)
-        partial = verdict_file.with_name(f".{verdict_file.name}.{os.getpid()}")
-        partial.write_text(verdict + "\n")
-        partial.rename(verdict_file)
+        write_atomically(verdict_file, verdict + "\n")
     if verdict != "kvm":
         log.warning("warning: KVM does not boot a guest on this host (cached in %s): using TCG (slow)", verdict_file)
     return verdict

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from sdrun.systemd.propertytable import prop
 from stage1 import sealed, write_plan
 from stage1.app import resolve_pod_app
 from stage1.etcfiles import write_etc_files
@@ -87,17 +88,15 @@ class Namespace(Stage1, name="namespace"):
 def unit_properties(pod: Pod) -> list[Property]:
     spec = pod.spec
     properties: list[Property] = [
-        ("Type", "s", "notify"),
-        ("NotifyAccess", "s", "all"),  # MAINPID= comes from the entry, which then exits
+        prop("Type", "notify"),
+        prop("NotifyAccess", "all"),  # MAINPID= comes from the entry, which then exits
         *device_properties(pod),
         *stop_properties(pod),
     ]
-    # As systemd-run sends them: SELinuxContext= as a string (read back as a struct), AppArmorProfile=
-    # as (ignore failure, profile), a struct that dbus-next wants as a list.
     if spec.isolation.selinux_type:
-        properties.append(("SELinuxContext", "s", spec.isolation.selinux_type))
-    if spec.isolation.apparmor:
-        properties.append(("AppArmorProfile", "(bs)", [False, spec.isolation.apparmor]))
+        properties.append(prop("SELinuxContext", spec.isolation.selinux_type))
+    if spec.isolation.apparmor:  # (ignore failure, profile)
+        properties.append(prop("AppArmorProfile", [False, spec.isolation.apparmor]))
     return properties
 
 
@@ -119,7 +118,7 @@ def device_properties(pod: Pod) -> list[Property]:
     for text in pod.spec.isolation.device:
         host, _, permissions = text.split(":")
         allowed.append([os.path.realpath(host), permissions])
-    return [("DevicePolicy", "s", "closed"), ("DeviceAllow", "a(ss)", allowed)]
+    return [prop("DevicePolicy", "closed"), prop("DeviceAllow", allowed)]
 
 
 def stop_properties(pod: Pod) -> list[Property]:
@@ -163,7 +162,7 @@ def prepare(pod: Pod, console: str | None, *, terminal: bool = False) -> Path:
     chown_volumes(pod, app.credentials.uid, app.credentials.gid, user_namespace)
     from sdrun.linux import seccomp  # stage0 only: the in-unit entry just reads the compiled program
 
-    compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, _seccomp_cache(pod))
+    compiled = seccomp.compiled_filter(spec.isolation.seccomp, plan.capabilities, Paths.of_pod(pod.dir).seccomp_cache)
     if compiled is not None:
         shutil.copyfile(compiled, seccomp_filter_path(pod))
     path = plan_file(pod)
@@ -194,8 +193,3 @@ def _chown_tree(top: str, uid: int, gid: int) -> None:
                 subdirectories.remove(name)
         for name in [*subdirectories, *files]:
             os.chown(name, uid, gid, dir_fd=directory, follow_symlinks=False)
-
-
-def _seccomp_cache(pod: Pod) -> Path:
-    """Shared by every pod of the same sdrun root: <root>/cache/seccomp (pod dirs are <root>/pods/<uuid>)."""
-    return Paths.root_of(pod.dir) / "cache" / "seccomp"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, describe, error_line
 from sdrun.linux import syscalls as sc
 from stage1 import read_plan
 from stage1.namespace.container import plan_file
@@ -59,7 +59,7 @@ def main(args: list[str]) -> NoReturn:
             requested = EnterTerminal(asked["channel"], tuple(asked["stdio"]))
         enter(load_pod(Path(pod_dir)), int(leader), argv, json.loads(changes), requested)
     except BaseException as error:  # noqa: BLE001 - as manage's enter child: one line, exit 125
-        os.write(2, f"sdrun: {describe(error)}\n".encode())
+        os.write(2, error_line(describe(error)).encode())
         os._exit(EXIT_RUNTIME_ERROR)
 
 

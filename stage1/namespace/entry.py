@@ -38,7 +38,7 @@ import fcntl
 import os
 import struct
 
-from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
+from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe, error_line
 from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import BindMount, MountOperation, execute_plan
@@ -135,7 +135,7 @@ def supervise(args: list[str]) -> NoReturn:
     try:
         launch(read_plan(args[0]), supervise=True)
     except BaseException as error:  # noqa: BLE001 - as run's scope child was: one line, exit 125
-        os.write(2, f"sdrun: {describe(error)}\n".encode())
+        os.write(2, error_line(describe(error)).encode())
         os._exit(EXIT_RUNTIME_ERROR)
 
 
@@ -191,7 +191,7 @@ def _guard(step: Callable[[], object]) -> NoReturn:
     try:
         step()
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave, never return
-        os.write(2, f"sdrun stage1: {describe(error)}\n".encode())
+        os.write(2, error_line(describe(error), program="sdrun stage1").encode())
     os._exit(EXIT_RUNTIME_ERROR)
 
 

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 
 from sdrun.errors import SpecError
 from sdrun.paths import Paths
+from sdrun.settings import field_value
+from sdrun.spec import SETTINGS_TABLE
+from sdrun.systemd.propertytable import prop
 from stage1 import INTERFACE_VERSION, write_plan
 from stage1.app import resolve_pod_app
 from stage1.interface import Stage1, UnitPlan, entry_command, refuse_flags
@@ -16,6 +19,16 @@ if TYPE_CHECKING:
     from sdrun.pod import Pod
     from sdrun.spec import PodSpec
     from tests.stub_stage1.entry import Plan
+
+
+def isolation_given(spec: PodSpec) -> dict[str, bool]:
+    """Each isolation setting of the shared table (--hostname, --cap-add...) by flag, and whether it
+    is given: a chroot honours none of them."""
+    return {
+        setting.flag: setting.given(field_value(spec, setting))
+        for setting in SETTINGS_TABLE
+        if (setting.field or "").startswith("isolation.")
+    }
 
 
 class Stub(Stage1, name="stub"):
@@ -29,7 +42,7 @@ class Stub(Stage1, name="stub"):
             "--net": spec.net != "host",
             "--volume": bool(spec.app.volumes),
             "--ulimit": bool(spec.app.ulimits),
-            **spec.isolation.flags_given(),
+            **isolation_given(spec),
         }
         refuse_flags(given, "is not for the stub stage1", hint="--stage1 namespace")
 
@@ -42,5 +55,5 @@ class Stub(Stage1, name="stub"):
         scratch.mkdir(mode=0o700, exist_ok=True)
         write_plan(str(Path(scratch, PLAN_FILE)), plan)
         # READY=1 comes from the entry right before its exec: `run -d` returns with the app running.
-        properties = (("Type", "s", "notify"), ("NotifyAccess", "s", "main"))
+        properties = (prop("Type", "notify"), prop("NotifyAccess", "main"))
         return UnitPlan(*entry_command("tests.stub_stage1", pod), properties)
