@@ -407,6 +407,14 @@ def test_setup_failure_leaves_nothing(bundle: Bundle, private_rootfs: Path) -> N
     assert_refused_leaving_nothing(bundle, "b4", ["create", "--bundle", str(bundle.directory)], "nonexistent")
 
 
+def test_failure_after_the_init_started_leaves_nothing(bundle: Bundle, private_rootfs: Path) -> None:
+    """A pid file that cannot be written: create fails once its init is held at the fifo, which must not stay."""
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    pid_file = str(bundle.directory / "missing" / "pid")
+    args = ["create", "--bundle", str(bundle.directory), "--pid-file", pid_file]
+    assert_refused_leaving_nothing(bundle, "b5", args, "No such file")
+
+
 def test_id_in_use_is_refused_and_the_first_container_is_kept(bundle: Bundle, private_rootfs: Path) -> None:
     bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
     name = f"u{uuid.uuid4().hex[:8]}"

@@ -95,6 +95,7 @@ def create(
     console = _connect_console(console_socket) if config.terminal else None
     container = state.ContainerDir(options.root, container_id)
     container.claim()
+    init_pid = 0
     try:
         os.mkfifo(container.fifo, 0o600)
         if config.seccomp is not None:  # for exec, which confines its process as the container's
@@ -115,11 +116,25 @@ def create(
 
             write_atomically(pid_file, str(init_pid))
     except BaseException:
+        if init_pid:  # it runs, held at the fifo: it must not outlive a create that failed
+            _abandon(init_pid, unit)
         container.remove()
         raise
     finally:
         if console is not None:
             os.close(console)
+
+
+def _abandon(init_pid: int, unit: str) -> None:
+    from sdrun.systemd.bus import Systemd
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(init_pid, signal.SIGKILL)
+    systemd = Systemd.connect()
+    try:
+        _stop_scope(systemd, unit)
+    finally:
+        systemd.close()
 
 
 def _connect_console(path: str | None) -> int:
