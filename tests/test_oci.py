@@ -223,6 +223,22 @@ def test_podman_pod_containers_share_the_network_namespace(podman: Podman) -> No
         podman("pod", "rm", "-f", "-t", "0", pod, check=False)
 
 
+def test_podman_update_memory_sets_the_scopes_limit(podman: Podman) -> None:
+    name = f"m{uuid.uuid4().hex[:8]}"
+    container = podman("run", "-d", "--name", name, "localhost/busybox", "sleep", "1000").stdout.strip()
+    try:
+        podman("update", "--memory", "64m", name)
+        shown = subprocess.run(
+            ["systemctl", "show", f"libpod-{container}.scope", "-p", "MemoryMax"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert shown.stdout.strip() == f"MemoryMax={64 * 1024 * 1024}"
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
 # --- bundles, directly ---
 
 
@@ -460,3 +476,25 @@ def test_exec_runs_a_process_json_in_the_container(bundle: Bundle, private_rootf
     assert Path(f"/proc/{int(pid_file.read_text())}/cgroup").read_text() == scope_cgroup
     assert bundle.oci("delete", "--force", name).returncode == 0
     wait_for(lambda: f"sdrun-oci-{name}.scope" not in oci_scopes())
+
+
+def test_ps_lists_the_scopes_processes(bundle: Bundle, private_rootfs: Path) -> None:
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    name = f"p{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    listing = subprocess.run(
+        [str(RUNTIME), "--root", str(bundle.root), "ps", "--format", "json", name], capture_output=True, check=True
+    )
+    assert json.loads(listing.stdout) == [bundle.state(name)["pid"]]
+    resources = bundle.directory / "resources.json"
+    resources.write_text(json.dumps({"pids": {"limit": 77}}))
+    assert bundle.oci("update", "--resources", str(resources), name).returncode == 0
+    shown = subprocess.run(
+        ["systemctl", "show", f"sdrun-oci-{name}.scope", "-p", "TasksMax"], capture_output=True, check=True
+    )
+    assert shown.stdout.decode().strip() == "TasksMax=77"
+    resources.write_text(json.dumps({"cpu": {"shares": 5}}))
+    refused = bundle.oci("update", "--resources", str(resources), name)
+    assert refused.returncode != 0
+    assert "resources.cpu" in refused.stderr
+    assert bundle.oci("delete", "--force", name).returncode == 0

@@ -26,6 +26,7 @@ VALUE_FLAGS = {
     "run": {"bundle", "b", "pid-file", "console-socket", "preserve-fds"},
     "exec": {"process", "p", "pid-file", "console-socket", "preserve-fds", "cwd", "env", "e", "user", "u"},
     "ps": {"format", "f"},
+    "update": {"resources", "r"},
 }
 BOOL_FLAGS = {
     "create": {"no-pivot", "no-new-keyring"},
@@ -147,42 +148,83 @@ def run_verb(options: GlobalOptions, argv: list[str]) -> int:
     verb, rest = argv[0], argv[1:]
     flags, positional = parse_verb(verb, rest)
     runtime = lifecycle.Options(options.root, systemd_cgroup=options.systemd_cgroup)
-    if verb == "create":
-        bundle = text_flag(flags, "bundle", "b") or "."
-        preserve = text_flag(flags, "preserve-fds") or "0"
-        if not preserve.isdigit():
-            raise UsageError(f"--preserve-fds {preserve}: not a number")
-        lifecycle.create(
-            runtime,
-            one_id(verb, positional),
-            bundle,
-            text_flag(flags, "pid-file"),
-            text_flag(flags, "console-socket"),
-            int(preserve),
-        )
-    elif verb == "start":
-        lifecycle.start(runtime, one_id(verb, positional))
-    elif verb == "state":
-        from sdrun.oci import state
-
-        container, record = lifecycle.open_container(runtime, one_id(verb, positional), lock=False)
-        print(json.dumps(state.state_document(container, record), indent=2))
-    elif verb == "kill":
-        container_id = one_id(verb, positional, extra=1)
-        signal_text = positional[1] if len(positional) > 1 else "SIGTERM"
-        lifecycle.kill(runtime, container_id, signal_text, all_processes=bool(flags.get("all") or flags.get("a")))
-    elif verb == "delete":
-        lifecycle.delete(runtime, one_id(verb, positional), force=bool(flags.get("force") or flags.get("f")))
-    elif verb == "exec":
-        return exec_verb(runtime, flags, positional)
-    elif verb == "features":
-        print(json.dumps(features(), indent=2))
-    else:
+    handler = VERBS.get(verb)
+    if handler is None:
         raise UsageError(f"'{verb}' is not supported by sdrun-oci yet", hint="see docs/oci.md")
+    return handler(runtime, flags, positional)
+
+
+Flags = dict[str, str | bool]
+
+
+def create_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    lifecycle.create(
+        runtime,
+        one_id("create", positional),
+        text_flag(flags, "bundle", "b") or ".",
+        text_flag(flags, "pid-file"),
+        text_flag(flags, "console-socket"),
+        preserved_fds(flags),
+    )
     return 0
 
 
-def exec_verb(runtime: lifecycle.Options, flags: dict[str, str | bool], positional: list[str]) -> int:
+def preserved_fds(flags: Flags) -> int:
+    preserve = text_flag(flags, "preserve-fds") or "0"
+    if not preserve.isdigit():
+        raise UsageError(f"--preserve-fds {preserve}: not a number")
+    return int(preserve)
+
+
+def start_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    lifecycle.start(runtime, one_id("start", positional))
+    return 0
+
+
+def state_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    from sdrun.oci import state
+
+    container, record = lifecycle.open_container(runtime, one_id("state", positional), lock=False)
+    print(json.dumps(state.state_document(container, record), indent=2))
+    return 0
+
+
+def kill_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    container_id = one_id("kill", positional, extra=1)
+    signal_text = positional[1] if len(positional) > 1 else "SIGTERM"
+    lifecycle.kill(runtime, container_id, signal_text, all_processes=bool(flags.get("all") or flags.get("a")))
+    return 0
+
+
+def delete_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    lifecycle.delete(runtime, one_id("delete", positional), force=bool(flags.get("force") or flags.get("f")))
+    return 0
+
+
+def ps_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    pids = lifecycle.processes(runtime, one_id("ps", positional))
+    if text_flag(flags, "format", "f") == "json":
+        print(json.dumps(pids))
+    else:
+        print("\n".join(["PID", *map(str, pids)]))
+    return 0
+
+
+def update_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    resources = text_flag(flags, "resources", "r")
+    if resources is None:
+        raise UsageError("update: only --resources FILE|- is supported yet")
+    text = sys.stdin.read() if resources == "-" else Path(resources).read_text()
+    lifecycle.update(runtime, one_id("update", positional), text)
+    return 0
+
+
+def features_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    print(json.dumps(features(), indent=2))
+    return 0
+
+
+def exec_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
     from sdrun.oci import execute
 
     process = text_flag(flags, "process", "p")
@@ -190,15 +232,12 @@ def exec_verb(runtime: lifecycle.Options, flags: dict[str, str | bool], position
         raise UsageError("exec: only --process FILE is supported yet (not a command line)")
     if len(positional) != 1:
         raise UsageError("exec: expected a container ID")
-    preserve = text_flag(flags, "preserve-fds") or "0"
-    if not preserve.isdigit():
-        raise UsageError(f"--preserve-fds {preserve}: not a number")
     request = execute.ExecRequest(
         process,
         detach=bool(flags.get("detach") or flags.get("d")),
         pid_file=text_flag(flags, "pid-file"),
         console_socket=text_flag(flags, "console-socket"),
-        preserve_fds=int(preserve),
+        preserve_fds=preserved_fds(flags),
     )
     return execute.exec_process(runtime, positional[0], request)
 
@@ -224,6 +263,19 @@ def features() -> dict[str, object]:
         },
         "annotations": {},
     }
+
+
+VERBS = {
+    "create": create_verb,
+    "start": start_verb,
+    "state": state_verb,
+    "kill": kill_verb,
+    "delete": delete_verb,
+    "exec": exec_verb,
+    "ps": ps_verb,
+    "update": update_verb,
+    "features": features_verb,
+}
 
 
 def log_error(options: GlobalOptions, message: str) -> None:

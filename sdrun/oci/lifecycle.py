@@ -415,3 +415,54 @@ def _wait_gone(record: state.Record) -> None:
     deadline = time.monotonic() + KILL_WAIT_SECONDS
     while state.process_start_time(record.pid) == record.start_time and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+# --- ps, update ---
+
+
+def processes(options: Options, container_id: str) -> list[int]:
+    """The pids of the container's scope, as the host sees them."""
+    from sdrun.systemd.bus import Systemd
+
+    container, record = open_container(options, container_id, lock=False)
+    if state.status(container, record) == "stopped":
+        return []
+    systemd = Systemd.connect()
+    try:
+        return sorted(systemd.unit_processes(record.unit))
+    finally:
+        systemd.close()
+
+
+def update(options: Options, container_id: str, resources_text: str) -> None:
+    """update --resources: a runtime-spec LinuxResources object; what the scope can change (pids.limit
+    as TasksMax=, memory.limit as MemoryMax=) is set on it, anything else refused."""
+    import json
+
+    from sdrun.oci.config import ConfigError, _refuse_unknown
+    from sdrun.systemd.bus import Systemd
+    from sdrun.systemd.propertytable import prop
+
+    container, record = open_container(options, container_id)
+    if state.status(container, record) == "stopped":
+        raise SdrunError("container not running")
+    try:
+        resources = json.loads(resources_text)
+        _refuse_unknown("resources.", resources, {"memory", "pids", "devices"})
+        memory = resources.get("memory") or {}
+        # swap: a cgroup v1 memsw limit systemd does not set; podman's update --memory passes one.
+        _refuse_unknown("resources.memory.", memory, {"limit", "swap", "reservation"})
+        properties = []
+        if (memory.get("limit") or 0) > 0:
+            properties.append(prop("MemoryMax", int(memory["limit"])))
+        if ((resources.get("pids") or {}).get("limit") or 0) > 0:
+            properties.append(prop("TasksMax", int(resources["pids"]["limit"])))
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise ConfigError(f"update --resources: not a valid resources object ({error})") from None
+    if not properties:
+        return
+    systemd = Systemd.connect()
+    try:
+        systemd.set_unit_properties(record.unit, properties)
+    finally:
+        systemd.close()
