@@ -151,6 +151,8 @@ def test_podman_run_detached_ps_stop_rm(podman: Podman) -> None:
         assert "Delegate=yes" in shown
         assert "Slice=machine.slice" in shown
         assert "TasksMax=2048" in shown  # podman's pids limit
+        machines = subprocess.run(["machinectl", "list", "--no-legend"], capture_output=True, text=True, check=True)
+        assert container in machines.stdout
         assert (
             json.loads(subprocess.run([str(RUNTIME), "state", container], capture_output=True, check=True).stdout)[
                 "status"
@@ -162,15 +164,18 @@ def test_podman_run_detached_ps_stop_rm(podman: Podman) -> None:
         podman("rm", name)
         wait_for(lambda: scope not in oci_scopes())
         assert not (DEFAULT_ROOT / container).exists()
+        machines = subprocess.run(["machinectl", "list", "--no-legend"], capture_output=True, text=True, check=True)
+        assert container not in machines.stdout
     finally:
         podman("rm", "-f", "-t", "0", name, check=False)
 
 
 def test_podman_kill_reaches_the_app(podman: Podman) -> None:
     name = f"k{uuid.uuid4().hex[:8]}"
-    script = "trap 'exit 42' USR1; while :; do sleep 0.1; done"
+    script = "trap 'exit 42' USR1; echo waiting; while :; do sleep 0.1; done"
     podman("run", "-d", "--name", name, "localhost/busybox", "sh", "-c", script)
     try:
+        wait_for(lambda: podman("logs", name).stdout == "waiting\n")  # conmon's log of the container's stdout
         podman("kill", "-s", "USR1", name)
         assert podman("wait", name).stdout.strip() == "42"
     finally:

@@ -182,6 +182,7 @@ def _start_container(
         go_write = -1
         init_pid = _read_report(report_read)
         os.waitpid(child, 0)
+        _register_machine(systemd, container.id, init_pid, config.root)
         return init_pid
     except BaseException:
         _kill_and_reap(child)
@@ -192,6 +193,21 @@ def _start_container(
             os.close(go_write)
         os.close(report_read)
         systemd.close()
+
+
+def _register_machine(systemd: Systemd, container_id: str, leader: int, root: str) -> None:
+    """Show the container in `machinectl list`, as sdrun's pods are: machined adopts its scope and
+    forgets it when the scope ends. Best effort: a host without machined still runs containers."""
+    import hashlib
+
+    from sdrun.debug import debug
+    from sdrun.systemd import bus
+
+    machine_id = hashlib.sha256(container_id.encode()).digest()[:16]
+    try:
+        bus.register_machine(systemd, container_id[:64], machine_id, leader, root, [])
+    except SdrunError as error:
+        debug("oci", "not registered with machined: %s", describe(error))
 
 
 def _read_report(fd: int) -> int:
