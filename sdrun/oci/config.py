@@ -108,8 +108,9 @@ class ContainerConfig(NamedTuple):
     annotations: dict[str, str]
 
 
-def load(bundle: str) -> ContainerConfig:
-    """Read and check bundle/config.json."""
+def load(bundle: str, seccomp_cache: str | None = None) -> ContainerConfig:
+    """Read and check bundle/config.json. seccomp_cache: a directory (root's alone) where compiled
+    seccomp programs are kept by their profile's hash: podman passes the same profile every time."""
     if not os.path.isdir(bundle):
         raise ConfigError(f"bundle {bundle} is not a directory")
     path = os.path.join(bundle, CONFIG)
@@ -123,12 +124,12 @@ def load(bundle: str) -> ContainerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a JSON object")
     try:
-        return parse(data, bundle)
+        return parse(data, bundle, seccomp_cache)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ConfigError(f"{path} is malformed: {type(error).__name__}: {error}") from None
 
 
-def parse(data: dict[str, Any], bundle: str) -> ContainerConfig:
+def parse(data: dict[str, Any], bundle: str, seccomp_cache: str | None = None) -> ContainerConfig:
     _refuse_unknown("", data, KNOWN_TOP)
     linux = data.get("linux") or {}
     process = data["process"]
@@ -161,7 +162,7 @@ def parse(data: dict[str, Any], bundle: str) -> ContainerConfig:
         mounts=tuple(mounts),
         lockdown=tuple(lockdown),
         capabilities=caps.mask(capability_names),
-        seccomp=_seccomp(linux.get("seccomp"), capability_names),
+        seccomp=_seccomp(linux.get("seccomp"), capability_names, seccomp_cache),
         app=_app(process, user),
         umask=user.get("umask"),
         terminal=bool(process.get("terminal")),
@@ -300,13 +301,27 @@ class FlaggedBind(MountOperation):
                 sc.mount(None, f"/proc/self/fd/{fd}", None, sc.MS_REMOUNT | sc.MS_BIND | self.flags)
 
 
-def _seccomp(profile: dict[str, Any] | None, capabilities: frozenset[str]) -> bytes | None:
+def _seccomp(profile: dict[str, Any] | None, capabilities: frozenset[str], cache: str | None) -> bytes | None:
     if not profile:
         return None
     _refuse_unknown("linux.seccomp.", profile, {"defaultAction", "defaultErrnoRet", "architectures", "syscalls"})
+    import hashlib
+
     from sdrun.linux import seccomp
 
-    return seccomp.compile_profile(seccomp.parse_oci_profile(json.dumps(profile), capabilities, "linux.seccomp"))
+    text = json.dumps(profile, sort_keys=True)
+    key = hashlib.sha256(json.dumps([seccomp.PROFILE_FORMAT, text, sorted(capabilities)]).encode()).hexdigest()
+    cached = os.path.join(cache, f"{key}.bpf") if cache else None
+    if cached is not None and os.path.exists(cached):
+        with open(cached, "rb") as stream:
+            return stream.read()
+    program = seccomp.compile_profile(seccomp.parse_oci_profile(text, capabilities, "linux.seccomp"))
+    if cache is not None and cached is not None:
+        from sdrun.files import write_atomically
+
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        write_atomically(cached, program, mode=0o600)  # a racing create sees the whole program or none
+    return program
 
 
 def _app(process: dict[str, Any], user: dict[str, Any]) -> AppPlan:

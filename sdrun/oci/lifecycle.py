@@ -31,6 +31,7 @@ DEFAULT_SLICE = "machine.slice"
 # random, urandom) and these make: the terminal devices and the container's own ptys.
 DEVICE_ALLOW = [["/dev/tty", "rwm"], ["/dev/ptmx", "rwm"], ["/dev/console", "rwm"], ["char-pts", "rwm"]]
 KILL_WAIT_SECONDS = 10.0
+SECCOMP_CACHE = ".seccomp"  # under --root: no container ID starts with a dot (ID_PATTERN)
 
 
 class Options:
@@ -90,7 +91,7 @@ def create(
     from sdrun.oci import config as oci_config
 
     check_id(container_id)
-    config = oci_config.load(bundle)
+    config = oci_config.load(bundle, str(options.root / SECCOMP_CACHE))
     unit, slice_ = scope_of(config, container_id, options.systemd_cgroup)
     console = _connect_console(console_socket) if config.terminal else None
     container = state.ContainerDir(options.root, container_id)
