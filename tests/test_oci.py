@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -443,6 +444,46 @@ def test_failure_after_the_init_started_leaves_nothing(bundle: Bundle, private_r
     pid_file = str(bundle.directory / "missing" / "pid")
     args = ["create", "--bundle", str(bundle.directory), "--pid-file", pid_file]
     assert_refused_leaving_nothing(bundle, "b5", args, "No such file")
+
+
+def test_dead_console_socket_is_refused(bundle: Bundle, private_rootfs: Path) -> None:
+    config = bundle_config(private_rootfs, ["true"])
+    config["process"]["terminal"] = True
+    bundle.write(config)
+    socket_path = str(bundle.directory / "no-such-socket")
+    args = ["create", "--bundle", str(bundle.directory), "--console-socket", socket_path]
+    assert_refused_leaving_nothing(bundle, "b6", args, "console socket")
+
+
+# fd N (argv[1]) as fd 3 too, then exec the rest: as conmon passes --preserve-fds (dash takes fds up to 9 only).
+DUP_TO_3_AND_EXEC = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def test_preserved_fds_reach_the_app(bundle: Bundle, private_rootfs: Path) -> None:
+    """fds 3..3+N-1 reach the app; any other fd that create inherited does not (here the pipe's own fd)."""
+    name = f"q{uuid.uuid4().hex[:8]}"
+    read_end, write_end = os.pipe()
+    script = f"echo through-fd-3 >&3; [ -e /proc/self/fd/{write_end} ] && echo leaked; true"
+    bundle.write(bundle_config(private_rootfs, ["sh", "-c", script]))
+    command = [str(RUNTIME), "--root", str(bundle.root), "create", "--bundle", str(bundle.directory)]
+    with bundle.output.open("a") as sink:  # the container inherits create's stdio: not a pipe of ours
+        created = subprocess.run(
+            [sys.executable, "-c", DUP_TO_3_AND_EXEC, str(write_end), *command, "--preserve-fds", "1", name],
+            pass_fds=(write_end,),
+            stdout=sink,
+            stderr=sink,
+            timeout=60,
+            check=False,
+        )
+    os.close(write_end)
+    try:
+        assert created.returncode == 0, bundle.output.read_text()
+        assert bundle.oci("start", name).returncode == 0
+        with os.fdopen(read_end) as stream:
+            assert stream.read() == "through-fd-3\n"  # EOF: the app, the last holder, has exited
+        assert "leaked" not in bundle.output.read_text()
+    finally:
+        bundle.oci("delete", "--force", name)
 
 
 def test_id_in_use_is_refused_and_the_first_container_is_kept(bundle: Bundle, private_rootfs: Path) -> None:

@@ -154,6 +154,7 @@ def _become_process(
         os.close(report)
         for fd in range(3, 3 + preserve_fds):
             os.set_inheritable(fd, True)
+        os.closerange(3 + preserve_fds, 2**31 - 1)  # anything else the caller left open stays out, as runc's
         entry.confine_and_exec(app, capabilities, seccomp, None, inheritable=0)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         _report_error(report, error)

@@ -316,6 +316,7 @@ def _prepare_init(config: ContainerConfig, fifo: str, report: int, console: int 
         os.umask(config.umask)
     for fd in range(3, 3 + preserve_fds):
         os.set_inheritable(fd, True)
+    os.closerange(3 + preserve_fds, 2**31 - 1)  # anything else the caller left open stays out, as runc's
     entry.confine_and_exec(config.app, config.capabilities, config.seccomp, None, inheritable=0)
 
 
