@@ -553,3 +553,18 @@ def test_ps_lists_the_scopes_processes(bundle: Bundle, private_rootfs: Path) -> 
     assert refused.returncode != 0
     assert "resources.cpu" in refused.stderr
     assert bundle.oci("delete", "--force", name).returncode == 0
+
+
+def test_a_scope_of_that_name_in_another_root_is_left_alone(bundle: Bundle, private_rootfs: Path) -> None:
+    """The same ID under two --roots names one scope: the second create fails and must not stop the first's."""
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    name = f"s{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    other = Bundle(bundle.directory, bundle.directory / "other-root")
+    again = other.oci("create", "--bundle", str(bundle.directory), name)
+    assert again.returncode != 0
+    assert "already exists" in again.stderr
+    assert not (other.root / name).exists()
+    assert f"sdrun-oci-{name}.scope" in oci_scopes()
+    assert bundle.state(name)["status"] == "created"
+    assert bundle.oci("delete", "--force", name).returncode == 0

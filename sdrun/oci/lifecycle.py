@@ -175,8 +175,10 @@ def _start_container(
         _setup_child(config, str(container.fifo), go_read, report_write, console, preserve_fds)
     os.close(go_read)
     os.close(report_write)
+    scope_made = False  # only ours to stop: a unit of that name may be another container's
     try:
         job = systemd.start_transient_unit(unit, scope_properties(config, container.id, slice_, child))
+        scope_made = True
         systemd.wait_for_job(job, f"starting {unit}")
         os.write(go_write, b"go")
         os.close(go_write)
@@ -187,7 +189,8 @@ def _start_container(
         return init_pid
     except BaseException:
         _kill_and_reap(child)
-        _stop_scope(systemd, unit)
+        if scope_made:
+            _stop_scope(systemd, unit)
         raise
     finally:
         if go_write >= 0:
