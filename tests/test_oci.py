@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,6 +247,24 @@ def test_podman_update_memory_sets_the_scopes_limit(podman: Podman) -> None:
             check=True,
         )
         assert shown.stdout.strip() == f"MemoryMax={64 * 1024 * 1024}"
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_podman_pause_freezes_the_container_until_unpause(podman: Podman) -> None:
+    name = f"z{uuid.uuid4().hex[:8]}"
+    script = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done"
+    podman("run", "-d", "--name", name, "localhost/busybox", "sh", "-c", script)
+    try:
+        wait_for(lambda: len(podman("logs", name).stdout.split()) > 2)
+        podman("pause", name)
+        assert podman("inspect", "-f", "{{.State.Status}}", name).stdout.strip() == "paused"
+        frozen = podman("logs", name).stdout
+        time.sleep(0.5)
+        assert podman("logs", name).stdout == frozen  # not one line more while frozen
+        podman("unpause", name)
+        assert podman("inspect", "-f", "{{.State.Status}}", name).stdout.strip() == "running"
+        wait_for(lambda: len(podman("logs", name).stdout) > len(frozen))
     finally:
         podman("rm", "-f", "-t", "0", name, check=False)
 
@@ -568,3 +587,28 @@ def test_a_scope_of_that_name_in_another_root_is_left_alone(bundle: Bundle, priv
     assert f"sdrun-oci-{name}.scope" in oci_scopes()
     assert bundle.state(name)["status"] == "created"
     assert bundle.oci("delete", "--force", name).returncode == 0
+
+
+def test_pause_and_resume(bundle: Bundle, private_rootfs: Path) -> None:
+    bundle.write(bundle_config(private_rootfs, ["sleep", "1000"]))
+    name = f"r{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    refused = bundle.oci("pause", name)
+    assert refused.returncode != 0
+    assert "created" in refused.stderr
+    assert bundle.oci("start", name).returncode == 0
+    assert bundle.oci("pause", name).returncode == 0
+    assert bundle.state(name)["status"] == "paused"
+    pid = bundle.state(name)["pid"]
+    assert "frozen 1" in (Path(state_freezer(pid)).parent / "cgroup.events").read_text()
+    assert bundle.oci("resume", name).returncode == 0
+    assert bundle.state(name)["status"] == "running"
+    assert bundle.oci("pause", name).returncode == 0
+    assert bundle.oci("delete", "--force", name).returncode == 0  # a paused container is killed too
+    wait_for(lambda: f"sdrun-oci-{name}.scope" not in oci_scopes())
+
+
+def state_freezer(pid: int) -> str:
+    (path,) = [line[3:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if line.startswith("0::")]
+    base = "/sys/fs/cgroup/unified" if Path("/sys/fs/cgroup/unified").is_dir() else "/sys/fs/cgroup"
+    return f"{base}{path}/cgroup.freeze"

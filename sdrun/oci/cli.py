@@ -219,6 +219,16 @@ def update_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str])
     return 0
 
 
+def pause_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    lifecycle.pause(runtime, one_id("pause", positional))
+    return 0
+
+
+def resume_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
+    lifecycle.resume(runtime, one_id("resume", positional))
+    return 0
+
+
 def features_verb(runtime: lifecycle.Options, flags: Flags, positional: list[str]) -> int:
     print(json.dumps(features(), indent=2))
     return 0
@@ -274,6 +284,8 @@ VERBS = {
     "exec": exec_verb,
     "ps": ps_verb,
     "update": update_verb,
+    "pause": pause_verb,
+    "resume": resume_verb,
     "features": features_verb,
 }
 

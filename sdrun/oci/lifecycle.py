@@ -487,3 +487,37 @@ def update(options: Options, container_id: str, resources_text: str) -> None:
         systemd.set_unit_properties(record.unit, properties)
     finally:
         systemd.close()
+
+
+# --- pause, resume ---
+
+FREEZE_WAIT_SECONDS = 10.0
+
+
+def pause(options: Options, container_id: str) -> None:
+    """Freeze the container's scope (cgroup v2's cgroup.freeze, there beside the v1 hierarchies on a
+    hybrid host, where systemd's FreezeUnit refuses): every process of it stops until resume."""
+    _set_frozen(options, container_id, frozen=True)
+
+
+def resume(options: Options, container_id: str) -> None:
+    _set_frozen(options, container_id, frozen=False)
+
+
+def _set_frozen(options: Options, container_id: str, *, frozen: bool) -> None:
+    container, record = open_container(options, container_id)
+    current = state.status(container, record)
+    if current != ("running" if frozen else "paused"):
+        raise SdrunError(f"cannot {'pause' if frozen else 'resume'} a container that is {current}")
+    freezer = state.freezer_file(record.pid)
+    if freezer is None:
+        raise SdrunError("this host has no cgroup v2 freezer for the container's scope")
+    with open(freezer, "w") as stream:
+        stream.write("1" if frozen else "0")
+    events = os.path.join(os.path.dirname(freezer), "cgroup.events")
+    wanted = f"frozen {1 if frozen else 0}"
+    deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+    while wanted not in state.read_text(events).splitlines():  # the kernel freezes asynchronously
+        if time.monotonic() > deadline:
+            raise SdrunError(f"the container's cgroup did not become {'frozen' if frozen else 'thawed'}")
+        time.sleep(0.005)

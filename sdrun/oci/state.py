@@ -97,10 +97,40 @@ def process_start_time(pid: int) -> int | None:
 
 
 def status(container: ContainerDir, record: Record) -> str:
-    """created (held before its app), running, or stopped, as the runtime spec says them."""
+    """created (held before its app), running, paused or stopped, as the runtime spec says them."""
     if record.pid <= 0 or process_start_time(record.pid) != record.start_time:
         return "stopped"
-    return "created" if container.fifo.exists() else "running"
+    if container.fifo.exists():
+        return "created"
+    freezer = freezer_file(record.pid)
+    if freezer is not None and read_text(freezer).strip() == "1":
+        return "paused"
+    return "running"
+
+
+# Where the unified cgroup hierarchy is mounted: beside the v1 ones on a hybrid host, else at the top.
+UNIFIED_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def freezer_file(pid: int) -> str | None:
+    """The cgroup.freeze of pid's cgroup in the unified hierarchy (its scope's: nothing in the container
+    can make a cgroup of its own), which cgroup v2 has on a hybrid host too; None if there is none."""
+    try:
+        lines = read_text(f"/proc/{pid}/cgroup").splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    paths = [line[3:] for line in lines if line.startswith("0::")]
+    for mount in UNIFIED_MOUNTS:
+        for path in paths:
+            candidate = f"{mount}{path.rstrip('/')}/cgroup.freeze"
+            if path != "/" and os.path.exists(candidate):
+                return candidate
+    return None
+
+
+def read_text(path: str) -> str:
+    with open(path) as stream:
+        return stream.read()
 
 
 def state_document(container: ContainerDir, record: Record) -> dict[str, Any]:
