@@ -439,7 +439,7 @@ def test_malformed_config_is_refused(bundle: Bundle) -> None:
     [
         ({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}, "user namespace"),
         ({"linux": {"namespaces": [{"type": "mount"}], "intelRdt": {"closID": "x"}}}, "linux.intelRdt"),
-        ({"hooks": {"prestart": [{"path": "/bin/true"}]}}, "hooks"),
+        ({"hooks": {"createContainer": [{"path": "/bin/true"}]}}, "hooks.createContainer"),
     ],
 )
 def test_unsupported_security_fields_are_refused(
@@ -612,3 +612,33 @@ def state_freezer(pid: int) -> str:
     (path,) = [line[3:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if line.startswith("0::")]
     base = "/sys/fs/cgroup/unified" if Path("/sys/fs/cgroup/unified").is_dir() else "/sys/fs/cgroup"
     return f"{base}{path}/cgroup.freeze"
+
+
+def hook(command: str) -> dict[str, Any]:
+    return {"path": "/bin/sh", "args": ["sh", "-c", command], "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
+
+
+def test_hooks_run_with_the_state_on_stdin(bundle: Bundle, private_rootfs: Path) -> None:
+    seen = bundle.directory / "hooks"
+    seen.mkdir()
+    hooks = {point: [hook(f"cat > {seen}/{point}")] for point in ("prestart", "createRuntime", "poststart", "poststop")}
+    bundle.write(bundle_config(private_rootfs, ["true"], hooks=hooks))
+    name = f"h{uuid.uuid4().hex[:8]}"
+    assert bundle.oci("create", "--bundle", str(bundle.directory), name).returncode == 0
+    pid = bundle.state(name)["pid"]
+    for point in ("prestart", "createRuntime"):
+        document = json.loads((seen / point).read_text())
+        assert (document["id"], document["status"], document["pid"]) == (name, "creating", pid)
+        assert document["bundle"] == str(bundle.directory)
+    assert not (seen / "poststart").exists()
+    assert bundle.oci("start", name).returncode == 0
+    assert json.loads((seen / "poststart").read_text())["status"] == "running"
+    wait_for(lambda: bundle.state(name)["status"] == "stopped")
+    assert bundle.oci("delete", name).returncode == 0
+    assert json.loads((seen / "poststop").read_text())["status"] == "stopped"
+
+
+def test_a_failing_prestart_hook_fails_create_leaving_nothing(bundle: Bundle, private_rootfs: Path) -> None:
+    bundle.write(bundle_config(private_rootfs, ["true"], hooks={"prestart": [hook("echo no network >&2; exit 3")]}))
+    args = ["create", "--bundle", str(bundle.directory)]
+    assert_refused_leaving_nothing(bundle, "b7", args, "prestart hook /bin/sh exited 3: no network")

@@ -257,11 +257,12 @@ def features() -> dict[str, object]:
     from sdrun.linux import caps
     from sdrun.linux.seccomp import ACTIONS, MASKED_EQ, OPERATORS
     from sdrun.oci.config import IGNORED_MOUNT_OPTIONS, MOUNT_FLAGS, NAMESPACE_FLAGS
+    from sdrun.oci.hooks import RUNTIME_NAMESPACE_HOOKS
 
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,
-        "hooks": [],
+        "hooks": list(RUNTIME_NAMESPACE_HOOKS),
         "mountOptions": sorted({*MOUNT_FLAGS, *IGNORED_MOUNT_OPTIONS}),
         "linux": {
             "namespaces": sorted(NAMESPACE_FLAGS),

@@ -18,9 +18,11 @@ from sdrun.errors import SdrunError
 from sdrun.linux import caps
 from sdrun.linux import syscalls as sc
 from sdrun.linux.mounts import BindMount, FilesystemMount, MaskPath, MountOperation, ReadOnlyPath, ReadOnlyRoot, Symlink
+from sdrun.oci import hooks as oci_hooks
 from stage1.namespace.container import DEV_LINKS, DEVICES
 
 if TYPE_CHECKING:
+    from sdrun.oci.hooks import Hook
     from stage1.process import AppPlan
 
 CONFIG = "config.json"
@@ -53,7 +55,7 @@ MOUNT_FLAGS = {
 IGNORED_MOUNT_OPTIONS = {"bind", "rbind", "private", "rprivate", "slave", "rslave", "async", "atime", "norelatime"}
 FILESYSTEMS = {"proc", "sysfs", "tmpfs", "devpts", "mqueue"}
 # Top-level and linux fields this runtime carries out (or knowingly leaves to the caller).
-KNOWN_TOP = {"ociVersion", "process", "root", "hostname", "mounts", "annotations", "linux"}
+KNOWN_TOP = {"ociVersion", "process", "root", "hostname", "mounts", "annotations", "linux", "hooks"}
 KNOWN_LINUX = {
     "namespaces",
     "resources",
@@ -106,6 +108,7 @@ class ContainerConfig(NamedTuple):
     pids_limit: int | None
     memory_limit: int | None
     annotations: dict[str, str]
+    hooks: dict[str, list[Hook]]
 
 
 def load(bundle: str, seccomp_cache: str | None = None) -> ContainerConfig:
@@ -172,6 +175,7 @@ def parse(data: dict[str, Any], bundle: str, seccomp_cache: str | None = None) -
         pids_limit=(resources.get("pids") or {}).get("limit"),
         memory_limit=memory.get("limit"),
         annotations={str(key): str(value) for key, value in (data.get("annotations") or {}).items()},
+        hooks=oci_hooks.parse(data.get("hooks") or {}),
     )
 
 

@@ -17,13 +17,16 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, NotFound, SdrunError, describe
+from sdrun.oci import hooks as oci_hooks
 from sdrun.oci import state
 from sdrun.oci.config import ID_PATTERN, ContainerConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sdrun.systemd.bus import Property, Systemd
 
 DEFAULT_SLICE = "machine.slice"
@@ -31,6 +34,8 @@ DEFAULT_SLICE = "machine.slice"
 # random, urandom) and these make: the terminal devices and the container's own ptys.
 DEVICE_ALLOW = [["/dev/tty", "rwm"], ["/dev/ptmx", "rwm"], ["/dev/console", "rwm"], ["char-pts", "rwm"]]
 KILL_WAIT_SECONDS = 10.0
+CREATE_HOOKS = ("prestart", "createRuntime")  # run while the init waits, before its mounts
+LATER_HOOKS = ("poststart", "poststop")  # kept in state.json for start and delete
 SECCOMP_CACHE = ".seccomp"  # under --root: no container ID starts with a dot (ID_PATTERN)
 
 
@@ -101,7 +106,7 @@ def create(
         os.mkfifo(container.fifo, 0o600)
         if config.seccomp is not None:  # for exec, which confines its process as the container's
             (container.path / state.SECCOMP).write_bytes(config.seccomp)
-        init_pid = _start_container(config, container, unit, slice_, console, preserve_fds)
+        init_pid = _start_container(config, container, os.path.abspath(bundle), unit, slice_, console, preserve_fds)
         record = state.Record(
             id=container_id,
             pid=init_pid,
@@ -110,6 +115,7 @@ def create(
             unit=unit,
             annotations=config.annotations,
             created=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            hooks=oci_hooks.to_json({point: config.hooks[point] for point in LATER_HOOKS if point in config.hooks}),
         )
         container.write(record)
         if pid_file:
@@ -155,6 +161,7 @@ def _connect_console(path: str | None) -> int:
 def _start_container(
     config: ContainerConfig,
     container: state.ContainerDir,
+    bundle: str,
     unit: str,
     slice_: str,
     console: int | None,
@@ -166,15 +173,28 @@ def _start_container(
     systemd = Systemd.connect()
     go_read, go_write = os.pipe()
     report_read, report_write = os.pipe()
+    with_hooks = any(point in config.hooks for point in CREATE_HOOKS)
+    hooks_read, hooks_write = os.pipe() if with_hooks else (-1, -1)
     child = os.fork()
     if child == 0:
         os.close(go_write)
         os.close(report_read)
+        if with_hooks:
+            os.close(hooks_write)
         systemd.connection.close()
         container.forget_lock()
-        _setup_child(config, str(container.fifo), go_read, report_write, console, preserve_fds)
+        _setup_child(config, str(container.fifo), go_read, report_write, console, preserve_fds, hooks_read)
     os.close(go_read)
     os.close(report_write)
+    if with_hooks:
+        os.close(hooks_read)
+
+    def run_create_hooks(pid: int) -> None:
+        document = state_of_creating(config, container.id, bundle, pid)
+        for point in CREATE_HOOKS:
+            oci_hooks.run(point, config.hooks, document, fatal=True)
+        os.write(hooks_write, b"go")
+
     scope_made = False  # only ours to stop: a unit of that name may be another container's
     try:
         job = systemd.start_transient_unit(unit, scope_properties(config, container.id, slice_, child))
@@ -183,7 +203,7 @@ def _start_container(
         os.write(go_write, b"go")
         os.close(go_write)
         go_write = -1
-        init_pid = _read_report(report_read)
+        init_pid = _read_report(report_read, run_create_hooks if with_hooks else None)
         os.waitpid(child, 0)
         _register_machine(systemd, container.id, init_pid, config.root)
         return init_pid
@@ -195,8 +215,22 @@ def _start_container(
     finally:
         if go_write >= 0:
             os.close(go_write)
+        if with_hooks:
+            os.close(hooks_write)
         os.close(report_read)
         systemd.close()
+
+
+def state_of_creating(config: ContainerConfig, container_id: str, bundle: str, pid: int) -> dict[str, Any]:
+    """The state the create hooks read on stdin."""
+    return {
+        "ociVersion": state.OCI_VERSION,
+        "id": container_id,
+        "status": "creating",
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": config.annotations,
+    }
 
 
 def _register_machine(systemd: Systemd, container_id: str, leader: int, root: str) -> None:
@@ -214,21 +248,26 @@ def _register_machine(systemd: Systemd, container_id: str, leader: int, root: st
         debug("oci", "not registered with machined: %s", describe(error))
 
 
-def _read_report(fd: int) -> int:
-    """The set-up's messages: "pid N" (from the set-up child), then "ready" (from the init), or "error: ..."."""
-    data = b""
-    while chunk := os.read(fd, 4096):
+def _read_report(fd: int, on_hooks: Callable[[int], None] | None = None) -> int:
+    """The set-up's messages, a line each: "pid N" (from the set-up child), "hooks" (the init waits
+    for the create hooks: on_hooks(N) runs them), "ready" (from the init), or "error: ..."."""
+    data, pid, hooks_asked, hooks_done = b"", 0, False, False
+    lines: list[str] = []
+    while b"ready\n" not in data and (chunk := os.read(fd, 4096)):
         data += chunk
-        if b"ready\n" in data:
-            break
-    lines = data.decode(errors="replace").splitlines()
+        lines = data.decode(errors="replace").splitlines()
+        pids = [int(line.split()[1]) for line in lines if line.startswith("pid ")]
+        pid = pids[0] if pids else 0
+        hooks_asked = "hooks" in lines
+        if hooks_asked and pid and not hooks_done and on_hooks is not None:
+            hooks_done = True
+            on_hooks(pid)
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
     if errors:
         raise SdrunError(errors[-1])
-    pids = [int(line.split()[1]) for line in lines if line.startswith("pid ")]
-    if "ready" not in lines or not pids:
+    if "ready" not in lines or not pid:
         raise SdrunError("container set-up failed")
-    return pids[0]
+    return pid
 
 
 def _kill_and_reap(child: int) -> None:
@@ -240,6 +279,10 @@ def _kill_and_reap(child: int) -> None:
 
 
 def _stop_scope(systemd: Systemd, unit: str) -> None:
+    """SIGKILL whatever is left in the scope first: a PID namespace's init ignores the SIGTERM a
+    stop would send it (no handler of its own), and the stop would wait its whole timeout."""
+    with contextlib.suppress(SdrunError):
+        systemd.kill_unit(unit, signal.SIGKILL, "all")
     with contextlib.suppress(SdrunError):
         systemd.stop_unit(unit)
     with contextlib.suppress(SdrunError):
@@ -247,7 +290,13 @@ def _stop_scope(systemd: Systemd, unit: str) -> None:
 
 
 def _setup_child(
-    config: ContainerConfig, fifo: str, go_read: int, report: int, console: int | None, preserve_fds: int
+    config: ContainerConfig,
+    fifo: str,
+    go_read: int,
+    report: int,
+    console: int | None,
+    preserve_fds: int,
+    hooks_go: int,
 ) -> NoReturn:
     """In the scope: join and make the namespaces, fork the init (PID 1 of a new PID namespace)."""
     try:
@@ -266,7 +315,7 @@ def _setup_child(
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)  # nothing the container mounts reaches the host
         init = os.fork()
         if init == 0:
-            _container_init(config, fifo, report, console, preserve_fds)
+            _container_init(config, fifo, report, console, preserve_fds, hooks_go)
         os.write(report, f"pid {init}\n".encode())
         os._exit(0)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
@@ -280,16 +329,18 @@ def _report_error(report: int, error: BaseException) -> None:
 
 
 def _container_init(
-    config: ContainerConfig, fifo: str, report: int, console: int | None, preserve_fds: int
+    config: ContainerConfig, fifo: str, report: int, console: int | None, preserve_fds: int, hooks_go: int
 ) -> NoReturn:
     try:
-        _prepare_init(config, fifo, report, console, preserve_fds)
+        _prepare_init(config, fifo, report, console, preserve_fds, hooks_go)
     except BaseException as error:  # noqa: BLE001 - a forked child: report and leave
         _report_error(report, error)
     os._exit(EXIT_RUNTIME_ERROR)
 
 
-def _prepare_init(config: ContainerConfig, fifo: str, report: int, console: int | None, preserve_fds: int) -> None:
+def _prepare_init(
+    config: ContainerConfig, fifo: str, report: int, console: int | None, preserve_fds: int, hooks_go: int
+) -> None:
     from sdrun.linux import syscalls as sc
     from sdrun.linux.mounts import execute_plan
     from stage1.namespace import entry
@@ -300,6 +351,11 @@ def _prepare_init(config: ContainerConfig, fifo: str, report: int, console: int 
     if config.oom_score_adj is not None:
         with open("/proc/self/oom_score_adj", "w") as stream:
             stream.write(str(config.oom_score_adj))
+    if hooks_go >= 0:  # prestart and createRuntime: our namespaces exist, nothing is mounted yet
+        os.write(report, b"hooks\n")
+        if os.read(hooks_go, 2) != b"go":
+            raise SdrunError("a create hook failed")
+        os.close(hooks_go)
     root = config.root
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # a mount of our own, which pivot_root takes
     execute_plan([*config.mounts, *config.lockdown], root)
@@ -368,6 +424,9 @@ def start(options: Options, container_id: str) -> None:
     finally:
         os.close(fd)
         container.fifo.unlink(missing_ok=True)
+    if "poststart" in record.hooks:
+        document = state.state_document(container, record, "running")
+        oci_hooks.run("poststart", oci_hooks.from_json(record.hooks), document, fatal=False)
 
 
 def signal_number(text: str) -> int:
@@ -429,6 +488,9 @@ def delete(options: Options, container_id: str, *, force: bool) -> None:
         _stop_scope(systemd, record.unit)
     finally:
         systemd.close()
+    if "poststop" in record.hooks:
+        document = state.state_document(container, record, "stopped")
+        oci_hooks.run("poststop", oci_hooks.from_json(record.hooks), document, fatal=False)
     container.remove()
 
 

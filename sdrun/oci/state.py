@@ -32,6 +32,7 @@ class Record(NamedTuple):
     unit: str  # the transient scope
     annotations: dict[str, str]
     created: str
+    hooks: dict[str, list[list[Any]]] = {}  # noqa: RUF012 - poststart and poststop (sdrun.oci.hooks.to_json)
 
 
 class ContainerDir:
@@ -133,9 +134,9 @@ def read_text(path: str) -> str:
         return stream.read()
 
 
-def state_document(container: ContainerDir, record: Record) -> dict[str, Any]:
-    """The runtime spec's state of a container (and runc's `created` time)."""
-    current = status(container, record)
+def state_document(container: ContainerDir, record: Record, current: str | None = None) -> dict[str, Any]:
+    """The runtime spec's state of a container (and runc's `created` time); current: its status, if known."""
+    current = current or status(container, record)
     return {
         "ociVersion": OCI_VERSION,
         "id": record.id,
