@@ -20,8 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdrun.errors import SdrunError, describe
-from sdrun.linux import syscalls as sc
+from sdrun.errors import SdrunError
 from sdrun.net import (
     HOST_GATEWAY,
     NETNS_DIR,
@@ -32,7 +31,7 @@ from sdrun.net import (
     netns_name,
     nft,
     on_network,
-    rtnl,
+    unplug,
     veth_name,
 )
 from sdrun.net.config import Network
@@ -61,12 +60,28 @@ def setup(root: Path, pod: Pod) -> Lease:
         network = config.load(root, pod.spec.net)
         lease = _new_lease(root, network, pod)
         ipam.write_lease(root, lease)
+        write_teardown_plan(root, lease)  # after the lease: a lease without a plan is undone all the same
     try:
         _build(root, network, lease)
     except BaseException:
         teardown(root, lease.pod, lease.network)
         raise
     return lease
+
+
+def write_teardown_plan(root: Path, lease: Lease) -> None:
+    """What the unit's tear-down (sdrun.net.unplug) undoes, from the lease: its interface and
+    namespace, its lines of the network's hosts file and the nft commands that remove its elements."""
+    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
+
+    hosts_lines = ipam.hosts_file([lease]).removeprefix(ipam.LOCALHOST_LINES).splitlines(keepends=True)
+    plan = unplug.Plan(lease.veth, lease.netns, hosts_lines, _nft_removal(lease))
+    write_file_atomically(Path(unplug.plan_file(str(root), lease.network, lease.pod)), plan.to_text())
+
+
+def _nft_removal(lease: Lease) -> str:
+    """The nft commands that remove a pod's elements: its published ports and its source filter."""
+    return nft.remove_port_commands(lease.address, lease.ports) + nft.remove_source_commands(lease.veth, lease.address)
 
 
 def _reclaim_ports_of_removed_pods(root: Path, ports: tuple[PortMapping, ...]) -> None:
@@ -144,28 +159,25 @@ def teardown(root: Path, pod_uuid: str, network: str) -> bool:
         return True
 
 
+def undo_held_lease(root: Path, network: str, pod_uuid: str) -> bool:
+    """teardown() for a caller that holds the pod's lease's flock already (sdrun.net.unplug, for a
+    lease without a plan)."""
+    lease = ipam.read_lease(root, network, pod_uuid)
+    if lease is None:
+        return False
+    _undo(root, lease)
+    return True
+
+
 def _undo(root: Path, lease: Lease) -> None:
     """Undo one pod's objects, the lease that names them last. The network's bridge and
     nftables elements stay for the next pod (as docker0 does): `sdrun gc` and `sdrun network rm`
-    retire a network no pod uses."""
-    nft.apply(
-        nft.remove_port_commands(lease.address, lease.ports) + nft.remove_source_commands(lease.veth, lease.address)
-    )
-    _delete_veth(lease.veth)
-    remove_netns(lease.netns)  # the kernel frees it later (nothing of ours is left in it)
+    retire a network no pod uses. The unit's own tear-down follows the plan instead (unplug)."""
+    unplug.release_objects(_nft_removal(lease), lease.veth, lease.netns)
     with ipam.locked(root):
+        unplug.remove_plan(str(root), lease.network, lease.pod)
         ipam.remove_lease(root, lease)
         ipam.update_network_files(root, lease.network)
-
-
-def _delete_veth(name: str) -> None:
-    """Delete the pod's veth pair, gone already or not. Deleted rather than left to go with the
-    namespace: the kernel destroys a namespace tens of milliseconds after its last user (longer
-    when many go at once), and never while a process elsewhere holds it open."""
-    try:
-        rtnl.delete_link(name)
-    except OSError as error:
-        raise SdrunError(describe(error)) from None  # "delete interface: <reason>: <name>"
 
 
 def retire(root: Path, network_name: str) -> None:
@@ -190,13 +202,8 @@ def retire(root: Path, network_name: str) -> None:
 
 
 def remove_netns(name: str) -> None:
-    """Unmount and remove a named network namespace (as `ip netns delete`); the kernel frees it,
-    and any interface left in it, once no process uses it."""
-    path = NETNS_DIR / name
-    with contextlib.suppress(OSError):
-        sc.umount2(str(path), sc.MNT_DETACH)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    """Unmount and remove a named network namespace (as `ip netns delete`)."""
+    unplug.remove_netns(name)
 
 
 def gc(root: Path, running: set[str]) -> list[str]:
