@@ -139,7 +139,7 @@ def _check_host_port_free(port: PortMapping) -> None:
 
 
 def _build(root: Path, network: Network, lease: Lease) -> None:
-    from sdrun.net import link  # pyroute2: only here
+    from sdrun.net import link  # netlink: only here
 
     link.ensure_bridge(network)
     nft.add(network, lease.address, lease.ports, lease.veth)  # the veth's filter exists before the veth
