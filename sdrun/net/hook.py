@@ -3,9 +3,9 @@
 Runs as root outside the pod, before the stage1 entry (which then joins the
 namespace made here). A failure is one line on stderr, so in the unit's
 journal, where `sdrun run` finds it. The tear-down after the unit's last
-process is gone is sdrun.net.unplug, run by path with `python -S -P`: a
-process ~30 ms lighter than this module's (`teardown POD_DIR` here does the
-same, for units made before it).
+process is gone is sdrun.net.unplug, run by path (unplug_entry.py) with
+`python -S -P`: a process ~30 ms lighter than this module's (`teardown
+POD_DIR` here does the same, for units made before it).
 
 systemd bounds each ExecStopPost= command by the unit's TimeoutStopSec=, the
 pod's --stop-timeout, then kills it: the tear-down first asks for
@@ -26,7 +26,7 @@ from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.paths import Paths
 
 USAGE = "usage: python -m sdrun.net.hook setup|teardown POD_DIR\n"
-UNPLUG = Path(__file__).with_name("unplug.py")  # run by path: see its docstring
+UNPLUG = Path(__file__).with_name("unplug_entry.py")  # run by path: see sdrun.net.unplug
 DETACH_TEARDOWN_BELOW = 10.0  # seconds of stop timeout (the stage1s' default is 10 s)
 
 

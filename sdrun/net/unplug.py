@@ -1,4 +1,4 @@
-"""A pod's network tear-down as its unit's ExecStopPost= runs it: `python -S -P unplug.py teardown POD_DIR`.
+"""A pod's network tear-down as its unit's ExecStopPost= runs it: `python -S -P unplug_entry.py teardown POD_DIR`.
 
 Every pod on a network pays for this process at its end, so it imports the
 standard library's C modules and nothing that pulls in pathlib, re or
@@ -14,24 +14,16 @@ The kernel's part runs at once: the nft transaction in its own process while
 this one deletes the veth pair, each waiting for an RCU grace period (nft's
 socket closes only once its deletions are freed; the veth's deletion waits
 for the removal of both ends), so the two waits overlap (~20 ms, not ~35).
-Run by path, this file registers sdrun.net as a bare package, so that
-importing sdrun.net.rtnl does not run sdrun.net's __init__ (pathlib, ~10 ms).
+The unit runs unplug_entry.py by path, which imports this module with sdrun.net
+as a bare package, so that sdrun.net's __init__ (pathlib, ~10 ms) never runs.
 """
 
 from __future__ import annotations
 
+import _socket  # socket's C module: socket.py's own imports (enum...) would cost every tear-down
+import fcntl
 import os
 import sys
-
-if __name__ == "__main__":  # run by path: sdrun's directory on sys.path, sdrun.net without its __init__
-    _PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.path.insert(0, _PROJECT)
-    _bare = type(sys)("sdrun.net")
-    _bare.__path__ = [os.path.join(_PROJECT, "sdrun", "net")]
-    sys.modules["sdrun.net"] = _bare
-
-import _socket
-import fcntl
 
 from sdrun.errors import EXIT_RUNTIME_ERROR, SdrunError, describe
 from sdrun.linux import syscalls as sc
@@ -40,7 +32,7 @@ from sdrun.net import rtnl
 PLAN_VERSION = "sdrun-teardown-plan 1"
 NETNS_DIR = "/run/netns"  # sdrun.net.NETNS_DIR, without pathlib
 TEARDOWN_BUDGET_USEC = 30_000_000
-USAGE = "usage: python -S -P unplug.py teardown POD_DIR\n"
+USAGE = "usage: python -S -P unplug_entry.py teardown POD_DIR\n"
 
 
 class Plan:
@@ -323,7 +315,7 @@ def drop_hosts_lines(directory: str, hosts_lines: list[str]) -> bool:
 
 def _load_sdrun_net() -> None:
     """Before this process imports sdrun.net's other modules (the full tear-down, a rare case):
-    sdrun.net as it is, with its __init__, where running this file by path made it a bare package."""
+    sdrun.net as it is, with its __init__, where unplug_entry made it a bare package."""
     package = sys.modules.get("sdrun.net")
     if package is not None and not hasattr(package, "__file__"):  # the bare one: no file of its own
         del sys.modules["sdrun.net"]
@@ -343,7 +335,3 @@ class networking_lock:
 
     def __exit__(self, *_: object) -> None:
         os.close(self.fd)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
