@@ -178,6 +178,8 @@ from tests.test_net import NETWORK
 transactions = []
 apply = nft.apply
 nft.apply = lambda commands: (transactions.append(commands), apply(commands))
+started = nft.unplug.NftRun  # the first transaction is started, and waited for later
+nft.unplug.NftRun = lambda commands: (transactions.append(commands), started(commands))[1]
 outcome = []
 source = '"sdv0123456789ab" . 02:01:23:45:67:89 . 10.123.0.2'
 scratch = (["flush", "ruleset"], ["delete", "set", "ip", "sdrun", nft.MARK], ["delete", "table", "bridge", "sdrun"])

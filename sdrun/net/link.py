@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sdrun.errors import SdrunError, describe
@@ -120,16 +120,24 @@ def random_mac() -> str:
     return ":".join(["02", *(f"{byte:02x}" for byte in os.urandom(5))])
 
 
-def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str) -> None:
+def create_pod_interface(
+    network: Network,
+    netns_name: str,
+    veth: str,
+    address: str,
+    tag: str,
+    before_attaching: Callable[[], None] = lambda: None,
+) -> None:
     """A named network namespace whose eth0 (with the MAC peer_mac(veth)) is one end of a veth pair;
-    the other end, veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
+    the other end, veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is.
+    before_attaching runs once all else is done, before the veth is up and on the bridge: until then
+    nothing the pod's end sends goes anywhere (sdrun.net.pod waits there for the veth's nft filter)."""
     namespace = create_netns(netns_name)
     namespace_fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with Netlink() as netlink:
             netlink.create_link(veth, "veth", veth_peer(POD_INTERFACE, peer_mac(veth), namespace_fd))
             netlink.set_link(veth, ifalias=tag)
-            netlink.set_link(veth, up=True, master=interface_index(network.bridge))
     finally:
         os.close(namespace_fd)
     with _netlink_in(namespace) as inside:
@@ -138,7 +146,10 @@ def create_pod_interface(network: Network, netns_name: str, veth: str, address: 
         inside.add_address(POD_INTERFACE, address, network.prefixlen)
         inside.set_link(POD_INTERFACE, up=True)
         inside.set_link("lo", up=True)
-        inside.add_default_route(POD_INTERFACE, network.gateway)
+        inside.add_default_route(POD_INTERFACE, network.gateway)  # its link is down until the veth is up
+    before_attaching()
+    with Netlink() as netlink:
+        netlink.set_link(veth, up=True, master=interface_index(network.bridge))
 
 
 def refuse_router_advertisements(*interfaces: str) -> None:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import json
 import subprocess
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sdrun.errors import SdrunError
-from sdrun.net import peer_mac
+from sdrun.net import peer_mac, unplug
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
 
@@ -129,13 +129,29 @@ def source_commands(verb: str, veth: str, address: str) -> str:
 def add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "") -> None:
     """Make a pod's network, ports and source filter (with veth) known to the rules; the skeleton
     too, if the table lacks it."""
+    start_add(network, address, ports, veth)()
+
+
+def start_add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "") -> Callable[[], None]:
+    """add(), begun: nft works on it while the caller goes on (a pod's set-up makes its veth pair
+    meanwhile). Call the result, once or more, to wait for it to be done (or to fail)."""
     elements = element_commands(network, address, ports)
     if veth:
         elements += source_commands("add", veth, address)
-    try:
-        apply(MARK_ELEMENT + elements)  # fails unless the table holds these rules
-    except SdrunError:
-        apply(SKELETON + elements)
+    marked = unplug.NftRun(MARK_ELEMENT + elements)  # fails unless the table holds these rules
+    waited = False
+
+    def finish() -> None:
+        nonlocal waited
+        if waited:
+            return
+        waited = True
+        try:
+            marked.wait()
+        except SdrunError:
+            apply(SKELETON + elements)
+
+    return finish
 
 
 def element_commands(network: Network, address: str, ports: Iterable[PortMapping]) -> str:

@@ -142,8 +142,16 @@ def _build(root: Path, network: Network, lease: Lease) -> None:
     from sdrun.net import link  # netlink: only here
 
     link.ensure_bridge(network)
-    nft.add(network, lease.address, lease.ports, lease.veth)  # the veth's filter exists before the veth
-    link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
+    # The veth's filter is made while the pair is, and exists before the veth is up on the bridge.
+    filtered = nft.start_add(network, lease.address, lease.ports, lease.veth)
+    try:
+        link.create_pod_interface(
+            network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod, before_attaching=filtered
+        )
+    except BaseException:
+        with contextlib.suppress(SdrunError):
+            filtered()  # nft is done before the set-up's failure undoes what it added
+        raise
     with ipam.locked(root):
         ipam.update_network_files(root, network.name)
 
