@@ -72,11 +72,14 @@ def setup(root: Path, pod: Pod) -> Lease:
 def write_teardown_plan(root: Path, lease: Lease) -> None:
     """What the unit's tear-down (sdrun.net.unplug) undoes, from the lease: its interface and
     namespace, its lines of the network's hosts file and the nft commands that remove its elements."""
-    from sdrun.pod import write_file_atomically  # sdrun.pod (and the spec it imports): not for a tear-down
-
     hosts_lines = ipam.hosts_file([lease]).removeprefix(ipam.LOCALHOST_LINES).splitlines(keepends=True)
     plan = unplug.Plan(lease.veth, lease.netns, hosts_lines, _nft_removal(lease))
-    write_file_atomically(Path(unplug.plan_file(str(root), lease.network, lease.pod)), plan.to_text())
+    path = Path(unplug.plan_file(str(root), lease.network, lease.pod))
+    # Renamed into place, but not synced as the lease is: only the unit of this boot reads it (every
+    # start of an installed pod writes it again), and gc, after a crash, works from the lease.
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(plan.to_text())
+    temporary.rename(path)
 
 
 def _nft_removal(lease: Lease) -> str:
