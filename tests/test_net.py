@@ -18,6 +18,7 @@ from sdrun.net import config, ipam, nft, peer_mac, unplug, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
+from sdrun.paths import NETNS_DIR, Paths
 from sdrun.spec import check_settings
 from sdrun.specbuild import build_spec
 from tests.conftest import SDRUN, Sdrun, needs_systemd
@@ -115,6 +116,14 @@ def test_files_are_rewritten_in_place(tmp_path: Path) -> None:
     inode = path.stat().st_ino
     unplug.rewrite_in_place(path, "short\n")
     assert path.read_text() == "short\n" and path.stat().st_ino == inode  # a bind mount keeps seeing it
+
+
+def test_the_lean_tear_down_finds_the_files_where_sdrun_paths_puts_them(tmp_path: Path) -> None:
+    paths, root = Paths(tmp_path), str(tmp_path)
+    assert unplug.network_dir(root, "web") == str(paths.network_dir("web"))
+    assert unplug.lease_file(root, "web", "1234") == str(paths.lease("web", "1234"))
+    assert unplug.plan_file(root, "web", "1234") == str(paths.teardown_plan("web", "1234"))
+    assert str(NETNS_DIR) == unplug.NETNS_DIR
 
 
 def test_a_teardown_plan_reads_back_and_a_torn_one_is_none() -> None:

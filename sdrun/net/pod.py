@@ -74,7 +74,7 @@ def write_teardown_plan(root: Path, lease: Lease) -> None:
     namespace, its lines of the network's hosts file and the nft commands that remove its elements."""
     hosts_lines = ipam.hosts_file([lease]).removeprefix(ipam.LOCALHOST_LINES).splitlines(keepends=True)
     plan = unplug.Plan(lease.veth, lease.netns, hosts_lines, _nft_removal(lease))
-    path = Path(unplug.plan_file(str(root), lease.network, lease.pod))
+    path = Paths(root).teardown_plan(lease.network, lease.pod)
     # Renamed into place, but not synced as the lease is: only the unit of this boot reads it (every
     # start of an installed pod writes it again), and gc, after a crash, works from the lease.
     temporary = path.with_name(path.name + ".tmp")

@@ -68,8 +68,10 @@ class Plan:
         return cls(fields["veth"][0], fields["netns"][0], fields["host"], nft_commands)
 
 
+# sdrun.paths builds these too, as Paths; here as strings (no pathlib on this path), and a test
+# (tests/test_net.py) checks that the two agree.
 def network_dir(root: str, network: str) -> str:
-    return os.path.join(root, "net", network)  # sdrun.net.network_dir, as a string
+    return os.path.join(root, "net", network)
 
 
 def lease_file(root: str, network: str, pod_uuid: str) -> str:
