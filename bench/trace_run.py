@@ -63,8 +63,8 @@ def main() -> None:
 
     follow = running._follow_in_foreground
 
-    def follow_then_read_unit(systemd: Any, pod: Any, *rest: Any) -> int:
-        status: int = follow(systemd, pod, *rest)
+    def follow_then_read_unit(systemd: Any, pod: Any, *rest: Any, **keywords: Any) -> int:
+        status: int = follow(systemd, pod, *rest, **keywords)
         events.append(("follow<", time.monotonic_ns()))
         path = bus.unit_object_path(pod.unit)
         for interface, names in UNIT_TIMESTAMPS.items():

@@ -9,7 +9,7 @@ import sys
 
 def skip_package_init(name: str) -> None:
     """Register package `name` as a bare package over its directory, so that importing its
-    submodules does not run its __init__, which in dbus-next and pyroute2 imports front-ends
+    submodules does not run its __init__, which in dbus-next imports front-ends
     and subsystems sdrun never uses (~40 ms each). Call it before the first import of `name`."""
     if name in sys.modules:
         return

@@ -19,6 +19,8 @@
 <root>/net/lock                flock(2) held while a lease is chosen (sdrun.net.ipam)
 <root>/net/<network>/network.json           a network's definition (sdrun.net.config)
 <root>/net/<network>/leases/<uuid>          a pod's lease: its address, ports, names
+<root>/net/<network>/leases/.<uuid>.plan    what its unit's tear-down undoes (sdrun.net.unplug, which
+                                            builds these as strings: no pathlib on its path)
 <root>/net/<network>/hosts, resolv.conf     the network's, bound into its pods at /etc
 <root>/net/<network>/hosts.<uuid>           the same hosts and a pod's --add-host lines
 <root>/cache/seccomp/<key>.bpf compiled seccomp programs, shared by the root's pods
@@ -135,6 +137,10 @@ class Paths(NamedTuple):
 
     def lease(self, network: str, pod_uuid: str) -> Path:
         return self.leases_dir(network) / pod_uuid
+
+    def teardown_plan(self, network: str, pod_uuid: str) -> Path:
+        """Beside the lease, a dot-file: lease listings skip it."""
+        return self.leases_dir(network) / f".{pod_uuid}.plan"
 
     def network_hosts(self, network: str) -> Path:
         return self.network_dir(network) / "hosts"

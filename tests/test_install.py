@@ -58,7 +58,7 @@ def test_make_install_a_template_pod_and_make_uninstall(installed: None, rootfs:
         [VENV / "bin/python", "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
     )
     packages = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
-    assert {"sdrun", "click", "dbus-next", "pyroute2", "systemd-python"} <= packages
+    assert {"sdrun", "click", "dbus-next", "systemd-python"} <= packages
     assert not packages & {"pytest", "mypy", "ruff", "hypothesis", "matplotlib"}
     # Every unit of units/, loaded by systemd; the gc timer enabled and running.
     assert GENERATOR.read_text().startswith(f"#!{VENV}/bin/python\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SdrunError
-from sdrun.net.ipam import rewrite_in_place
+from sdrun.net.unplug import rewrite_in_place
 from sdrun.paths import Paths
 from sdrun.pod import Pod
 from sdrun.spec import AppSpec, Isolation, PodSpec, Resources, Volume

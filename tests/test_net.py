@@ -1,5 +1,5 @@
 """Networking pieces without a systemd: port parsing, leases, the files pods see, the nftables
-commands, subnet checks, and the promise that commands without a network never import pyroute2."""
+commands, subnet checks, netlink, and the promise that commands without a network never import it."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from sdrun.errors import SdrunError, SpecError, describe
-from sdrun.net import config, ipam, nft, peer_mac, veth_name
+from sdrun.net import config, ipam, nft, peer_mac, unplug, veth_name
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
+from sdrun.paths import NETNS_DIR, Paths
 from sdrun.spec import check_settings
 from sdrun.specbuild import build_spec
 from tests.conftest import SDRUN, Sdrun, needs_systemd
@@ -111,10 +112,49 @@ def test_resolv_conf_drops_loopback_resolvers() -> None:
 
 def test_files_are_rewritten_in_place(tmp_path: Path) -> None:
     path = tmp_path / "hosts"
-    ipam.rewrite_in_place(path, "a long first version\n")
+    unplug.rewrite_in_place(path, "a long first version\n")
     inode = path.stat().st_ino
-    ipam.rewrite_in_place(path, "short\n")
+    unplug.rewrite_in_place(path, "short\n")
     assert path.read_text() == "short\n" and path.stat().st_ino == inode  # a bind mount keeps seeing it
+
+
+def test_the_lean_tear_down_finds_the_files_where_sdrun_paths_puts_them(tmp_path: Path) -> None:
+    paths, root = Paths(tmp_path), str(tmp_path)
+    assert unplug.network_dir(root, "web") == str(paths.network_dir("web"))
+    assert unplug.lease_file(root, "web", "1234") == str(paths.lease("web", "1234"))
+    assert unplug.plan_file(root, "web", "1234") == str(paths.teardown_plan("web", "1234"))
+    assert str(NETNS_DIR) == unplug.NETNS_DIR
+
+
+def test_a_teardown_plan_reads_back_and_a_torn_one_is_none() -> None:
+    plan = unplug.Plan("sdv0123", "sdrun-x", ["10.123.0.9\ta box\n"], "add element x\ndelete element x\n")
+    again = unplug.Plan.from_text(plan.to_text())
+    assert again is not None
+    assert (again.veth, again.netns, again.hosts_lines, again.nft_commands) == (
+        "sdv0123",
+        "sdrun-x",
+        ["10.123.0.9\ta box\n"],
+        "add element x\ndelete element x\n",
+    )
+    assert unplug.Plan.from_text(plan.to_text()[:-1]) is None  # cut short: no plan
+    assert unplug.Plan.from_text(plan.to_text().replace(" 1\n", " 2\n", 1)) is None  # another version's
+    assert unplug.Plan.from_text(plan.to_text() + "veth\tsdv2\n") is None  # two veths: not ours
+
+
+def test_a_leaving_pods_lines_go_from_the_hosts_file_and_only_the_shared_part_of_each_copy(tmp_path: Path) -> None:
+    """A pod with --add-host has the network's lines, then its own: one of its own that reads as the
+    leaving pod's stays."""
+    leaving = "10.123.0.9\ta\n"
+    shared = ipam.LOCALHOST_LINES + "10.123.0.3\tc\n" + leaving + "10.123.0.10\tb\n"
+    (tmp_path / "hosts").write_text(shared)
+    (tmp_path / "hosts.c").write_text(shared + leaving)
+    assert unplug.drop_hosts_lines(str(tmp_path), [leaving])
+    kept = ipam.LOCALHOST_LINES + "10.123.0.3\tc\n10.123.0.10\tb\n"
+    assert (tmp_path / "hosts").read_text() == kept
+    assert (tmp_path / "hosts.c").read_text() == kept + leaving
+    (tmp_path / "hosts.c").write_text("not the network's lines\n")  # as a crash between two rewrites leaves it
+    assert not unplug.drop_hosts_lines(str(tmp_path), ["10.123.0.3\tc\n"])
+    assert (tmp_path / "hosts").read_text() == kept  # nothing changed: the caller rewrites them from the leases
 
 
 def test_nft_commands_add_and_remove_the_same_elements() -> None:
@@ -149,6 +189,8 @@ from tests.test_net import NETWORK
 transactions = []
 apply = nft.apply
 nft.apply = lambda commands: (transactions.append(commands), apply(commands))
+started = nft.unplug.NftRun  # the first transaction is started, and waited for later
+nft.unplug.NftRun = lambda commands: (transactions.append(commands), started(commands))[1]
 outcome = []
 source = '"sdv0123456789ab" . 02:01:23:45:67:89 . 10.123.0.2'
 scratch = (["flush", "ruleset"], ["delete", "set", "ip", "sdrun", nft.MARK], ["delete", "table", "bridge", "sdrun"])
@@ -220,14 +262,16 @@ def imported_modules(*args: str) -> str:
 
 
 @needs_systemd
-def test_commands_without_a_network_never_import_pyroute2(sdrun: Sdrun, rootfs: Path) -> None:
+def test_commands_without_a_network_never_import_netlink(sdrun: Sdrun, rootfs: Path) -> None:
     root = str(sdrun.root)
-    assert "pyroute2" not in imported_modules(
+    assert "sdrun.net.link" not in imported_modules(
         "--root", root, "run", "--rm", "--net", "none", "--rootfs", str(rootfs), "--", "true"
     )
-    assert "pyroute2" not in imported_modules("--root", root, "list")
-    assert "pyroute2" not in imported_modules("--root", root, "gc")
-    assert "sdrun.net.link" not in imported_modules("--root", root, "network", "list")
+    for command in (("list",), ("gc",), ("network", "list")):
+        assert "sdrun.net.link" not in imported_modules("--root", root, *command)
+    assert "sdrun.net.link" in imported_modules(  # what the others must not import
+        "--root", root, "run", "--rm", "--net", "default", "--rootfs", str(rootfs), "--", "true"
+    )
 
 
 def test_netlink_requests_are_acknowledged_or_refused_with_the_kernels_errno() -> None:

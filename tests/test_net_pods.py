@@ -215,6 +215,42 @@ def test_stop_rm_kill_and_gc_leave_nothing_behind(sdrun: Sdrun, rootfs: Path) ->
     assert_nothing_left(sdrun)
 
 
+def network_file(sdrun: Sdrun, name: str) -> Path:
+    return sdrun.root / "net" / "default" / name
+
+
+def test_a_pods_unit_tears_down_from_its_lease_when_it_has_no_plan(clean_host: Sdrun, rootfs: Path) -> None:
+    """The unit's tear-down follows the plan its set-up wrote beside the lease; a lease without one
+    (a crash between the two writes, a set-up from before plans) is undone all the same."""
+    (port,) = free_ports(1)
+    name = unique_name("planless")
+    server(clean_host, rootfs, name, "-p", f"{port}:8000")
+    pod_uuid = str(pod_json(clean_host, name)["uuid"])
+    plan = network_file(clean_host, f"leases/.{pod_uuid}.plan")
+    assert f"{pod_uuid}" in plan.read_text() and f"tcp . {port}" in plan.read_text()
+    plan.unlink()
+    clean_host("stop", name)
+    assert_no_pod_left(clean_host)
+    assert name not in network_file(clean_host, "hosts").read_text()
+
+
+def test_a_stopped_pods_name_leaves_its_neighbours_hosts_files(clean_host: Sdrun, rootfs: Path) -> None:
+    """Its line goes from the network's hosts file and from the copy of a pod with --add-host,
+    which keeps its own lines."""
+    keeper, leaver = unique_name("keeper"), unique_name("leaver")
+    sleep = ("--rootfs", str(rootfs), "--", "sleep", "120")
+    clean_host("run", "-d", "--name", keeper, "--net", "default", "--add-host", "db:10.1.2.3", *sleep)
+    clean_host("run", "-d", "--name", leaver, "--net", "default", *sleep)
+    own_copy = network_file(clean_host, f"hosts.{pod_json(clean_host, keeper)['uuid']}")
+    for hosts in (network_file(clean_host, "hosts"), own_copy):
+        assert f"\t{leaver}\n" in hosts.read_text() and f"\t{keeper}\n" in hosts.read_text()
+    clean_host("stop", leaver)
+    for hosts in (network_file(clean_host, "hosts"), own_copy):
+        assert f"\t{leaver}\n" not in hosts.read_text() and f"\t{keeper}\n" in hosts.read_text()
+    assert own_copy.read_text().endswith("10.1.2.3\tdb\n")
+    clean_host("rm", "-f", leaver)
+
+
 def test_gc_undoes_what_a_crash_left(sdrun: Sdrun, rootfs: Path) -> None:
     """A set-up whose unit never ran (as after a crash, or a reboot that kept the leases): gc undoes it."""
     settings = check_settings({"rootfs": str(rootfs), "net": "default", "port": ["127.0.0.1:1:80"]}, "test")

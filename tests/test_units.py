@@ -196,7 +196,13 @@ def test_a_network_set_up_by_run_leaves_the_unit_its_tear_down_alone(rootfs: Pat
     def hooks(*, network_ready: bool) -> list[str]:
         found = properties.service_properties(pod, plan, keep_until_released=True, network_ready=network_ready)
         commands = [command for name, _, value in found if name.startswith("Exec") for command in value]
-        return [command[1][3] for command in commands if command[1][1:3] == ["-m", "sdrun.net.hook"]]
+        verbs = []
+        for _, argv, _ in commands:
+            if argv[1:3] == ["-m", "sdrun.net.hook"]:  # the set-up
+                verbs.append(argv[3])
+            elif argv[1:3] == ["-S", "-P"] and argv[3].endswith("/sdrun/net/unplug_entry.py"):  # the tear-down
+                verbs.append(argv[4])
+        return verbs
 
     assert hooks(network_ready=False) == ["setup", "teardown"]
     assert hooks(network_ready=True) == ["teardown"]

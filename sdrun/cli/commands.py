@@ -156,7 +156,7 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
         import logging
 
         logging.basicConfig(format="sdrun: %(message)s")
-        logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: pyroute2 is chatty
+        logging.getLogger("sdrun").setLevel(logging.DEBUG)  # ours only: other libraries' are chatty
     ctx.obj = Context(Paths.from_env(root), debug)
 
 

@@ -9,9 +9,9 @@ namespace instead of making one. Everything is undone when the unit stops
 (ExecStopPost) and by `sdrun gc` after a crash (docs/networking.md).
 
 This module is what the rest of sdrun imports: names and paths only, nothing
-heavy. Netlink (pyroute2's message classes, ~20 ms to import) lives in sdrun.net.link and is
-imported only by the set-up of a pod that has a network (and gc); a tear-down's one request,
-deleting the veth, is sdrun.net.rtnl's.
+heavy. Netlink lives in sdrun.net.link (its messages encoded by sdrun.net.rtnl) and is imported
+only by the set-up of a pod that has a network (and gc); the unit's tear-down is sdrun.net.unplug,
+run by path in a process of its own that imports the standard library's C modules and rtnl alone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""`python -m sdrun.net.hook setup|teardown POD_DIR`: a pod unit's ExecStartPre= and ExecStopPost=.
+"""`python -m sdrun.net.hook setup POD_DIR`: a pod unit's ExecStartPre=; commands() gives its ExecStopPost= too.
 
 Runs as root outside the pod, before the stage1 entry (which then joins the
-namespace made here) and after the unit's last process is gone. A failure is
-one line on stderr, so in the unit's journal, where `sdrun run` finds it.
+namespace made here). A failure is one line on stderr, so in the unit's
+journal, where `sdrun run` finds it. The tear-down after the unit's last
+process is gone is sdrun.net.unplug, run by path (unplug_entry.py) with
+`python -S -P`: a process ~30 ms lighter than this module's (`teardown
+POD_DIR` here does the same, for units made before it).
 
 systemd bounds each ExecStopPost= command by the unit's TimeoutStopSec=, the
 pod's --stop-timeout, then kills it: the tear-down first asks for
@@ -15,8 +18,6 @@ which its unit's timeout can cut short the wait for, never the tear-down.
 
 from __future__ import annotations
 
-import _socket  # socket's C module: socket.py's own imports (enum...) would cost every tear-down
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from sdrun.paths import Paths
 
 PROGRAM = "sdrun network"  # as its lines in the unit's journal begin
 USAGE = "usage: python -m sdrun.net.hook setup|teardown POD_DIR\n"
-TEARDOWN_BUDGET_USEC = 30_000_000
+UNPLUG = Path(__file__).with_name("unplug_entry.py")  # run by path: see sdrun.net.unplug
 DETACH_TEARDOWN_BELOW = 10.0  # seconds of stop timeout (the stage1s' default is 10 s)
 
 
@@ -34,58 +35,29 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[1] not in ("setup", "teardown"):
         sys.stderr.write(USAGE)
         return EXIT_RUNTIME_ERROR
-    pod_dir = Path(argv[2])
     if argv[1] == "teardown":
-        extend_timeout(TEARDOWN_BUDGET_USEC)
-    try:
-        if argv[1] == "setup":
-            from sdrun.net.pod import setup
-            from sdrun.pod import load_pod
+        from sdrun.net import unplug
 
-            setup(Paths.root_of(pod_dir), load_pod(pod_dir))
-        else:
-            teardown(pod_dir)
+        return unplug.main(argv)
+    pod_dir = Path(argv[2])
+    try:
+        from sdrun.net.pod import setup
+        from sdrun.pod import load_pod
+
+        setup(Paths.root_of(pod_dir), load_pod(pod_dir))
     except (SdrunError, OSError) as error:
         sys.stderr.write(error_line(describe(error), program=PROGRAM))
         return EXIT_RUNTIME_ERROR
     return 0
 
 
-def extend_timeout(usec: int) -> None:
-    """Ask systemd for usec more before it kills this command (the unit's NotifyAccess= must
-    admit its control processes: `all` or `exec`); nothing outside a unit that has a notify socket."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address.startswith(("/", "@")):
-        return
-    notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
-    try:
-        notify.sendto(f"EXTEND_TIMEOUT_USEC={usec}".encode(), "\0" + address[1:] if address[0] == "@" else address)
-    except OSError as error:  # no harm but a shorter deadline: say so in the unit's journal
-        sys.stderr.write(error_line(f"cannot ask systemd for time to tear down: {error.strerror}", program=PROGRAM))
-    finally:
-        notify.close()
-
-
-def teardown(pod_dir: Path) -> None:
-    """Works from the lease alone: the pod directory may already be gone (a detached --rm)."""
-    from sdrun.net import lease_path
-    from sdrun.net.pod import teardown as undo
-
-    root = Paths.root_of(pod_dir)
-    net = Paths(root).net
-    for network in sorted(os.listdir(net)) if net.is_dir() else []:
-        if lease_path(root, network, pod_dir.name).exists():
-            undo(root, pod_dir.name, network)
-
-
 def commands(pod_dir: Path, stop_timeout: float | None = None) -> tuple[list[str], list[str]]:
     """The set-up and tear-down command lines for a pod's unit, with the venv's interpreter;
     stop_timeout: the pod's --stop-timeout, if it has one (see the module's docstring)."""
-    base = [sys.executable, "-m", "sdrun.net.hook"]
-    tear_down = [*base, "teardown", str(pod_dir)]
+    tear_down = [sys.executable, "-S", "-P", str(UNPLUG), "teardown", str(pod_dir)]
     if stop_timeout is not None and stop_timeout < DETACH_TEARDOWN_BELOW:
         tear_down = [*_unit_of_its_own(pod_dir.name), *tear_down]
-    return [*base, "setup", str(pod_dir)], tear_down
+    return [sys.executable, "-m", "sdrun.net.hook", "setup", str(pod_dir)], tear_down
 
 
 def _unit_of_its_own(pod_uuid: str) -> list[str]:

@@ -30,6 +30,7 @@ from sdrun.files import write_atomically
 from sdrun.net import added_hosts, lease_path, own_hosts_path
 from sdrun.net.config import Network
 from sdrun.net.ports import PortMapping
+from sdrun.net.unplug import rewrite_in_place  # the unit's tear-down rewrites hosts files too
 from sdrun.paths import Paths
 
 LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -187,18 +188,6 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address.partition("%")[0]).is_loopback
     except ValueError:
         return False
-
-
-def rewrite_in_place(path: Path, text: str) -> None:
-    """Replace a file's content keeping its inode: pods have it bind-mounted, and a rename
-    would leave them the old file. Written first, truncated after: a reader never sees it empty."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        data = text.encode()
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
 
 
 def update_network_files(root: Path, network: str) -> None:

@@ -1,12 +1,9 @@
-"""Netlink, through pyroute2's message classes: bridges, veth pairs and named network namespaces.
+"""Netlink: bridges, veth pairs and named network namespaces.
 
-The one module of sdrun that imports pyroute2. A pod's set-up is a handful of
-rtnetlink requests, each acknowledged by the kernel: pyroute2 encodes them, and
-they go over a plain blocking socket (as sdrun.systemd.bus does with dbus-next's
-message layer). IPRoute, with the asyncio core it runs on, would cost every
-set-up ~60 ms more of imports; the message classes cost ~20 ms. Only the set-up
-and tear-down of a pod on a network import this module, and only when there is
-netlink work to do. Interfaces are looked up by name with if_nametoindex(3).
+A pod's set-up is a handful of rtnetlink requests, each acknowledged by the
+kernel, encoded by sdrun.net.rtnl (sdrun imports no netlink library: pyroute2's
+message classes cost every set-up ~17 ms of imports). Interfaces are looked up
+by name with if_nametoindex(3).
 """
 
 from __future__ import annotations
@@ -14,126 +11,78 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-from sdrun.imports import skip_package_init
-
-skip_package_init("pyroute2")  # its __init__ imports NDB, IPRoute, conntrack... that sdrun never uses
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR  # noqa: E402
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE  # noqa: E402
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg  # noqa: E402
-from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
-
-from sdrun.errors import SdrunError, describe  # noqa: E402
-from sdrun.linux import caps  # noqa: E402
-from sdrun.linux import syscalls as sc  # noqa: E402
-from sdrun.net import NETNS_DIR, peer_mac  # noqa: E402
-from sdrun.net.config import Network  # noqa: E402
-from sdrun.paths import netns_path  # noqa: E402
+from sdrun.errors import SdrunError, describe
+from sdrun.linux import caps
+from sdrun.linux import syscalls as sc
+from sdrun.net import NETNS_DIR, peer_mac, rtnl
+from sdrun.net.config import Network
+from sdrun.net.rtnl import attribute, text, u32
+from sdrun.paths import netns_path
 
 POD_INTERFACE = "eth0"
 ENODEV = 19
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
-NLMSG_ERROR_CODE = struct.Struct("=i")  # after the header: 0 (an acknowledgement) or -errno
-RECEIVE_BUFFER = 65536
-CREATE = NLM_F_CREATE | NLM_F_EXCL
-RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
-IFA_F_NODAD = 0x02  # usable at once: the address is the pod's own by its lease, no duplicate to detect
 
 
-class Netlink:
+class Netlink(rtnl.Socket):
     """A route netlink socket in the network namespace of the thread that opened it. Each
     request waits for the kernel's acknowledgement; a refusal raises OSError (errno, the
     request's name and the interface it was about)."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self._sequence = 0
-
     def __enter__(self) -> Netlink:
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self.sock.close()
-
-    def request(self, message: Any, kind: int, what: str, interface: str, flags: int = 0) -> None:
-        self._sequence += 1
-        header = message["header"]
-        header["type"], header["flags"] = kind, NLM_F_REQUEST | NLM_F_ACK | flags
-        header["sequence_number"] = self._sequence
-        message.encode()
-        self.sock.send(message.data)
-        error = self._acknowledgement(self._sequence)
-        if error:
-            raise OSError(error, f"{what}: {os.strerror(error)}", interface)
-
-    def _acknowledgement(self, sequence: int) -> int:
-        """The errno of the request's acknowledgement (0: done). The socket is in no multicast
-        group, so all it receives are the answers to our own requests."""
-        while True:
-            data = self.sock.recv(RECEIVE_BUFFER)
-            offset = 0
-            while offset + NLMSG_HEADER.size <= len(data):
-                length, kind, _, number, _ = NLMSG_HEADER.unpack_from(data, offset)
-                if kind == NLMSG_ERROR and number == sequence:
-                    return -int(NLMSG_ERROR_CODE.unpack_from(data, offset + NLMSG_HEADER.size)[0])
-                offset += (length + 3) & ~3 or len(data)  # messages are 4-aligned; a zero length ends the batch
-
-    def create_link(self, name: str, kind: str, info_data: dict[str, Any] | None = None, mac: str = "") -> None:
-        info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
-        if info_data is not None:
-            info.append(("IFLA_INFO_DATA", info_data))
-        message = ifinfmsg()
-        message["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": info})]
+    def create_link(self, name: str, kind: str, info_data: bytes = b"", mac: str = "") -> None:
+        """A new interface of kind (bridge, veth); info_data: its kind's attributes (veth_peer())."""
+        info = attribute(rtnl.IFLA_INFO_KIND, text(kind))
+        if info_data:
+            info += attribute(rtnl.IFLA_INFO_DATA, info_data)
+        attributes = attribute(rtnl.IFLA_IFNAME, text(name)) + attribute(rtnl.IFLA_LINKINFO, info)
         if mac:
-            message["attrs"].append(("IFLA_ADDRESS", mac))
-        self.request(message, RTM_NEWLINK, f"create {kind}", name, CREATE)
+            attributes += attribute(rtnl.IFLA_ADDRESS, rtnl.mac_bytes(mac))
+        self.request(rtnl.RTM_NEWLINK, rtnl.link_message(attributes=attributes), f"create {kind}", name, rtnl.CREATE)
 
-    def set_link(self, name: str, *, up: bool = False, **attributes: Any) -> None:
-        """Change an interface: bring it up, and set IFLA_<KEY> attributes (master=, ifalias=)."""
-        message = ifinfmsg()
-        message["index"] = interface_index(name)
-        if up:
-            message["flags"] = message["change"] = IFF_UP
-        message["attrs"] = [(f"IFLA_{key.upper()}", value) for key, value in attributes.items()]
-        self.request(message, RTM_NEWLINK, "change interface", name)
+    def set_link(self, name: str, *, up: bool = False, master: int | None = None, ifalias: str | None = None) -> None:
+        """Change an interface: bring it up, put it on a bridge (master: its index), set its alias."""
+        attributes = b""
+        if master is not None:
+            attributes += attribute(rtnl.IFLA_MASTER, u32(master))
+        if ifalias is not None:
+            attributes += attribute(rtnl.IFLA_IFALIAS, text(ifalias))
+        flags = rtnl.IFF_UP if up else 0
+        body = rtnl.link_message(interface_index(name), flags, flags, attributes)
+        self.request(rtnl.RTM_NEWLINK, body, "change interface", name)
 
     def delete_link(self, name: str) -> None:
-        message = ifinfmsg()
-        message["attrs"] = [("IFLA_IFNAME", name)]
-        self.request(message, RTM_DELLINK, "delete interface", name)
+        body = rtnl.link_message(attributes=attribute(rtnl.IFLA_IFNAME, text(name)))
+        self.request(rtnl.RTM_DELLINK, body, "delete interface", name)
 
     def add_address(self, name: str, address: str, prefixlen: int) -> None:
-        message = ifaddrmsg()
-        message["family"], message["prefixlen"], message["index"] = socket.AF_INET, prefixlen, interface_index(name)
-        message["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        self.request(message, RTM_NEWADDR, "add address", name, CREATE)
+        family, packed = rtnl.ip_bytes(address)
+        # An IPv6 address is usable at once: it is the pod's own by its lease, no duplicate to detect.
+        flags = rtnl.IFA_F_NODAD if family == socket.AF_INET6 else 0
+        body = rtnl.IFADDRMSG.pack(family, prefixlen, flags, 0, interface_index(name))
+        body += attribute(rtnl.IFA_LOCAL, packed) + attribute(rtnl.IFA_ADDRESS, packed)
+        if flags:
+            body += attribute(rtnl.IFA_FLAGS, u32(flags))
+        self.request(rtnl.RTM_NEWADDR, body, "add address", name, rtnl.CREATE)
 
     def add_default_route(self, name: str, gateway: str) -> None:
-        message = rtmsg()
-        message["family"], message["table"], message["proto"] = socket.AF_INET, RT_TABLE_MAIN, RTPROT_BOOT
-        message["scope"], message["type"] = RT_SCOPE_UNIVERSE, RTN_UNICAST
-        message["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", interface_index(name))]
-        self.request(message, RTM_NEWROUTE, "add default route", name, CREATE)
+        family, packed = rtnl.ip_bytes(gateway)
+        body = rtnl.RTMSG.pack(
+            family, 0, 0, 0, rtnl.RT_TABLE_MAIN, rtnl.RTPROT_BOOT, rtnl.RT_SCOPE_UNIVERSE, rtnl.RTN_UNICAST, 0
+        )
+        body += attribute(rtnl.RTA_GATEWAY, packed) + attribute(rtnl.RTA_OIF, u32(interface_index(name)))
+        self.request(rtnl.RTM_NEWROUTE, body, "add default route", name, rtnl.CREATE)
 
-    def add_address6(self, name: str, address: str, prefixlen: int) -> None:
-        message = ifaddrmsg()
-        message["family"], message["prefixlen"], message["index"] = socket.AF_INET6, prefixlen, interface_index(name)
-        message["flags"] = IFA_F_NODAD
-        message["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address), ("IFA_FLAGS", IFA_F_NODAD)]
-        self.request(message, RTM_NEWADDR, "add IPv6 address", name, CREATE)
 
-    def add_default_route6(self, name: str, gateway: str) -> None:
-        message = rtmsg()
-        message["family"], message["table"], message["proto"] = socket.AF_INET6, RT_TABLE_MAIN, RTPROT_BOOT
-        message["scope"], message["type"] = RT_SCOPE_UNIVERSE, RTN_UNICAST
-        message["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", interface_index(name))]
-        self.request(message, RTM_NEWROUTE, "add IPv6 default route", name, CREATE)
+def veth_peer(name: str, mac: str, namespace_fd: int) -> bytes:
+    """A veth's IFLA_INFO_DATA: its peer, called name, with the MAC mac, in the namespace of namespace_fd."""
+    peer = attribute(rtnl.IFLA_IFNAME, text(name)) + attribute(rtnl.IFLA_ADDRESS, rtnl.mac_bytes(mac))
+    peer += attribute(rtnl.IFLA_NET_NS_FD, u32(namespace_fd))
+    return attribute(rtnl.VETH_INFO_PEER, rtnl.link_message(attributes=peer))
 
 
 def interface_index(name: str) -> int:
@@ -175,7 +124,7 @@ def ensure_bridge_ipv6(network: Network) -> None:
     every interface whose accept_ra is 1, as Docker's and podman's IPv6 networks do too
     (docs/networking.md, "IPv6")."""
     with Netlink() as netlink, contextlib.suppress(FileExistsError):
-        netlink.add_address6(network.bridge, network.gateway6, _prefixlen6(network))
+        netlink.add_address(network.bridge, network.gateway6, _prefixlen6(network))
     if Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() != "1":
         sysctl("net/ipv6/conf/all/forwarding", "1")
 
@@ -188,8 +137,8 @@ def configure_pod_ipv6(network: Network, netns_name: str, address6: str) -> None
         mode = f"net/ipv6/conf/{POD_INTERFACE}/addr_gen_mode"
         if Path("/proc/sys", mode).read_text().strip() != "0":
             sysctl(mode, "0")
-        inside.add_address6(POD_INTERFACE, address6, _prefixlen6(network))
-        inside.add_default_route6(POD_INTERFACE, network.gateway6)
+        inside.add_address(POD_INTERFACE, address6, _prefixlen6(network))
+        inside.add_default_route(POD_INTERFACE, network.gateway6)
 
 
 def _prefixlen6(network: Network) -> int:
@@ -203,23 +152,24 @@ def random_mac() -> str:
     return ":".join(["02", *(f"{byte:02x}" for byte in os.urandom(5))])
 
 
-def create_pod_interface(network: Network, netns_name: str, veth: str, address: str, tag: str) -> None:
+def create_pod_interface(
+    network: Network,
+    netns_name: str,
+    veth: str,
+    address: str,
+    tag: str,
+    before_attaching: Callable[[], None] = lambda: None,
+) -> None:
     """A named network namespace whose eth0 (with the MAC peer_mac(veth)) is one end of a veth pair;
-    the other end, veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is."""
+    the other end, veth, is a port of the bridge, with `tag` as its alias so that gc can tell whose it is.
+    before_attaching runs once all else is done, before the veth is up and on the bridge: until then
+    nothing the pod's end sends goes anywhere (sdrun.net.pod waits there for the veth's nft filter)."""
     namespace = create_netns(netns_name)
     namespace_fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        peer = {
-            "attrs": [
-                ("IFLA_IFNAME", POD_INTERFACE),
-                ("IFLA_ADDRESS", peer_mac(veth)),
-                ("IFLA_NET_NS_FD", namespace_fd),
-            ]
-        }
         with Netlink() as netlink:
-            netlink.create_link(veth, "veth", {"attrs": [("VETH_INFO_PEER", peer)]})
+            netlink.create_link(veth, "veth", veth_peer(POD_INTERFACE, peer_mac(veth), namespace_fd))
             netlink.set_link(veth, ifalias=tag)
-            netlink.set_link(veth, up=True, master=interface_index(network.bridge))
     finally:
         os.close(namespace_fd)
     with _netlink_in(namespace) as inside:
@@ -228,7 +178,10 @@ def create_pod_interface(network: Network, netns_name: str, veth: str, address: 
         inside.add_address(POD_INTERFACE, address, network.prefixlen)
         inside.set_link(POD_INTERFACE, up=True)
         inside.set_link("lo", up=True)
-        inside.add_default_route(POD_INTERFACE, network.gateway)
+        inside.add_default_route(POD_INTERFACE, network.gateway)  # its link is down until the veth is up
+    before_attaching()
+    with Netlink() as netlink:
+        netlink.set_link(veth, up=True, master=interface_index(network.bridge))
 
 
 def refuse_router_advertisements(*interfaces: str) -> None:

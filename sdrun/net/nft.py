@@ -38,10 +38,10 @@ from __future__ import annotations
 import json
 import subprocess
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sdrun.errors import SdrunError
-from sdrun.net import peer_mac
+from sdrun.net import peer_mac, unplug
 from sdrun.net.config import Network
 from sdrun.net.ports import ANY_IPV6, PortMapping
 
@@ -234,14 +234,32 @@ def source_commands(verb: str, veth: str, address: str, address6: str = "") -> s
 def add(network: Network, address: str, ports: Iterable[PortMapping], veth: str = "", address6: str = "") -> None:
     """Make a pod's network, ports and source filter (with veth) known to the rules; the skeleton
     too, if the table lacks it (and the IPv6 table's, for a pod with address6)."""
+    start_add(network, address, ports, veth, address6)()
+
+
+def start_add(
+    network: Network, address: str, ports: Iterable[PortMapping], veth: str = "", address6: str = ""
+) -> Callable[[], None]:
+    """add(), begun: nft works on it while the caller goes on (a pod's set-up makes its veth pair
+    meanwhile). Call the result, once or more, to wait for it to be done (or to fail)."""
     elements = element_commands(network, address, ports, address6)
     if veth:
         elements += source_commands("add", veth, address, address6)
     marks, skeletons = (MARK_ELEMENT + MARK6_ELEMENT, SKELETON + SKELETON6) if address6 else (MARK_ELEMENT, SKELETON)
-    try:
-        apply(marks + elements)  # fails unless the tables hold these rules
-    except SdrunError:
-        apply(skeletons + elements)
+    marked = unplug.NftRun(marks + elements)  # fails unless the tables hold these rules
+    waited = False
+
+    def finish() -> None:
+        nonlocal waited
+        if waited:
+            return
+        waited = True
+        try:
+            marked.wait()
+        except SdrunError:
+            apply(skeletons + elements)
+
+    return finish
 
 
 def element_commands(network: Network, address: str, ports: Iterable[PortMapping], address6: str = "") -> str:

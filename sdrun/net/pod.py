@@ -20,8 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdrun.errors import SdrunError, describe
-from sdrun.linux import syscalls as sc
+from sdrun.errors import SdrunError
 from sdrun.net import (
     HOST_GATEWAY,
     NETNS_DIR,
@@ -32,13 +31,13 @@ from sdrun.net import (
     netns_name,
     nft,
     on_network,
-    rtnl,
+    unplug,
     veth_name,
 )
 from sdrun.net.config import Network
 from sdrun.net.ipam import Lease
 from sdrun.net.ports import PortMapping
-from sdrun.paths import Paths, netns_path
+from sdrun.paths import Paths
 
 if TYPE_CHECKING:  # sdrun.pod (and the spec it imports) would cost every tear-down ~10 ms
     from sdrun.pod import Pod
@@ -61,12 +60,33 @@ def setup(root: Path, pod: Pod) -> Lease:
         network = config.load(root, pod.spec.net)
         lease = _new_lease(root, network, pod)
         ipam.write_lease(root, lease)
+        write_teardown_plan(root, lease)  # after the lease: a lease without a plan is undone all the same
     try:
         _build(root, network, lease)
     except BaseException:
         teardown(root, lease.pod, lease.network)
         raise
     return lease
+
+
+def write_teardown_plan(root: Path, lease: Lease) -> None:
+    """What the unit's tear-down (sdrun.net.unplug) undoes, from the lease: its interface and
+    namespace, its lines of the network's hosts file and the nft commands that remove its elements."""
+    hosts_lines = ipam.hosts_file([lease]).removeprefix(ipam.LOCALHOST_LINES).splitlines(keepends=True)
+    plan = unplug.Plan(lease.veth, lease.netns, hosts_lines, _nft_removal(lease))
+    path = Paths(root).teardown_plan(lease.network, lease.pod)
+    # Renamed into place, but not synced as the lease is: only the unit of this boot reads it (every
+    # start of an installed pod writes it again), and gc, after a crash, works from the lease.
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(plan.to_text())
+    temporary.rename(path)
+
+
+def _nft_removal(lease: Lease) -> str:
+    """The nft commands that remove a pod's elements: its published ports and its source filter."""
+    return nft.remove_port_commands(lease.address, lease.ports, lease.address6) + nft.remove_source_commands(
+        lease.veth, lease.address, lease.address6
+    )
 
 
 def _reclaim_ports_of_removed_pods(root: Path, ports: tuple[PortMapping, ...]) -> None:
@@ -151,14 +171,21 @@ def _probe(port: PortMapping, family: int, address: str) -> None:
 
 
 def _build(root: Path, network: Network, lease: Lease) -> None:
-    from sdrun.net import link  # pyroute2: only here
+    from sdrun.net import link  # netlink: only here
 
     link.ensure_bridge(network)
     if lease.address6:
         link.ensure_bridge_ipv6(network)
-    # The veth's filter exists before the veth.
-    nft.add(network, lease.address, lease.ports, lease.veth, lease.address6)
-    link.create_pod_interface(network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod)
+    # The veth's filter is made while the pair is, and exists before the veth is up on the bridge.
+    filtered = nft.start_add(network, lease.address, lease.ports, lease.veth, lease.address6)
+    try:
+        link.create_pod_interface(
+            network, lease.netns, lease.veth, lease.address, alias_tag(root) + lease.pod, before_attaching=filtered
+        )
+    except BaseException:
+        with contextlib.suppress(SdrunError):
+            filtered()  # nft is done before the set-up's failure undoes what it added
+        raise
     if lease.address6:
         link.configure_pod_ipv6(network, lease.netns, lease.address6)
     with ipam.locked(root):
@@ -176,29 +203,25 @@ def teardown(root: Path, pod_uuid: str, network: str) -> bool:
         return True
 
 
+def undo_held_lease(root: Path, network: str, pod_uuid: str) -> bool:
+    """teardown() for a caller that holds the pod's lease's flock already (sdrun.net.unplug, for a
+    lease without a plan)."""
+    lease = ipam.read_lease(root, network, pod_uuid)
+    if lease is None:
+        return False
+    _undo(root, lease)
+    return True
+
+
 def _undo(root: Path, lease: Lease) -> None:
     """Undo one pod's objects, the lease that names them last. The network's bridge and
     nftables elements stay for the next pod (as docker0 does): `sdrun gc` and `sdrun network rm`
-    retire a network no pod uses."""
-    nft.apply(
-        nft.remove_port_commands(lease.address, lease.ports, lease.address6)
-        + nft.remove_source_commands(lease.veth, lease.address, lease.address6)
-    )
-    _delete_veth(lease.veth)
-    remove_netns(lease.netns)  # the kernel frees it later (nothing of ours is left in it)
+    retire a network no pod uses. The unit's own tear-down follows the plan instead (unplug)."""
+    unplug.release_objects(_nft_removal(lease), lease.veth, lease.netns)
     with ipam.locked(root):
+        unplug.remove_plan(str(root), lease.network, lease.pod)
         ipam.remove_lease(root, lease)
         ipam.update_network_files(root, lease.network)
-
-
-def _delete_veth(name: str) -> None:
-    """Delete the pod's veth pair, gone already or not. Deleted rather than left to go with the
-    namespace: the kernel destroys a namespace tens of milliseconds after its last user (longer
-    when many go at once), and never while a process elsewhere holds it open."""
-    try:
-        rtnl.delete_link(name)
-    except OSError as error:
-        raise SdrunError(describe(error)) from None  # "delete interface: <reason>: <name>"
 
 
 def retire(root: Path, network_name: str) -> None:
@@ -225,13 +248,8 @@ def retire(root: Path, network_name: str) -> None:
 
 
 def remove_netns(name: str) -> None:
-    """Unmount and remove a named network namespace (as `ip netns delete`); the kernel frees it,
-    and any interface left in it, once no process uses it."""
-    path = netns_path(name)
-    with contextlib.suppress(OSError):
-        sc.umount2(str(path), sc.MNT_DETACH)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    """Unmount and remove a named network namespace (as `ip netns delete`)."""
+    unplug.remove_netns(name)
 
 
 def gc(root: Path, running: set[str]) -> list[str]:
