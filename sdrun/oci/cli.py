@@ -145,6 +145,10 @@ def run_verb(options: GlobalOptions, argv: list[str]) -> int:
     if argv[0] == "--version":
         print(f"sdrun-oci version {VERSION}\ncommit: sdrun {VERSION}\nspec: {SPEC_VERSION}")
         return 0
+    if options.debug:  # sdrun.debug's messages (mounts, machined...) on stderr
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="sdrun-oci: %(name)s: %(message)s")
     verb, rest = argv[0], argv[1:]
     flags, positional = parse_verb(verb, rest)
     runtime = lifecycle.Options(options.root, systemd_cgroup=options.systemd_cgroup)
