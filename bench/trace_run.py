@@ -76,7 +76,7 @@ def main() -> None:
         events.append(("traced<", time.monotonic_ns()))
         return status
 
-    running._follow_in_foreground = follow_then_read_unit  # type: ignore[assignment]
+    running._follow_in_foreground = follow_then_read_unit
     code = sdrun.cli.run_command_line(args)
     events.append(("end", time.monotonic_ns()))
     with open(out, "w") as stream:

@@ -33,6 +33,7 @@ Host-wide, shared by every root:
 /run/sdrun/python/<key>        a sealed, read-only view of an interpreter prefix (stage1.sealed)
 /run/sdrun/python/.empty       the views' second lower layer (overlayfs wants two without an upper)
 /run/sdrun/python/.lock        flock(2) held while a view is mounted
+/run/sdrun-oci/<id>/           sdrun-oci's default --root: a container's state.json, lock and exec.fifo
 
 It stays cheap to import (pathlib, a NamedTuple, sdrun.errors): every command, stage1 plan and
 network hook imports it.
@@ -50,6 +51,8 @@ from sdrun.errors import SdrunError
 DEFAULT_ROOT = Path("/var/lib/sdrun")
 STAGING_PREFIX = ".new-"
 REMOVING_PREFIX = ".removing-"
+# sdrun-oci's --root: one directory per container (sdrun.oci.state), on /run as runc's /run/runc.
+OCI_ROOT = Path("/run/sdrun-oci")
 SEALED_INTERPRETERS = Path("/run/sdrun/python")  # on /run: gone at reboot, as the mounts in it
 # No view is named so: stage1.sealed.prefix_key ends each name with -<crc32>.
 SEALED_EMPTY_LAYER = SEALED_INTERPRETERS / ".empty"

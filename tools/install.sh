@@ -4,6 +4,7 @@
 #   /opt/sdrun/venv                          a virtualenv with sdrun in it (its interpreter is what units run)
 #   /opt/sdrun/docs                          docs/*.md, which the units name as their Documentation=
 #   /usr/local/bin/sdrun                     -> /opt/sdrun/venv/bin/sdrun
+#   /usr/local/bin/sdrun-oci                 -> /opt/sdrun/venv/bin/sdrun-oci (the OCI runtime: docs/oci.md)
 #   /usr/local/lib/systemd/system-generators/sdrun-generator
 #                                            /etc/sdrun/NAME.toml -> sdrun-NAME.service at each daemon-reload
 #   /usr/local/lib/systemd/system/sdrun-gc.{service,timer}
@@ -35,6 +36,7 @@ install_sdrun() {
 	"$VENV/bin/python" -m pip install -q --upgrade "$SOURCE"
 	install -d "$PREFIX/bin" "$GENERATOR_DIR" "$UNIT_DIR" /etc/sdrun
 	ln -sfn "$VENV/bin/sdrun" "$PREFIX/bin/sdrun"
+	ln -sfn "$VENV/bin/sdrun-oci" "$PREFIX/bin/sdrun-oci"
 	# The generator runs with the virtualenv's interpreter, named on its first line.
 	{ echo "#!$VENV/bin/python"; tail -n +2 "$SOURCE/units/sdrun-generator"; } >"$GENERATOR_DIR/sdrun-generator.new"
 	chmod 0755 "$GENERATOR_DIR/sdrun-generator.new"
@@ -58,7 +60,7 @@ uninstall_sdrun() {
 	else
 		systemctl disable sdrun-gc.timer >/dev/null 2>&1 || true
 	fi
-	rm -f "$PREFIX/bin/sdrun" "$GENERATOR_DIR/sdrun-generator" "$UNIT_DIR/sdrun-gc.service" "$UNIT_DIR/sdrun-gc.timer" \
+	rm -f "$PREFIX/bin/sdrun" "$PREFIX/bin/sdrun-oci" "$GENERATOR_DIR/sdrun-generator" "$UNIT_DIR/sdrun-gc.service" "$UNIT_DIR/sdrun-gc.timer" \
 		"$UNIT_DIR/sdrun@.service"
 	rm -rf "$VENV" "$SDRUN_HOME/docs"
 	rmdir "$SDRUN_HOME" 2>/dev/null || true

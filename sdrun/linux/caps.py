@@ -136,9 +136,12 @@ def limit_bounding_set(keep: int) -> None:
     sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
 
 
-def set_capabilities(value: int) -> None:
-    """capset(2): effective, permitted and inheritable become exactly the mask `value`."""
+def set_capabilities(value: int, inheritable: int | None = None) -> None:
+    """capset(2): effective and permitted become exactly the mask `value`, and inheritable too
+    unless given (sdrun-oci's config.json says it: podman's is empty)."""
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     low, high = value & 0xFFFFFFFF, value >> 32
-    data = (_Data * 2)(_Data(low, low, low), _Data(high, high, high))
+    kept = value if inheritable is None else inheritable
+    kept_low, kept_high = kept & 0xFFFFFFFF, kept >> 32
+    data = (_Data * 2)(_Data(low, low, kept_low), _Data(high, high, kept_high))
     sc.capset(ctypes.addressof(header), ctypes.addressof(data))

@@ -363,6 +363,11 @@ class Systemd:
         with contextlib.suppress(NoSuchUnit):
             self.call("ResetFailedUnit", "s", [unit])
 
+    def set_unit_properties(self, unit: str, properties: Sequence[Property]) -> None:
+        """Change a unit's properties while it runs (runtime only, as a transient unit's are: sdrun-oci's update)."""
+        wrapped = [[name, Variant(signature, value)] for name, signature, value in properties]
+        self.call("SetUnitProperties", "sba(sv)", [unit, True, wrapped])
+
     def attach_processes(self, unit: str, pids: Sequence[int]) -> None:
         self.call("AttachProcessesToUnit", "ssau", [unit, "", list(pids)])
 

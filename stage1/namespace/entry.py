@@ -383,16 +383,21 @@ def _bring_up_loopback() -> None:
 
 
 def confine_and_exec(
-    app: AppPlan, capabilities: int, seccomp_program: bytes | None, argv: list[str] | None
+    app: AppPlan,
+    capabilities: int,
+    seccomp_program: bytes | None,
+    argv: list[str] | None,
+    inheritable: int | None = None,
 ) -> NoReturn:
     """Drop to the container's capabilities (a mask), set no_new_privs, load seccomp, and exec as
-    the app's user: the planned app, or argv instead of its command."""
+    the app's user: the planned app, or argv instead of its command. inheritable: that set's own
+    mask (sdrun-oci's), else the same as the others."""
     caps.limit_bounding_set(capabilities)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
     def as_app_user() -> None:
         # setresuid() to a non-root user has already emptied the permitted set; root keeps the container's set.
-        caps.set_capabilities(capabilities if os.geteuid() == 0 else 0)
+        caps.set_capabilities(capabilities if os.geteuid() == 0 else 0, inheritable)
         if seccomp_program is not None:
             sc.load_seccomp_filter(seccomp_program)  # last: the filter then governs only the app
 
