@@ -11,20 +11,32 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sdrun.cli.commands import Context, click_options, given_options, main, pass_context, with_systemd
-from sdrun.cli.runcommand import PULL_OPTIONS, without_separator
+from sdrun.cli.runcommand import PULL_OPTIONS, run_options, without_separator
 from sdrun.pods import Stores
 from sdrun.pods import manage as pods
+from sdrun.spec import SETTINGS_TABLE
 
 if TYPE_CHECKING:
     from sdrun.systemd.bus import Systemd
 
 
-def _with_options(command: click.Command, options: Any) -> click.Command:
-    """Put the table's rows as options before the command's arguments."""
+def _with_options(command: click.Command, options: Any, others: Any = ()) -> click.Command:
+    """Put the table's rows as options before the command's arguments; the other level's rows
+    too, hidden, so that one given says whose it is (sdrun.pods.manage.check_level) rather than
+    click's "no such option"."""
     arguments = [param for param in command.params if isinstance(param, click.Argument)]
     own = [param for param in command.params if not isinstance(param, click.Argument)]
-    command.params = [*own, *click_options(options), *arguments]
+    hidden = click_options(others)
+    for param in hidden:
+        assert isinstance(param, click.Option)
+        param.hidden = True
+    command.params = [*own, *click_options(options), *hidden, *arguments]
     return command
+
+
+def _others(rows: Any, taken: Any) -> list[Any]:
+    names = {name for row in taken for name in row.names}
+    return [row for row in rows if not row.positional and not names & set(row.names)]
 
 
 @main.group()
@@ -43,7 +55,8 @@ def create(click_ctx: click.Context, /, name: str, **options: Any) -> None:
     click.echo(group.uuid)
 
 
-_with_options(create, [row for row in pods.pod_settings() if row.dest != "name"])
+POD_OPTIONS = [row for row in pods.pod_settings() if row.dest != "name"]
+_with_options(create, POD_OPTIONS, _others(run_options(SETTINGS_TABLE), pods.pod_settings()))
 
 
 @main.group()
@@ -76,7 +89,8 @@ def add(click_ctx: click.Context, /, pod_ref: str, args: tuple[str, ...], **opti
     click.echo(app.uuid)
 
 
-_with_options(add, [*[row for row in pods.app_settings() if not row.positional], *PULL_OPTIONS])
+APP_OPTIONS = [*[row for row in pods.app_settings() if not row.positional], *PULL_OPTIONS]
+_with_options(add, APP_OPTIONS, _others(run_options(SETTINGS_TABLE), APP_OPTIONS))
 
 
 @app.command(name="list")

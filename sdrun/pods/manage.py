@@ -201,7 +201,7 @@ def add_app(
 
 
 def _app_spec(group: Pod, app_name: str, given: Mapping[str, Any], args: tuple[str, ...]) -> PodSpec:
-    from sdrun.cli.runcommand import spec_from_run_options
+    from sdrun.specbuild import build_spec, settings_table
 
     full_name = app_unit_name(group.name, app_name)
     parse_name(full_name)  # POD-APP is a pod's name too: its length
@@ -213,7 +213,12 @@ def _app_spec(group: Pod, app_name: str, given: Mapping[str, Any], args: tuple[s
         "net": "host" if group.spec.net == "host" else "none",  # the pod's network: joined, not set up
         "stage1": group.spec.stage1,
     }
-    spec = spec_from_run_options(None, args, settings)
+    checked = check_settings(settings, "command line", settings_table(settings))
+    if not checked.get("rootfs") and args:  # IMAGE [CMD...], as `run` reads them
+        checked["image"], args = args[0], args[1:]
+    if args:
+        checked["exec"] = tuple(args)
+    spec = build_spec(checked, default_name=full_name, default_stage1=DEFAULT_STAGE1)
     pod_isolation = group.spec.isolation
     isolation = spec.isolation._replace(
         hostname=pod_hostname(group.spec),
