@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TextIO
@@ -108,11 +109,13 @@ class Usage:
 
 
 def usage(paths: Paths) -> Usage:
+    from sdrun.pods import AppPaths  # the apps of pods of several apps are pods of their own store
+
     found = Usage()
-    try:
-        entries = list(os.scandir(paths.pods))
-    except FileNotFoundError:
-        return found
+    entries = []
+    for directory in (paths.pods, AppPaths(paths.root).pods):
+        with contextlib.suppress(FileNotFoundError):
+            entries += list(os.scandir(directory))
     for entry in entries:
         record = read_pod_image(entry.path)
         if record is None:
