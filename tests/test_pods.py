@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sdrun.pods import NAMESPACES_DIR, slice_unit
-from tests.conftest import Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
+from tests.conftest import SDRUN, Sdrun, needs_systemd, systemctl_show, unique_name, wait_for
 
 pytestmark = needs_systemd
 SERVER = 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 127.0.0.1:8000 -h /www'
@@ -208,3 +208,63 @@ def test_gc_takes_apart_a_pod_whose_creation_was_cut_short(sdrun: Sdrun, rootfs:
     assert f"half-made pod {pod}" in removed
     assert host_traces(sdrun, pod, uuid) == []
     assert list((sdrun.root / "apps").iterdir()) == []
+
+
+def host_state(pod: str) -> dict[str, list[str]]:
+    """What the host shows of any pod: named network namespaces, veths, namespace-file mounts, the
+    pod's slice and app units."""
+
+    def lines(*command: str) -> list[str]:
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+
+    with open("/proc/self/mountinfo") as mounts:
+        held = sorted(line.split()[4] for line in mounts if str(NAMESPACES_DIR) + "/" in line)
+    units = lines("systemctl", "list-units", "--all", "--plain", "--no-legend", f"sdrun-{pod}-*", slice_unit(pod))
+    return {
+        "netns": sorted(lines("ip", "netns", "list")),
+        "veths": sorted(line.split(":")[1] for line in lines("ip", "-o", "link") if " sdv" in line),
+        "mounts": held,
+        "units": sorted(line.split()[0] for line in units if line.strip()),
+    }
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0])
+def test_kill_9_of_pod_create_or_app_add_leaves_nothing_after_gc(sdrun: Sdrun, rootfs: Path, delay: float) -> None:
+    """Wherever `pod create` (on the default network, a port published) and then `app add` are
+    killed, `sdrun gc` leaves the host as it was."""
+    import time
+
+    pod = unique_name("p")
+    before = host_state(pod)
+    for command in (
+        ["pod", "create", pod, "-p", "18081:80"],
+        [
+            "app",
+            "add",
+            pod,
+            "--rootfs",
+            str(rootfs),
+            "--name",
+            "web",
+            "--restart",
+            "always",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    ):
+        if command[0] == "app":  # a whole pod to add the app to
+            sdrun("gc")
+            sdrun("pod", "create", pod, "-p", "18081:80")
+        process = subprocess.Popen([SDRUN, "--root", str(sdrun.root), *command], stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.kill()
+        process.wait(timeout=30)
+        sdrun("gc")
+        assert [entry.name for entry in (sdrun.root / "apps").glob("*")] == []  # a half-made app is gc's
+        assert not [unit for unit in host_state(pod)["units"] if unit.endswith(".service")]
+        if command[0] == "app":  # the pod itself was whole: it stays until removed
+            assert sdrun("app", "list", pod).stdout == "APP\tUNIT\tSTATE\n"
+            sdrun("rm", pod)
+        assert host_state(pod) == before
+        assert [entry.name for entry in (sdrun.root / "pod-groups").glob("*")] == []

@@ -9,6 +9,7 @@ and its `ready` file last. A failure undoes what was made, at once.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -104,7 +105,7 @@ def _make_pod(systemd: Systemd, paths: Paths, group: Pod) -> None:
         systemd.start_transient_unit(slice_unit(group.name), _slice_properties(group)),
         f"starting {slice_unit(group.name)}",
     )
-    namespaces.hold(group.uuid, pod_hostname(spec), own_network=spec.net == "none")
+    namespaces.hold(paths.root, group.uuid, pod_hostname(spec), own_network=spec.net == "none")
     if on_network(spec):
         from sdrun.net.pod import setup
 
@@ -122,9 +123,16 @@ def _slice_properties(group: Pod) -> list[Property]:
         ("TasksMax", resources.pids),
     ]
     return [
-        prop("Description", f"sdrun pod {group.name} ({group.uuid})"),
+        prop("Description", slice_description(group)),
         *[prop(name, value) for name, value in limits if value is not None],
     ]
+
+
+def slice_description(group: Pod) -> str:
+    """Whose the slice is, for gc: the pod's name and UUID, and its sdrun root."""
+    from sdrun.paths import Paths
+
+    return f"sdrun pod {group.name} ({group.uuid}) of {Paths.root_of(group.dir)}"
 
 
 def pod_hostname(spec: PodSpec) -> str:
@@ -310,12 +318,12 @@ def collect(systemd: Systemd, paths: Paths) -> tuple[list[str], set[str]]:
             with contextlib.suppress(SdrunError), app.locked():
                 _discard_app(systemd, stores, app)
                 removed.append(f"app {app.name} ({app.uuid})")
-    for pod_uuid in namespaces.held():
+    for pod_uuid in namespaces.held(paths.root):
         if pod_uuid not in live and namespaces.release(pod_uuid):
             removed.append(f"namespaces of pod {pod_uuid}")
+    ours = re.compile(rf"^sdrun pod .* \(([0-9a-f-]{{36}})\) of {re.escape(str(paths.root))}$")
     for unit in systemd.list_units([SLICE_PATTERN]):
-        owner = unit.description.rpartition("(")[2].rstrip(")")
-        if unit.description.startswith("sdrun pod ") and owner not in live:
+        if (match := ours.match(unit.description)) and match[1] not in live:
             systemd.stop_unit(unit.name)
             systemd.reset_failed_unit(unit.name)
             removed.append(f"slice {unit.name}")

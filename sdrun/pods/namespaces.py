@@ -26,11 +26,15 @@ KINDS = {"ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "net": sc.CLONE_NEWNET}
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
-def hold(pod_uuid: str, hostname: str, *, own_network: bool) -> dict[str, str]:
+OWNER = "root"  # in a pod's namespaces directory: the sdrun root whose pod it is, written first
+
+
+def hold(root: Path, pod_uuid: str, hostname: str, *, own_network: bool) -> dict[str, str]:
     """Make and hold the pod's namespaces; their files, by kind. On failure nothing is left."""
     _share_dir()
     directory = namespaces_dir(pod_uuid)
     directory.mkdir(mode=0o755, exist_ok=True)
+    (directory / OWNER).write_text(f"{root}\n")  # before any mount: gc tells whose they are
     kinds = ["ipc", "uts", *(["net"] if own_network else [])]
     for kind in kinds:
         os.close(os.open(directory / kind, os.O_RDONLY | os.O_CREAT, 0))
@@ -80,12 +84,24 @@ def release(pod_uuid: str) -> bool:
     return True
 
 
-def held() -> list[str]:
-    """The UUIDs of the pods whose namespace files exist."""
+def held(root: Path) -> list[str]:
+    """The UUIDs of root's pods whose namespace files exist (a directory whose owner is not
+    written yet is its creator's, at work or killed: only then, for lack of a better, root's)."""
+    held = []
     try:
-        return [entry.name for entry in os.scandir(NAMESPACES_DIR)]
+        entries = list(os.scandir(NAMESPACES_DIR))
     except FileNotFoundError:
         return []
+    for entry in entries:
+        try:
+            owner = Path(entry.path, OWNER).read_text().strip()
+        except FileNotFoundError:
+            owner = str(root)
+        except OSError:
+            continue
+        if owner == str(root):
+            held.append(entry.name)
+    return held
 
 
 def _share_dir() -> None:
