@@ -109,11 +109,9 @@ class Usage:
 
 
 def usage(paths: Paths) -> Usage:
-    from sdrun.pods import AppPaths  # the apps of pods of several apps are pods of their own store
-
     found = Usage()
     entries = []
-    for directory in (paths.pods, AppPaths(paths.root).pods):
+    for directory in (paths.pods, paths.apps):  # the apps of pods of several apps (sdrun.pods) too
         with contextlib.suppress(FileNotFoundError):
             entries += list(os.scandir(directory))
     for entry in entries:

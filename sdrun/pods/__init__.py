@@ -23,13 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from sdrun.paths import Paths
+from sdrun.paths import POD_NAMESPACES_DIR, Paths
 from sdrun.pod import Pod, PodStore
 
 POD_LABEL = "sdrun.pod"  # an app's: its pod's UUID
 APP_LABEL = "sdrun.app"  # an app's: its name in the pod
 READY = "ready"  # written last, in a pod's or app's directory: complete
-NAMESPACES_DIR = Path("/run/sdrun/pods")  # <uuid>/{ipc,uts[,net]}: the pod's namespace files
+NAMESPACES_DIR = POD_NAMESPACES_DIR
 SLICE_PATTERN = "machine-sdrun\\x2d*.slice"
 
 
@@ -38,11 +38,11 @@ class GroupPaths(Paths):
 
     @property
     def pods(self) -> Path:
-        return self.root / "pod-groups"
+        return self.pod_groups
 
     @property
     def names(self) -> Path:
-        return self.root / "pod-group-names"
+        return self.pod_group_names
 
 
 class AppPaths(GroupPaths):
@@ -50,11 +50,11 @@ class AppPaths(GroupPaths):
 
     @property
     def pods(self) -> Path:
-        return self.root / "apps"
+        return self.apps
 
     @property
     def names(self) -> Path:
-        return self.root / "app-names"
+        return self.app_names
 
 
 class Stores(NamedTuple):
