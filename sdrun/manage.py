@@ -216,8 +216,12 @@ def gc(systemd: Systemd, store: PodStore) -> list[str]:
         with contextlib.suppress(SdrunError), pod_view.pod.locked():
             released = _discard(systemd, store, pod_view.pod)
             removed.append(f"{pod_view.pod.name} ({pod_view.pod.uuid})" + (" and its network" if released else ""))
+    from sdrun.pods.manage import collect
+
+    app_pods_removed, app_pods = collect(systemd, store.paths)  # pods of several apps (sdrun.pods)
+    removed += app_pods_removed
     # What is left is running or busy: its network stays; any other network leftovers go.
-    removed += collect_garbage(store.paths.root, set(store.uuids()))
+    removed += collect_garbage(store.paths.root, set(store.uuids()) | app_pods)
     return removed
 
 

@@ -58,6 +58,7 @@ SEALED_INTERPRETERS = Path("/run/sdrun/python")  # on /run: gone at reboot, as t
 SEALED_EMPTY_LAYER = SEALED_INTERPRETERS / ".empty"
 SEALED_LOCK = SEALED_INTERPRETERS / ".lock"
 NETNS_DIR = Path("/run/netns")
+POD_NAMESPACES_DIR = Path("/run/sdrun/pods")  # <uuid>/{ipc,uts[,net]}: a pod of several apps' namespace files
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")  # where `sdrun install` writes units unless --unit-dir
 SPEC_DIR = Path("/etc/sdrun")  # the generator's: each NAME.toml there is a pod's spec
 
@@ -97,6 +98,24 @@ class Paths(NamedTuple):
     @property
     def names(self) -> Path:
         return self.root / "names"
+
+    @property
+    def pod_groups(self) -> Path:
+        """Pods of several apps (sdrun.pods): their own PodStore's directories, and names."""
+        return self.root / "pod-groups"
+
+    @property
+    def pod_group_names(self) -> Path:
+        return self.root / "pod-group-names"
+
+    @property
+    def apps(self) -> Path:
+        """The apps of pods of several apps, each a pod directory of a PodStore of their own."""
+        return self.root / "apps"
+
+    @property
+    def app_names(self) -> Path:
+        return self.root / "app-names"
 
     @property
     def images(self) -> Path:

@@ -145,7 +145,7 @@ class PodStore:
         link = self.paths.name_link(name)
         for _attempt in range(3):
             try:
-                os.symlink(f"../pods/{pod_uuid}", link)
+                os.symlink(f"../{self.paths.pods.name}/{pod_uuid}", link)  # pods/, or pod-groups/ (sdrun.pods)
                 return
             except FileExistsError:
                 holder = self._pod_behind(link)

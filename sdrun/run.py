@@ -194,6 +194,7 @@ def _start_service(
     record_exit: bool = True,
     meanwhile: Callable[[], PodJournal] | None = None,
     attachment: Attachment = NO_ATTACHMENT,
+    slice_unit: str = properties.SLICE,
 ) -> PodJournal | None:
     """Start the pod's service and return once its start job is done (the app runs).
     `meanwhile` runs while systemd starts the unit (on another CPU, as a rule); its result is returned."""
@@ -208,6 +209,7 @@ def _start_service(
             remove_when_done=remove_when_done,
             record_exit=record_exit,
             network_ready=network_ready,
+            slice_unit=slice_unit,
         )
         job = systemd.start_transient_unit(pod.unit, [*unit_properties, *attachment.properties], attachment.fds)
     except BaseException:

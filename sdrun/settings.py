@@ -34,6 +34,13 @@ RUN = "run"  # an option of `sdrun run`, and of `generate` and `install`, which 
 UNITS = "units"  # carried by an installed unit, and an option of `generate` and `install`
 RUN_AND_UNITS = frozenset({RUN, UNITS})
 
+# Whose a setting is in a pod of several apps (docs/pods.md): `sdrun pod create` takes the pod's,
+# `sdrun app add` an app's; a one-app `sdrun run` takes them all but for the few only it has.
+POD = "pod"  # the pod's: its namespaces (network, ports, hostname, DNS), its stage1
+APP = "app"  # each app's own: its command, user, environment, volumes, restart policy...
+POD_AND_APP = "pod-and-app"  # both: the slice's limits and an app's own (memory, cpus, pids), a name
+ONE_APP = "one-app"  # a one-app `run`'s only (--scope, which has no unit to put in a pod's slice)
+
 # How a setting meets an image's config (sdrun.image.config applies them).
 IMAGE_NONE = ""  # an image has nothing to say about it
 IMAGE_DEFAULT = "default"  # the image's value unless the spec gives one (WorkingDir, User, StopSignal)
@@ -62,6 +69,7 @@ class Setting(NamedTuple):
     stage1s: tuple[str, ...] | None = None  # the stage1s that honour it; None: every one, or each checks itself
     spec: bool = True  # a spec setting; False: an option of the command only (detached, removed, pulled)
     positional: bool = False  # the command line gives it as an argument (IMAGE, CMD...), not as an option
+    level: str = APP  # whose it is in a pod of several apps: POD, APP, POD_AND_APP or ONE_APP
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -96,6 +104,11 @@ class Setting(NamedTuple):
             yield from (str(item) for item in value) if value or self.default_value is not None else ("",)
         else:
             yield str(value)
+
+
+def of_level(settings: Iterable[Setting], *levels: str) -> tuple[Setting, ...]:
+    """The rows whose level is one of levels (POD_AND_APP rows are both the pod's and an app's)."""
+    return tuple(setting for setting in settings if setting.level in levels)
 
 
 def with_field_defaults(settings: Iterable[Setting], records: dict[str, Any]) -> tuple[Setting, ...]:

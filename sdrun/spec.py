@@ -28,8 +28,11 @@ from sdrun.settings import (
     IMAGE_DEFAULT,
     IMAGE_UNDER,
     MULTIPLE,
+    ONE_APP,
     OPTIONAL_VALUE,
     PATH,
+    POD,
+    POD_AND_APP,
     RUN,
     STAGE1_FIELD,
     UNITS,
@@ -164,6 +167,9 @@ class PodSpec(NamedTuple):
     isolation: Isolation = Isolation()
     service: ServiceOptions = ServiceOptions()
     stage1_settings: dict[str, Any] = {}  # noqa: RUF012 - a stage1's own settings (Stage1.settings) given, by key
+    # An app of a pod of several apps (sdrun.pods): the pod's namespace files it joins, by kind
+    # (net, ipc, uts); {} for a pod of its own.
+    pod_namespaces: dict[str, str] = {}  # noqa: RUF012 - never mutated: the spec is frozen
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = records.plain(self)
@@ -575,8 +581,8 @@ RECORDS = {"app": AppSpec, "resources": Resources, "isolation": Isolation, "serv
 NAMESPACE_AND_KVM = ("namespace", "kvm")  # the isolation a VM has too: its guest honours them
 NAMESPACE = ("namespace",)
 SETTINGS_TABLE: tuple[Setting, ...] = (
-    Setting("name", parse_name, "Pod name (unit sdrun-NAME.service) [random].", "name"),
-    Setting("stage1", str, f"Isolation backend [{DEFAULT_STAGE1}].", "stage1"),
+    Setting("name", parse_name, "Pod name (unit sdrun-NAME.service) [random].", "name", level=POD_AND_APP),
+    Setting("stage1", str, f"Isolation backend [{DEFAULT_STAGE1}].", "stage1", level=POD),
     Setting("rootfs", _absolute, "Run this directory as the root filesystem.", "rootfs", kind=PATH),
     Setting("image", str, "The image to run.", "image", positional=True),
     Setting("exec", _words("exec"), "The command.", "app.argv", kind=COMMAND, image=IMAGE_COMMAND, positional=True),
@@ -632,9 +638,11 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         kind=MULTIPLE,
         metavar="NAME=SOFT[:HARD]",
     ),
-    Setting("memory", parse_memory, "Memory limit (MemoryMax=), e.g. 256M.", "resources.memory"),
-    Setting("cpus", parse_cpus, "CPU limit in CPUs (CPUQuota=), e.g. 0.5.", "resources.cpus"),
-    Setting("pids_limit", parse_pids_limit, "Maximum number of tasks (TasksMax=).", "resources.pids"),
+    Setting("memory", parse_memory, "Memory limit (MemoryMax=), e.g. 256M.", "resources.memory", level=POD_AND_APP),
+    Setting("cpus", parse_cpus, "CPU limit in CPUs (CPUQuota=), e.g. 0.5.", "resources.cpus", level=POD_AND_APP),
+    Setting(
+        "pids_limit", parse_pids_limit, "Maximum number of tasks (TasksMax=).", "resources.pids", level=POD_AND_APP
+    ),
     Setting("restart", parse_restart, "Restart policy: no, on-failure or always.", "restart"),
     Setting(
         "label",
@@ -652,6 +660,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "scope",
         kind=FLAG,
         front_ends=frozenset({RUN}),  # a scope runs under the CLI: no unit
+        level=ONE_APP,
     ),
     Setting(
         "net",
@@ -661,6 +670,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         # No default: the stage1's (Stage1.default_network), which the spec then carries, and
         # a unit too: another stage1 version's default may be another.
         default=None,
+        level=POD,
     ),
     Setting(
         "port",
@@ -670,6 +680,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         flags=("-p", "--port"),
         kind=MULTIPLE,
         metavar="[IP:]HOST:CTR[/udp]",
+        level=POD,
     ),
     Setting(
         "stop_signal", parse_stop_signal, "Signal that stops the app [SIGTERM].", "stop_signal", image=IMAGE_DEFAULT
@@ -682,6 +693,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "Hostname inside the container [pod name].",
         "isolation.hostname",
         stage1s=NAMESPACE_AND_KVM,
+        level=POD,
     ),
     Setting(
         "cap_add",
@@ -776,6 +788,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         kind=MULTIPLE,
         metavar="NAME:IP",
         stage1s=NAMESPACE_AND_KVM,
+        level=POD,
     ),
     Setting(
         "dns",
@@ -785,6 +798,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         kind=MULTIPLE,
         metavar="IP",
         stage1s=NAMESPACE_AND_KVM,
+        level=POD,
     ),
     Setting(
         "dns_search",
@@ -794,6 +808,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         kind=MULTIPLE,
         metavar="DOMAIN",
         stage1s=NAMESPACE_AND_KVM,
+        level=POD,
     ),
     Setting(
         "dns_option",
@@ -803,6 +818,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         kind=MULTIPLE,
         metavar="OPT",
         stage1s=NAMESPACE_AND_KVM,
+        level=POD,
     ),
     Setting(
         "sysctl",
@@ -812,6 +828,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         kind=MULTIPLE,
         metavar="KEY=VALUE",
         stage1s=NAMESPACE_AND_KVM,
+        level=POD,
     ),
     # How systemd runs the service (ServiceOptions); most of them only an installed unit's.
     Setting(

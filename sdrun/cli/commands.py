@@ -465,12 +465,19 @@ def kill(ctx: Context, signal_name: str, pod_ref: str) -> None:
 @click.argument("pod_refs", metavar="POD...", nargs=-1, required=True)
 @pass_context
 def rm(ctx: Context, force: bool, pod_refs: tuple[str, ...]) -> None:
-    """Remove pods and everything they left on the host."""
-    pods = [ctx.store.get(ref) for ref in pod_refs]
+    """Remove pods and everything they left on the host (a pod of several apps: all its apps)."""
+    from sdrun.pods import Stores
+    from sdrun.pods import manage as app_pods
+
+    stores = Stores.of(ctx.paths)
+    pods = [stores.groups.named(ref) or ctx.store.get(ref) for ref in pod_refs]
 
     def remove_all(systemd: Systemd) -> None:
         for pod in pods:
-            manage.remove(systemd, ctx.store, pod, force=force)
+            if pod.dir.parent == stores.groups.paths.pods:
+                app_pods.remove_pod(systemd, stores, pod)
+            else:
+                manage.remove(systemd, ctx.store, pod, force=force)
             click.echo(pod.name)
 
     with_systemd(remove_all)
@@ -549,4 +556,5 @@ def logs(
 
 from sdrun.cli import image as _image  # noqa: E402,F401
 from sdrun.cli import network as _network  # noqa: E402,F401
+from sdrun.cli import pods as _pods  # noqa: E402,F401
 from sdrun.cli import units as _units  # noqa: E402,F401

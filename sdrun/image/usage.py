@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TextIO
@@ -109,10 +110,10 @@ class Usage:
 
 def usage(paths: Paths) -> Usage:
     found = Usage()
-    try:
-        entries = list(os.scandir(paths.pods))
-    except FileNotFoundError:
-        return found
+    entries = []
+    for directory in (paths.pods, paths.apps):  # the apps of pods of several apps (sdrun.pods) too
+        with contextlib.suppress(FileNotFoundError):
+            entries += list(os.scandir(directory))
     for entry in entries:
         record = read_pod_image(entry.path)
         if record is None:

@@ -93,13 +93,14 @@ def _reclaim_ports_of_removed_pods(root: Path, ports: tuple[PortMapping, ...]) -
     """Tear down the network of a removed pod that still holds one of these ports: its tear-down
     was killed (or never ran), and nothing but gc would undo it. A pod's directory outlives its
     tear-down (a detached --rm removes it after; `sdrun run --rm` and `sdrun rm` once the unit
-    is gone), so a lease without one is no live pod's."""
+    is gone), so a lease without one is no live pod's (a pod of several apps has its directory
+    among the pod groups: sdrun.pods)."""
     if not ports:
         return
     paths = Paths(root)
     for lease in ipam.all_leases(root):
         clashes = any(port.clashes_with(theirs) for port in ports for theirs in lease.ports)
-        if clashes and not paths.pod_dir(lease.pod).exists():
+        if clashes and not paths.pod_dir(lease.pod).exists() and not (paths.pod_groups / lease.pod).exists():
             teardown(root, lease.pod, lease.network)
 
 

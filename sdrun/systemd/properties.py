@@ -148,12 +148,14 @@ def pod_service_properties(
     stop_post: Sequence[list[Any]] = (),
     record_exit: bool = True,
     network_ready: bool = False,
+    slice_unit: str = SLICE,
 ) -> list[Property]:
     """The properties of a pod's service, transient or installed: the stage1's plan, the
     common ones, and the commands to run before the app starts and after it ended.
     record_exit: write the exit record for `sdrun list` once the app has ended.
     network_ready: the caller has set up the pod's network (`sdrun run` of a pod that does not
-    restart, sparing the unit the start of a Python process): the unit only tears it down."""
+    restart, sparing the unit the start of a Python process): the unit only tears it down.
+    slice_unit: an app of a pod of several apps runs in its pod's slice (sdrun.pods)."""
     if on_network(pod.spec):  # the pod's network namespace exists from before the app to after its end
         set_up, tear_down = network_hook.commands(pod.dir, pod.spec.stop_timeout)
         if not network_ready:
@@ -164,7 +166,7 @@ def pod_service_properties(
     properties: list[Property] = [
         prop("Description", f"sdrun pod {pod.name} ({pod.uuid})"),
         *[option for option in service_option_properties(pod) if option[0] in ("Requires", "After")],
-        prop("Slice", SLICE),
+        prop("Slice", slice_unit),
     ]
     if start_pre:
         properties.append(prop("ExecStartPre", list(start_pre)))
@@ -194,6 +196,7 @@ def service_properties(
     remove_when_done: Sequence[Path] = (),
     record_exit: bool = True,
     network_ready: bool = False,
+    slice_unit: str = SLICE,
 ) -> list[Property]:
     """All properties of the pod's transient service. keep_until_released adds a reference
     (AddRef=) that stops systemd from collecting the unit before we read its exit status;
@@ -204,7 +207,7 @@ def service_properties(
     if remove_when_done:
         stop_post.append(exec_command(["/bin/rm", "-rf", "--", *map(str, remove_when_done)]))
     properties = pod_service_properties(
-        pod, plan, stop_post=stop_post, record_exit=record_exit, network_ready=network_ready
+        pod, plan, stop_post=stop_post, record_exit=record_exit, network_ready=network_ready, slice_unit=slice_unit
     )
     if keep_until_released:
         properties.append(prop("AddRef", True))

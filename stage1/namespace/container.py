@@ -111,6 +111,7 @@ class ContainerPlan(NamedTuple):
     notify: bool  # the app says READY=1 itself, through systemd's socket bound into the container
     payload_cgroup: bool  # run the container in a child cgroup of the unit's (sdrun.linux.cgroups)
     sysctls: tuple[tuple[str, str], ...] = ()  # (key, value): --sysctl, for the pod's own namespaces
+    joins: tuple[tuple[str, int], ...] = ()  # (namespace file, CLONE_NEW*): an app's pod's IPC and UTS (sdrun.pods)
 
     def entry_plan(self, app: ResolvedApp, *, terminal: bool = False) -> Plan:
         """What the in-unit entry carries out (stage1.namespace.entry), as plain values."""
@@ -134,6 +135,7 @@ class ContainerPlan(NamedTuple):
             "notify": self.notify,
             "payload_cgroup": self.payload_cgroup,
             "sysctl": list(self.sysctls),
+            "join": list(self.joins),
             "terminal": terminal,
             "app": app.plan_fields(),
         }
@@ -328,9 +330,19 @@ def container_plan(pod: Pod, console: str | None = None) -> ContainerPlan:
         seccomp_filter=None if isolation.seccomp == "unconfined" else str(seccomp_filter_path(pod)),
         user_namespace=user_namespace,
         host_network=spec.net == "host",
-        netns=str(NETNS_DIR / netns_name(pod.uuid)),
+        netns=spec.pod_namespaces.get("net") or str(NETNS_DIR / netns_name(pod.uuid)),
         init=isolation.init,
         notify=spec.service.notify,
         payload_cgroup=may_mount_cgroups(spec),
         sysctls=sysctl_settings(spec),
+        joins=pod_joins(spec),
     )
+
+
+JOINED_KINDS = (("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS))  # besides the network's (netns)
+
+
+def pod_joins(spec: PodSpec) -> tuple[tuple[str, int], ...]:
+    """An app of a pod of several apps joins the pod's IPC and UTS namespaces (its network one is
+    the plan's netns); its mount, PID and cgroup namespaces are its own."""
+    return tuple((spec.pod_namespaces[kind], flag) for kind, flag in JOINED_KINDS if kind in spec.pod_namespaces)

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
         notify: bool
         payload_cgroup: bool
         sysctl: list[tuple[str, str]]
+        join: list[tuple[str, int]]  # (namespace file, CLONE_NEW*): a pod's IPC and UTS, for one of its apps
         terminal: bool  # `run -t`: the app's terminal, whose master goes out on stdin
         app: AppPlan
 
@@ -248,6 +249,10 @@ def _intermediate(
     plan: Plan, seccomp_program: bytes | None, to_intermediate: Channel, from_intermediate: Channel, *rest: Channel
 ) -> None:
     joined = _join_network_namespace(plan)
+    unshared = NAMESPACES
+    for path, kind in plan.get("join", ()):  # a pod's, held by files (sdrun.pods): before the user namespace
+        sc.setns_path(path, kind)
+        unshared &= ~kind
     if joined and plan.get("sysctl"):
         # Its net.* now, with the host's privileges: a user namespace of ours will not own it.
         _set_sysctls([sysctl for sysctl in plan["sysctl"] if sysctl[0].startswith("net.")])
@@ -258,7 +263,7 @@ def _intermediate(
         from_intermediate.send(b"u")
     to_intermediate.receive("mounting the rootfs")
     private_network = not plan["host_network"] and not joined
-    sc.unshare(NAMESPACES | (sc.CLONE_NEWNET if private_network else 0))
+    sc.unshare(unshared | (sc.CLONE_NEWNET if private_network else 0))
     if private_network:
         # Only in a namespace of our own: a joined one's loopback is up already, and in a user
         # namespace that does not own it the ioctl would be refused.
@@ -297,7 +302,8 @@ def _container_init(plan: Plan, seccomp_program: bytes | None, ready: Channel, s
     # locked root: bind the root onto itself for a mount of our own (as runc does).
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     execute_plan([MountOperation.from_plan(entry) for entry in plan["mounts"] + plan["lockdown"]], root)
-    sc.sethostname(plan["hostname"])
+    if not any(kind == sc.CLONE_NEWUTS for _, kind in plan.get("join", ())):  # a pod's has its own already
+        sc.sethostname(plan["hostname"])
     _pivot_root(root)
     ready.send(b"ready")
     start.receive("systemd accepted the container init")  # now MAINPID is ours: the app may run and exit
